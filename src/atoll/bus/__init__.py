@@ -1,0 +1,1 @@
+"""Event and cancel delivery: in-process (``memory``) and, when scaled out, Redis."""

@@ -1,0 +1,122 @@
+"""In-process run event log and bus: the embedded default and the runtime's test double.
+
+Both are plain objects built by whoever owns the process (the app's lifespan,
+a test, a benchmark); nothing here is module-level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+
+from atoll.runtime.events import RunEvent
+
+
+class SubscriptionOverflowError(Exception):
+    """Raised to a subscriber that fell further behind than its queue allows."""
+
+
+class InMemoryRunEventLog:
+    """Keeps every run's events in memory, in ``seq`` order, for the retention period."""
+
+    def __init__(
+        self, *, retention: float = 24 * 3600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.retention = retention
+        self._clock = clock
+        self._events: dict[str, list[RunEvent]] = {}
+        self._touched: dict[str, float] = {}
+
+    async def append(self, event: RunEvent) -> None:
+        """Store ``event`` at the end of its run's log; ``seq`` must follow the last one."""
+        events = self._events.setdefault(event.run_id, [])
+        expected = len(events) + 1
+        if event.seq != expected:
+            raise ValueError(f"run {event.run_id}: seq {event.seq} appended, {expected} expected")
+        events.append(event)
+        self._touched[event.run_id] = self._clock()
+
+    async def read(self, run_id: str, *, user_id: str, after: int = 0) -> list[RunEvent]:
+        """The run's events with ``seq > after``; empty for another user's run."""
+        events = self._events.get(run_id)
+        if not events or events[0].user_id != user_id:
+            return []
+        return events[max(after, 0) :]
+
+    def prune(self) -> int:
+        """Drop the logs of runs untouched for longer than the retention period."""
+        cutoff = self._clock() - self.retention
+        stale = [run_id for run_id, touched in self._touched.items() if touched < cutoff]
+        for run_id in stale:
+            del self._events[run_id]
+            del self._touched[run_id]
+        return len(stale)
+
+
+class MemorySubscription:
+    """One subscriber's bounded queue of one user's events."""
+
+    def __init__(self, bus: InMemoryEventBus, user_id: str, max_queue: int) -> None:
+        self._bus = bus
+        self.user_id = user_id
+        self._queue: asyncio.Queue[RunEvent] = asyncio.Queue(max_queue)
+        self.overflowed = False
+        self.closed = False
+
+    def offer(self, event: RunEvent) -> None:
+        """Queue ``event``, or mark the subscription overflowed when it is full."""
+        if event.user_id != self.user_id:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    async def get(self) -> RunEvent:
+        """The next event; ``SubscriptionOverflowError`` if events were dropped."""
+        if self.overflowed:
+            raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
+        event = await self._queue.get()
+        return event
+
+    async def __aiter__(self) -> AsyncIterator[RunEvent]:
+        while not self.closed:
+            yield await self.get()
+
+    async def aclose(self) -> None:
+        """Unsubscribe."""
+        self.closed = True
+        self._bus.unsubscribe(self)
+
+
+class InMemoryEventBus:
+    """Fans events out to the subscriptions of their owner, within one process."""
+
+    def __init__(self, *, max_queue: int = 10_000) -> None:
+        self.max_queue = max_queue
+        self._subscribers: defaultdict[str, set[MemorySubscription]] = defaultdict(set)
+
+    async def publish(self, event: RunEvent) -> None:
+        """Deliver ``event`` to every subscription of ``event.user_id`` (none else)."""
+        for subscription in self._subscribers.get(event.user_id, ()):
+            subscription.offer(event)
+
+    def subscribe(self, user_id: str) -> MemorySubscription:
+        """Subscribe to ``user_id``'s events from now on."""
+        subscription = MemorySubscription(self, user_id, self.max_queue)
+        self._subscribers[user_id].add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: MemorySubscription) -> None:
+        """Remove ``subscription``; unknown ones are ignored."""
+        subscribers = self._subscribers.get(subscription.user_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.user_id]
+
+    def subscriber_count(self, user_id: str) -> int:
+        """How many subscriptions ``user_id`` has."""
+        return len(self._subscribers.get(user_id, ()))

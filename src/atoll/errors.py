@@ -1,0 +1,158 @@
+"""The exception hierarchy of Atoll.
+
+Every error carries a stable machine ``code`` (the string clients see in
+problem JSON and WebSocket ``error`` frames) and an HTTP ``status`` hint. The
+server turns these into wire answers in one place; nothing else formats errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AtollError(Exception):
+    """Base class of every error Atoll raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as ``{"code", "message"}`` plus any details, for events and logs."""
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class ConfigurationError(AtollError):
+    """Raised when settings, a plugin or a provider cannot be set up as configured."""
+
+    code = "configuration_error"
+
+
+class InvalidContextError(AtollError, ValueError):
+    """Raised when a ``UserExecutionContext`` would be built from invalid values."""
+
+    code = "invalid_context"
+    status = 422
+
+
+class IllegalTransitionError(AtollError):
+    """Raised when a run is asked to move between two states the table forbids."""
+
+    code = "illegal_transition"
+    status = 409
+
+
+class RunNotFoundError(AtollError):
+    """Raised when a run id is unknown (or belongs to another user)."""
+
+    code = "not_found"
+    status = 404
+
+
+class RunLimitError(AtollError):
+    """Raised when a user already has the maximum of alive runs and overflow is refused."""
+
+    code = "run_limit"
+    status = 429
+
+
+class RateLimitedError(AtollError):
+    """Raised when a per-user rate limit is exceeded; ``retry_after`` is in seconds."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, details={"retry_after": round(retry_after, 3)})
+        self.retry_after = retry_after
+
+
+class RunClosedError(AtollError):
+    """Raised when something tries to emit an event after the run's terminal event."""
+
+    code = "run_closed"
+    status = 409
+
+
+class AgentNotFoundError(AtollError):
+    """Raised when a run names an agent the registry does not know."""
+
+    code = "unknown_agent"
+    status = 422
+
+
+class AgentDepthError(AtollError):
+    """Raised when sub-agent calls nest deeper than the context allows."""
+
+    code = "agent_depth_exceeded"
+    status = 422
+
+
+class ToolError(AtollError):
+    """Raised by a tool to report a failure whose message is safe to show the user."""
+
+    code = "tool_error"
+    status = 400
+
+
+class ToolNotFoundError(ToolError):
+    """Raised when an LLM or agent asks for a tool that does not exist."""
+
+    code = "unknown_tool"
+
+
+class ToolValidationError(ToolError):
+    """Raised when tool arguments do not match the tool's schema."""
+
+    code = "invalid_arguments"
+    status = 422
+
+
+class ToolPermissionError(ToolError):
+    """Raised when the user's plan or roles do not allow the tool."""
+
+    code = "tool_forbidden"
+    status = 403
+
+
+class ToolTimeoutError(ToolError):
+    """Raised when a tool runs longer than its timeout."""
+
+    code = "tool_timeout"
+    status = 504
+
+
+class LLMError(AtollError):
+    """Raised when the language-model provider fails or answers something unusable."""
+
+    code = "llm_error"
+    status = 502
+
+
+class RunTimeoutError(AtollError):
+    """Raised inside a run that exceeded the run timeout."""
+
+    code = "run_timeout"
+    status = 504
+
+
+class RunDeadError(AtollError):
+    """Describes a run whose heartbeat stopped (crashed worker or blocked event loop)."""
+
+    code = "run_dead"
+    status = 500
+
+
+class SubAgentError(AtollError):
+    """Raised by ``call_agent`` when a sub-agent fails; ``error`` is its error dict."""
+
+    code = "sub_agent_failed"
+
+    def __init__(self, agent: str, error: dict[str, Any]) -> None:
+        super().__init__(f"sub-agent {agent} failed: {error.get('message')}", details={"agent": agent})
+        self.agent = agent
+        self.error = error

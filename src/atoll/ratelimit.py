@@ -1,0 +1,61 @@
+"""Per-key rate limiting (GCRA), shared by tools, messages and logins.
+
+``LocalRateLimiter`` keeps its state in the instance that the app or engine
+factory builds; the scale-out deployment plugs in a Redis implementation of the
+same ``RateLimiter`` protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class RateLimiter(Protocol):
+    """Counts hits per key; answers None when allowed, else seconds to wait."""
+
+    async def hit(self, key: str) -> float | None:
+        """Record one hit for ``key``; None if allowed, else the retry-after in seconds."""
+
+
+class LocalRateLimiter:
+    """``limit`` hits per ``period`` seconds per key, in this process (GCRA).
+
+    GCRA keeps one timestamp per key (the "theoretical arrival time"), allows
+    bursts up to ``limit`` and refills smoothly.
+    """
+
+    def __init__(
+        self, limit: int, period: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if limit < 1 or period <= 0:
+            raise ValueError("limit must be >= 1 and period > 0")
+        self.limit = limit
+        self.period = period
+        self._interval = period / limit
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+        self._hits_since_prune = 0
+
+    async def hit(self, key: str) -> float | None:
+        """Record one hit for ``key``; None if allowed, else the retry-after in seconds."""
+        return self.hit_now(key)
+
+    def hit_now(self, key: str) -> float | None:
+        """Synchronous ``hit`` for callers that are not coroutines."""
+        now = self._clock()
+        tat = max(self._tat.get(key, now), now)
+        allow_at = tat + self._interval - self.period
+        if allow_at > now:
+            return allow_at - now
+        self._tat[key] = tat + self._interval
+        self._hits_since_prune += 1
+        if self._hits_since_prune >= 1024:
+            self._prune(now)
+        return None
+
+    def _prune(self, now: float) -> None:
+        self._hits_since_prune = 0
+        for key in [k for k, tat in self._tat.items() if tat <= now]:
+            del self._tat[key]

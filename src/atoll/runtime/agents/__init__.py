@@ -1,0 +1,1 @@
+"""Agents: the ``Agent`` base class, the registry and factory, and the built-in agents."""

@@ -1,0 +1,442 @@
+"""``UserExecutionEngine``: executes one run of one user, start to terminal event.
+
+Engines are built only by ``ExecutionEngineFactory`` (one per run) and hold no
+class- or module-level state. Whatever happens — success, an agent error, the
+run timeout, a dead heartbeat, a user's cancel, the owner cancelling the task —
+the run ends with exactly one terminal event and a terminal tracker state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from atoll.errors import (
+    AtollError,
+    InvalidContextError,
+    RunClosedError,
+    SubAgentError,
+)
+from atoll.ratelimit import RateLimiter
+from atoll.runtime.agents.base import AgentFactory, AgentRunContext
+from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.events import AgentEmitter, EventType, RunEmitter
+from atoll.runtime.ids import new_id
+from atoll.runtime.limits import RunSlots, RuntimeLimits
+from atoll.runtime.llm.base import (
+    ChatMessage,
+    LLMChunk,
+    LLMClient,
+    LLMProvider,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
+from atoll.runtime.state import ExecutionState
+from atoll.runtime.tools.dispatcher import ToolDispatcher
+from atoll.runtime.tracker import AgentExecutionTracker
+
+logger = logging.getLogger(__name__)
+
+CompletionHook = Callable[[UserExecutionContext, str, str], Awaitable[None]]
+"""``hook(context, message_id, content)``: stores the answer before ``agent_completed``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """What to run: the agent, the user's message and the thread's history."""
+
+    agent: str
+    input: str
+    input_message_id: str
+    history: Sequence[ChatMessage] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended."""
+
+    run_id: str
+    state: ExecutionState
+    message_id: str
+    content: str | None = None
+    error: Mapping[str, Any] | None = None
+    usage: Mapping[str, int] = field(default_factory=dict)
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineServices:
+    """The shared, per-process collaborators an engine uses (all built by the factory)."""
+
+    agent_factory: AgentFactory
+    llm: LLMProvider
+    tracker: AgentExecutionTracker
+    slots: RunSlots
+    limits: RuntimeLimits
+    tool_rate_limiter: RateLimiter | None = None
+    resources: Mapping[type, object] = field(default_factory=dict)
+    completion_hook: CompletionHook | None = None
+
+
+class UsageMeter:
+    """Sums the token usage of every model call of one run (sub-agents included)."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """``{prompt_tokens, completion_tokens}``."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+    def wrap(self, client: LLMClient) -> LLMClient:
+        """``client`` with its usage counted here."""
+        return _MeteredClient(client, self)
+
+
+class _MeteredClient:
+    def __init__(self, inner: LLMClient, meter: UsageMeter) -> None:
+        self._inner = inner
+        self._meter = meter
+        self.model = inner.model
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice | None = None,
+    ) -> AsyncIterator[LLMChunk]:
+        async for chunk in self._inner.stream(messages, tools=tools, tool_choice=tool_choice):
+            if isinstance(chunk, Usage):
+                self._meter.prompt_tokens += chunk.prompt_tokens
+                self._meter.completion_tokens += chunk.completion_tokens
+            yield chunk
+
+
+class UserExecutionEngine:
+    """Runs one agent run for the one user of ``context``.
+
+    Build it with ``ExecutionEngineFactory.user_execution_scope``; ``run`` may be
+    called once. ``cancel`` is cooperative: it cancels the run's task, which
+    interrupts whatever the agent awaits (a tool call, an LLM stream).
+    """
+
+    def __init__(
+        self,
+        context: UserExecutionContext,
+        agent_factory: AgentFactory,
+        emitter: RunEmitter,
+        *,
+        services: EngineServices,
+    ) -> None:
+        if emitter.user_id != context.user_id or emitter.run_id != context.run_id:
+            raise InvalidContextError("the emitter is bound to another user or run")
+        self.context = context
+        self._agent_factory = agent_factory
+        self._emitter = emitter
+        self._services = services
+        self._tracker = services.tracker
+        self._meter = UsageMeter()
+        self._task: asyncio.Task[Any] | None = None
+        self._cancel_reason: str | None = None
+        self._expired = False
+        self._request: RunRequest | None = None
+        self._done = asyncio.Event()
+        self.outcome: RunOutcome | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run this engine executes."""
+        return self.context.run_id
+
+    @property
+    def message_id(self) -> str:
+        """The id the answer message will have."""
+        return self._emitter.message_id
+
+    @property
+    def is_running(self) -> bool:
+        """True between the start of ``run`` and its end."""
+        return self._task is not None and not self._done.is_set()
+
+    async def wait(self) -> RunOutcome | None:
+        """Wait until the run has ended (returns at once if it never started)."""
+        if self._task is not None:
+            await self._done.wait()
+        return self.outcome
+
+    # -- control -------------------------------------------------------------
+
+    def cancel(self, reason: str = "user") -> bool:
+        """Ask the run to stop; True if this cancelled it. Idempotent."""
+        record = self._tracker.find(self.run_id)
+        if self._task is None or self._done.is_set() or record is None:
+            return False
+        if not record.state.is_alive or record.state is ExecutionState.COMPLETING:
+            return False
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+            self._task.cancel()
+        return True
+
+    def expire(self) -> None:
+        """Called when the monitor marked this run DEAD or TIMEOUT: stop the agent."""
+        if self._task is not None and not self._done.is_set() and not self._expired:
+            self._expired = True
+            self._task.cancel()
+
+    # -- the run -------------------------------------------------------------
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        """Execute ``request`` to its end and return the outcome."""
+        if self._task is not None:
+            raise RuntimeError("an engine executes exactly one run")
+        self._task = asyncio.current_task()
+        self._request = request
+        try:
+            return await self._run(request)
+        finally:
+            self._done.set()
+
+    async def _run(self, request: RunRequest) -> RunOutcome:
+        services, ctx = self._services, self.context
+        agent_class = self._agent_factory.registry.agent(request.agent)
+        holding = False
+        if services.limits.overflow == "reject":
+            services.slots.try_acquire(ctx.user_id)
+            holding = True
+        try:
+            self._tracker.register(
+                run_id=ctx.run_id, user_id=ctx.user_id, thread_id=ctx.thread_id,
+                agent=request.agent,
+            )
+        except BaseException:
+            if holding:
+                services.slots.release(ctx.user_id)
+            raise
+        started = time.perf_counter()
+        top = self._emitter.for_agent(agent_class.name, None)
+        deadline: asyncio.Timeout | None = None
+        try:
+            if not holding:
+                await services.slots.acquire(ctx.user_id)
+                holding = True
+            self._tracker.transition(ctx.run_id, ExecutionState.STARTING)
+            await top.emit(EventType.AGENT_STARTED, {"input_message_id": request.input_message_id})
+            self._tracker.transition(ctx.run_id, ExecutionState.RUNNING)
+            async with asyncio.timeout(self._tracker.run_timeout) as deadline:
+                answer = await self._invoke(request.agent, request.input, request.history, ctx, top)
+            self._tracker.transition(ctx.run_id, ExecutionState.COMPLETING)
+            content = await self._finish_answer(top, answer)
+            if services.completion_hook is not None:
+                await services.completion_hook(ctx, self.message_id, content)
+            duration = _ms_since(started)
+            await top.emit(
+                EventType.AGENT_COMPLETED,
+                {
+                    "message": {"id": self.message_id, "role": "assistant", "content": content},
+                    "duration_ms": duration,
+                    "usage": self._meter.as_dict(),
+                },
+            )
+            self._tracker.transition(ctx.run_id, ExecutionState.COMPLETED)
+            return self._outcome(ExecutionState.COMPLETED, started, content=content)
+        except asyncio.CancelledError:
+            outcome = await self._end_interrupted(top, started)
+            if self._cancel_reason is None and not self._expired:
+                raise  # cancelled by the task's owner: report, then honour the cancellation
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return outcome
+        except TimeoutError as exc:
+            if deadline is not None and deadline.expired():
+                error = {
+                    "code": "run_timeout",
+                    "message": f"run exceeded the run timeout of {self._tracker.run_timeout:g}s",
+                }
+                return await self._end(top, ExecutionState.TIMEOUT, started, error=error)
+            return await self._end_failed(top, started, exc)
+        except Exception as exc:
+            return await self._end_failed(top, started, exc)
+        finally:
+            if holding:
+                services.slots.release(ctx.user_id)
+
+    async def _invoke(
+        self,
+        name: str,
+        text: str,
+        history: Sequence[ChatMessage],
+        context: UserExecutionContext,
+        emitter: AgentEmitter,
+    ) -> str:
+        """Run agent ``name`` with a fresh instance, dispatcher and LLM client."""
+        services = self._services
+        agent = self._agent_factory.create(name)
+        registry = self._agent_factory.registry
+        dispatcher = ToolDispatcher(
+            context=context,
+            tools=registry.tools_for(type(agent)),
+            emitter=emitter,
+            rate_limiter=services.tool_rate_limiter,
+            default_timeout=services.limits.tool_timeout,
+            resources=services.resources,
+        )
+
+        async def call_agent(sub_agent: str, sub_input: str) -> str:
+            return await self._call_sub_agent(context, emitter.agent, sub_agent, sub_input)
+
+        run_context = AgentRunContext(
+            user=context,
+            input=text,
+            history=tuple(history),
+            llm=self._meter.wrap(services.llm.client(context)),
+            tools=dispatcher,
+            emitter=emitter,
+            agents=registry.agents,
+            call_agent_fn=call_agent,
+        )
+        answer = await agent.run(run_context)
+        if not isinstance(answer, str):
+            raise AtollError(f"agent {name} returned {type(answer).__name__}, not str")
+        return answer
+
+    async def _call_sub_agent(
+        self, parent_context: UserExecutionContext, parent: str, name: str, text: str
+    ) -> str:
+        """Run a sub-agent under a child context; its events carry its name and parent."""
+        try:
+            self._agent_factory.registry.agent(name)
+            child = parent_context.child(f"agent:{name}")
+        except (AtollError, InvalidContextError) as exc:
+            raise SubAgentError(name, exc.to_dict()) from None
+        emitter = self._emitter.for_agent(name, parent)
+        input_message_id = self._request.input_message_id if self._request else None
+        await emitter.emit(
+            EventType.AGENT_STARTED,
+            {"input_message_id": input_message_id, "task": text, "request_id": child.request_id},
+        )
+        started = time.perf_counter()
+        try:
+            answer = await self._invoke(name, text, (), child, emitter)
+        except (asyncio.CancelledError, RunClosedError):
+            raise
+        except Exception as exc:
+            error = _error_dict(exc)
+            await emitter.emit(EventType.AGENT_ERROR, {"state": "failed", **error})
+            raise SubAgentError(name, error) from None
+        await emitter.emit(
+            EventType.AGENT_COMPLETED,
+            {
+                "message": {"id": new_id("msg"), "role": "assistant", "content": answer},
+                "duration_ms": _ms_since(started),
+            },
+        )
+        return answer
+
+    # -- endings -------------------------------------------------------------
+
+    async def _finish_answer(self, top: AgentEmitter, answer: str) -> str:
+        """Make the streamed text and the stored answer the same text."""
+        streamed = top.streamed_text
+        if answer.startswith(streamed):
+            rest = answer[len(streamed) :]
+            if rest:
+                await top.delta(rest)
+            return answer
+        logger.warning("run %s: agent returned text that differs from what it streamed",
+                       self.run_id)
+        return streamed
+
+    async def _end_interrupted(self, top: AgentEmitter, started: float) -> RunOutcome:
+        record = self._tracker.get(self.run_id)
+        if record.state.is_terminal:  # the monitor got there first: DEAD or TIMEOUT
+            return await self._end(top, record.state, started, error=record.error)
+        if self._cancel_reason is not None:
+            return await self._end(
+                top, ExecutionState.CANCELLED, started, reason=self._cancel_reason
+            )
+        return await self._end(top, ExecutionState.CANCELLED, started, reason="interrupted")
+
+    async def _end_failed(self, top: AgentEmitter, started: float, exc: Exception) -> RunOutcome:
+        if not isinstance(exc, AtollError):
+            logger.error("run %s failed", self.run_id, exc_info=exc)
+        return await self._end(top, ExecutionState.FAILED, started, error=_error_dict(exc))
+
+    async def _end(
+        self,
+        top: AgentEmitter,
+        state: ExecutionState,
+        started: float,
+        *,
+        error: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> RunOutcome:
+        """Move to a terminal state (unless already there) and emit the one terminal event."""
+        record = self._tracker.get(self.run_id)
+        if record.state.is_alive:
+            if not record.state.can_transition_to(state):
+                error = {
+                    "code": "interrupted",
+                    "message": f"run interrupted while {record.state.value}",
+                }
+                state = ExecutionState.FAILED
+            self._tracker.transition(self.run_id, state, error=dict(error) if error else None)
+        else:
+            state = record.state
+            error = record.error or error
+        if state is ExecutionState.CANCELLED:
+            event_type, data = EventType.AGENT_CANCELLED, {"reason": reason or "cancelled"}
+        else:
+            details = dict(error or {"code": state.value, "message": f"run {state.value}"})
+            event_type = EventType.AGENT_ERROR
+            data = {
+                "state": state.value,
+                "code": details.get("code", state.value),
+                "message": details.get("message", ""),
+            }
+        if not self._emitter.closed:
+            try:
+                await asyncio.shield(top.emit(event_type, data))
+            except Exception:
+                logger.exception("run %s: could not emit its terminal event", self.run_id)
+        return self._outcome(state, started, error=error if event_type is EventType.AGENT_ERROR
+                             else None)
+
+    def _outcome(
+        self,
+        state: ExecutionState,
+        started: float,
+        *,
+        content: str | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> RunOutcome:
+        self.outcome = RunOutcome(
+            run_id=self.run_id,
+            state=state,
+            message_id=self.message_id,
+            content=content,
+            error=dict(error) if error else None,
+            usage=self._meter.as_dict(),
+            duration_ms=_ms_since(started),
+        )
+        return self.outcome
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _error_dict(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, SubAgentError):
+        return {"code": exc.code, "message": exc.message, "agent": exc.agent}
+    if isinstance(exc, AtollError):
+        return {"code": exc.code, "message": exc.message}
+    return {"code": "internal_error", "message": f"the agent failed unexpectedly ({type(exc).__name__})"}

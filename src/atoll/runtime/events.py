@@ -1,0 +1,311 @@
+"""Run events: the envelope, the log and bus interfaces, and the per-run emitter.
+
+An event is built and serialised once (orjson), appended to the run's event log,
+and only then published on the bus; the same bytes go to every socket. ``seq``
+is assigned by the run's emitter under a lock, so it starts at 1 and has no
+gaps, and the bus sees a run's events in ``seq`` order.
+
+The log and bus are interfaces (``RunEventLog``, ``RunEventBus``): the in-process
+implementations live in ``atoll.bus.memory``; the database-backed log and the
+Redis bus plug in without any change here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+import orjson
+
+from atoll.errors import RunClosedError
+
+logger = logging.getLogger(__name__)
+
+
+class EventType(str, Enum):
+    """The run event types of the wire protocol."""
+
+    AGENT_STARTED = "agent_started"
+    AGENT_THINKING = "agent_thinking"
+    TOOL_EXECUTING = "tool_executing"
+    TOOL_COMPLETED = "tool_completed"
+    MESSAGE_DELTA = "message_delta"
+    AGENT_COMPLETED = "agent_completed"
+    AGENT_ERROR = "agent_error"
+    AGENT_CANCELLED = "agent_cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the three types that can end a run."""
+        return self in _TERMINAL_TYPES
+
+
+_TERMINAL_TYPES = frozenset(
+    {EventType.AGENT_COMPLETED, EventType.AGENT_ERROR, EventType.AGENT_CANCELLED}
+)
+
+
+def utc_timestamp() -> str:
+    """Now as RFC 3339 UTC with milliseconds (``2026-11-22T03:14:15.926Z``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One event of one run, with its wire bytes.
+
+    ``user_id`` is the run's owner; it is not part of the wire envelope but every
+    delivery path checks it before writing the event to a connection.
+    """
+
+    type: EventType
+    run_id: str
+    thread_id: str
+    user_id: str
+    seq: int
+    ts: str
+    agent: str
+    parent_agent: str | None
+    data: Mapping[str, Any]
+    payload: bytes
+
+    @property
+    def ends_run(self) -> bool:
+        """True when this is the run's final event (terminal type, top-level agent)."""
+        return self.parent_agent is None and self.type.is_terminal
+
+    def envelope(self) -> dict[str, Any]:
+        """The wire envelope as a dict."""
+        return {
+            "type": self.type.value,
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "agent": self.agent,
+            "parent_agent": self.parent_agent,
+            "data": dict(self.data),
+        }
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        type: EventType,
+        run_id: str,
+        thread_id: str,
+        user_id: str,
+        seq: int,
+        agent: str,
+        parent_agent: str | None,
+        data: Mapping[str, Any],
+        ts: str | None = None,
+    ) -> RunEvent:
+        """Build an event and serialise its envelope once."""
+        stamp = ts or utc_timestamp()
+        payload = orjson.dumps(
+            {
+                "type": type.value,
+                "run_id": run_id,
+                "thread_id": thread_id,
+                "seq": seq,
+                "ts": stamp,
+                "agent": agent,
+                "parent_agent": parent_agent,
+                "data": data,
+            }
+        )
+        return cls(type, run_id, thread_id, user_id, seq, stamp, agent, parent_agent, data, payload)
+
+    @classmethod
+    def from_payload(cls, payload: bytes, *, user_id: str) -> RunEvent:
+        """Rebuild an event from its stored wire bytes (for logs and buses that keep bytes)."""
+        raw = orjson.loads(payload)
+        return cls(
+            EventType(raw["type"]),
+            raw["run_id"],
+            raw["thread_id"],
+            user_id,
+            raw["seq"],
+            raw["ts"],
+            raw["agent"],
+            raw["parent_agent"],
+            raw["data"],
+            payload,
+        )
+
+
+@runtime_checkable
+class RunEventLog(Protocol):
+    """Durable, ordered storage of run events; read back by run and owner."""
+
+    async def append(self, event: RunEvent) -> None:
+        """Store ``event``; returns once it is durable for this backend."""
+
+    async def read(self, run_id: str, *, user_id: str, after: int = 0) -> list[RunEvent]:
+        """The run's events with ``seq > after``, oldest first; none when not the owner's."""
+
+
+class EventSubscription(Protocol):
+    """A stream of one user's events, closed by ``aclose``."""
+
+    def __aiter__(self) -> AsyncIterator[RunEvent]:
+        """Iterate events as they are published."""
+
+    async def aclose(self) -> None:
+        """Stop receiving events."""
+
+
+@runtime_checkable
+class RunEventBus(Protocol):
+    """Delivers published events to the subscriptions of the event's owner only."""
+
+    async def publish(self, event: RunEvent) -> None:
+        """Deliver ``event`` to every subscription of ``event.user_id``."""
+
+    def subscribe(self, user_id: str) -> EventSubscription:
+        """A subscription to all events of ``user_id``'s runs."""
+
+
+class EventRecorder:
+    """Logs an event, then publishes it: the one way events leave a run."""
+
+    def __init__(self, log: RunEventLog, bus: RunEventBus) -> None:
+        self.log = log
+        self.bus = bus
+
+    async def record(self, event: RunEvent) -> None:
+        """Append to the log, then publish (never the other way round).
+
+        A failed append raises: the event does not exist. A failed publish is only
+        logged: the event is already durable and readers catch up from the log.
+        """
+        await self.log.append(event)
+        try:
+            await self.bus.publish(event)
+        except Exception:
+            logger.exception("publishing event %s#%d failed", event.run_id, event.seq)
+
+
+class RunEmitter:
+    """Emits the events of one run for one user, numbering them 1, 2, 3 … without gaps.
+
+    After the run's terminal event the emitter is closed: any further emit raises
+    ``RunClosedError``, which is how "exactly one terminal event" is enforced.
+    """
+
+    def __init__(
+        self,
+        recorder: EventRecorder,
+        *,
+        user_id: str,
+        run_id: str,
+        thread_id: str,
+        message_id: str,
+        on_emit: Callable[[], None] | None = None,
+    ) -> None:
+        self._recorder = recorder
+        self.user_id = user_id
+        self.run_id = run_id
+        self.thread_id = thread_id
+        self.message_id = message_id
+        self._on_emit = on_emit
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.last_event: RunEvent | None = None
+
+    @property
+    def closed(self) -> bool:
+        """True once the terminal event was emitted."""
+        return self._closed
+
+    @property
+    def seq(self) -> int:
+        """The ``seq`` of the last event emitted (0 before the first)."""
+        return self._seq
+
+    async def emit(
+        self,
+        type: EventType,
+        data: Mapping[str, Any],
+        *,
+        agent: str,
+        parent_agent: str | None = None,
+    ) -> RunEvent:
+        """Number, log and publish one event of ``agent`` (sub-agents name their parent)."""
+        async with self._lock:
+            if self._closed:
+                raise RunClosedError(f"run {self.run_id} already ended; {type.value} dropped")
+            event = RunEvent.build(
+                type=type,
+                run_id=self.run_id,
+                thread_id=self.thread_id,
+                user_id=self.user_id,
+                seq=self._seq + 1,
+                agent=agent,
+                parent_agent=parent_agent,
+                data=data,
+            )
+            await self._recorder.record(event)
+            self._seq = event.seq
+            self._closed = event.ends_run
+            self.last_event = event
+        if self._on_emit is not None:
+            self._on_emit()
+        return event
+
+    def for_agent(self, agent: str, parent_agent: str | None) -> AgentEmitter:
+        """A view that labels events with ``agent`` and ``parent_agent``."""
+        return AgentEmitter(self, agent=agent, parent_agent=parent_agent)
+
+
+class AgentEmitter:
+    """What an agent sees of the run's emitter: its own events, labelled with its name.
+
+    A sub-agent (``parent_agent`` set) does not stream ``message_delta``: its answer
+    goes to its caller and appears in its own ``agent_completed``.
+    """
+
+    def __init__(self, run: RunEmitter, *, agent: str, parent_agent: str | None) -> None:
+        self._run = run
+        self.agent = agent
+        self.parent_agent = parent_agent
+        self._step = 0
+        self._streamed: list[str] = []
+
+    @property
+    def streamed_text(self) -> str:
+        """All answer text this emitter has streamed so far."""
+        return "".join(self._streamed)
+
+    @property
+    def streams_answer(self) -> bool:
+        """True for the top-level agent, whose deltas are the run's answer."""
+        return self.parent_agent is None
+
+    async def emit(self, type: EventType, data: Mapping[str, Any]) -> RunEvent:
+        """Emit an event labelled with this agent."""
+        return await self._run.emit(type, data, agent=self.agent, parent_agent=self.parent_agent)
+
+    async def thinking(self, text: str, step: int | None = None) -> None:
+        """Emit ``agent_thinking``; steps count from 1 per agent unless given."""
+        if step is None:
+            self._step += 1
+            step = self._step
+        else:
+            self._step = step
+        await self.emit(EventType.AGENT_THINKING, {"text": text, "step": step})
+
+    async def delta(self, text: str) -> None:
+        """Emit a ``message_delta`` of the run's answer (top-level agent only)."""
+        if text and self.streams_answer:
+            await self.emit(
+                EventType.MESSAGE_DELTA, {"message_id": self._run.message_id, "delta": text}
+            )
+            self._streamed.append(text)

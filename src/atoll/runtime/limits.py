@@ -1,0 +1,119 @@
+"""Per-user run limits: the settings, and the slots that enforce concurrency per user.
+
+The limit is per *user*, not per engine: every engine a factory builds shares
+the factory's ``UserRunSlots``; a scaled-out deployment plugs in a cluster-wide
+implementation of ``RunSlots``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from atoll.errors import RunLimitError
+
+OverflowPolicy = Literal["wait", "reject"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeLimits:
+    """The runtime's limits (defaults from the product spec)."""
+
+    max_concurrent_runs: int = 3
+    overflow: OverflowPolicy = "wait"
+    run_timeout: float = 300.0
+    heartbeat_timeout: float = 30.0
+    tool_timeout: float = 30.0
+    tool_calls_per_minute: int = 120
+    monitor_interval: float = 1.0
+    record_retention: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_runs < 1:
+            raise ValueError("max_concurrent_runs must be at least 1")
+        if self.overflow not in ("wait", "reject"):
+            raise ValueError("overflow must be 'wait' or 'reject'")
+        for name in ("run_timeout", "heartbeat_timeout", "tool_timeout", "monitor_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+
+class RunSlots(Protocol):
+    """Counts each user's alive runs against the limit."""
+
+    def try_acquire(self, user_id: str) -> None:
+        """Take a slot now or raise ``RunLimitError``."""
+
+    async def acquire(self, user_id: str) -> None:
+        """Take a slot, waiting (FIFO per user) until one is free."""
+
+    def release(self, user_id: str) -> None:
+        """Give a slot back."""
+
+    def active(self, user_id: str) -> int:
+        """How many slots the user holds."""
+
+
+class UserRunSlots:
+    """In-process ``RunSlots``: at most ``limit`` alive runs per user."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self._active: dict[str, int] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+
+    def active(self, user_id: str) -> int:
+        """How many slots ``user_id`` holds."""
+        return self._active.get(user_id, 0)
+
+    def waiting(self, user_id: str) -> int:
+        """How many runs of ``user_id`` wait for a slot."""
+        return len(self._waiters.get(user_id, ()))
+
+    def try_acquire(self, user_id: str) -> None:
+        """Take a slot now or raise ``RunLimitError``."""
+        if self.active(user_id) >= self.limit or self._waiters.get(user_id):
+            raise RunLimitError(
+                f"you already have {self.limit} runs in progress; wait for one to finish",
+                details={"limit": self.limit},
+            )
+        self._active[user_id] = self.active(user_id) + 1
+
+    async def acquire(self, user_id: str) -> None:
+        """Take a slot, waiting in line behind the user's earlier runs."""
+        if self.active(user_id) < self.limit and not self._waiters.get(user_id):
+            self._active[user_id] = self.active(user_id) + 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiters.setdefault(user_id, deque())
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(user_id)  # the slot was handed over just as we were cancelled
+            else:
+                queue.remove(waiter)
+                if not queue:
+                    self._waiters.pop(user_id, None)
+            raise
+
+    def release(self, user_id: str) -> None:
+        """Give a slot back; hands it straight to the next waiter of the same user."""
+        queue = self._waiters.get(user_id)
+        while queue:
+            waiter = queue.popleft()
+            if not queue:
+                self._waiters.pop(user_id, None)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        remaining = self.active(user_id) - 1
+        if remaining > 0:
+            self._active[user_id] = remaining
+        else:
+            self._active.pop(user_id, None)
