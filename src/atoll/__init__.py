@@ -23,7 +23,18 @@ _EXPORTS = {
     "tool": "atoll.runtime.tools.base",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "Agent",
+    "AgentExecutionTracker",
+    "AgentFactory",
+    "AgentRegistry",
+    "ExecutionEngineFactory",
+    "ExecutionState",
+    "UserExecutionContext",
+    "UserExecutionEngine",
+    "__version__",
+    "tool",
+]
 
 if TYPE_CHECKING:
     from atoll.runtime.agents.base import Agent, AgentFactory, AgentRegistry

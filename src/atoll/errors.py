@@ -153,6 +153,8 @@ class SubAgentError(AtollError):
     code = "sub_agent_failed"
 
     def __init__(self, agent: str, error: dict[str, Any]) -> None:
-        super().__init__(f"sub-agent {agent} failed: {error.get('message')}", details={"agent": agent})
+        super().__init__(
+            f"sub-agent {agent} failed: {error.get('message')}", details={"agent": agent}
+        )
         self.agent = agent
         self.error = error

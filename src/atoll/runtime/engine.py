@@ -213,7 +213,9 @@ class UserExecutionEngine:
             holding = True
         try:
             self._tracker.register(
-                run_id=ctx.run_id, user_id=ctx.user_id, thread_id=ctx.thread_id,
+                run_id=ctx.run_id,
+                user_id=ctx.user_id,
+                thread_id=ctx.thread_id,
                 agent=request.agent,
             )
         except BaseException:
@@ -351,8 +353,9 @@ class UserExecutionEngine:
             if rest:
                 await top.delta(rest)
             return answer
-        logger.warning("run %s: agent returned text that differs from what it streamed",
-                       self.run_id)
+        logger.warning(
+            "run %s: agent returned text that differs from what it streamed", self.run_id
+        )
         return streamed
 
     async def _end_interrupted(self, top: AgentEmitter, started: float) -> RunOutcome:
@@ -407,8 +410,9 @@ class UserExecutionEngine:
                 await asyncio.shield(top.emit(event_type, data))
             except Exception:
                 logger.exception("run %s: could not emit its terminal event", self.run_id)
-        return self._outcome(state, started, error=error if event_type is EventType.AGENT_ERROR
-                             else None)
+        return self._outcome(
+            state, started, error=error if event_type is EventType.AGENT_ERROR else None
+        )
 
     def _outcome(
         self,
@@ -439,4 +443,7 @@ def _error_dict(exc: BaseException) -> dict[str, Any]:
         return {"code": exc.code, "message": exc.message, "agent": exc.agent}
     if isinstance(exc, AtollError):
         return {"code": exc.code, "message": exc.message}
-    return {"code": "internal_error", "message": f"the agent failed unexpectedly ({type(exc).__name__})"}
+    return {
+        "code": "internal_error",
+        "message": f"the agent failed unexpectedly ({type(exc).__name__})",
+    }

@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -27,7 +27,7 @@ from atoll.errors import RunClosedError
 logger = logging.getLogger(__name__)
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     """The run event types of the wire protocol."""
 
     AGENT_STARTED = "agent_started"

@@ -111,7 +111,7 @@ class AgentExecutionTracker:
         *,
         error: dict[str, Any] | None = None,
     ) -> ExecutionRecord:
-        """Move a run to ``target``; raises ``TypeError``/``IllegalTransitionError`` as the table says."""
+        """Move a run to ``target``; ``TypeError`` or ``IllegalTransitionError`` if not allowed."""
         record = self.get(run_id)
         check_transition(record.state, target)
         now = self._clock()
@@ -233,7 +233,7 @@ class AgentExecutionTracker:
         return counts
 
     def success_rate(self) -> float | None:
-        """COMPLETED ÷ all runs that finished since start (cleaned-up ones included); None if none."""
+        """COMPLETED ÷ all runs finished since start (cleaned-up ones included); None if none."""
         finished = sum(self._finished_counts.values())
         if finished == 0:
             return None

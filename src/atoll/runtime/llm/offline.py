@@ -45,8 +45,9 @@ _EXPRESSION = re.compile(
     r"[-+(]*\s*\d[\d.\s]*\)*\s*)+"
 )
 _TIME = re.compile(r"\b(time|clock|date|today|day is it|what day|now)\b", re.I)
-_GREETING = re.compile(r"^\s*(hi|hello|hey|thanks|thank you|good (morning|evening|afternoon))\b",
-                       re.I)
+_GREETING = re.compile(
+    r"^\s*(hi|hello|hey|thanks|thank you|good (morning|evening|afternoon))\b", re.I
+)
 _ZONE = re.compile(r"\b([A-Z][a-z]+/[A-Z][A-Za-z_]+)\b")
 
 INTENT_KEYWORDS: Mapping[str, tuple[str, ...]] = {

@@ -89,16 +89,24 @@ class ToolDispatcher:
             assert parsed is not None
             value = await self._run(name, parsed, call_id)
         except asyncio.CancelledError:
-            await self._complete_quietly(call_id, name, started, error={"code": "cancelled",
-                                         "message": "the run was cancelled during the tool call"})
+            await self._complete_quietly(
+                call_id,
+                name,
+                started,
+                error={
+                    "code": "cancelled",
+                    "message": "the run was cancelled during the tool call",
+                },
+            )
             raise
         except ToolError as exc:
             return await self._complete(call_id, name, started, error=exc.to_dict())
         except AtollError as exc:
             return await self._complete(call_id, name, started, error=exc.to_dict())
         except Exception as exc:
-            logger.exception("tool %s raised (call %s, run %s)", name, call_id,
-                             self._context.run_id)
+            logger.exception(
+                "tool %s raised (call %s, run %s)", name, call_id, self._context.run_id
+            )
             error = {"code": "tool_error", "message": f"{name} failed ({type(exc).__name__})"}
             return await self._complete(call_id, name, started, error=error)
         return await self._complete(call_id, name, started, result=value)

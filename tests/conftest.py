@@ -1,0 +1,52 @@
+"""Shared fixtures: a real in-process runtime (factory, in-memory event log and bus)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from atoll.bus.memory import InMemoryEventBus, InMemoryRunEventLog
+from atoll.runtime.agents.base import AgentRegistry
+from atoll.runtime.builtins import builtin_registry
+from atoll.runtime.events import EventRecorder
+from atoll.runtime.factory import ExecutionEngineFactory
+from atoll.runtime.limits import RuntimeLimits
+from atoll.runtime.llm.base import LLMProvider
+from atoll.runtime.llm.offline import OfflineProvider
+from atoll.runtime.tools.knowledge import KnowledgeBase
+from support import Runtime
+
+
+@pytest.fixture
+def build_runtime() -> Callable[..., ExecutionEngineFactory]:
+    """Returns a function that builds a factory on fresh in-memory log and bus."""
+
+    def build(
+        *,
+        registry: AgentRegistry | None = None,
+        llm: LLMProvider | None = None,
+        limits: RuntimeLimits | None = None,
+        log: InMemoryRunEventLog | None = None,
+        bus: InMemoryEventBus | None = None,
+    ) -> Runtime:
+        log = log or InMemoryRunEventLog()
+        bus = bus or InMemoryEventBus()
+        factory = ExecutionEngineFactory(
+            registry=registry or builtin_registry(),
+            llm=llm or OfflineProvider(),
+            recorder=EventRecorder(log, bus),
+            limits=limits or RuntimeLimits(monitor_interval=0.05),
+            resources={KnowledgeBase: KnowledgeBase()},
+        )
+        return Runtime(factory, log, bus)
+
+    return build  # type: ignore[return-value]
+
+
+@pytest.fixture
+async def runtime(build_runtime: Callable[..., Runtime]) -> AsyncIterator[Runtime]:
+    """A started runtime with the built-in agents and the offline model."""
+    rt = build_runtime()
+    async with rt.factory:
+        yield rt
