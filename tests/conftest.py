@@ -9,6 +9,7 @@ import pytest
 from atoll.bus.memory import InMemoryEventBus, InMemoryRunEventLog
 from atoll.runtime.agents.base import AgentRegistry
 from atoll.runtime.builtins import builtin_registry
+from atoll.runtime.engine import CompletionHook
 from atoll.runtime.events import EventRecorder
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.limits import RuntimeLimits
@@ -29,6 +30,7 @@ def build_runtime() -> Callable[..., ExecutionEngineFactory]:
         limits: RuntimeLimits | None = None,
         log: InMemoryRunEventLog | None = None,
         bus: InMemoryEventBus | None = None,
+        completion_hook: CompletionHook | None = None,
     ) -> Runtime:
         log = log or InMemoryRunEventLog()
         bus = bus or InMemoryEventBus()
@@ -38,6 +40,7 @@ def build_runtime() -> Callable[..., ExecutionEngineFactory]:
             recorder=EventRecorder(log, bus),
             limits=limits or RuntimeLimits(monitor_interval=0.05),
             resources={KnowledgeBase: KnowledgeBase()},
+            completion_hook=completion_hook,
         )
         return Runtime(factory, log, bus)
 

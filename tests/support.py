@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from atoll.bus.memory import InMemoryEventBus, InMemoryRunEventLog
@@ -51,3 +54,20 @@ def is_subsequence(wanted: list[str], actual: list[str]) -> bool:
     """Whether ``wanted`` appears in ``actual`` in order (not necessarily adjacent)."""
     iterator = iter(actual)
     return all(any(item == candidate for candidate in iterator) for item in wanted)
+
+
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` (sync or async) until it holds; fail after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {within:g} s")
+        await asyncio.sleep(0.005)

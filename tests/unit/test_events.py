@@ -30,7 +30,16 @@ async def test_envelope_and_gapless_seq() -> None:
     events = await log.read("run_a", user_id="usr_a")
     assert [e.seq for e in events] == [1, 2, 3, 4]
     wire = orjson.loads(events[2].payload)
-    assert set(wire) == {"type", "run_id", "thread_id", "seq", "ts", "agent", "parent_agent", "data"}
+    assert set(wire) == {
+        "type",
+        "run_id",
+        "thread_id",
+        "seq",
+        "ts",
+        "agent",
+        "parent_agent",
+        "data",
+    }
     assert wire["data"] == {"message_id": "msg_a", "delta": "Hello"}
     assert wire["ts"].endswith("Z")
     assert "user_id" not in wire
