@@ -81,6 +81,15 @@ class MemorySubscription:
         event = await self._queue.get()
         return event
 
+    def drain(self) -> list[RunEvent]:
+        """Every event queued right now, without waiting."""
+        if self.overflowed:
+            raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
+        events: list[RunEvent] = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        return events
+
     async def __aiter__(self) -> AsyncIterator[RunEvent]:
         while not self.closed:
             yield await self.get()
