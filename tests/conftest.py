@@ -16,6 +16,7 @@ from atoll.runtime.limits import RuntimeLimits
 from atoll.runtime.llm.base import LLMProvider
 from atoll.runtime.llm.offline import OfflineProvider
 from atoll.runtime.tools.knowledge import KnowledgeBase
+
 from support import Runtime
 
 

@@ -19,6 +19,7 @@ from atoll.runtime.limits import RuntimeLimits
 from atoll.runtime.llm.offline import OfflineProvider
 from atoll.runtime.state import ExecutionState
 from atoll.runtime.tools.base import tool
+
 from support import Runtime, is_subsequence, make_context, types_of, until
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import make_context, until
 
 from atoll.bus.memory import InMemoryEventBus, InMemoryRunEventLog, MemorySubscription
 from atoll.runtime.agents.base import Agent, AgentRunContext
@@ -29,6 +28,8 @@ from atoll.runtime.limits import RuntimeLimits
 from atoll.runtime.llm.offline import OfflineProvider
 from atoll.runtime.state import ExecutionState
 from atoll.runtime.tools.knowledge import KnowledgeBase
+
+from support import make_context, until
 
 pytestmark = [pytest.mark.multi_user, pytest.mark.security]
 

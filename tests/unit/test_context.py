@@ -14,6 +14,7 @@ from atoll.runtime.context import (
     RESERVED_METADATA_KEYS,
     UserExecutionContext,
 )
+
 from support import make_context
 
 pytestmark = pytest.mark.unit

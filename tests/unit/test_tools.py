@@ -16,6 +16,7 @@ from atoll.runtime.tools.calculator import calculator, evaluate
 from atoll.runtime.tools.clock import current_time
 from atoll.runtime.tools.dispatcher import ToolDispatcher
 from atoll.runtime.tools.knowledge import KnowledgeBase, knowledge_search
+
 from support import make_context
 
 pytestmark = pytest.mark.unit
