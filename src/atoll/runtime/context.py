@@ -41,6 +41,7 @@ PLACEHOLDER_VALUES = frozenset(
 RESERVED_METADATA_KEYS = frozenset({"user_id", "thread_id", "run_id", "request_id", "created_at"})
 MAX_CONTEXT_DEPTH = 10
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _ID_BODY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _ID_FIELDS = (
     ("user_id", "usr_"),
@@ -51,8 +52,10 @@ _ID_FIELDS = (
 
 
 def _frozen_copy(name: str, value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    if value is None:
-        return MappingProxyType({})
+    if not value:
+        if value is None or isinstance(value, Mapping):
+            return _EMPTY
+        raise InvalidContextError(f"{name} must be a mapping, not {type(value).__name__}")
     if not isinstance(value, Mapping):
         raise InvalidContextError(f"{name} must be a mapping, not {type(value).__name__}")
     for key in value:

@@ -122,7 +122,6 @@ class ExecutionEngineFactory:
             run_id=context.run_id,
             thread_id=context.thread_id,
             message_id=new_id("msg"),
-            on_emit=lambda: self.tracker.heartbeat(context.run_id),
         )
         return UserExecutionEngine(
             context, self._services.agent_factory, emitter, services=self._services

@@ -235,6 +235,9 @@ class OfflineClient:
                 yield Usage(prompt_tokens, 1 + len(arguments))
                 return
             answer = direct_answer(intent, bool(tools))
+        # Like a real model, give the event loop back before answering (and between
+        # chunks when a delay is set), so one run never starves the others or the monitor.
+        await asyncio.sleep(0)
         for piece in chunk_words(answer):
             if self._token_delay:
                 await asyncio.sleep(self._token_delay)

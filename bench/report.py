@@ -1,0 +1,47 @@
+"""Writes a benchmark's result into docs/benchmarks.md, between its own markers."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    """A one-line description of the machine the benchmark ran on."""
+    cpu = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        match = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        if match:
+            cpu = match.group(1).strip()
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"{cpu}, {cores} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def write_section(name: str, command: str, result: dict[str, Any]) -> None:
+    """Replace the ``<!-- bench:name -->`` section of docs/benchmarks.md with ``result``."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = (
+        f"<!-- bench:{name} -->\n"
+        f"Command: `{command}`  \n"
+        f"Machine: {machine()}  \n"
+        f"Measured: {stamp}\n\n"
+        f"```json\n{json.dumps(result, indent=2)}\n```\n"
+        f"<!-- /bench:{name} -->"
+    )
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: body, text)
+    else:
+        text = text.rstrip() + f"\n\n{body}\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text, encoding="utf-8")
+    print(f"wrote section {name!r} of {DOC}", file=sys.stderr)
