@@ -39,7 +39,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def bench(users: int, runs: int, agent: str, max_seconds: float) -> dict[str, Any]:
+async def bench(
+    users: int, runs: int, agent: str, max_seconds: float, freeze: bool = False
+) -> dict[str, Any]:
     # Runs take well under a millisecond: a short retention keeps memory at steady state,
     # as the 24 h retention does for a database-backed log.
     log, bus = InMemoryRunEventLog(retention=2.0), InMemoryEventBus()
@@ -84,6 +86,8 @@ async def bench(users: int, runs: int, agent: str, max_seconds: float) -> dict[s
         states.clear()
         events = 0
         gc.collect()
+        if freeze:
+            gc.freeze()  # what `atoll serve` can do after start-up: see docs/benchmarks.md
         started = time.perf_counter()
         workers = []
         for _ in range(users):
@@ -99,6 +103,7 @@ async def bench(users: int, runs: int, agent: str, max_seconds: float) -> dict[s
         "users": users,
         "runs_per_user": runs,
         "agent": agent,
+        "gc_freeze": freeze,
         "runs": done,
         "completed": states.get(ExecutionState.COMPLETED.value, 0),
         "states": states,
@@ -118,9 +123,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100, help="runs per user")
     parser.add_argument("--agent", default="assistant", choices=["assistant", "supervisor"])
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop starting runs")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after warm-up")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
-    result = bench(args.users, args.runs, args.agent, args.max_seconds)
+    result = bench(args.users, args.runs, args.agent, args.max_seconds, args.gc_freeze)
     output = asyncio.run(result)
     print(json.dumps(output, indent=2))
     if args.write:
