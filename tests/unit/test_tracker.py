@@ -185,3 +185,21 @@ async def test_monitor_task_detects_timeout() -> None:
 def test_invalid_timeouts_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         AgentExecutionTracker(heartbeat_timeout=0)
+
+
+def test_limits_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from atoll.config import Settings
+    from atoll.runtime.limits import RuntimeLimits
+
+    monkeypatch.setenv("ATOLL_MAX_CONCURRENT_RUNS", "5")
+    monkeypatch.setenv("ATOLL_RUN_OVERFLOW", "reject")
+    monkeypatch.setenv("ATOLL_HEARTBEAT_TIMEOUT", "1.5")
+    limits = RuntimeLimits.from_settings(Settings())
+    assert limits.max_concurrent_runs == 5
+    assert limits.overflow == "reject"
+    assert limits.heartbeat_timeout == 1.5
+    assert limits.monitor_interval == 0.5
+    assert limits.run_timeout == 300.0
+    monkeypatch.setenv("ATOLL_RUN_OVERFLOW", "explode")
+    with pytest.raises(ValueError, match="run_overflow"):
+        Settings()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, Self
 
+from atoll.config import Settings
 from atoll.errors import RunLimitError
 
 OverflowPolicy = Literal["wait", "reject"]
@@ -38,6 +39,20 @@ class RuntimeLimits:
         for name in ("run_timeout", "heartbeat_timeout", "tool_timeout", "monitor_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The limits configured by ``ATOLL_*`` settings."""
+        return cls(
+            max_concurrent_runs=settings.max_concurrent_runs,
+            overflow=settings.run_overflow,
+            run_timeout=settings.run_timeout,
+            heartbeat_timeout=settings.heartbeat_timeout,
+            tool_timeout=settings.tool_timeout,
+            tool_calls_per_minute=settings.tool_calls_per_minute,
+            monitor_interval=min(1.0, settings.heartbeat_timeout / 3),
+        )
 
 
 class RunSlots(Protocol):
