@@ -40,7 +40,6 @@ class RuntimeLimits:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 
-
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
         """The limits configured by ``ATOLL_*`` settings."""
