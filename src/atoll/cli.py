@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from atoll import __version__
 
@@ -13,18 +16,125 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``atoll``."""
     parser = argparse.ArgumentParser(prog="atoll", description="Multi-tenant AI-agent runtime.")
     parser.add_argument("--version", action="version", version=f"atoll {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server (SQLite and everything in-process)")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--data-dir", type=Path, help="SQLite file and keys (default ./atoll-data)")
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="user_command", metavar="ACTION", required=True
+    )
+    create = user.add_parser("create", help="create a user")
+    create.add_argument("email")
+    create.add_argument("--name")
+    create.add_argument("--plan", default="free")
+    create.add_argument("--role", action="append", default=[], dest="roles")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    create.add_argument("--data-dir", type=Path)
+
+    db = commands.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_command", metavar="ACTION", required=True
+    )
+    upgrade = db.add_parser("upgrade", help="apply database migrations")
+    upgrade.add_argument("--data-dir", type=Path)
     return parser
+
+
+def _settings(args: argparse.Namespace) -> object:
+    from atoll.config import Settings
+
+    overrides: dict[str, object] = {}
+    for name in ("host", "port", "data_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from atoll.config import Settings
+    from atoll.server.serve import serve
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    serve(settings)
+    return 0
+
+
+async def _create_user(args: argparse.Namespace, password: str) -> str:
+    from atoll.config import Settings
+    from atoll.server.services import running_services
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    async with running_services(settings) as services:
+        user = await services.auth.create_user(
+            args.email, password, name=args.name, plan=args.plan, roles=frozenset(args.roles)
+        )
+    return user.id
+
+
+def _user_create(args: argparse.Namespace) -> int:
+    from atoll.errors import AtollError
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat: ") != password:
+            print("atoll: passwords differ", file=sys.stderr)
+            return 2
+    try:
+        user_id = asyncio.run(_create_user(args, password))
+    except AtollError as exc:
+        print(f"atoll: {exc.message}", file=sys.stderr)
+        return 1
+    print(user_id)
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from atoll.config import Settings
+    from atoll.store.db import Database, sqlite_url
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+
+    async def upgrade() -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.database_url or sqlite_url(settings.data_dir))
+        try:
+            await db.upgrade()
+        finally:
+            await db.dispose()
+
+    asyncio.run(upgrade())
+    print("database is up to date")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``atoll`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
+    from atoll.errors import ConfigurationError
+
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "user":
+            return _user_create(args)
+        if args.command == "db":
+            return _db_upgrade(args)
+    except ConfigurationError as exc:
+        print(f"atoll: {exc.message}", file=sys.stderr)
         return 2
-    return 0
+    parser.print_help(sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

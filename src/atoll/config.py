@@ -21,6 +21,26 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATOLL_", extra="ignore")
 
     data_dir: Path = Field(Path("./atoll-data"), description="Where the SQLite file and keys live")
+    database_url: str | None = Field(None, description="Default: SQLite file in data_dir")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    secret_key: SecretStr | None = Field(None, description="Default: generated in data_dir")
+    jwt_issuer: str = "atoll"
+    jwt_audience: str = "atoll-api"
+    access_token_ttl: float = Field(15 * 60, gt=0)
+    refresh_token_ttl: float = Field(30 * 24 * 3600, gt=0)
+    login_failures_limit: int = Field(10, ge=1)
+    login_failures_window: float = Field(15 * 60, gt=0)
+
+    max_message_chars: int = Field(32_000, ge=1)
+    max_ws_connections: int = Field(10, ge=1)
+    max_ws_frame_bytes: int = Field(64 * 1024, ge=1024)
+    messages_per_minute: int = Field(60, ge=1)
+    ws_auth_timeout: float = Field(10.0, gt=0)
+    ws_send_queue: int = Field(1000, ge=10)
+    event_retention_hours: float = Field(24.0, gt=0)
+    shutdown_grace: float = Field(10.0, ge=0)
 
     llm_provider: Literal["offline", "openai"] = "offline"
     llm_base_url: str | None = None

@@ -46,11 +46,78 @@ class IllegalTransitionError(AtollError):
     status = 409
 
 
-class RunNotFoundError(AtollError):
-    """Raised when a run id is unknown (or belongs to another user)."""
+class NotFoundError(AtollError):
+    """Raised when a resource is missing or belongs to another user (the two look alike)."""
 
     code = "not_found"
     status = 404
+
+
+class RunNotFoundError(NotFoundError):
+    """Raised when a run id is unknown (or belongs to another user)."""
+
+
+class ValidationFailedError(AtollError):
+    """Raised when input is invalid; ``errors`` lists ``{loc, msg}`` per offending field."""
+
+    code = "validation_error"
+    status = 422
+
+    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(message, details={"errors": errors})
+        self.errors = errors
+
+
+class ThreadBusyError(AtollError):
+    """Raised when a thread already has an alive run and ``multitask`` is ``reject``."""
+
+    code = "thread_busy"
+    status = 409
+
+
+class EmailTakenError(AtollError):
+    """Raised when registering an email that already has an account."""
+
+    code = "email_taken"
+    status = 409
+
+
+class AuthenticationError(AtollError):
+    """Raised when a token is missing, malformed, forged or for a revoked session."""
+
+    code = "invalid_token"
+    status = 401
+
+
+class InvalidCredentialsError(AuthenticationError):
+    """Raised for a wrong password and an unknown email alike."""
+
+    code = "invalid_credentials"
+
+
+class TokenExpiredError(AuthenticationError):
+    """Raised when a token's ``exp`` has passed."""
+
+    code = "token_expired"
+
+
+class SessionRevokedError(AuthenticationError):
+    """Raised when the token's session was logged out or revoked."""
+
+    code = "session_revoked"
+
+
+class RefreshReuseError(AuthenticationError):
+    """Raised when a spent refresh token is presented; the whole session is revoked."""
+
+    code = "refresh_reused"
+
+
+class UnavailableError(AtollError):
+    """Raised when a dependency (database, bus) is unreachable; retry later."""
+
+    code = "unavailable"
+    status = 503
 
 
 class RunLimitError(AtollError):

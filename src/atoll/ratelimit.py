@@ -8,6 +8,7 @@ same ``RateLimiter`` protocol.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -59,3 +60,42 @@ class LocalRateLimiter:
         self._hits_since_prune = 0
         for key in [k for k, tat in self._tat.items() if tat <= now]:
             del self._tat[key]
+
+
+class SlidingWindowCounter:
+    """Counts events per key over the last ``period`` seconds (e.g. failed logins)."""
+
+    def __init__(self, period: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._clock = clock
+        self._events: dict[str, deque[float]] = {}
+
+    def _window(self, key: str) -> deque[float] | None:
+        events = self._events.get(key)
+        if events is None:
+            return None
+        cutoff = self._clock() - self.period
+        while events and events[0] <= cutoff:
+            events.popleft()
+        if not events:
+            del self._events[key]
+            return None
+        return events
+
+    def count(self, key: str) -> int:
+        """Events for ``key`` within the window."""
+        events = self._window(key)
+        return len(events) if events else 0
+
+    def retry_after(self, key: str) -> float:
+        """Seconds until the oldest event of ``key`` leaves the window."""
+        events = self._window(key)
+        return max(0.0, events[0] + self.period - self._clock()) if events else 0.0
+
+    def add(self, key: str) -> None:
+        """Record one event for ``key``."""
+        self._events.setdefault(key, deque()).append(self._clock())
+
+    def reset(self, key: str) -> None:
+        """Forget ``key``'s events."""
+        self._events.pop(key, None)

@@ -463,3 +463,25 @@ async def test_every_run_gets_its_own_engine_and_agent_instances(runtime: Runtim
         assert engine_a is not engine_b
         assert engine_a.message_id != engine_b.message_id
         assert sorted(runtime.factory.live_runs()) == []  # not started yet
+
+
+async def test_cancel_before_start_and_wait_for(runtime: Runtime) -> None:
+    context = make_context()
+    gate = asyncio.Event()
+    async with runtime.factory.user_execution_scope(context) as engine:
+        assert engine.cancel("early")
+        outcome = await engine.run(RunRequest("assistant", "hi", new_id("msg")))
+    assert outcome.state is ExecutionState.CANCELLED
+    events = await runtime.log.read(context.run_id, user_id=context.user_id)
+    assert [(e.type.value, dict(e.data)) for e in events] == [
+        ("agent_cancelled", {"reason": "early"})
+    ]
+
+    second = make_context()
+    async with runtime.factory.user_execution_scope(second) as engine:
+        request = RunRequest("assistant", "hi", new_id("msg"), wait_for=gate.wait)
+        task = asyncio.create_task(engine.run(request))
+        await until(lambda: runtime.factory.tracker.find(second.run_id) is not None)
+        assert runtime.factory.tracker.get(second.run_id).state is ExecutionState.PENDING
+        gate.set()
+        assert (await task).state is ExecutionState.COMPLETED

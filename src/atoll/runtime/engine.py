@@ -54,6 +54,8 @@ class RunRequest:
     input: str
     input_message_id: str
     history: Sequence[ChatMessage] = ()
+    wait_for: Callable[[], Awaitable[None]] | None = None
+    """Awaited while PENDING before the run takes a slot (e.g. an earlier run of the thread)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +177,12 @@ class UserExecutionEngine:
 
     def cancel(self, reason: str = "user") -> bool:
         """Ask the run to stop; True if this cancelled it. Idempotent."""
+        if self._task is None:
+            # Not started yet: the run will end CANCELLED as soon as it starts.
+            self._cancel_reason = self._cancel_reason or reason
+            return True
         record = self._tracker.find(self.run_id)
-        if self._task is None or self._done.is_set() or record is None:
+        if self._done.is_set() or record is None:
             return False
         if not record.state.is_alive or record.state is ExecutionState.COMPLETING:
             return False
@@ -226,6 +232,10 @@ class UserExecutionEngine:
         top = self._emitter.for_agent(agent_class.name, None)
         deadline: asyncio.Timeout | None = None
         try:
+            if self._cancel_reason is not None:
+                raise asyncio.CancelledError
+            if request.wait_for is not None:
+                await request.wait_for()
             if not holding:
                 await services.slots.acquire(ctx.user_id)
                 holding = True

@@ -175,7 +175,11 @@ class RunEventLog(Protocol):
     """Durable, ordered storage of run events; read back by run and owner."""
 
     async def append(self, event: RunEvent) -> None:
-        """Store ``event``; returns once it is durable for this backend."""
+        """Store ``event``; returns once it is durable for this backend.
+
+        An append whose caller is cancelled must still complete (or fail as a
+        whole): the emitter counts a cancelled append's ``seq`` as used.
+        """
 
     async def read(self, run_id: str, *, user_id: str, after: int = 0) -> list[RunEvent]:
         """The run's events with ``seq > after``, oldest first; none when not the owner's."""
@@ -282,7 +286,14 @@ class RunEmitter:
                 data=data,
                 ts=self._recorder.clock.now(),
             )
-            await self._recorder.record(event)
+            try:
+                await self._recorder.record(event)
+            except asyncio.CancelledError:
+                # A log never withdraws an append it accepted (see RunEventLog.append):
+                # the event will be stored, so its seq is used.
+                self._seq = event.seq
+                self._closed = event.ends_run
+                raise
             self._seq = event.seq
             self._closed = event.ends_run
             self.last_event = event

@@ -1,0 +1,1 @@
+"""Authentication: passwords, tokens, sessions — and the one token-validation path."""

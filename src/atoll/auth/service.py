@@ -1,0 +1,250 @@
+"""Register, log in, refresh, log out — and ``authenticate``, the one validation path.
+
+``AuthService.authenticate`` is the only function that turns a bearer token into
+an identity; HTTP routes and the WebSocket both call it. Identity never comes
+from a request body or query.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from atoll.auth.passwords import Passwords
+from atoll.auth.tokens import TokenCodec
+from atoll.errors import (
+    AuthenticationError,
+    EmailTakenError,
+    InvalidCredentialsError,
+    RateLimitedError,
+    RefreshReuseError,
+    SessionRevokedError,
+    ValidationFailedError,
+)
+from atoll.ratelimit import SlidingWindowCounter
+from atoll.runtime.ids import new_id
+from atoll.store.audit import AuditLog
+from atoll.store.db import Database
+from atoll.store.models import AuthSession, User, utcnow
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The verified identity behind a request."""
+
+    user_id: str
+    session_id: str
+    email: str
+    name: str | None
+    plan: str
+    roles: frozenset[str]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedTokens:
+    """A fresh access/refresh pair for one user."""
+
+    user: User
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+def normalise_email(email: str) -> str:
+    """Trimmed, lower-cased email; ``ValidationFailedError`` when it is not one."""
+    value = email.strip().lower()
+    if not _EMAIL.fullmatch(value) or len(value) > 320:
+        raise ValidationFailedError(
+            "invalid email", [{"loc": ["body", "email"], "msg": "not a valid email address"}]
+        )
+    return value
+
+
+def check_password(password: str) -> None:
+    """``ValidationFailedError`` unless 8 to 1024 characters."""
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise ValidationFailedError(
+            "invalid password",
+            [
+                {
+                    "loc": ["body", "password"],
+                    "msg": f"must be {MIN_PASSWORD} to {MAX_PASSWORD} characters",
+                }
+            ],
+        )
+
+
+class AuthService:
+    """Accounts and sessions of one deployment."""
+
+    def __init__(
+        self,
+        db: Database,
+        codec: TokenCodec,
+        passwords: Passwords,
+        audit: AuditLog,
+        *,
+        failures: SlidingWindowCounter,
+        failures_limit: int,
+    ) -> None:
+        self._db = db
+        self._codec = codec
+        self._passwords = passwords
+        self._audit = audit
+        self._failures = failures
+        self._failures_limit = failures_limit
+
+    async def create_user(
+        self,
+        email: str,
+        password: str,
+        *,
+        name: str | None = None,
+        plan: str = "free",
+        roles: frozenset[str] = frozenset(),
+    ) -> User:
+        """Create an account (``EmailTakenError`` if the email is used)."""
+        address = normalise_email(email)
+        check_password(password)
+        hashed = await self._passwords.hash(password)
+        user = User(
+            id=new_id("usr"),
+            email=address,
+            name=name,
+            password_hash=hashed,
+            plan=plan,
+            roles=sorted(roles),
+            created_at=utcnow(),
+        )
+        try:
+            async with self._db.transaction() as session:
+                session.add(user)
+        except IntegrityError:
+            raise EmailTakenError("an account with this email already exists") from None
+        return user
+
+    async def register(self, email: str, password: str, name: str | None) -> IssuedTokens:
+        """Create an account and log it in."""
+        user = await self.create_user(email, password, name=name)
+        await self._audit.record("register", user_id=user.id)
+        return await self._start_session(user)
+
+    async def login(self, email: str, password: str) -> IssuedTokens:
+        """Check the password and start a session. Wrong password and unknown email look alike."""
+        address = email.strip().lower()
+        if self._failures.count(address) >= self._failures_limit:
+            await self._audit.record("login_rate_limited", email=address)
+            raise RateLimitedError(
+                "too many failed logins for this email; try again later",
+                retry_after=self._failures.retry_after(address),
+            )
+        async with self._db.session() as session:
+            user = (await session.execute(select(User).where(User.email == address))).scalar()
+        if not await self._passwords.verify(user.password_hash if user else None, password):
+            self._failures.add(address)
+            await self._audit.record(
+                "login_failed", user_id=user.id if user else None, email=address
+            )
+            raise InvalidCredentialsError("wrong email or password")
+        assert user is not None
+        self._failures.reset(address)
+        await self._audit.record("login", user_id=user.id)
+        return await self._start_session(user)
+
+    async def refresh(self, refresh_token: str) -> IssuedTokens:
+        """Rotate a refresh token. A spent one revokes the whole session (reuse detection)."""
+        claims = self._codec.decode(refresh_token, expected="refresh")
+        async with self._db.transaction() as session:
+            row = await session.get(AuthSession, claims.session_id, with_for_update=True)
+            if row is None or row.user_id != claims.user_id:
+                raise AuthenticationError("the token is invalid")
+            if row.revoked_at is not None:
+                raise SessionRevokedError("this session has ended; log in again")
+            if row.refresh_jti != claims.jti:
+                row.revoked_at = utcnow()
+                row.revoked_reason = "refresh_reuse"
+                reused = True
+            else:
+                row.refresh_jti = new_id("ses")
+                reused = False
+            new_jti = row.refresh_jti
+            user = await session.get(User, row.user_id)
+        if reused:
+            await self._audit.record(
+                "refresh_reuse", user_id=claims.user_id, session_id=claims.session_id
+            )
+            raise RefreshReuseError("this refresh token was already used; the session is revoked")
+        assert user is not None
+        await self._audit.record("refresh", user_id=user.id, session_id=claims.session_id)
+        return self._tokens(user, claims.session_id, new_jti)
+
+    async def logout(self, principal: Principal) -> None:
+        """End the session: its access and refresh tokens stop working at once."""
+        async with self._db.transaction() as session:
+            row = await session.get(AuthSession, principal.session_id)
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = utcnow()
+                row.revoked_reason = "logout"
+        await self._audit.record(
+            "logout", user_id=principal.user_id, session_id=principal.session_id
+        )
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The one token validation: signature, claims, then a live session and user."""
+        if not token:
+            raise AuthenticationError("authentication required")
+        claims = self._codec.decode(token, expected="access")
+        query = (
+            select(AuthSession, User)
+            .join(User, User.id == AuthSession.user_id)
+            .where(AuthSession.id == claims.session_id)
+        )
+        async with self._db.session() as session:
+            found = (await session.execute(query)).first()
+        if found is None:
+            raise AuthenticationError("the token is invalid")
+        row, user = found
+        if row.user_id != claims.user_id:
+            raise AuthenticationError("the token is invalid")
+        if row.revoked_at is not None:
+            raise SessionRevokedError("this session has ended; log in again")
+        return Principal(
+            user_id=user.id,
+            session_id=row.id,
+            email=user.email,
+            name=user.name,
+            plan=user.plan,
+            roles=frozenset(user.roles or ()),
+            created_at=user.created_at,
+        )
+
+    async def _start_session(self, user: User) -> IssuedTokens:
+        now = datetime.now(UTC)
+        row = AuthSession(
+            id=new_id("ses"),
+            user_id=user.id,
+            refresh_jti=new_id("ses"),
+            created_at=now,
+            expires_at=now + timedelta(seconds=self._codec.refresh_ttl),
+        )
+        async with self._db.transaction() as session:
+            session.add(row)
+        return self._tokens(user, row.id, row.refresh_jti)
+
+    def _tokens(self, user: User, session_id: str, refresh_jti: str) -> IssuedTokens:
+        access = self._codec.issue(
+            user_id=user.id, session_id=session_id, type="access", jti=new_id("req")
+        )
+        refresh = self._codec.issue(
+            user_id=user.id, session_id=session_id, type="refresh", jti=refresh_jti
+        )
+        return IssuedTokens(user, access, refresh, int(self._codec.access_ttl))

@@ -1,0 +1,42 @@
+"""``create_app(settings)``: the ASGI app, for ``atoll serve`` or any ASGI server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from atoll import __version__
+from atoll.config import Settings
+from atoll.server.problems import install_problem_handlers
+from atoll.server.routes import auth, ops, runs, threads
+from atoll.server.services import running_services
+from atoll.server.websocket import websocket_endpoint
+
+API = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app; everything it owns is built in its lifespan and kept on ``app.state``."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_services(settings) as services:
+            app.state.services = services
+            yield
+
+    app = FastAPI(
+        title="Atoll",
+        version=__version__,
+        summary="Multi-tenant AI-agent runtime",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(auth.router, prefix=API)
+    app.include_router(threads.router, prefix=API)
+    app.include_router(runs.router, prefix=API)
+    app.include_router(ops.router)
+    app.add_api_websocket_route(f"{API}/ws", websocket_endpoint)
+    return app

@@ -1,0 +1,35 @@
+"""FastAPI dependencies: the app's services and the caller's verified identity."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from atoll.auth.service import Principal
+from atoll.errors import UnavailableError
+from atoll.server.services import Services
+
+bearer = HTTPBearer(auto_error=False, description="The access token from /auth/login")
+
+
+def get_services(request: Request) -> Services:
+    """The services of the app serving this request."""
+    services: Services = request.app.state.services
+    if not services.accepting:
+        raise UnavailableError("the server is shutting down")
+    return services
+
+
+async def get_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The caller, from ``Authorization: Bearer`` only, through ``AuthService.authenticate``."""
+    services = get_services(request)
+    return await services.auth.authenticate(credentials.credentials if credentials else None)
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,72 @@
+"""``/auth/*`` and ``/me``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from atoll.auth.service import IssuedTokens
+from atoll.server.deps import PrincipalDep, ServicesDep
+from atoll.server.schemas import LoginBody, RefreshBody, RegisterBody, TokenOut, UserOut
+from atoll.store.models import User
+
+router = APIRouter(tags=["auth"])
+
+
+def user_out(user: User) -> UserOut:
+    """The public view of a user."""
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        name=user.name,
+        plan=user.plan,
+        roles=list(user.roles or []),
+        created_at=user.created_at,
+    )
+
+
+def token_out(issued: IssuedTokens) -> TokenOut:
+    """The token answer of register, login and refresh."""
+    return TokenOut(
+        user=user_out(issued.user),
+        access_token=issued.access_token,
+        refresh_token=issued.refresh_token,
+        expires_in=issued.expires_in,
+    )
+
+
+@router.post("/auth/register", status_code=201)
+async def register(body: RegisterBody, services: ServicesDep) -> TokenOut:
+    """Create an account and log in."""
+    return token_out(await services.auth.register(body.email, body.password, body.name))
+
+
+@router.post("/auth/login")
+async def login(body: LoginBody, services: ServicesDep) -> TokenOut:
+    """Log in with email and password."""
+    return token_out(await services.auth.login(body.email, body.password))
+
+
+@router.post("/auth/refresh")
+async def refresh(body: RefreshBody, services: ServicesDep) -> TokenOut:
+    """Trade a refresh token for a new pair; the old one is spent."""
+    return token_out(await services.auth.refresh(body.refresh_token))
+
+
+@router.post("/auth/logout", status_code=204)
+async def logout(principal: PrincipalDep, services: ServicesDep) -> Response:
+    """End the session; its tokens stop working at once."""
+    await services.auth.logout(principal)
+    return Response(status_code=204)
+
+
+@router.get("/me")
+async def me(principal: PrincipalDep) -> UserOut:
+    """The caller."""
+    return UserOut(
+        id=principal.user_id,
+        email=principal.email,
+        name=principal.name,
+        plan=principal.plan,
+        roles=sorted(principal.roles),
+        created_at=principal.created_at,
+    )

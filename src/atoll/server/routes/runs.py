@@ -1,0 +1,154 @@
+"""Runs: start (per thread or through ``/chat``), read, events, stream, cancel; agents, tools."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from atoll.errors import ValidationFailedError
+from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.ids import new_id
+from atoll.server.deps import PrincipalDep, ServicesDep
+from atoll.server.routes.threads import message_out
+from atoll.server.schemas import (
+    AgentOut,
+    ChatAccepted,
+    ChatBody,
+    EventPage,
+    RunAccepted,
+    RunCreate,
+    RunOut,
+    ToolOut,
+)
+from atoll.server.services import Services
+from atoll.server.sse import run_stream
+
+router = APIRouter(tags=["runs"])
+
+
+def check_message_length(services: Services, message: str) -> None:
+    """``validation_error`` naming ``message`` when it is longer than allowed."""
+    limit = services.settings.max_message_chars
+    if len(message) > limit:
+        raise ValidationFailedError(
+            "message too long",
+            [{"loc": ["body", "message"], "msg": f"at most {limit} characters"}],
+        )
+
+
+@router.post("/threads/{thread_id}/runs", status_code=202)
+async def start_run(
+    thread_id: str, body: RunCreate, principal: PrincipalDep, services: ServicesDep
+) -> RunAccepted:
+    """Store the message and start a run on the thread."""
+    check_message_length(services, body.message)
+    submitted = await services.runs.submit(
+        principal,
+        content=body.message,
+        thread_id=thread_id,
+        agent=body.agent,
+        multitask=body.multitask,
+        metadata=body.metadata,
+    )
+    return RunAccepted(
+        run=RunOut(**services.runs.live_state(submitted.run)),
+        message=message_out(submitted.message),
+    )
+
+
+@router.post("/chat", status_code=202)
+async def chat(body: ChatBody, principal: PrincipalDep, services: ServicesDep) -> ChatAccepted:
+    """Send a message, creating the thread when none is named."""
+    check_message_length(services, body.message)
+    submitted = await services.runs.submit(
+        principal,
+        content=body.message,
+        thread_id=body.thread_id,
+        agent=body.agent,
+        multitask=body.multitask,
+        metadata=body.metadata,
+    )
+    return ChatAccepted(
+        thread_id=submitted.thread.id,
+        run=RunOut(**services.runs.live_state(submitted.run)),
+        message=message_out(submitted.message),
+    )
+
+
+@router.get("/runs/{run_id}")
+async def get_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunOut:
+    """One of the caller's runs."""
+    run = await services.chat.run(principal.user_id, run_id)
+    return RunOut(**services.runs.live_state(run))
+
+
+@router.get("/runs/{run_id}/events")
+async def run_events(
+    run_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+) -> EventPage:
+    """The run's logged events with ``seq > after``."""
+    await services.chat.run(principal.user_id, run_id)
+    events = await services.event_log.read(run_id, user_id=principal.user_id, after=after)
+    return EventPage(
+        items=[e.envelope() for e in events], next_after=events[-1].seq if events else after
+    )
+
+
+@router.get("/runs/{run_id}/stream", response_class=StreamingResponse)
+async def stream_run(
+    run_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> StreamingResponse:
+    """Server-Sent Events of the run; honours ``Last-Event-ID``; ends after the terminal event."""
+    await services.chat.run(principal.user_id, run_id)
+    after = 0
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise ValidationFailedError(
+                "invalid Last-Event-ID",
+                [{"loc": ["header", "last-event-id"], "msg": "must be a non-negative integer"}],
+            )
+        after = int(last_event_id)
+    return StreamingResponse(
+        run_stream(services, run_id=run_id, user_id=principal.user_id, after=after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/runs/{run_id}/cancel", status_code=202)
+async def cancel_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunOut:
+    """Cancel the run; idempotent, and not an error for a finished run."""
+    run = await services.runs.cancel(principal, run_id)
+    return RunOut(**services.runs.live_state(run))
+
+
+@router.get("/agents")
+async def list_agents(principal: PrincipalDep, services: ServicesDep) -> list[AgentOut]:
+    """The agents a run may name."""
+    return [AgentOut(**agent) for agent in services.registry.describe_agents()]
+
+
+@router.get("/tools")
+async def list_tools(principal: PrincipalDep, services: ServicesDep) -> list[ToolOut]:
+    """The tools the caller's plan and roles allow."""
+    context = UserExecutionContext(
+        user_id=principal.user_id,
+        thread_id=new_id("thr"),
+        run_id=new_id("run"),
+        request_id=new_id("req"),
+        plan=principal.plan,
+        roles=principal.roles,
+    )
+    return [
+        ToolOut(name=t.name, description=t.description, parameters=dict(t.parameters))
+        for t in services.registry.tools.values()
+        if t.allows(context)
+    ]

@@ -1,0 +1,116 @@
+"""``/threads`` and their messages."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from atoll.server.deps import PrincipalDep, ServicesDep
+from atoll.server.schemas import (
+    MessageOut,
+    MessagePage,
+    ThreadCreate,
+    ThreadOut,
+    ThreadPage,
+    ThreadPatch,
+)
+from atoll.store.models import Message, Thread, utcnow
+
+router = APIRouter(tags=["threads"])
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=64)]
+
+
+def thread_out(thread: Thread) -> ThreadOut:
+    """The public view of a thread."""
+    return ThreadOut(
+        id=thread.id,
+        title=thread.title,
+        metadata=thread.meta or {},
+        created_at=thread.created_at,
+        updated_at=thread.updated_at,
+    )
+
+
+def message_out(message: Message) -> MessageOut:
+    """The public view of a message."""
+    return MessageOut(
+        id=message.id,
+        thread_id=message.thread_id,
+        role=message.role,
+        content=message.content,
+        run_id=message.run_id,
+        created_at=message.created_at,
+    )
+
+
+@router.post("/threads", status_code=201)
+async def create_thread(
+    principal: PrincipalDep, services: ServicesDep, body: ThreadCreate | None = None
+) -> ThreadOut:
+    """Start a new, empty thread."""
+    body = body or ThreadCreate()
+    async with services.db.transaction() as session:
+        thread = await services.chat.create_thread(
+            session, principal.user_id, title=body.title, meta=body.metadata or {}
+        )
+    return thread_out(thread)
+
+
+@router.get("/threads")
+async def list_threads(
+    principal: PrincipalDep, services: ServicesDep, limit: Limit = 20, cursor: Cursor = None
+) -> ThreadPage:
+    """The caller's threads, newest first."""
+    page = await services.chat.list_threads(principal.user_id, limit=limit, cursor=cursor)
+    return ThreadPage(items=[thread_out(t) for t in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/threads/{thread_id}")
+async def get_thread(thread_id: str, principal: PrincipalDep, services: ServicesDep) -> ThreadOut:
+    """One of the caller's threads."""
+    async with services.db.session() as session:
+        return thread_out(await services.chat.thread(session, principal.user_id, thread_id))
+
+
+@router.patch("/threads/{thread_id}")
+async def patch_thread(
+    thread_id: str, body: ThreadPatch, principal: PrincipalDep, services: ServicesDep
+) -> ThreadOut:
+    """Rename a thread or replace its metadata."""
+    async with services.db.transaction() as session:
+        thread = await services.chat.thread(session, principal.user_id, thread_id)
+        if "title" in body.model_fields_set:
+            thread.title = body.title
+        if body.metadata is not None:
+            thread.meta = body.metadata
+        thread.updated_at = utcnow()
+    return thread_out(thread)
+
+
+@router.delete("/threads/{thread_id}", status_code=204)
+async def delete_thread(thread_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
+    """Delete a thread; its alive runs are cancelled first."""
+    async with services.db.session() as session:
+        thread = await services.chat.thread(session, principal.user_id, thread_id)
+        alive = [r.id for r in await services.chat.alive_runs(session, thread.id)]
+    await services.runs.cancel_thread_runs(principal.user_id, alive)
+    await services.chat.delete_thread(principal.user_id, thread_id)
+    return Response(status_code=204)
+
+
+@router.get("/threads/{thread_id}/messages")
+async def list_messages(
+    thread_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> MessagePage:
+    """The thread's messages, oldest first."""
+    page = await services.chat.list_messages(
+        principal.user_id, thread_id, limit=limit, cursor=cursor
+    )
+    return MessagePage(items=[message_out(m) for m in page.items], next_cursor=page.next_cursor)

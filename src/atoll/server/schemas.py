@@ -1,0 +1,147 @@
+"""Request and response bodies of the REST API (the OpenAPI document is generated from these).
+
+Unknown extra fields in a request are ignored; only what a client cannot do
+without is required.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Multitask = Literal["reject", "enqueue", "interrupt"]
+
+
+class Body(BaseModel):
+    """Base of request bodies: extra fields are ignored, never a reason for 422."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class RegisterBody(Body):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+    name: str | None = Field(None, max_length=200)
+
+
+class LoginBody(Body):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+
+
+class RefreshBody(Body):
+    refresh_token: str = Field(max_length=4096)
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    name: str | None
+    plan: str
+    roles: list[str]
+    created_at: datetime
+
+
+class TokenOut(BaseModel):
+    user: UserOut
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth token type, not a secret
+    expires_in: int
+
+
+class ThreadCreate(Body):
+    title: str | None = Field(None, max_length=500)
+    metadata: dict[str, Any] | None = None
+
+
+class ThreadPatch(Body):
+    title: str | None = Field(None, max_length=500)
+    metadata: dict[str, Any] | None = None
+
+
+class ThreadOut(BaseModel):
+    id: str
+    title: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ThreadPage(BaseModel):
+    items: list[ThreadOut]
+    next_cursor: str | None
+
+
+class MessageOut(BaseModel):
+    id: str
+    thread_id: str
+    role: str
+    content: str
+    run_id: str | None
+    created_at: datetime
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut]
+    next_cursor: str | None
+
+
+class RunOut(BaseModel):
+    id: str
+    thread_id: str
+    agent: str
+    state: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: dict[str, Any] | None = None
+
+
+class RunCreate(Body):
+    message: str = Field(min_length=1)
+    agent: str | None = Field(None, max_length=100)
+    multitask: Multitask = "reject"
+    metadata: dict[str, Any] | None = None
+
+
+class ChatBody(RunCreate):
+    thread_id: str | None = Field(None, max_length=64)
+
+
+class RunAccepted(BaseModel):
+    run: RunOut
+    message: MessageOut
+
+
+class ChatAccepted(RunAccepted):
+    thread_id: str
+
+
+class EventPage(BaseModel):
+    items: list[dict[str, Any]]
+    next_after: int
+
+
+class AgentOut(BaseModel):
+    name: str
+    description: str
+
+
+class ToolOut(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with Atoll's stable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] = []

@@ -1,0 +1,55 @@
+"""Server-Sent Events for one run: replay from ``Last-Event-ID``, then live, then end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from atoll.bus.memory import MemorySubscription
+from atoll.runtime.events import RunEvent
+from atoll.server.services import Services
+
+KEEPALIVE_SECONDS = 15.0
+
+
+def sse_frame(event: RunEvent) -> bytes:
+    """One SSE message: ``id`` is the event's ``seq``."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (
+        event.seq,
+        event.type.value.encode(),
+        event.payload,
+    )
+
+
+async def run_stream(
+    services: Services, *, run_id: str, user_id: str, after: int
+) -> AsyncIterator[bytes]:
+    """The run's events after ``after``, live until its terminal event."""
+    subscription: MemorySubscription = services.bus.subscribe(user_id)
+    try:
+        last = after
+        for event in await services.event_log.read(run_id, user_id=user_id, after=after):
+            yield sse_frame(event)
+            last = event.seq
+            if event.ends_run:
+                return
+        while True:
+            try:
+                event = await asyncio.wait_for(subscription.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if event.run_id != run_id or event.user_id != user_id or event.seq <= last:
+                continue
+            missed: list[RunEvent] = []
+            if event.seq > last + 1:
+                missed = await services.event_log.read(run_id, user_id=user_id, after=last)
+            for item in [*(m for m in missed if m.seq < event.seq), event]:
+                yield sse_frame(item)
+                last = item.seq
+                if item.ends_run:
+                    return
+    finally:
+        with contextlib.suppress(Exception):
+            await subscription.aclose()

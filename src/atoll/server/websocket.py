@@ -1,0 +1,282 @@
+"""``GET /api/v1/ws``: authenticate, then messages, cancels, resumes and pings.
+
+Authentication is the ``Authorization: Bearer`` header of the upgrade request or
+an ``{"type": "auth", "token"}`` first frame within the auth timeout — never a
+token in the URL. Bad frames are answered with ``error`` frames and the
+connection stays open; a client error never closes with 1011.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from fastapi import WebSocket
+
+from atoll.auth.service import Principal
+from atoll.bus.memory import MemorySubscription, SubscriptionOverflowError
+from atoll.errors import AtollError, AuthenticationError
+from atoll.runtime.ids import new_id
+from atoll.server.connections import (
+    Connection,
+    Resume,
+    SlowClientError,
+    TooManyConnectionsError,
+)
+from atoll.server.services import Services
+
+logger = logging.getLogger(__name__)
+
+CLOSE_AUTH = 4401
+CLOSE_AUTH_TIMEOUT = 4408
+CLOSE_POLICY = 1008
+MULTITASK = ("reject", "enqueue", "interrupt")
+
+
+class FrameError(Exception):
+    """A bad client frame: answered with an ``error`` frame."""
+
+    def __init__(self, code: str, detail: str, ref: str | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.ref = ref
+
+
+def _bearer(websocket: WebSocket) -> str | None:
+    header = websocket.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def _authenticate(websocket: WebSocket, services: Services) -> Principal:
+    token = _bearer(websocket)
+    if token is None:
+        raw = await asyncio.wait_for(websocket.receive(), services.settings.ws_auth_timeout)
+        text = raw.get("text")
+        if raw.get("type") != "websocket.receive" or not isinstance(text, str):
+            raise AuthenticationError("the first frame must be an auth frame")
+        if len(text) > services.settings.max_ws_frame_bytes:
+            raise AuthenticationError("the auth frame is too large")
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise AuthenticationError("the auth frame is not JSON") from None
+        if not isinstance(frame, dict) or frame.get("type") != "auth":
+            raise AuthenticationError("the first frame must be an auth frame")
+        token = frame.get("token")
+        if not isinstance(token, str):
+            raise AuthenticationError("the auth frame needs a token")
+    return await services.auth.authenticate(token)
+
+
+def _field(frame: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:
+    value = frame.get(name)
+    if value is None:
+        if required:
+            raise FrameError("validation_error", f"{name} is required", frame.get("client_id"))
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise FrameError("validation_error", f"{name} must be a {kind.__name__}", _ref(frame))
+    return value
+
+
+def _ref(frame: dict[str, Any]) -> str | None:
+    ref = frame.get("client_id") or frame.get("run_id")
+    return ref if isinstance(ref, str) else None
+
+
+class Session:
+    """One authenticated socket: reads frames and hands everything to the writer."""
+
+    def __init__(self, services: Services, principal: Principal, connection: Connection) -> None:
+        self.services = services
+        self.principal = principal
+        self.connection = connection
+
+    async def read(self) -> None:
+        websocket = self.connection.websocket
+        limit = self.services.settings.max_ws_frame_bytes
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                size = len(message.get("bytes") or b"")
+                if size > limit:
+                    await self.connection.close(CLOSE_POLICY, "frame too large")
+                    return
+                self._error("bad_frame", "frames must be JSON text")
+                continue
+            if len(text) > limit and len(text.encode()) > limit:
+                await self.connection.close(CLOSE_POLICY, "frame too large")
+                return
+            try:
+                await self._frame(text)
+            except FrameError as exc:
+                self._error(exc.code, exc.detail, exc.ref)
+
+    def _error(self, code: str, detail: str, ref: str | None = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
+        if ref is not None:
+            frame["ref"] = ref
+        self.services.metrics.http_errors.labels(code).inc()
+        self.connection.send(frame)
+
+    async def _frame(self, text: str) -> None:
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise FrameError("bad_frame", "the frame is not valid JSON") from None
+        if not isinstance(frame, dict):
+            raise FrameError("bad_frame", "the frame must be a JSON object")
+        kind = frame.get("type")
+        if kind == "ping":
+            self.connection.send({"type": "pong"})
+        elif kind == "message":
+            await self._message(frame)
+        elif kind == "cancel":
+            await self._cancel(frame)
+        elif kind == "resume":
+            await self._resume(frame)
+        elif kind == "auth":
+            raise FrameError("already_authenticated", "this connection is already authenticated")
+        else:
+            raise FrameError("unknown_type", f"unknown frame type {kind!r}", _ref(frame))
+
+    async def _message(self, frame: dict[str, Any]) -> None:
+        ref = _ref(frame)
+        content = _field(frame, "content", str, required=True)
+        thread_id = _field(frame, "thread_id", str)
+        agent = _field(frame, "agent", str)
+        multitask = _field(frame, "multitask", str) or "reject"
+        client_id = _field(frame, "client_id", str)
+        if not content.strip():
+            raise FrameError("validation_error", "content must not be empty", ref)
+        if len(content) > self.services.settings.max_message_chars:
+            limit = self.services.settings.max_message_chars
+            raise FrameError("validation_error", f"content is longer than {limit} characters", ref)
+        if multitask not in MULTITASK:
+            raise FrameError("validation_error", f"multitask must be one of {MULTITASK}", ref)
+        if client_id is not None and not 0 < len(client_id) <= 128:
+            raise FrameError("validation_error", "client_id must be 1-128 characters", ref)
+        try:
+            submitted = await self.services.runs.submit(
+                self.principal,
+                content=content,
+                thread_id=thread_id,
+                agent=agent,
+                multitask=multitask,
+                client_id=client_id,
+            )
+        except AtollError as exc:
+            raise FrameError(exc.code, exc.message, ref) from None
+        ack: dict[str, Any] = {
+            "type": "ack",
+            "thread_id": submitted.thread.id,
+            "run_id": submitted.run.id,
+            "message_id": submitted.message.id,
+        }
+        if client_id is not None:
+            ack["client_id"] = client_id
+        self.connection.send(ack)
+        if not submitted.created:
+            self.connection.send(Resume(submitted.run.id, 0))
+
+    async def _cancel(self, frame: dict[str, Any]) -> None:
+        run_id = _field(frame, "run_id", str, required=True)
+        try:
+            run = await self.services.runs.cancel(self.principal, run_id)
+        except AtollError as exc:
+            raise FrameError(exc.code, exc.message, run_id) from None
+        self.connection.send({"type": "ack", "run_id": run.id, "thread_id": run.thread_id})
+
+    async def _resume(self, frame: dict[str, Any]) -> None:
+        run_id = _field(frame, "run_id", str, required=True)
+        after = _field(frame, "after", int) or 0
+        if after < 0:
+            raise FrameError("validation_error", "after must be >= 0", run_id)
+        try:
+            await self.services.chat.run(self.principal.user_id, run_id)
+        except AtollError as exc:
+            raise FrameError(exc.code, exc.message, run_id) from None
+        self.connection.send(Resume(run_id, after))
+
+
+async def _pump(subscription: MemorySubscription, connection: Connection) -> None:
+    while True:
+        connection.send(await subscription.get())
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    """The WebSocket of the wire protocol."""
+    services: Services = websocket.app.state.services
+    await websocket.accept()
+    if not services.accepting:
+        await websocket.close(1001, "server shutting down")
+        return
+    try:
+        principal = await _authenticate(websocket, services)
+    except TimeoutError:
+        await websocket.close(CLOSE_AUTH_TIMEOUT, "no auth frame in time")
+        return
+    except AuthenticationError as exc:
+        await websocket.close(CLOSE_AUTH, exc.code)
+        return
+    connection = Connection(
+        websocket,
+        user_id=principal.user_id,
+        connection_id=new_id("con"),
+        log=services.event_log,
+        metrics=services.metrics,
+        queue_size=services.settings.ws_send_queue,
+    )
+    try:
+        services.connections.add(connection)
+    except TooManyConnectionsError:
+        await websocket.close(CLOSE_POLICY, "too many connections")
+        return
+    subscription = services.bus.subscribe(principal.user_id)
+    session = Session(services, principal, connection)
+    connection.send(
+        {
+            "type": "connection_established",
+            "user_id": principal.user_id,
+            "connection_id": connection.connection_id,
+        }
+    )
+    tasks = [
+        asyncio.create_task(connection.writer()),
+        asyncio.create_task(_pump(subscription, connection)),
+        asyncio.create_task(session.read()),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            error = task.exception()
+            if isinstance(error, SlowClientError | SubscriptionOverflowError):
+                await connection.close(CLOSE_POLICY, "client too slow")
+            elif error is not None and not _is_disconnect(error):
+                logger.error("websocket %s failed", connection.connection_id, exc_info=error)
+                await connection.close(1011, "server error")
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        await subscription.aclose()
+        services.connections.remove(connection)
+        await connection.close(1000)
+
+
+def _is_disconnect(error: BaseException) -> bool:
+    from starlette.websockets import WebSocketDisconnect
+
+    return isinstance(error, WebSocketDisconnect | RuntimeError | ConnectionError)

@@ -1,0 +1,57 @@
+"""The audit log of security-relevant actions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from atoll.store.db import Database
+from atoll.store.models import AuditEntry, utcnow
+
+logger = logging.getLogger(__name__)
+
+AUDITED_ACTIONS = frozenset(
+    {
+        "register",
+        "login",
+        "login_failed",
+        "login_rate_limited",
+        "refresh",
+        "refresh_reuse",
+        "logout",
+        "run_start",
+        "run_cancel",
+        "access_denied",
+    }
+)
+
+
+class AuditLog:
+    """Writes audit entries; never lets a failure to audit break the request."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record(self, action: str, *, user_id: str | None = None, **detail: Any) -> None:
+        """Store one entry (``action`` must be one of ``AUDITED_ACTIONS``)."""
+        if action not in AUDITED_ACTIONS:
+            raise ValueError(f"unknown audit action {action!r}")
+        try:
+            async with self._db.engine.begin() as connection:
+                await connection.execute(
+                    insert(AuditEntry).values(
+                        at=utcnow(), action=action, user_id=user_id, detail=detail
+                    )
+                )
+        except Exception:
+            logger.exception("could not write audit entry %s for %s", action, user_id)
+
+    async def entries(self, *, user_id: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest entries (optionally of one user)."""
+        query = select(AuditEntry).order_by(AuditEntry.pk.desc()).limit(limit)
+        if user_id is not None:
+            query = query.where(AuditEntry.user_id == user_id)
+        async with self._db.session() as session:
+            return list((await session.execute(query)).scalars().all())
