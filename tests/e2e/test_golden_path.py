@@ -10,6 +10,7 @@ import pytest
 
 from atoll.client import AtollClient, ends_run
 
+from serving import PASSWORD, running_server
 from support import is_subsequence
 
 pytestmark = [pytest.mark.e2e, pytest.mark.golden_path]
@@ -73,33 +74,29 @@ async def test_golden_path_for_two_users_at_once(new_client: Callable[..., Any])
 async def test_resume_after_a_dropped_connection_yields_exactly_the_missed_events(
     settings_factory: Callable[..., Any],
 ) -> None:
-    from conftest import PASSWORD, running_server
-
-    async with running_server(settings_factory(offline_token_delay=0.05)) as (url, _):
-        async with AtollClient(url) as client:
-            await client.register("resume@example.com", PASSWORD)
-            seen: list[dict[str, Any]] = []
-            async with client.connect() as socket:
-                ack = await socket.send_message("How do plugins work?")
-                async for event in socket.run_events(ack["run_id"]):
-                    seen.append(event)
-                    if event["type"] == "message_delta":
-                        break  # the connection drops mid-answer
-            async with client.connect() as socket:
-                await socket.resume(ack["run_id"], seen[-1]["seq"])
-                seen += [e async for e in socket.run_events(ack["run_id"])]
+    settings = settings_factory(offline_token_delay=0.05)
+    async with running_server(settings) as (url, _), AtollClient(url) as client:
+        await client.register("resume@example.com", PASSWORD)
+        seen: list[dict[str, Any]] = []
+        async with client.connect() as socket:
+            ack = await socket.send_message("How do plugins work?")
+            async for event in socket.run_events(ack["run_id"]):
+                seen.append(event)
+                if event["type"] == "message_delta":
+                    break  # the connection drops mid-answer
+        async with client.connect() as socket:
+            await socket.resume(ack["run_id"], seen[-1]["seq"])
+            seen += [e async for e in socket.run_events(ack["run_id"])]
     check_run_events(seen, ack["run_id"])
     assert seen[-1]["type"] == "agent_completed"
 
 
 async def test_sse_follows_a_live_run(settings_factory: Callable[..., Any]) -> None:
-    from conftest import PASSWORD, running_server
-
-    async with running_server(settings_factory(offline_token_delay=0.02)) as (url, _):
-        async with AtollClient(url) as client:
-            await client.register("sse@example.com", PASSWORD)
-            accepted = await client.chat("hello", agent="assistant")
-            events = [e async for e in client.stream(accepted["run"]["id"])]
+    settings = settings_factory(offline_token_delay=0.02)
+    async with running_server(settings) as (url, _), AtollClient(url) as client:
+        await client.register("sse@example.com", PASSWORD)
+        accepted = await client.chat("hello", agent="assistant")
+        events = [e async for e in client.stream(accepted["run"]["id"])]
     check_run_events(events, accepted["run"]["id"])
     assert events[-1]["type"] == "agent_completed"
     assert "offline model" in events[-1]["data"]["message"]["content"]

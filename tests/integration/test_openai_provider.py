@@ -7,7 +7,6 @@ import socket
 from collections.abc import Callable
 
 import pytest
-from fake_openai import API_KEY, serve_fake_openai
 
 from atoll.config import Settings
 from atoll.errors import ConfigurationError
@@ -18,6 +17,7 @@ from atoll.runtime.llm.openai_compat import OpenAIProvider
 from atoll.runtime.llm.providers import build_llm_provider
 from atoll.runtime.state import ExecutionState
 
+from fake_openai import API_KEY, serve_fake_openai
 from support import Runtime, is_subsequence, make_context, types_of, until
 
 pytestmark = pytest.mark.integration

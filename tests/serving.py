@@ -1,0 +1,117 @@
+"""Running a real Atoll server for tests: in-process uvicorn, or an `atoll serve` process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from atoll.config import Settings
+from atoll.server.app import create_app
+from atoll.server.serve import AtollServer
+
+PASSWORD = "correct horse battery"
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[tuple[str, AtollServer]]:
+    """Serve ``settings`` on a free port for the duration of the block."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_max_size=1 << 20,
+        timeout_graceful_shutdown=5,
+    )
+    server = AtollServer(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server exited during start-up")
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test server in ``data_dir``."""
+    return Settings(data_dir=data_dir, **overrides)
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServeProcess:
+    """``atoll serve`` as a child process (for restarts and crashes)."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+
+    def log_text(self) -> str:
+        """What the server has logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def start(self) -> None:
+        """Start and wait until /readyz answers 200."""
+        command = [sys.executable, "-m", "atoll.cli", "serve", "--port", str(self.port),
+                   "--data-dir", str(self.data_dir)]  # fmt: skip
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"atoll serve exited with {self.process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("atoll serve did not become ready in 30 s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` to the server process (ours, by pid) and wait for it."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=60)
+        self.process = None
+        return code
+
+
+@contextlib.contextmanager
+def serve_process(data_dir: Path, **env: str) -> Iterator[ServeProcess]:
+    """A started ``atoll serve``; killed at the end if still running."""
+    server = ServeProcess(data_dir, **env)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.kill()
+            server.process.wait()
