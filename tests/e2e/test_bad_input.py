@@ -1,0 +1,163 @@
+"""Bad input gets a clear 4xx problem naming the field (REST) or an error frame (WebSocket)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from atoll.client import AtollClient
+
+pytestmark = pytest.mark.e2e
+
+LONG = "x" * 32_001
+
+
+async def call(
+    url: str, token: str | None, method: str, path: str, **kwargs: Any
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers.update(kwargs.pop("headers", {}))
+    async with httpx.AsyncClient(base_url=url) as http:
+        return await http.request(method, f"/api/v1{path}", headers=headers, **kwargs)
+
+
+def fields(answer: httpx.Response) -> set[str]:
+    body = answer.json()
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert set(body) == {"type", "title", "status", "detail", "code", "errors"}
+    assert body["status"] == answer.status_code
+    return {str(error["loc"][-1]) for error in body["errors"]}
+
+
+PUBLIC_CASES = [
+    ("/auth/register", {}, {"email", "password"}),
+    ("/auth/register", {"email": 5, "password": ["x"]}, {"email", "password"}),
+    ("/auth/register", {"email": "a" * 400 + "@x.io", "password": "long enough"}, {"email"}),
+    ("/auth/register", {"email": "not-an-email", "password": "long enough"}, {"email"}),
+    ("/auth/register", {"email": "short@example.com", "password": "short"}, {"password"}),
+    ("/auth/login", {}, {"email", "password"}),
+    ("/auth/login", {"email": None, "password": 3}, {"email", "password"}),
+    ("/auth/refresh", {}, {"refresh_token"}),
+    ("/auth/refresh", {"refresh_token": 12}, {"refresh_token"}),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "named"), PUBLIC_CASES)
+async def test_public_endpoints(server: str, path: str, body: Any, named: set[str]) -> None:
+    answer = await call(server, None, "POST", path, json=body)
+    assert answer.status_code == 422
+    assert answer.json()["code"] == "validation_error"
+    assert named <= fields(answer)
+
+
+async def test_non_json_and_non_object_bodies(server: str) -> None:
+    for content in (b"{not json", b"[1, 2]", b'"text"'):
+        answer = await call(
+            server, None, "POST", "/auth/login", content=content,
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        assert answer.status_code == 422, content
+        fields(answer)
+
+
+async def test_authenticated_endpoints(new_client: Callable[..., Any], server: str) -> None:
+    client: AtollClient = await new_client()
+    token = client.access_token
+    thread = (await client.request("POST", "/threads", json={"title": "t"}))["id"]
+    cases: list[tuple[str, str, dict[str, Any], set[str], str]] = [
+        ("POST", "/threads", {"json": {"title": 5}}, {"title"}, "validation_error"),
+        ("POST", "/threads", {"json": {"title": "x" * 501}}, {"title"}, "validation_error"),
+        ("POST", "/threads", {"json": {"metadata": [1]}}, {"metadata"}, "validation_error"),
+        ("PATCH", f"/threads/{thread}", {"json": {"title": []}}, {"title"}, "validation_error"),
+        ("GET", "/threads", {"params": {"limit": 0}}, {"limit"}, "validation_error"),
+        ("GET", "/threads", {"params": {"limit": "many"}}, {"limit"}, "validation_error"),
+        ("GET", "/threads", {"params": {"cursor": "%%%"}}, {"cursor"}, "validation_error"),
+        ("POST", f"/threads/{thread}/runs", {"json": {}}, {"message"}, "validation_error"),
+        ("POST", f"/threads/{thread}/runs", {"json": {"message": ""}}, {"message"},
+         "validation_error"),
+        ("POST", f"/threads/{thread}/runs", {"json": {"message": LONG}}, {"message"},
+         "validation_error"),
+        ("POST", f"/threads/{thread}/runs", {"json": {"message": 7}}, {"message"},
+         "validation_error"),
+        ("POST", f"/threads/{thread}/runs", {"json": {"message": "hi", "multitask": "often"}},
+         {"multitask"}, "validation_error"),
+        ("POST", "/chat", {"json": {"message": "hi", "thread_id": 5}}, {"thread_id"},
+         "validation_error"),
+        ("POST", "/chat", {"json": {"message": ["hi"]}}, {"message"}, "validation_error"),
+        ("GET", "/runs/run_x/events", {"params": {"after": -1}}, {"after"}, "validation_error"),
+    ]  # fmt: skip
+    for method, path, kwargs, named, code in cases:
+        answer = await call(server, token, method, path, **kwargs)
+        assert 400 <= answer.status_code < 500, (method, path, kwargs, answer.text)
+        assert answer.json()["code"] == code, (method, path, answer.text)
+        assert named <= fields(answer), (method, path, answer.text)
+    unknown_agent = await call(
+        server, token, "POST", "/chat", json={"message": "hi", "agent": "nope"}
+    )
+    assert unknown_agent.status_code == 422
+    assert unknown_agent.json()["code"] == "unknown_agent"
+    run = (await client.chat("What is 1+1?"))["run"]["id"]
+    stream = await call(server, token, "GET", f"/runs/{run}/stream",
+                        headers={"Authorization": f"Bearer {token}", "Last-Event-ID": "abc"})  # fmt: skip
+    assert stream.status_code == 422
+    assert "last-event-id" in fields(stream)
+    extra = await call(server, token, "POST", "/threads", json={"title": "ok", "surprise": 1})
+    assert extra.status_code == 201
+    missing_auth = await call(server, None, "GET", "/threads")
+    assert missing_auth.status_code == 401
+    assert missing_auth.json()["code"] == "invalid_token"
+    nowhere = await call(server, token, "GET", "/nowhere")
+    assert nowhere.status_code == 404
+    assert nowhere.json()["code"] == "not_found"
+
+
+async def test_bad_websocket_frames_get_error_frames(new_client: Callable[..., Any]) -> None:
+    client: AtollClient = await new_client()
+    async with client.connect() as socket:
+        cases = [
+            ("{nope", "bad_frame"),
+            ("[1, 2]", "bad_frame"),
+            ('{"type": "dance"}', "unknown_type"),
+            ('{"no": "type"}', "unknown_type"),
+            ('{"type": "message"}', "validation_error"),
+            ('{"type": "message", "content": 5}', "validation_error"),
+            ('{"type": "message", "content": "   "}', "validation_error"),
+            ('{"type": "message", "content": "hi", "multitask": "x"}', "validation_error"),
+            ('{"type": "message", "content": "hi", "agent": "nope"}', "unknown_agent"),
+            (json.dumps({"type": "message", "content": LONG}), "validation_error"),
+            ('{"type": "cancel"}', "validation_error"),
+            ('{"type": "resume", "run_id": "run_x", "after": "soon"}', "validation_error"),
+            ('{"type": "resume", "run_id": "run_x", "after": -1}', "validation_error"),
+            ('{"type": "auth", "token": "again"}', "already_authenticated"),
+        ]
+        for text, code in cases:
+            await socket.connection.send(text)
+            frame = await asyncio.wait_for(socket.receive(), 5)
+            assert (frame["type"], frame["code"]) == ("error", code), text
+            assert frame["detail"]
+        await socket.connection.send(b"\x00binary")
+        assert (await socket.receive())["code"] == "bad_frame"
+        assert (await socket.ping())["type"] == "pong"  # still connected
+        await socket.connection.send("x" * (64 * 1024 + 1))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.receive(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008
+
+
+async def test_auth_frame_timeout_closes_4408(settings_factory: Callable[..., Any]) -> None:
+    from serving import running_server
+
+    async with running_server(settings_factory(ws_auth_timeout=0.3)) as (url, _):
+        ws_url = url.replace("http", "ws", 1) + "/api/v1/ws"
+        async with websockets.connect(ws_url) as socket:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4408
