@@ -32,6 +32,8 @@ class Resume:
 
     run_id: str
     after: int
+    if_unseen: bool = False
+    """Only when this connection is not following the run yet (an idempotent resend)."""
 
 
 Outgoing = RunEvent | Resume | dict[str, Any]
@@ -111,6 +113,8 @@ class Connection:
         await self._write_event(event)
 
     async def _resume(self, resume: Resume) -> None:
+        if resume.if_unseen and resume.run_id in self._last_sent:
+            return
         self._last_sent[resume.run_id] = resume.after
         for event in await self._log.read(resume.run_id, user_id=self.user_id, after=resume.after):
             await self._write_event(event)

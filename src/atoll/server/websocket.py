@@ -187,7 +187,7 @@ class Session:
             ack["client_id"] = client_id
         self.connection.send(ack)
         if not submitted.created:
-            self.connection.send(Resume(submitted.run.id, 0))
+            self.connection.send(Resume(submitted.run.id, 0, if_unseen=True))
 
     async def _cancel(self, frame: dict[str, Any]) -> None:
         run_id = _field(frame, "run_id", str, required=True)

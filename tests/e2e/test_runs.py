@@ -1,0 +1,169 @@
+"""Runs over the API: multitask strategies, idempotent sends, cancel, limits, ops endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from atoll.client import ApiError, AtollClient
+
+from serving import PASSWORD, make_settings, running_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.multi_user]
+
+
+@pytest.fixture
+async def slow_server(tmp_path: Path) -> AsyncIterator[str]:
+    """A server whose offline model streams slowly, with small limits to reach."""
+    settings = make_settings(
+        tmp_path / "data", offline_token_delay=0.1, max_ws_connections=2, messages_per_minute=8
+    )
+    async with running_server(settings) as (url, _):
+        yield url
+
+
+async def user(url: str, email: str) -> AtollClient:
+    client = AtollClient(url)
+    await client.register(email, PASSWORD)
+    return client
+
+
+async def final_state(client: AtollClient, run_id: str) -> str:
+    events = [e async for e in client.stream(run_id)]
+    return str(events[-1]["type"])
+
+
+async def test_multitask_reject_enqueue_interrupt(slow_server: str) -> None:
+    client = await user(slow_server, "multi@example.com")
+    first = await client.chat("hello", agent="assistant")
+    thread = first["thread_id"]
+    with pytest.raises(ApiError) as busy:
+        await client.request("POST", f"/threads/{thread}/runs", json={"message": "again"})
+    assert (busy.value.status, busy.value.code) == (409, "thread_busy")
+    queued = await client.request(
+        "POST", f"/threads/{thread}/runs", json={"message": "hi", "multitask": "enqueue"}
+    )
+    assert queued["run"]["state"] == "pending"
+    assert await final_state(client, first["run"]["id"]) == "agent_completed"
+    queued_events = await client.events(queued["run"]["id"])
+    first_events = await client.events(first["run"]["id"])
+    assert queued_events[0]["ts"] >= first_events[-1]["ts"]  # it ran after the first
+    assert await final_state(client, queued["run"]["id"]) == "agent_completed"
+
+    running = await client.request("POST", f"/threads/{thread}/runs", json={"message": "hey"})
+    interrupting = await client.request(
+        "POST", f"/threads/{thread}/runs", json={"message": "hey", "multitask": "interrupt"}
+    )
+    assert await final_state(client, running["run"]["id"]) == "agent_cancelled"
+    assert await final_state(client, interrupting["run"]["id"]) == "agent_completed"
+    assert (await client.request("GET", f"/runs/{running['run']['id']}"))["state"] == "cancelled"
+    await client.aclose()
+
+
+async def test_cancel_is_idempotent_over_rest_and_websocket(slow_server: str) -> None:
+    client = await user(slow_server, "cancel@example.com")
+    async with client.connect() as socket:
+        ack = await socket.send_message("hello", agent="assistant")
+        cancelled = await socket.cancel(ack["run_id"])
+        assert cancelled["run_id"] == ack["run_id"]
+        events = [e async for e in socket.run_events(ack["run_id"])]
+    assert events[-1]["type"] == "agent_cancelled"
+    assert events[-1]["data"] == {"reason": "user"}
+    again = await client.request("POST", f"/runs/{ack['run_id']}/cancel")
+    assert again["state"] == "cancelled"
+    await client.aclose()
+
+
+async def test_resending_a_client_id_does_not_start_a_second_run(slow_server: str) -> None:
+    client = await user(slow_server, "idem@example.com")
+    async with client.connect() as socket:
+        first = await socket.send_message("hello", agent="assistant", client_id="same-1")
+        second = await socket.send_message("hello", agent="assistant", client_id="same-1")
+        assert (second["run_id"], second["message_id"]) == (first["run_id"], first["message_id"])
+        events = [e async for e in socket.run_events(first["run_id"])]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    messages = await client.request("GET", f"/threads/{first['thread_id']}/messages")
+    assert [m["role"] for m in messages["items"]] == ["user", "assistant"]
+    await client.aclose()
+
+
+async def test_connection_limit_and_several_connections_per_user(slow_server: str) -> None:
+    client = await user(slow_server, "conns@example.com")
+    async with client.connect() as one, client.connect() as two:
+        ws_url = slow_server.replace("http", "ws", 1) + "/api/v1/ws"
+        headers = {"Authorization": f"Bearer {client.access_token}"}
+        async with websockets.connect(ws_url, additional_headers=headers) as third:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(third.recv(), 5)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1008
+        ack = await one.send_message("What is 3*3?")
+        on_one = [e async for e in one.run_events(ack["run_id"])]
+        on_two = [e async for e in two.run_events(ack["run_id"])]
+    assert on_one == on_two
+    assert on_one[-1]["type"] == "agent_completed"
+    await client.aclose()
+
+
+async def test_message_rate_limit(slow_server: str) -> None:
+    client = await user(slow_server, "rate@example.com")
+    codes = []
+    async with client.connect() as socket:
+        for index in range(9):
+            answer = await socket.send_message(f"What is {index}+1?")
+            codes.append(answer.get("code", answer["type"]))
+    assert codes == ["ack"] * 8 + ["rate_limited"]
+    with pytest.raises(ApiError) as limited:
+        await client.chat("one more")
+    assert (limited.value.status, limited.value.code) == (429, "rate_limited")
+    await client.aclose()
+
+
+async def test_lists_agents_tools_threads_and_ops(
+    new_client: Callable[..., Any], server: str
+) -> None:
+    client: AtollClient = await new_client()
+    agents = {a["name"] for a in await client.request("GET", "/agents")}
+    assert {"assistant", "supervisor"} <= agents
+    tools = {t["name"]: t for t in await client.request("GET", "/tools")}
+    assert tools["calculator"]["parameters"]["required"] == ["expression"]
+    for index in range(3):
+        await client.request("POST", "/threads", json={"title": f"t{index}"})
+    page = await client.request("GET", "/threads", params={"limit": 2})
+    assert [t["title"] for t in page["items"]] == ["t2", "t1"]
+    rest = await client.request("GET", "/threads", params={"cursor": page["next_cursor"]})
+    assert [t["title"] for t in rest["items"]] == ["t0"]
+    assert rest["next_cursor"] is None
+    renamed = await client.request("PATCH", f"/threads/{rest['items'][0]['id']}",
+                                   json={"title": "renamed"})  # fmt: skip
+    assert renamed["title"] == "renamed"
+    me = await client.request("GET", "/me")
+    assert me["plan"] == "free"
+    async with httpx.AsyncClient(base_url=server) as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        ready = (await http.get("/readyz")).json()
+        assert ready["database"] == "ok"
+        await client.chat("What is 5*5?")
+        metrics = (await http.get("/metrics")).text
+        assert "atoll_runs" in metrics
+        assert "atoll_websocket_connections" in metrics
+        assert "atoll_event_delivery_seconds" in metrics
+        openapi = (await http.get("/openapi.json")).json()
+        assert "/api/v1/chat" in openapi["paths"]
+
+
+async def test_deleting_a_thread_cancels_its_run(slow_server: str) -> None:
+    client = await user(slow_server, "delete@example.com")
+    accepted = await client.chat("hello", agent="assistant")
+    await client.request("DELETE", f"/threads/{accepted['thread_id']}")
+    with pytest.raises(ApiError) as gone:
+        await client.request("GET", f"/runs/{accepted['run']['id']}")
+    assert gone.value.status == 404
+    assert (await client.request("GET", "/threads"))["items"] == []
+    await client.aclose()
