@@ -3,17 +3,7 @@
 # Extra arguments go to pytest (e.g. scripts/test.sh -m unit -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-python=${PYTHON:-python3}
-if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-    echo "Atoll needs Python >= 3.11 (found $("$python" --version 2>&1)); set PYTHON=..." >&2
-    exit 2
-fi
-if [ ! -x .venv/bin/python ]; then
-    "$python" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+bash scripts/venv.sh dev
 
 echo "== ruff"
 .venv/bin/ruff check src tests bench

@@ -39,7 +39,7 @@ class AuditLog:
         if action not in AUDITED_ACTIONS:
             raise ValueError(f"unknown audit action {action!r}")
         try:
-            async with self._db.engine.begin() as connection:
+            async with self._db.writing() as connection:
                 await connection.execute(
                     insert(AuditEntry).values(
                         at=utcnow(), action=action, user_id=user_id, detail=detail

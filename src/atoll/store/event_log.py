@@ -96,7 +96,7 @@ class DatabaseRunEventLog:
             }
             for event, _ in batch
         ]
-        async with self._db.engine.begin() as connection:
+        async with self._db.writing() as connection:
             await connection.execute(insert(RunEventRow), rows)
         self.batches += 1
         self.events_written += len(rows)
@@ -126,7 +126,7 @@ class DatabaseRunEventLog:
     async def prune(self, retention: timedelta) -> int:
         """Delete events older than ``retention``."""
         cutoff = datetime.now(UTC) - retention
-        async with self._db.engine.begin() as connection:
+        async with self._db.writing() as connection:
             result = await connection.execute(
                 delete(RunEventRow).where(RunEventRow.created_at < cutoff)
             )
