@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 from atoll.auth.passwords import Passwords
 from atoll.auth.service import AuthService
@@ -27,6 +30,8 @@ from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.db import Database, sqlite_url
 from atoll.store.event_log import DatabaseRunEventLog
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +58,18 @@ def build_registry(settings: Settings) -> AgentRegistry:
     registry = builtin_registry()
     load_plugins(registry, settings.plugins)
     return registry
+
+
+async def prune_events(event_log: DatabaseRunEventLog, retention: timedelta) -> None:
+    """Delete events older than the retention period, once at start and then hourly."""
+    while True:
+        try:
+            removed = await event_log.prune(retention)
+            if removed:
+                logger.info("pruned %d run events older than %s", removed, retention)
+        except Exception:
+            logger.exception("pruning run events failed")
+        await asyncio.sleep(3600)
 
 
 @contextlib.asynccontextmanager
@@ -135,6 +152,11 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             metrics=metrics,
         )
         await stack.enter_async_context(factory)
+        pruner = asyncio.create_task(
+            prune_events(event_log, timedelta(hours=settings.event_retention_hours)),
+            name="atoll-event-pruner",
+        )
+        stack.callback(pruner.cancel)
         try:
             yield services
         finally:
