@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from atoll.auth.passwords import Passwords
 from atoll.auth.tokens import TokenCodec
@@ -126,8 +127,7 @@ class AuthService:
             created_at=utcnow(),
         )
         try:
-            async with self._db.transaction() as session:
-                session.add(user)
+            await self._db.write(lambda session: session.add(user))
         except IntegrityError:
             raise EmailTakenError("an account with this email already exists") from None
         return user
@@ -163,8 +163,9 @@ class AuthService:
     async def refresh(self, refresh_token: str) -> IssuedTokens:
         """Rotate a refresh token. A spent one revokes the whole session (reuse detection)."""
         claims = self._codec.decode(refresh_token, expected="refresh")
-        async with self._db.transaction() as session:
-            row = await session.get(AuthSession, claims.session_id, with_for_update=True)
+
+        def rotate(session: Session) -> tuple[bool, str, User | None]:
+            row = session.get(AuthSession, claims.session_id)
             if row is None or row.user_id != claims.user_id:
                 raise AuthenticationError("the token is invalid")
             if row.revoked_at is not None:
@@ -172,12 +173,11 @@ class AuthService:
             if row.refresh_jti != claims.jti:
                 row.revoked_at = utcnow()
                 row.revoked_reason = "refresh_reuse"
-                reused = True
-            else:
-                row.refresh_jti = new_id("ses")
-                reused = False
-            new_jti = row.refresh_jti
-            user = await session.get(User, row.user_id)
+                return True, row.refresh_jti, None
+            row.refresh_jti = new_id("ses")
+            return False, row.refresh_jti, session.get(User, row.user_id)
+
+        reused, new_jti, user = await self._db.write(rotate)
         if reused:
             await self._audit.record(
                 "refresh_reuse", user_id=claims.user_id, session_id=claims.session_id
@@ -189,11 +189,14 @@ class AuthService:
 
     async def logout(self, principal: Principal) -> None:
         """End the session: its access and refresh tokens stop working at once."""
-        async with self._db.transaction() as session:
-            row = await session.get(AuthSession, principal.session_id)
+
+        def revoke(session: Session) -> None:
+            row = session.get(AuthSession, principal.session_id)
             if row is not None and row.revoked_at is None:
                 row.revoked_at = utcnow()
                 row.revoked_reason = "logout"
+
+        await self._db.write(revoke)
         await self._audit.record(
             "logout", user_id=principal.user_id, session_id=principal.session_id
         )
@@ -236,8 +239,7 @@ class AuthService:
             created_at=now,
             expires_at=now + timedelta(seconds=self._codec.refresh_ttl),
         )
-        async with self._db.transaction() as session:
-            session.add(row)
+        await self._db.write(lambda session: session.add(row))
         return self._tokens(user, row.id, row.refresh_jti)
 
     def _tokens(self, user: User, session_id: str, refresh_jti: str) -> IssuedTokens:

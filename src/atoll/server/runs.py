@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from atoll.auth.service import Principal
 from atoll.errors import AgentNotFoundError, RateLimitedError, ThreadBusyError
@@ -28,8 +29,8 @@ from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.ids import new_id
 from atoll.runtime.llm.base import ChatMessage
 from atoll.runtime.state import ExecutionState
-from atoll.store.audit import AuditLog
-from atoll.store.chat import ChatStore
+from atoll.store.audit import AuditLog, audit_entry
+from atoll.store.chat import ChatStore, alive_runs_query, new_thread, thread_in
 from atoll.store.event_log import DatabaseRunEventLog
 from atoll.store.models import Message, Run, Thread, utcnow
 
@@ -87,33 +88,37 @@ class RunService:
         """Store the message and a PENDING run (atomically), then start the run."""
         agent_name = agent or self.default_agent
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
-        async with self._chat.db.transaction() as session:
-            if client_id is not None:
-                existing = await self._chat.message_by_client_id(
-                    session, principal.user_id, client_id
-                )
-                if existing is not None and existing.run_id is not None:
-                    thread = await self._chat.thread(session, principal.user_id, existing.thread_id)
-                    query = select(Run).where(Run.id == existing.run_id)
-                    run = (await session.execute(query)).scalar_one()
-                    return Submitted(thread, existing, run, created=False)
+        if client_id is None or not await self._chat.has_client_message(
+            principal.user_id, client_id
+        ):
             retry_after = await self._limiter.hit(f"messages:{principal.user_id}")
             if retry_after is not None:
                 raise RateLimitedError(
                     f"message rate limit reached; retry in {retry_after:.1f}s",
                     retry_after=retry_after,
                 )
-            if thread_id is None:
-                thread = await self._chat.create_thread(
-                    session, principal.user_id, title=content[:80], meta={}
+
+        def store(session: Session) -> tuple[Submitted, list[str]]:
+            if client_id is not None:
+                query = select(Message).where(
+                    Message.user_id == principal.user_id, Message.client_id == client_id
                 )
+                existing = session.execute(query).scalar()
+                if existing is not None and existing.run_id is not None:
+                    thread = thread_in(session, principal.user_id, existing.thread_id)
+                    run = session.execute(select(Run).where(Run.id == existing.run_id)).scalar_one()
+                    return Submitted(thread, existing, run, created=False), []
+            if thread_id is None:
+                thread = new_thread(principal.user_id, title=content[:80], meta={})
+                session.add(thread)
+                session.flush()  # rows without relationship() are not ordered by foreign key
+                alive: list[str] = []
             else:
-                thread = await self._chat.thread(session, principal.user_id, thread_id)
-            alive = await self._chat.alive_runs(session, thread.id)
+                thread = thread_in(session, principal.user_id, thread_id)
+                alive = [r.id for r in session.execute(alive_runs_query(thread.id)).scalars()]
             if alive and multitask == "reject":
                 raise ThreadBusyError(
-                    "this thread already has a run in progress",
-                    details={"run_id": alive[0].id},
+                    "this thread already has a run in progress", details={"run_id": alive[0]}
                 )
             now = utcnow()
             run_id = new_id("run")
@@ -137,16 +142,26 @@ class RunService:
                 meta=metadata or {},
                 created_at=now,
             )
-            session.add_all([message, run])
             thread.updated_at = now
-            await session.flush()
+            audit = audit_entry(
+                "run_start",
+                user_id=principal.user_id,
+                run_id=run_id,
+                thread_id=thread.id,
+                agent=agent_name,
+            )
+            session.add_all([message, run, audit])
+            return Submitted(thread, message, run, created=True), alive
+
+        submitted, alive = await self._chat.db.write(store)
+        if not submitted.created:
+            return submitted
+        thread, message, run = submitted.thread, submitted.message, submitted.run
         if alive and multitask == "interrupt":
             for previous in alive:
-                self.cancel_local(previous.id, principal.user_id, reason="interrupted")
-        await self._audit.record("run_start", user_id=principal.user_id, run_id=run.id,
-                                 thread_id=thread.id, agent=agent_name)  # fmt: skip
+                self.cancel_local(previous, principal.user_id, reason="interrupted")
         self._start(principal, thread, message, run)
-        return Submitted(thread, message, run, created=True)
+        return submitted
 
     def _start(self, principal: Principal, thread: Thread, message: Message, run: Run) -> None:
         previous = self._thread_tail.get(thread.id)

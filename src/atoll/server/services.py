@@ -104,9 +104,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
     llm = build_llm_provider(settings)
     async with contextlib.AsyncExitStack() as stack:
+        db.start()
         stack.push_async_callback(db.dispose)
         stack.push_async_callback(llm.aclose)
-        event_log = await stack.enter_async_context(DatabaseRunEventLog(db))
+        event_log = DatabaseRunEventLog(db)
 
         async def store_answer(context: object, message_id: str, content: str) -> None:
             from atoll.runtime.context import UserExecutionContext

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from atoll.store.db import Database
 from atoll.store.models import AuditEntry, utcnow
@@ -28,6 +28,13 @@ AUDITED_ACTIONS = frozenset(
 )
 
 
+def audit_entry(action: str, *, user_id: str | None = None, **detail: Any) -> AuditEntry:
+    """A new audit entry (for write jobs that audit in their own transaction)."""
+    if action not in AUDITED_ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}")
+    return AuditEntry(at=utcnow(), action=action, user_id=user_id, detail=detail)
+
+
 class AuditLog:
     """Writes audit entries; never lets a failure to audit break the request."""
 
@@ -36,15 +43,9 @@ class AuditLog:
 
     async def record(self, action: str, *, user_id: str | None = None, **detail: Any) -> None:
         """Store one entry (``action`` must be one of ``AUDITED_ACTIONS``)."""
-        if action not in AUDITED_ACTIONS:
-            raise ValueError(f"unknown audit action {action!r}")
+        entry = audit_entry(action, user_id=user_id, **detail)
         try:
-            async with self._db.writing() as connection:
-                await connection.execute(
-                    insert(AuditEntry).values(
-                        at=utcnow(), action=action, user_id=user_id, detail=detail
-                    )
-                )
+            await self._db.write(lambda session: session.add(entry))
         except Exception:
             logger.exception("could not write audit entry %s for %s", action, user_id)
 

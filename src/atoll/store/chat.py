@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select, delete, select, update
+from sqlalchemy.orm import Session
 
 from atoll.errors import NotFoundError, ValidationFailedError
 from atoll.runtime.ids import new_id
@@ -53,6 +53,32 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
+def thread_query(user_id: str, thread_id: str) -> Select[Thread]:
+    """The user's thread ``thread_id`` (no row for anyone else)."""
+    return select(Thread).where(Thread.id == thread_id, Thread.user_id == user_id)
+
+
+def alive_runs_query(thread_id: str) -> Select[Run]:
+    """The thread's runs that are not terminal."""
+    return select(Run).where(Run.thread_id == thread_id, Run.state.in_(ALIVE))
+
+
+def thread_in(session: Session, user_id: str, thread_id: str) -> Thread:
+    """Inside a write job: the user's thread, or ``NotFoundError``."""
+    thread = session.execute(thread_query(user_id, thread_id)).scalar()
+    if thread is None:
+        raise NotFoundError("thread not found")
+    return thread
+
+
+def new_thread(user_id: str, *, title: str | None, meta: dict[str, Any]) -> Thread:
+    """A new thread row (not yet added to a session)."""
+    now = utcnow()
+    return Thread(
+        id=new_id("thr"), user_id=user_id, title=title, meta=meta, created_at=now, updated_at=now
+    )
+
+
 class ChatStore:
     """Owner-scoped access to threads, messages and runs."""
 
@@ -62,29 +88,46 @@ class ChatStore:
     # -- threads -------------------------------------------------------------
 
     async def create_thread(
-        self, session: AsyncSession, user_id: str, *, title: str | None, meta: dict[str, Any]
+        self, user_id: str, *, title: str | None, meta: dict[str, Any]
     ) -> Thread:
-        """Add a new thread to ``session``."""
-        now = utcnow()
-        thread = Thread(
-            id=new_id("thr"),
-            user_id=user_id,
-            title=title,
-            meta=meta,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(thread)
-        await session.flush()
-        return thread
+        """Create an empty thread."""
+        thread = new_thread(user_id, title=title, meta=meta)
 
-    async def thread(self, session: AsyncSession, user_id: str, thread_id: str) -> Thread:
+        def create(session: Session) -> Thread:
+            session.add(thread)
+            return thread
+
+        return await self.db.write(create)
+
+    async def thread(self, user_id: str, thread_id: str) -> Thread:
         """The user's thread ``thread_id``; ``NotFoundError`` otherwise."""
-        query = select(Thread).where(Thread.id == thread_id, Thread.user_id == user_id)
-        thread = (await session.execute(query)).scalar()
+        async with self.db.session() as session:
+            thread = (await session.execute(thread_query(user_id, thread_id))).scalar()
         if thread is None:
             raise NotFoundError("thread not found")
         return thread
+
+    async def update_thread(
+        self,
+        user_id: str,
+        thread_id: str,
+        *,
+        title: str | None,
+        set_title: bool,
+        meta: dict[str, Any] | None,
+    ) -> Thread:
+        """Rename a thread and/or replace its metadata."""
+
+        def update_job(session: Session) -> Thread:
+            thread = thread_in(session, user_id, thread_id)
+            if set_title:
+                thread.title = title
+            if meta is not None:
+                thread.meta = meta
+            thread.updated_at = utcnow()
+            return thread
+
+        return await self.db.write(update_job)
 
     async def list_threads(self, user_id: str, *, limit: int, cursor: str | None) -> Page[Thread]:
         """The user's threads, newest first."""
@@ -99,21 +142,28 @@ class ChatStore:
         rows = rows[:limit]
         return Page(rows, encode_cursor(rows[-1].pk) if more and rows else None)
 
-    async def delete_thread(self, user_id: str, thread_id: str) -> list[str]:
-        """Delete the thread, its messages, runs and events; returns its run ids."""
-        async with self.db.transaction() as session:
-            thread = await self.thread(session, user_id, thread_id)
+    async def alive_run_ids(self, user_id: str, thread_id: str) -> list[str]:
+        """Ids of the user's thread's alive runs (``NotFoundError`` for no such thread)."""
+        thread = await self.thread(user_id, thread_id)
+        async with self.db.session() as session:
+            runs = (await session.execute(alive_runs_query(thread.id))).scalars().all()
+        return [run.id for run in runs]
+
+    async def delete_thread(self, user_id: str, thread_id: str) -> None:
+        """Delete the thread, its messages, runs and events."""
+
+        def delete_job(session: Session) -> None:
+            thread = thread_in(session, user_id, thread_id)
             run_ids = list(
-                (await session.execute(select(Run.id).where(Run.thread_id == thread.id)))
-                .scalars()
-                .all()
+                session.execute(select(Run.id).where(Run.thread_id == thread.id)).scalars().all()
             )
             if run_ids:
-                await session.execute(delete(RunEventRow).where(RunEventRow.run_id.in_(run_ids)))
-            await session.execute(delete(Run).where(Run.thread_id == thread.id))
-            await session.execute(delete(Message).where(Message.thread_id == thread.id))
-            await session.delete(thread)
-        return run_ids
+                session.execute(delete(RunEventRow).where(RunEventRow.run_id.in_(run_ids)))
+            session.execute(delete(Run).where(Run.thread_id == thread.id))
+            session.execute(delete(Message).where(Message.thread_id == thread.id))
+            session.delete(thread)
+
+        await self.db.write(delete_job)
 
     # -- messages ------------------------------------------------------------
 
@@ -122,16 +172,22 @@ class ChatStore:
     ) -> Page[Message]:
         """The thread's messages, oldest first."""
         after = decode_cursor(cursor)
+        await self.thread(user_id, thread_id)
+        query = select(Message).where(Message.thread_id == thread_id)
+        if after is not None:
+            query = query.where(Message.pk > after)
+        query = query.order_by(Message.pk).limit(limit + 1)
         async with self.db.session() as session:
-            await self.thread(session, user_id, thread_id)
-            query = select(Message).where(Message.thread_id == thread_id)
-            if after is not None:
-                query = query.where(Message.pk > after)
-            query = query.order_by(Message.pk).limit(limit + 1)
             rows = list((await session.execute(query)).scalars().all())
         more = len(rows) > limit
         rows = rows[:limit]
         return Page(rows, encode_cursor(rows[-1].pk) if more and rows else None)
+
+    async def has_client_message(self, user_id: str, client_id: str) -> bool:
+        """Whether the user already sent a message with ``client_id``."""
+        query = select(Message.id).where(Message.user_id == user_id, Message.client_id == client_id)
+        async with self.db.session() as session:
+            return (await session.execute(query)).first() is not None
 
     async def history(self, thread_id: str, *, before_pk: int, limit: int = 40) -> list[Message]:
         """Up to ``limit`` messages of the thread before ``before_pk``, oldest first."""
@@ -145,32 +201,26 @@ class ChatStore:
             rows = list((await session.execute(query)).scalars().all())
         return rows[::-1]
 
-    async def message_by_client_id(
-        self, session: AsyncSession, user_id: str, client_id: str
-    ) -> Message | None:
-        """The user's message sent with ``client_id`` (idempotent resends)."""
-        query = select(Message).where(Message.user_id == user_id, Message.client_id == client_id)
-        return (await session.execute(query)).scalar()
-
     async def add_assistant_message(
         self, *, message_id: str, thread_id: str, user_id: str, run_id: str, content: str
     ) -> None:
         """Store an agent's answer."""
-        async with self.db.transaction() as session:
-            session.add(
-                Message(
-                    id=message_id,
-                    thread_id=thread_id,
-                    user_id=user_id,
-                    role="assistant",
-                    content=content,
-                    run_id=run_id,
-                    created_at=utcnow(),
-                )
-            )
-            await session.execute(
-                update(Thread).where(Thread.id == thread_id).values(updated_at=utcnow())
-            )
+        now = utcnow()
+        message = Message(
+            id=message_id,
+            thread_id=thread_id,
+            user_id=user_id,
+            role="assistant",
+            content=content,
+            run_id=run_id,
+            created_at=now,
+        )
+
+        def add(session: Session) -> None:
+            session.add(message)
+            session.execute(update(Thread).where(Thread.id == thread_id).values(updated_at=now))
+
+        await self.db.write(add)
 
     # -- runs ----------------------------------------------------------------
 
@@ -182,11 +232,6 @@ class ChatStore:
         if run is None:
             raise NotFoundError("run not found")
         return run
-
-    async def alive_runs(self, session: AsyncSession, thread_id: str) -> Sequence[Run]:
-        """The thread's runs that are not terminal."""
-        query = select(Run).where(Run.thread_id == thread_id, Run.state.in_(ALIVE))
-        return (await session.execute(query)).scalars().all()
 
     async def all_alive_runs(self) -> Sequence[Run]:
         """Every run not terminal (after a crash: runs that will never finish)."""
@@ -204,15 +249,15 @@ class ChatStore:
         answer_message_id: str | None,
     ) -> None:
         """Record a run's terminal state."""
-        async with self.db.transaction() as session:
-            await session.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(
-                    state=state,
-                    error=error,
-                    started_at=started_at,
-                    finished_at=finished_at,
-                    answer_message_id=answer_message_id,
-                )
+        statement = (
+            update(Run)
+            .where(Run.id == run_id)
+            .values(
+                state=state,
+                error=error,
+                started_at=started_at,
+                finished_at=finished_at,
+                answer_message_id=answer_message_id,
             )
+        )
+        await self.db.write(lambda session: session.execute(statement))

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from atoll.store.writer import BatchWriter, T, WriteJob
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -38,7 +38,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """Owns the engine and the session factory of one process."""
+    """Owns the engines, the read sessions and the one writer of one process.
+
+    Reads use the async engine (in parallel). Every write is a job for the
+    ``BatchWriter`` (``await db.write(job)``), which batches concurrent writes into
+    shared transactions; call ``start()`` before writing and ``aclose()`` at the end.
+    """
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
@@ -47,38 +52,29 @@ class Database:
         if not self.is_sqlite:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **options)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer: concurrent write transactions would meet SQLITE_BUSY and
-        # sleep in its busy handler. Writers queue here instead; readers run in parallel.
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+            # SQLite has one writer: a dedicated thread with its own connection.
+            sync_engine = create_engine(url.replace("+aiosqlite", ""), echo=echo)
+            event.listen(sync_engine, "connect", _sqlite_pragmas)
+            self.writer = BatchWriter(sync_engine=sync_engine)
+        else:
+            self.writer = BatchWriter(async_engine=self.engine)
+
+    def start(self) -> None:
+        """Start the writer."""
+        self.writer.start()
+
+    async def write(self, job: WriteJob[T]) -> T:
+        """Run a write job in the next batch; returns its result or raises its error."""
+        return await self.writer.write(job)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session; commit yourself, rolled back on error."""
+        """A session for reads."""
         async with self.sessions() as session:
             yield session
-
-    @asynccontextmanager
-    async def _writer(self) -> AsyncIterator[None]:
-        if self._write_lock is None:
-            yield
-        else:
-            async with self._write_lock:
-                yield
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one write transaction, committed at the end of the block."""
-        async with self._writer(), self.sessions() as session, session.begin():
-            yield session
-
-    @asynccontextmanager
-    async def writing(self) -> AsyncIterator[AsyncConnection]:
-        """A connection inside one write transaction (Core statements)."""
-        async with self._writer(), self.engine.begin() as connection:
-            yield connection
 
     async def upgrade(self) -> None:
         """Apply every Alembic migration up to head."""
@@ -95,7 +91,8 @@ class Database:
         return True
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Finish queued writes, stop the writer and close every pooled connection."""
+        await self.writer.aclose()
         await self.engine.dispose()
 
 

@@ -15,7 +15,7 @@ from atoll.server.schemas import (
     ThreadPage,
     ThreadPatch,
 )
-from atoll.store.models import Message, Thread, utcnow
+from atoll.store.models import Message, Thread
 
 router = APIRouter(tags=["threads"])
 
@@ -52,10 +52,9 @@ async def create_thread(
 ) -> ThreadOut:
     """Start a new, empty thread."""
     body = body or ThreadCreate()
-    async with services.db.transaction() as session:
-        thread = await services.chat.create_thread(
-            session, principal.user_id, title=body.title, meta=body.metadata or {}
-        )
+    thread = await services.chat.create_thread(
+        principal.user_id, title=body.title, meta=body.metadata or {}
+    )
     return thread_out(thread)
 
 
@@ -71,8 +70,7 @@ async def list_threads(
 @router.get("/threads/{thread_id}")
 async def get_thread(thread_id: str, principal: PrincipalDep, services: ServicesDep) -> ThreadOut:
     """One of the caller's threads."""
-    async with services.db.session() as session:
-        return thread_out(await services.chat.thread(session, principal.user_id, thread_id))
+    return thread_out(await services.chat.thread(principal.user_id, thread_id))
 
 
 @router.patch("/threads/{thread_id}")
@@ -80,22 +78,20 @@ async def patch_thread(
     thread_id: str, body: ThreadPatch, principal: PrincipalDep, services: ServicesDep
 ) -> ThreadOut:
     """Rename a thread or replace its metadata."""
-    async with services.db.transaction() as session:
-        thread = await services.chat.thread(session, principal.user_id, thread_id)
-        if "title" in body.model_fields_set:
-            thread.title = body.title
-        if body.metadata is not None:
-            thread.meta = body.metadata
-        thread.updated_at = utcnow()
+    thread = await services.chat.update_thread(
+        principal.user_id,
+        thread_id,
+        title=body.title,
+        set_title="title" in body.model_fields_set,
+        meta=body.metadata,
+    )
     return thread_out(thread)
 
 
 @router.delete("/threads/{thread_id}", status_code=204)
 async def delete_thread(thread_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
     """Delete a thread; its alive runs are cancelled first."""
-    async with services.db.session() as session:
-        thread = await services.chat.thread(session, principal.user_id, thread_id)
-        alive = [r.id for r in await services.chat.alive_runs(session, thread.id)]
+    alive = await services.chat.alive_run_ids(principal.user_id, thread_id)
     await services.runs.cancel_thread_runs(principal.user_id, alive)
     await services.chat.delete_thread(principal.user_id, thread_id)
     return Response(status_code=204)

@@ -1,0 +1,157 @@
+"""The one writer of a database: jobs from every request batched into shared transactions.
+
+Every write in Atoll is a *job*: a synchronous function that receives an ORM
+``Session`` bound to the batch's transaction and returns a value. The writer
+takes every job that arrived while the previous batch was committing, runs
+them one after another in one transaction, commits once, and only then
+answers each caller. If a job raises, the batch is rolled back and its jobs are
+run again one per transaction, so one bad job fails alone.
+
+On SQLite the writer is one dedicated thread with its own connection (SQLite
+allows one writer; readers go through the async engine in parallel, WAL).
+On other databases it runs the batch on an async connection through
+``run_sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriteJob = Callable[[Session], T]
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T]):
+    job: WriteJob[T]
+    done: asyncio.Future[T]
+
+
+def _run_job(connection: Connection, job: WriteJob[Any]) -> Any:
+    with Session(bind=connection, expire_on_commit=False, autoflush=True) as session:
+        result = job(session)
+        session.flush()
+        return result
+
+
+class BatchWriter:
+    """Runs write jobs in batches; start with ``start()``, stop with ``aclose()``."""
+
+    def __init__(
+        self,
+        *,
+        sync_engine: Engine | None = None,
+        async_engine: AsyncEngine | None = None,
+        max_batch: int = 500,
+    ) -> None:
+        if (sync_engine is None) == (async_engine is None):
+            raise ValueError("give exactly one of sync_engine and async_engine")
+        self._sync_engine = sync_engine
+        self._async_engine = async_engine
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending[Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self.batches = 0
+        self.jobs = 0
+
+    def start(self) -> None:
+        """Start the writer task (and thread, for SQLite)."""
+        if self._task is None:
+            if self._sync_engine is not None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="atoll-db-writer")
+            self._task = asyncio.create_task(self._loop(), name="atoll-db-writer")
+
+    async def aclose(self) -> None:
+        """Finish the queued jobs, then stop."""
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+
+    async def write(self, job: WriteJob[T]) -> T:
+        """Run ``job`` in the next batch and return its result (or raise its error).
+
+        Cancelling the caller does not withdraw the job: it still runs.
+        """
+        if self._task is None:
+            raise RuntimeError("the database writer is not running")
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(job, done))
+        return await asyncio.shield(done)
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                outcomes = await self._execute([p.job for p in batch])
+            except Exception as exc:  # the database itself failed
+                logger.exception("a write batch of %d jobs failed", len(batch))
+                outcomes = [exc] * len(batch)
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if not pending.done.done():
+                    if isinstance(outcome, BaseException):
+                        pending.done.set_exception(outcome)
+                    else:
+                        pending.done.set_result(outcome)
+                self._queue.task_done()
+            self.batches += 1
+            self.jobs += len(batch)
+
+    async def _execute(self, jobs: list[WriteJob[Any]]) -> list[Any]:
+        if self._sync_engine is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._thread, self._run_sync, jobs)
+        assert self._async_engine is not None
+        try:
+            async with self._async_engine.begin() as connection:
+                return await connection.run_sync(lambda c: [_run_job(c, j) for j in jobs])
+        except Exception:
+            if len(jobs) == 1:
+                raise
+        results: list[Any] = []
+        for job in jobs:
+            try:
+                async with self._async_engine.begin() as connection:
+                    results.append(await connection.run_sync(_run_job, job))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _run_sync(self, jobs: list[WriteJob[Any]]) -> list[Any]:
+        assert self._sync_engine is not None
+        try:
+            with self._sync_engine.begin() as connection:
+                return [_run_job(connection, job) for job in jobs]
+        except Exception as exc:
+            if len(jobs) == 1:
+                return [exc]
+        results: list[Any] = []
+        for job in jobs:
+            try:
+                with self._sync_engine.begin() as connection:
+                    results.append(_run_job(connection, job))
+            except Exception as exc:
+                results.append(exc)
+        return results
