@@ -465,9 +465,8 @@ async def test_every_run_gets_its_own_engine_and_agent_instances(runtime: Runtim
         assert sorted(runtime.factory.live_runs()) == []  # not started yet
 
 
-async def test_cancel_before_start_and_wait_for(runtime: Runtime) -> None:
+async def test_cancel_before_start(runtime: Runtime) -> None:
     context = make_context()
-    gate = asyncio.Event()
     async with runtime.factory.user_execution_scope(context) as engine:
         assert engine.cancel("early")
         outcome = await engine.run(RunRequest("assistant", "hi", new_id("msg")))
@@ -477,11 +476,21 @@ async def test_cancel_before_start_and_wait_for(runtime: Runtime) -> None:
         ("agent_cancelled", {"reason": "early"})
     ]
 
-    second = make_context()
-    async with runtime.factory.user_execution_scope(second) as engine:
-        request = RunRequest("assistant", "hi", new_id("msg"), wait_for=gate.wait)
-        task = asyncio.create_task(engine.run(request))
-        await until(lambda: runtime.factory.tracker.find(second.run_id) is not None)
-        assert runtime.factory.tracker.get(second.run_id).state is ExecutionState.PENDING
-        gate.set()
-        assert (await task).state is ExecutionState.COMPLETED
+
+async def test_slots_survive_a_waiter_cancelled_after_release_skipped_it() -> None:
+    from atoll.runtime.limits import UserRunSlots
+
+    slots = UserRunSlots(1)
+    slots.try_acquire("usr_a")
+    first = asyncio.create_task(slots.acquire("usr_a"))
+    second = asyncio.create_task(slots.acquire("usr_a"))
+    await until(lambda: slots.waiting("usr_a") == 2)
+    first.cancel()  # cancelled, but still queued until release() skips it
+    slots.release("usr_a")  # pops the cancelled waiter, hands the slot to the second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second
+    assert slots.active("usr_a") == 1
+    assert slots.waiting("usr_a") == 0
+    slots.release("usr_a")
+    assert slots.active("usr_a") == 0

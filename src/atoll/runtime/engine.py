@@ -54,8 +54,6 @@ class RunRequest:
     input: str
     input_message_id: str
     history: Sequence[ChatMessage] = ()
-    wait_for: Callable[[], Awaitable[None]] | None = None
-    """Awaited while PENDING before the run takes a slot (e.g. an earlier run of the thread)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +232,6 @@ class UserExecutionEngine:
         try:
             if self._cancel_reason is not None:
                 raise asyncio.CancelledError
-            if request.wait_for is not None:
-                await request.wait_for()
             if not holding:
                 await services.slots.acquire(ctx.user_id)
                 holding = True

@@ -111,9 +111,11 @@ class UserRunSlots:
             if waiter.done() and not waiter.cancelled():
                 self.release(user_id)  # the slot was handed over just as we were cancelled
             else:
-                queue.remove(waiter)
-                if not queue:
-                    self._waiters.pop(user_id, None)
+                # release() may already have popped this (cancelled) waiter and skipped it.
+                if waiter in queue:
+                    queue.remove(waiter)
+                if not queue and self._waiters.get(user_id) is queue:
+                    del self._waiters[user_id]
             raise
 
     def release(self, user_id: str) -> None:

@@ -30,7 +30,7 @@ from atoll.runtime.ids import new_id
 from atoll.runtime.llm.base import ChatMessage
 from atoll.runtime.state import ExecutionState
 from atoll.store.audit import AuditLog, audit_entry
-from atoll.store.chat import ChatStore, alive_runs_query, new_thread, thread_in
+from atoll.store.chat import ChatStore, alive_runs_query, history_in, new_thread, thread_in
 from atoll.store.event_log import DatabaseRunEventLog
 from atoll.store.models import Message, Run, Thread, utcnow
 
@@ -47,6 +47,8 @@ class Submitted:
     message: Message
     run: Run
     created: bool
+    history: list[Message]
+    """The thread's messages before this one, when it was stored."""
 
 
 class RunService:
@@ -88,15 +90,13 @@ class RunService:
         """Store the message and a PENDING run (atomically), then start the run."""
         agent_name = agent or self.default_agent
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
-        if client_id is None or not await self._chat.has_client_message(
-            principal.user_id, client_id
-        ):
-            retry_after = await self._limiter.hit(f"messages:{principal.user_id}")
-            if retry_after is not None:
-                raise RateLimitedError(
-                    f"message rate limit reached; retry in {retry_after:.1f}s",
-                    retry_after=retry_after,
-                )
+        # Resends of a client_id count too: the limit is on frames, and this saves a read.
+        retry_after = await self._limiter.hit(f"messages:{principal.user_id}")
+        if retry_after is not None:
+            raise RateLimitedError(
+                f"message rate limit reached; retry in {retry_after:.1f}s",
+                retry_after=retry_after,
+            )
 
         def store(session: Session) -> tuple[Submitted, list[str]]:
             if client_id is not None:
@@ -107,15 +107,17 @@ class RunService:
                 if existing is not None and existing.run_id is not None:
                     thread = thread_in(session, principal.user_id, existing.thread_id)
                     run = session.execute(select(Run).where(Run.id == existing.run_id)).scalar_one()
-                    return Submitted(thread, existing, run, created=False), []
+                    return Submitted(thread, existing, run, created=False, history=[]), []
             if thread_id is None:
                 thread = new_thread(principal.user_id, title=content[:80], meta={})
                 session.add(thread)
                 session.flush()  # rows without relationship() are not ordered by foreign key
                 alive: list[str] = []
+                history: list[Message] = []
             else:
                 thread = thread_in(session, principal.user_id, thread_id)
                 alive = [r.id for r in session.execute(alive_runs_query(thread.id)).scalars()]
+                history = history_in(session, thread.id)
             if alive and multitask == "reject":
                 raise ThreadBusyError(
                     "this thread already has a run in progress", details={"run_id": alive[0]}
@@ -151,22 +153,22 @@ class RunService:
                 agent=agent_name,
             )
             session.add_all([message, run, audit])
-            return Submitted(thread, message, run, created=True), alive
+            return Submitted(thread, message, run, created=True, history=history), alive
 
         submitted, alive = await self._chat.db.write(store)
         if not submitted.created:
             return submitted
-        thread, message, run = submitted.thread, submitted.message, submitted.run
         if alive and multitask == "interrupt":
             for previous in alive:
                 self.cancel_local(previous, principal.user_id, reason="interrupted")
-        self._start(principal, thread, message, run)
+        self._start(principal, submitted)
         return submitted
 
-    def _start(self, principal: Principal, thread: Thread, message: Message, run: Run) -> None:
+    def _start(self, principal: Principal, submitted: Submitted) -> None:
+        thread, run = submitted.thread, submitted.run
         previous = self._thread_tail.get(thread.id)
         task = asyncio.create_task(
-            self._execute(principal, thread.id, message, run, previous), name=f"run {run.id}"
+            self._execute(principal, submitted, previous), name=f"run {run.id}"
         )
         self._tasks[run.id] = task
         self._thread_tail[thread.id] = task
@@ -179,13 +181,9 @@ class RunService:
             del self._thread_tail[thread_id]
 
     async def _execute(
-        self,
-        principal: Principal,
-        thread_id: str,
-        message: Message,
-        run: Run,
-        previous: asyncio.Task[None] | None,
+        self, principal: Principal, submitted: Submitted, previous: asyncio.Task[None] | None
     ) -> None:
+        thread_id, message, run = submitted.thread.id, submitted.message, submitted.run
         context = UserExecutionContext(
             user_id=principal.user_id,
             thread_id=thread_id,
@@ -194,25 +192,23 @@ class RunService:
             plan=principal.plan,
             roles=principal.roles,
         )
-
-        async def after_previous() -> None:
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
-
         try:
+            rows = submitted.history
+            if (
+                previous is not None
+            ):  # enqueued: run after the thread's earlier run, with its answer
+                await asyncio.wait([previous])
+                rows = await self._chat.history(thread_id, before_pk=message.pk)
+            history = [
+                ChatMessage("user" if m.role == "user" else "assistant", m.content)
+                for m in rows
+                if m.role in ("user", "assistant")
+            ]
             async with self._factory.user_execution_scope(context) as engine:
                 reason = self._cancel_requests.pop(run.id, None)
                 if reason is not None:
                     engine.cancel(reason)
-                rows = await self._chat.history(thread_id, before_pk=message.pk)
-                history = [
-                    ChatMessage("user" if m.role == "user" else "assistant", m.content)
-                    for m in rows
-                    if m.role in ("user", "assistant")
-                ]
-                request = RunRequest(
-                    run.agent, message.content, message.id, history, wait_for=after_previous
-                )
+                request = RunRequest(run.agent, message.content, message.id, history)
                 outcome = await engine.run(request)
             record = self._factory.tracker.find(run.id)
             started = None

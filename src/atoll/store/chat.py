@@ -63,6 +63,24 @@ def alive_runs_query(thread_id: str) -> Select[Run]:
     return select(Run).where(Run.thread_id == thread_id, Run.state.in_(ALIVE))
 
 
+HISTORY_LIMIT = 40
+
+
+def history_query(thread_id: str) -> Select[Message]:
+    """The thread's newest ``HISTORY_LIMIT`` messages, newest first."""
+    return (
+        select(Message)
+        .where(Message.thread_id == thread_id)
+        .order_by(Message.pk.desc())
+        .limit(HISTORY_LIMIT)
+    )
+
+
+def history_in(session: Session, thread_id: str) -> list[Message]:
+    """Inside a write job: the thread's newest messages, oldest first."""
+    return list(session.execute(history_query(thread_id)).scalars().all())[::-1]
+
+
 def thread_in(session: Session, user_id: str, thread_id: str) -> Thread:
     """Inside a write job: the user's thread, or ``NotFoundError``."""
     thread = session.execute(thread_query(user_id, thread_id)).scalar()
@@ -183,20 +201,9 @@ class ChatStore:
         rows = rows[:limit]
         return Page(rows, encode_cursor(rows[-1].pk) if more and rows else None)
 
-    async def has_client_message(self, user_id: str, client_id: str) -> bool:
-        """Whether the user already sent a message with ``client_id``."""
-        query = select(Message.id).where(Message.user_id == user_id, Message.client_id == client_id)
-        async with self.db.session() as session:
-            return (await session.execute(query)).first() is not None
-
-    async def history(self, thread_id: str, *, before_pk: int, limit: int = 40) -> list[Message]:
-        """Up to ``limit`` messages of the thread before ``before_pk``, oldest first."""
-        query = (
-            select(Message)
-            .where(Message.thread_id == thread_id, Message.pk < before_pk)
-            .order_by(Message.pk.desc())
-            .limit(limit)
-        )
+    async def history(self, thread_id: str, *, before_pk: int) -> list[Message]:
+        """The last ``HISTORY_LIMIT`` messages of the thread before ``before_pk``, oldest first."""
+        query = history_query(thread_id).where(Message.pk < before_pk)
         async with self.db.session() as session:
             rows = list((await session.execute(query)).scalars().all())
         return rows[::-1]

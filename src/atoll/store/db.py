@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -66,9 +66,9 @@ class Database:
         """Start the writer."""
         self.writer.start()
 
-    async def write(self, job: WriteJob[T]) -> T:
+    async def write(self, job: WriteJob[T], *, prepare: Callable[[], None] | None = None) -> T:
         """Run a write job in the next batch; returns its result or raises its error."""
-        return await self.writer.write(job)
+        return await self.writer.write(job, prepare=prepare)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -8,9 +8,10 @@ arrived while its previous transaction was committing in a single transaction
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from atoll.runtime.events import RunEvent
@@ -23,25 +24,39 @@ class DatabaseRunEventLog:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._pending: list[dict[str, object]] = []
+        self._flush: asyncio.Future[None] | None = None
 
     async def append(self, event: RunEvent) -> None:
         """Store ``event`` in the next group commit; returns once it is committed.
 
+        Events appended while a write is waiting share one job and one INSERT.
         Cancelling the caller does not withdraw the event: it is still written.
         """
-        row = RunEventRow(
-            run_id=event.run_id,
-            seq=event.seq,
-            user_id=event.user_id,
-            type=event.type.value,
-            payload=event.payload,
-            created_at=datetime.now(UTC),
+        self._pending.append(
+            {
+                "run_id": event.run_id,
+                "seq": event.seq,
+                "user_id": event.user_id,
+                "type": event.type.value,
+                "payload": event.payload,
+                "created_at": datetime.now(UTC),
+            }
         )
+        flush = self._flush
+        if flush is None:
+            sealed: list[list[dict[str, object]]] = []
 
-        def insert(session: Session) -> None:
-            session.add(row)
+            def seal() -> None:  # on the event loop, just before the writer takes the job
+                sealed.append(self._pending)
+                self._pending = []
+                self._flush = None
 
-        await self._db.write(insert)
+            def insert_rows(session: Session) -> None:
+                session.execute(insert(RunEventRow), sealed[0])
+
+            flush = self._flush = asyncio.ensure_future(self._db.write(insert_rows, prepare=seal))
+        await asyncio.shield(flush)
 
     async def read(self, run_id: str, *, user_id: str, after: int = 0) -> list[RunEvent]:
         """The run's events with ``seq > after``, oldest first; none for another user."""

@@ -37,13 +37,15 @@ WriteJob = Callable[[Session], T]
 class _Pending(Generic[T]):
     job: WriteJob[T]
     done: asyncio.Future[T]
+    prepare: Callable[[], None] | None = None
 
 
-def _run_job(connection: Connection, job: WriteJob[Any]) -> Any:
+def _run_jobs(connection: Connection, jobs: list[WriteJob[Any]]) -> list[Any]:
+    """Run ``jobs`` in one session on ``connection`` and flush once (one INSERT per table)."""
     with Session(bind=connection, expire_on_commit=False, autoflush=True) as session:
-        result = job(session)
+        results = [job(session) for job in jobs]
         session.flush()
-        return result
+        return results
 
 
 class BatchWriter:
@@ -88,15 +90,17 @@ class BatchWriter:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
 
-    async def write(self, job: WriteJob[T]) -> T:
+    async def write(self, job: WriteJob[T], *, prepare: Callable[[], None] | None = None) -> T:
         """Run ``job`` in the next batch and return its result (or raise its error).
 
-        Cancelling the caller does not withdraw the job: it still runs.
+        ``prepare`` runs on the event loop right before the batch is handed to the
+        writer (e.g. to seal a buffer the job will write). Cancelling the caller
+        does not withdraw the job: it still runs.
         """
         if self._task is None:
             raise RuntimeError("the database writer is not running")
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(job, done))
+        self._queue.put_nowait(_Pending(job, done, prepare))
         return await asyncio.shield(done)
 
     async def _loop(self) -> None:
@@ -104,6 +108,9 @@ class BatchWriter:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            for pending in batch:
+                if pending.prepare is not None:
+                    pending.prepare()
             try:
                 outcomes = await self._execute([p.job for p in batch])
             except Exception as exc:  # the database itself failed
@@ -121,12 +128,11 @@ class BatchWriter:
 
     async def _execute(self, jobs: list[WriteJob[Any]]) -> list[Any]:
         if self._sync_engine is not None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self._run_sync, jobs)
+            return self._run_sync(jobs)
         assert self._async_engine is not None
         try:
             async with self._async_engine.begin() as connection:
-                return await connection.run_sync(lambda c: [_run_job(c, j) for j in jobs])
+                return await connection.run_sync(_run_jobs, jobs)
         except Exception:
             if len(jobs) == 1:
                 raise
@@ -134,7 +140,7 @@ class BatchWriter:
         for job in jobs:
             try:
                 async with self._async_engine.begin() as connection:
-                    results.append(await connection.run_sync(_run_job, job))
+                    results += await connection.run_sync(_run_jobs, [job])
             except Exception as exc:
                 results.append(exc)
         return results
@@ -143,7 +149,7 @@ class BatchWriter:
         assert self._sync_engine is not None
         try:
             with self._sync_engine.begin() as connection:
-                return [_run_job(connection, job) for job in jobs]
+                return _run_jobs(connection, jobs)
         except Exception as exc:
             if len(jobs) == 1:
                 return [exc]
@@ -151,7 +157,7 @@ class BatchWriter:
         for job in jobs:
             try:
                 with self._sync_engine.begin() as connection:
-                    results.append(_run_job(connection, job))
+                    results += _run_jobs(connection, [job])
             except Exception as exc:
                 results.append(exc)
         return results
