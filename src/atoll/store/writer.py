@@ -7,10 +7,12 @@ them one after another in one transaction, commits once, and only then
 answers each caller. If a job raises, the batch is rolled back and its jobs are
 run again one per transaction, so one bad job fails alone.
 
-On SQLite the writer is one dedicated thread with its own connection (SQLite
-allows one writer; readers go through the async engine in parallel, WAL).
-On other databases it runs the batch on an async connection through
-``run_sync``.
+On SQLite the writer has its own synchronous connection and runs each batch on
+the event loop: a batch is one short WAL transaction (typically well under a
+millisecond), and handing it to a thread cost more than it saved — under load
+the thread and the loop convoy on the GIL (measured: docs/benchmarks.md).
+Readers use the async engine in parallel (WAL). On other databases the batch
+runs on an async connection through ``run_sync``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -65,15 +66,12 @@ class BatchWriter:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending[Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._thread: ThreadPoolExecutor | None = None
         self.batches = 0
         self.jobs = 0
 
     def start(self) -> None:
-        """Start the writer task (and thread, for SQLite)."""
+        """Start the writer task."""
         if self._task is None:
-            if self._sync_engine is not None:
-                self._thread = ThreadPoolExecutor(1, thread_name_prefix="atoll-db-writer")
             self._task = asyncio.create_task(self._loop(), name="atoll-db-writer")
 
     async def aclose(self) -> None:
@@ -84,9 +82,6 @@ class BatchWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-            self._thread = None
         if self._sync_engine is not None:
             self._sync_engine.dispose()
 
