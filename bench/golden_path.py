@@ -3,7 +3,9 @@
 Starts `atoll serve` (offline model, fresh SQLite data dir, message rate limit
 raised for the load) and the bare FastAPI echo server as separate processes on
 loopback, registers N users, then each user sends M messages one after another
-on its own WebSocket and waits for each run's terminal event. The same client
+on its own WebSocket and waits for each run's terminal event. Users register
+through ``atoll.client``; the load itself uses bare ``websockets`` + orjson so that
+the client costs as little as possible and is the same for both servers. The same client
 load then runs against the echo server, the ceiling of the stack.
 
 Prints JSON: runs/s, p50/p99 from send to agent_completed, p50/p99 time to the
@@ -31,6 +33,8 @@ from typing import Any
 import httpx
 import orjson
 import websockets
+
+from atoll.client import AtollClient
 
 HERE = Path(__file__).resolve().parent
 QUESTION = "What is 17*23?"
@@ -132,19 +136,16 @@ async def drive(ws_url: str, tokens: list[str], messages: int, agent: str) -> di
 
 
 async def register_users(url: str, users: int) -> list[str]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-        semaphore = asyncio.Semaphore(8)
+    """Register the users through the Python client; returns their access tokens."""
+    semaphore = asyncio.Semaphore(8)
 
-        async def one(index: int) -> str:
-            async with semaphore:
-                answer = await http.post(
-                    "/api/v1/auth/register",
-                    json={"email": f"bench{index}@example.com", "password": "bench-password"},
-                )
-                answer.raise_for_status()
-                return str(answer.json()["access_token"])
+    async def one(index: int) -> str:
+        async with semaphore, AtollClient(url) as client:
+            await client.register(f"bench{index}@example.com", "bench-password")
+            assert client.access_token is not None
+            return client.access_token
 
-        return await asyncio.gather(*(one(i) for i in range(users)))
+    return await asyncio.gather(*(one(i) for i in range(users)))
 
 
 def run(users: int, messages: int, agent: str) -> dict[str, Any]:
