@@ -200,6 +200,13 @@ async def test_other_users_resources_answer_404_everywhere(secured: str, tmp_pat
     await bob.aclose()
 
     db = Database(sqlite_url(tmp_path / "data"))
-    actions = {entry.action for entry in await AuditLog(db).entries(limit=500)}
+    entries = await AuditLog(db).entries(limit=500)
     await db.dispose()
-    assert {"register", "run_start"} <= actions
+    assert {"register", "run_start", "access_denied"} <= {e.action for e in entries}
+    bob_id = bob.user["id"]  # type: ignore[index]
+    denied = {
+        e.detail.get("resource")
+        for e in entries
+        if e.action == "access_denied" and e.user_id == bob_id
+    }
+    assert denied == {thread, run}

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from atoll.auth.service import Principal
-from atoll.errors import UnavailableError
+from atoll.errors import AuthenticationError, UnavailableError
 from atoll.server.services import Services
 
 bearer = HTTPBearer(auto_error=False, description="The access token from /auth/login")
@@ -28,7 +28,12 @@ async def get_principal(
 ) -> Principal:
     """The caller, from ``Authorization: Bearer`` only, through ``AuthService.authenticate``."""
     services = get_services(request)
-    return await services.auth.authenticate(credentials.credentials if credentials else None)
+    try:
+        return await services.auth.authenticate(credentials.credentials if credentials else None)
+    except AuthenticationError as exc:
+        if credentials is not None:  # a presented token that does not work, not a missing one
+            await services.audit.record("access_denied", reason=exc.code, path=request.url.path)
+        raise
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -134,14 +134,3 @@ class ToolOut(BaseModel):
     name: str
     description: str
     parameters: dict[str, Any]
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details, with Atoll's stable ``code``."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: str
-    errors: list[dict[str, Any]] = []

@@ -100,7 +100,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         failures=SlidingWindowCounter(settings.login_failures_window),
         failures_limit=settings.login_failures_limit,
     )
-    chat = ChatStore(db)
+    chat = ChatStore(db, audit)
     bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
     llm = build_llm_provider(settings)
     async with contextlib.AsyncExitStack() as stack:

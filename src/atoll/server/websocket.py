@@ -227,6 +227,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_AUTH_TIMEOUT, "no auth frame in time")
         return
     except AuthenticationError as exc:
+        await services.audit.record("access_denied", reason=exc.code, path="/api/v1/ws")
         await websocket.close(CLOSE_AUTH, exc.code)
         return
     connection = Connection(

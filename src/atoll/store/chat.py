@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from atoll.errors import NotFoundError, ValidationFailedError
 from atoll.runtime.ids import new_id
 from atoll.runtime.state import ALIVE_STATES
+from atoll.store.audit import AuditLog
 from atoll.store.db import Database
 from atoll.store.models import Message, Run, RunEventRow, Thread, utcnow
 
@@ -100,8 +101,17 @@ def new_thread(user_id: str, *, title: str | None, meta: dict[str, Any]) -> Thre
 class ChatStore:
     """Owner-scoped access to threads, messages and runs."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditLog) -> None:
         self.db = db
+        self._audit = audit
+
+    async def _not_found(self, model: type[Thread] | type[Run], user_id: str, key: str) -> None:
+        """Raise ``NotFoundError``; audit it as denied access when the row is someone else's."""
+        async with self.db.session() as session:
+            owner = (await session.execute(select(model.user_id).where(model.id == key))).scalar()
+        if owner is not None and owner != user_id:
+            await self._audit.record("access_denied", user_id=user_id, resource=key)
+        raise NotFoundError(f"{model.__tablename__[:-1]} not found")
 
     # -- threads -------------------------------------------------------------
 
@@ -122,7 +132,8 @@ class ChatStore:
         async with self.db.session() as session:
             thread = (await session.execute(thread_query(user_id, thread_id))).scalar()
         if thread is None:
-            raise NotFoundError("thread not found")
+            await self._not_found(Thread, user_id, thread_id)
+        assert thread is not None
         return thread
 
     async def update_thread(
@@ -237,7 +248,8 @@ class ChatStore:
             query = select(Run).where(Run.id == run_id, Run.user_id == user_id)
             run = (await session.execute(query)).scalar()
         if run is None:
-            raise NotFoundError("run not found")
+            await self._not_found(Run, user_id, run_id)
+        assert run is not None
         return run
 
     async def all_alive_runs(self) -> Sequence[Run]:
