@@ -5,6 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/venv.sh dev
 
+# PostgreSQL for the tests that run on it (the tests start and stop their own server).
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "== installing PostgreSQL (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "PostgreSQL is needed for the tests: install the Debian package 'postgresql'." >&2
+        exit 2
+    fi
+fi
+
 echo "== ruff"
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
