@@ -14,7 +14,6 @@ import asyncio
 import gc
 import json
 import resource
-import statistics
 import sys
 import time
 from typing import Any
@@ -30,13 +29,9 @@ from atoll.runtime.limits import RuntimeLimits
 from atoll.runtime.llm.offline import OfflineProvider
 from atoll.runtime.state import ExecutionState
 from atoll.runtime.tools.knowledge import KnowledgeBase
+from report import percentile
 
 QUESTION = "What is 17*23?"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def bench(
@@ -111,8 +106,8 @@ async def bench(
         "runs_per_s": round(done / elapsed, 1),
         "events_per_s": round(events / elapsed, 1),
         "events_per_run": round(events / max(done, 1), 1),
-        "latency_ms_p50": round(statistics.median(latencies), 3),
-        "latency_ms_p99": round(percentile(latencies, 0.99), 3),
+        "latency_ms_p50": percentile(latencies, 0.5),
+        "latency_ms_p99": percentile(latencies, 0.99),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

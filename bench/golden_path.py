@@ -35,6 +35,7 @@ import orjson
 import websockets
 
 from atoll.client import AtollClient
+from report import percentile
 
 HERE = Path(__file__).resolve().parent
 QUESTION = "What is 17*23?"
@@ -79,11 +80,6 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else 0.0
 
 
 async def user_load(

@@ -13,6 +13,12 @@ from typing import Any
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``, rounded to µs; 0 when empty."""
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else 0.0
+
+
 def machine() -> str:
     """A one-line description of the machine the benchmark ran on."""
     cpu = "unknown CPU"
