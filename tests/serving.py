@@ -25,12 +25,14 @@ PASSWORD = "correct horse battery"
 
 
 @contextlib.asynccontextmanager
-async def running_server(settings: Settings) -> AsyncIterator[tuple[str, AtollServer]]:
+async def running_server(
+    settings: Settings, *, port: int = 0
+) -> AsyncIterator[tuple[str, AtollServer]]:
     """Serve ``settings`` on a free port for the duration of the block."""
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
-        port=0,
+        port=port,
         log_level="warning",
         ws="websockets-sansio",
         ws_per_message_deflate=False,

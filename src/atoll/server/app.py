@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from atoll import __version__
 from atoll.config import Settings
@@ -15,6 +18,7 @@ from atoll.server.services import running_services
 from atoll.server.websocket import websocket_endpoint
 
 API = "/api/v1"
+WEB = Path(__file__).resolve().parent / "web"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,4 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router, prefix=API)
     app.include_router(ops.router)
     app.add_api_websocket_route(f"{API}/ws", websocket_endpoint)
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        """The chat page."""
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
     return app
