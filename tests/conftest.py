@@ -21,8 +21,9 @@ from atoll.runtime.limits import RuntimeLimits
 from atoll.runtime.llm.base import LLMProvider
 from atoll.runtime.llm.offline import OfflineProvider
 from atoll.runtime.tools.knowledge import KnowledgeBase
+from atoll.server.serve import running_server
 
-from serving import PASSWORD, make_settings, running_server
+from serving import PASSWORD, make_settings
 from support import Runtime
 
 

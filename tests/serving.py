@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -10,48 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from atoll.config import Settings
-from atoll.server.app import create_app
-from atoll.server.serve import AtollServer
 
 PASSWORD = "correct horse battery"
-
-
-@contextlib.asynccontextmanager
-async def running_server(
-    settings: Settings, *, port: int = 0
-) -> AsyncIterator[tuple[str, AtollServer]]:
-    """Serve ``settings`` on a free port for the duration of the block."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-        ws_max_size=1 << 20,
-        timeout_graceful_shutdown=5,
-    )
-    server = AtollServer(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server exited during start-up")
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from serving import PASSWORD, make_settings, running_server
+from atoll.server.serve import running_server
+
+from serving import PASSWORD, make_settings
 
 pytestmark = pytest.mark.e2e
 

@@ -152,7 +152,7 @@ async def test_bad_websocket_frames_get_error_frames(new_client: Callable[..., A
 
 
 async def test_auth_frame_timeout_closes_4408(settings_factory: Callable[..., Any]) -> None:
-    from serving import running_server
+    from atoll.server.serve import running_server
 
     async with running_server(settings_factory(ws_auth_timeout=0.3)) as (url, _):
         ws_url = url.replace("http", "ws", 1) + "/api/v1/ws"

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from atoll.client import AtollClient, ends_run
+from atoll.server.serve import running_server
 
-from serving import PASSWORD, running_server
+from serving import PASSWORD
 from support import is_subsequence
 
 pytestmark = [pytest.mark.e2e, pytest.mark.golden_path]

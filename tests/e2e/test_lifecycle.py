@@ -12,10 +12,11 @@ import websockets
 
 from atoll.client import AtollClient, AtollSocket
 from atoll.runtime.events import RunEvent
+from atoll.server.serve import running_server
 from atoll.store.db import Database, sqlite_url
 from atoll.store.event_log import DatabaseRunEventLog
 
-from serving import PASSWORD, make_settings, running_server
+from serving import PASSWORD, make_settings
 
 pytestmark = pytest.mark.e2e
 

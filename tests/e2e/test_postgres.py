@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from atoll.client import ApiError, AtollClient, ends_run
+from atoll.server.serve import running_server
 
 from postgres import create_database, postgres_server
-from serving import PASSWORD, make_settings, running_server
+from serving import PASSWORD, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.golden_path]
 

@@ -12,8 +12,9 @@ import pytest
 import websockets
 
 from atoll.client import ApiError, AtollClient
+from atoll.server.serve import running_server
 
-from serving import PASSWORD, make_settings, running_server
+from serving import PASSWORD, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multi_user]
 

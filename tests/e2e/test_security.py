@@ -14,10 +14,11 @@ import pytest
 import websockets
 
 from atoll.client import ApiError, AtollClient
+from atoll.server.serve import running_server
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database, sqlite_url
 
-from serving import PASSWORD, make_settings, running_server
+from serving import PASSWORD, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security]
 

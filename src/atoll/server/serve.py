@@ -8,8 +8,11 @@ terminal event.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
+from collections.abc import AsyncIterator
 
 import uvicorn
 
@@ -37,6 +40,39 @@ class AtollServer(uvicorn.Server):
             await services.connections.close_all(1001, "server shutting down")
             await services.runs.drain(services.settings.shutdown_grace)
         await super().shutdown(sockets)
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    settings: Settings, *, port: int = 0
+) -> AsyncIterator[tuple[str, AtollServer]]:
+    """Serve ``settings`` on loopback inside the current event loop (tests, scripts, embedding).
+
+    Yields the base URL and the server; ``server.should_exit = True`` stops it early.
+    """
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_max_size=max(settings.max_ws_frame_bytes * 4, 1 << 20),
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+    )
+    server = AtollServer(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the server exited during start-up")
+            await asyncio.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{bound}", server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 60)
 
 
 def serve(settings: Settings) -> None:
