@@ -263,7 +263,7 @@ function applyEvent(event) {
     case "tool_executing": {
       const card = element("div", "tool");
       card.dataset.tool = data.tool;
-      card.append(element("div", "name", `🔧 ${data.tool}`), element("pre", "args", pretty(data.args)),
+      card.append(element("div", "name", `tool · ${data.tool}`), element("pre", "args", pretty(data.args)),
         element("pre", "result", "running…"));
       run.tools.set(data.call_id, card);
       insertStep(run, card, event);
