@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--data-dir", type=Path, help="SQLite file and keys (default ./atoll-data)")
+
+    chat = commands.add_parser("chat", help="chat with an agent in the terminal")
+    chat.add_argument("--url", default=os.environ.get("ATOLL_URL", "http://127.0.0.1:8000"))
+    chat.add_argument("--email", default=os.environ.get("ATOLL_EMAIL"))
+    chat.add_argument("--agent", help="agent to talk to (default: the server's)")
+    chat.add_argument("--thread", help="continue this thread id")
+    chat.add_argument("--once", metavar="QUESTION", help="ask once, print the answer, exit")
+    chat.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="user_command", metavar="ACTION", required=True
@@ -97,6 +108,26 @@ def _user_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from atoll.terminal import read_password, run_chat
+
+    email = args.email or input("Email: ")
+    password = read_password(args.password_stdin)
+    try:
+        return asyncio.run(
+            run_chat(
+                url=args.url,
+                email=email,
+                password=password,
+                agent=args.agent,
+                thread=args.thread,
+                once=args.once,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+
+
 def _db_upgrade(args: argparse.Namespace) -> int:
     from atoll.config import Settings
     from atoll.store.db import Database, sqlite_url
@@ -126,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "chat":
+            return _chat(args)
         if args.command == "user":
             return _user_create(args)
         if args.command == "db":

@@ -494,3 +494,19 @@ async def test_slots_survive_a_waiter_cancelled_after_release_skipped_it() -> No
     assert slots.waiting("usr_a") == 0
     slots.release("usr_a")
     assert slots.active("usr_a") == 0
+
+
+@pytest.mark.parametrize(
+    ("question", "tool_name", "expected"),
+    [("What time is it in Asia/Tokyo?", "current_time", "Asia/Tokyo"),
+     ("How do plugins work?", "knowledge_search", "ATOLL_PLUGINS")],
+)  # fmt: skip
+async def test_supervisor_passes_the_whole_question_to_its_specialist(
+    runtime: Runtime, question: str, tool_name: str, expected: str
+) -> None:
+    outcome, events = await runtime.run(question, agent="supervisor")
+    sub_started = next(e for e in events if e.type is EventType.AGENT_STARTED and e.parent_agent)
+    assert sub_started.data["task"] == question
+    assert [e.data["tool"] for e in events if e.type is EventType.TOOL_EXECUTING] == [tool_name]
+    assert outcome.content is not None
+    assert expected in outcome.content

@@ -113,13 +113,16 @@ def choose_tool(tools: Sequence[ToolSpec], intent: Intent) -> ToolSpec | None:
 
 
 def fill_arguments(spec: ToolSpec, intent: Intent, question: str) -> dict[str, Any]:
-    """Arguments for ``spec``: the intent's payload goes into its first required string."""
+    """Arguments for ``spec``: its first required string gets the question — or, for an
+    ``expression`` parameter, just the arithmetic expression; a time zone goes to ``timezone``.
+    """
     properties: Mapping[str, Any] = spec.parameters.get("properties", {})
     required: Sequence[str] = spec.parameters.get("required", [])
     arguments: dict[str, Any] = {}
     for name in required:
         if properties.get(name, {}).get("type") == "string":
-            arguments[name] = intent.payload or question
+            expression = intent.kind == "arithmetic" and name == "expression"
+            arguments[name] = intent.payload if expression else question
             break
     if intent.kind == "time" and intent.payload and "timezone" in properties:
         arguments["timezone"] = intent.payload
