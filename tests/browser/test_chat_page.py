@@ -97,3 +97,48 @@ async def test_server_restart_mid_run_the_page_reconnects_and_shows_the_end(
         await expect(page.locator(".run .state")).to_have_text(
             "cancelled (shutdown)", timeout=20_000
         )
+
+
+async def test_threads_rename_delete_and_keyboard(browser: Browser, server: str) -> None:
+    page = await browser.new_page()
+    await sign_up(page, server, "threads@example.com")
+    box = page.get_by_label("Message")
+    await box.fill("line one")
+    await box.press("Shift+Enter")
+    await box.type("line two")
+    assert await box.input_value() == "line one\nline two"  # Shift+Enter: a new line, not sent
+    await expect(page.locator(".msg.user")).to_have_count(0)
+    await box.press("Enter")
+    await expect(page.locator(".run .state")).to_have_text("completed")
+    await expect(page.locator("#threads li")).to_have_count(1)
+
+    page.once("dialog", lambda dialog: dialog.accept("My first thread"))
+    await page.get_by_role("button", name="Rename").click()
+    await expect(page.locator("#threads li")).to_have_text(["My first thread"])
+    await expect(page.locator("#thread-title")).to_have_text("My first thread")
+
+    await page.get_by_role("button", name="+ New thread").click()
+    await ask(page, "What is 1+1?")
+    await expect(page.locator(".run .state")).to_have_text("completed")
+    await expect(page.locator("#threads li")).to_have_count(2)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.get_by_role("button", name="Delete").click()
+    await expect(page.locator("#threads li")).to_have_text(["My first thread"])
+    await page.locator("#threads li button").click()
+    await expect(page.locator(".msg.user")).to_have_text(["line one\nline two"])
+
+
+async def test_phone_sized_screen(browser: Browser, server: str) -> None:
+    page = await browser.new_page(viewport={"width": 390, "height": 844})
+    await sign_up(page, server, "phone@example.com")
+    await expect(page.get_by_label("Message")).to_be_visible()
+    await expect(page.locator(".sidebar")).to_be_hidden()
+    await ask(page, "What is 5*5?")
+    await expect(page.locator(".run .answer")).to_contain_text("25")
+    box = await page.locator(".run").bounding_box()
+    assert box is not None
+    assert box["x"] + box["width"] <= 390  # nothing wider than the screen
+    await page.get_by_role("button", name="Threads").click()
+    await expect(page.locator(".sidebar")).to_be_visible()
+    await expect(page.locator("#threads li")).to_have_count(1)
