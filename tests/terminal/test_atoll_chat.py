@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,32 @@ def test_once_prints_the_answer_and_exits_zero(tmp_path: Path) -> None:
         )  # fmt: skip
         assert wrong.returncode == 1
         assert "login failed" in wrong.stderr
+
+
+def test_reconnects_and_resumes_after_a_server_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with serve_process(data, ATOLL_OFFLINE_TOKEN_DELAY="0.5", ATOLL_SHUTDOWN_GRACE="0") as server:
+        register(server.url, "resume@example.com")
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "atoll.cli", "chat", "--url", server.url, "--email", "resume@example.com",
+             "--agent", "assistant"],
+            env={**os.environ, "ATOLL_PASSWORD": PASSWORD}, encoding="utf-8", timeout=30,
+        )  # fmt: skip
+        try:
+            child.expect("you> ")
+            child.sendline("hello")
+            child.expect("Hello!")  # the answer has started streaming
+            server.stop(signal.SIGTERM)
+            child.expect("connection lost")
+            server.start()
+            child.expect(r"cancelled \(shutdown\)")
+            child.expect("you> ")
+            child.sendline("What is 2+3?")
+            child.expect("completed")
+            child.sendline("/quit")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close()
+        assert child.exitstatus == 0
