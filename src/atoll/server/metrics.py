@@ -34,7 +34,7 @@ class Metrics:
         self.connections = Gauge(
             "atoll_websocket_connections", "Open WebSocket connections", registry=self.registry
         )
-        self.http_errors = Counter(
+        self.error_frames = Counter(
             "atoll_ws_error_frames",
             "Error frames sent for bad client frames",
             ["code"],

@@ -126,7 +126,7 @@ class Session:
         frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
         if ref is not None:
             frame["ref"] = ref
-        self.services.metrics.http_errors.labels(code).inc()
+        self.services.metrics.error_frames.labels(code).inc()
         self.connection.send(frame)
 
     async def _frame(self, text: str) -> None:
