@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,26 +20,18 @@ from playwright.async_api import async_playwright
 from atoll.config import Settings
 from atoll.server.serve import running_server
 
+from chromium import CHROMIUM_ARGS, chromium_path
+
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 async def take(output: Path, dark: bool) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        raise SystemExit("install Debian's chromium first (apt-get install chromium)")
     with tempfile.TemporaryDirectory() as data:
         settings = Settings(data_dir=Path(data), offline_token_delay=0.4)
         async with running_server(settings) as (url, _), async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=chromium, args=ARGS)
+            browser = await playwright.chromium.launch(
+                executable_path=chromium_path(), args=CHROMIUM_ARGS
+            )
             page = await browser.new_page(
                 viewport={"width": 1100, "height": 720},
                 color_scheme="dark" if dark else "light",
