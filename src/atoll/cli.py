@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--data-dir", type=Path)
 
+    commands.add_parser("ssot", help="the SSOT toolkit: atoll ssot scan … (see atoll ssot -h)")
     db = commands.add_parser("db", help="database maintenance").add_subparsers(
         dest="db_command", metavar="ACTION", required=True
     )
@@ -150,8 +151,13 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``atoll`` console script."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["ssot"]:
+        from atoll.ssot.cli import main as ssot_main
+
+        return ssot_main(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     from atoll.errors import ConfigurationError
 
     try:

@@ -35,25 +35,25 @@ def token_out(issued: IssuedTokens) -> TokenOut:
 
 
 @router.post("/auth/register", status_code=201)
-async def register(body: RegisterBody, services: ServicesDep) -> TokenOut:
+async def register_account(body: RegisterBody, services: ServicesDep) -> TokenOut:
     """Create an account and log in."""
     return token_out(await services.auth.register(body.email, body.password, body.name))
 
 
 @router.post("/auth/login")
-async def login(body: LoginBody, services: ServicesDep) -> TokenOut:
+async def log_in(body: LoginBody, services: ServicesDep) -> TokenOut:
     """Log in with email and password."""
     return token_out(await services.auth.login(body.email, body.password))
 
 
 @router.post("/auth/refresh")
-async def refresh(body: RefreshBody, services: ServicesDep) -> TokenOut:
+async def refresh_tokens(body: RefreshBody, services: ServicesDep) -> TokenOut:
     """Trade a refresh token for a new pair; the old one is spent."""
     return token_out(await services.auth.refresh(body.refresh_token))
 
 
 @router.post("/auth/logout", status_code=204)
-async def logout(principal: PrincipalDep, services: ServicesDep) -> Response:
+async def log_out(principal: PrincipalDep, services: ServicesDep) -> Response:
     """End the session; its tokens stop working at once."""
     await services.auth.logout(principal)
     return Response(status_code=204)

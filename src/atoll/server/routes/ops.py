@@ -33,7 +33,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
+async def prometheus_metrics(request: Request) -> Response:
     """Prometheus metrics."""
     services: Services = request.app.state.services
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
