@@ -34,5 +34,7 @@ echo "== mypy --strict"
 .venv/bin/mypy src
 echo "== import-linter"
 .venv/bin/lint-imports
+echo "== atoll ssot scan (our own code stays at zero findings)"
+.venv/bin/atoll ssot scan
 echo "== pytest"
 .venv/bin/pytest "$@"
