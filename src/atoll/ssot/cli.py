@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from atoll.ssot.audit import audit_tests
 from atoll.ssot.config import ConfigError, SsotConfig, load_config
+from atoll.ssot.migrate import list_checkpoints, migrate, rollback
 from atoll.ssot.report import as_json, as_sarif, as_text
 from atoll.ssot.scanner import fingerprints, scan
 
@@ -31,7 +34,93 @@ def build_ssot_parser() -> argparse.ArgumentParser:
     )
     scan_parser.add_argument("--jobs", type=int, help="parallel processes (default: CPUs)")
     scan_parser.add_argument("--no-cache", action="store_true", help="ignore .ssot-cache")
+
+    migrate_parser = commands.add_parser("migrate", help="rewrite imports (SSOT002, SSOT003)")
+    migrate_parser.add_argument("paths", nargs="*")
+    migrate_parser.add_argument("--root", type=Path, default=Path.cwd())
+    migrate_parser.add_argument("--rule", default="SSOT002,SSOT003",
+                                help="comma-separated: SSOT002,SSOT003")  # fmt: skip
+    migrate_parser.add_argument("--dry-run", action="store_true", help="print diffs, write nothing")
+    migrate_parser.add_argument("--validate", choices=["syntax", "imports", "tests"],
+                                default="imports")  # fmt: skip
+    migrate_parser.add_argument("--test-cmd", help="the test command for --validate tests")
+
+    rollback_parser = commands.add_parser("rollback", help="undo a migration")
+    rollback_parser.add_argument("checkpoint", nargs="?")
+    rollback_parser.add_argument("--last", action="store_true", help="the newest checkpoint")
+    rollback_parser.add_argument("--force", action="store_true", help="overwrite conflicts")
+    rollback_parser.add_argument("--root", type=Path, default=Path.cwd())
+
+    checkpoints_parser = commands.add_parser("checkpoints", help="list migration checkpoints")
+    checkpoints_parser.add_argument("--root", type=Path, default=Path.cwd())
+
+    audit_parser = commands.add_parser("audit-tests", help="does pytest collect every test file?")
+    audit_parser.add_argument("paths", nargs="*")
+    audit_parser.add_argument("--root", type=Path, default=Path.cwd())
+    audit_parser.add_argument("--json", action="store_true")
     return parser
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    """``atoll ssot migrate``."""
+    config = load_config(args.root.resolve())
+    rules = {r.strip() for r in args.rule.split(",") if r.strip()}
+    if not rules or not rules <= {"SSOT002", "SSOT003"}:
+        raise ConfigError("--rule takes SSOT002 and/or SSOT003 (the rules with a fix)")
+    report = migrate(config, args.paths or None, rules=rules, dry_run=args.dry_run,
+                     validate=args.validate, test_command=args.test_cmd)  # fmt: skip
+    if args.dry_run:
+        print("".join(report.diffs) or "nothing to migrate")
+        return 0
+    for path, changes in sorted(report.changed.items()):
+        print(f"{path}: " + "; ".join(changes))
+    for path, reason in sorted(report.restored.items()):
+        print(f"{path}: restored — {reason}")
+    if report.checkpoint:
+        print(f"checkpoint {report.checkpoint} (undo: atoll ssot rollback --last)")
+    else:
+        print("nothing to migrate")
+    return 1 if report.restored else 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    """``atoll ssot rollback``."""
+    if args.checkpoint is None and not args.last:
+        raise ConfigError("name a checkpoint or pass --last")
+    config = load_config(args.root.resolve())
+    report = rollback(config, args.checkpoint, force=args.force)
+    for path in report.restored:
+        print(f"restored {path}")
+    for path in report.conflicts:
+        print(f"conflict {path}: changed since the migration; left alone (--force overwrites)")
+    for path in report.unverified:
+        print(f"unverified {path}: restored bytes do not match the recorded SHA-256")
+    return 1 if report.conflicts or report.unverified else 0
+
+
+def run_checkpoints(args: argparse.Namespace) -> int:
+    """``atoll ssot checkpoints``."""
+    manifests = list_checkpoints(load_config(args.root.resolve()))
+    for manifest in manifests:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(manifest["created"]))
+        print(f"{manifest['id']}  {created}  {len(manifest['files'])} file(s)  "
+              f"{','.join(manifest['rules'])}")  # fmt: skip
+    if not manifests:
+        print("no checkpoints")
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """``atoll ssot audit-tests``."""
+    result = audit_tests(args.root.resolve(), args.paths or ["."])
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"{result.test_files} test file(s); {result.collected_files} collected; "
+              f"{result.tests_collected} test(s)")  # fmt: skip
+        for failure in result.failures:
+            print(f"{failure.file}: {failure.category}: {failure.first_error}")
+    return 1 if result.failures else 0
 
 
 def _baseline_path(args: argparse.Namespace, config: SsotConfig) -> Path | None:
@@ -91,8 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0) and 2
     try:
-        if args.command == "scan":
-            return run_scan(args)
+        commands = {
+            "scan": run_scan,
+            "migrate": run_migrate,
+            "rollback": run_rollback,
+            "checkpoints": run_checkpoints,
+            "audit-tests": run_audit,
+        }
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"atoll ssot: {exc}", file=sys.stderr)
         return 2
@@ -101,4 +196,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"atoll ssot: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr
         )
         return 2
-    return 2
