@@ -163,6 +163,14 @@ FILES = {
             local["x"] = 1
             return state.value
         """,
+    "src/legacy/star.py": """
+        from legacy.core.state import *
+
+        try:
+            import legacy.websocket_manager_factory as wsm2
+        except ImportError:
+            wsm2 = None
+        """,
     "src/legacy/generated_models.py": "class ExecutionState:\n    pass\n",
     "src/legacy/broken.py": "def oops(:\n",
     "tests/test_things.py": """
@@ -203,6 +211,7 @@ def test_every_rule_finds_exactly_what_it_should(project: Path) -> None:
         # SSOT002: deprecated module (aliased import) and deprecated name through a module alias
         ("SSOT002", "agents/runner.py", "legacy.websocket_manager_factory"),
         ("SSOT002", "agents/runner.py", "ExecutionEngine"),
+        ("SSOT002", "star.py", "legacy.websocket_manager_factory"),  # a conditional import
         # SSOT003: a registry symbol imported through a re-export
         ("SSOT003", "agents/runner.py", "ExecutionState"),
         # SSOT004: every kind of shared state, and nothing else
