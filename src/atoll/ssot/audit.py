@@ -69,8 +69,16 @@ def _category(lines: list[str]) -> tuple[str, str]:
 
 def audit_tests(root: Path, paths: list[str], *, python: str | None = None) -> TestAudit:
     """Collect the tests under ``paths`` with pytest in a subprocess and summarise."""
-    command = [python or sys.executable, "-m", "pytest", "--collect-only", "-q",
-               "-p", "no:cacheprovider", *paths]  # fmt: skip
+    command = [
+        python or sys.executable,
+        "-m",
+        "pytest",
+        "--collect-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *paths,
+    ]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     result = subprocess.run(  # noqa: S603 - runs pytest on the operator's own project
         command, cwd=root, capture_output=True, text=True, check=False, env=env

@@ -10,9 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from atoll.ssot.audit import audit_tests
 from atoll.ssot.config import ConfigError, SsotConfig, load_config
-from atoll.ssot.migrate import list_checkpoints, migrate, rollback
 from atoll.ssot.report import as_json, as_sarif, as_text
 from atoll.ssot.scanner import fingerprints, scan
 
@@ -38,11 +36,13 @@ def build_ssot_parser() -> argparse.ArgumentParser:
     migrate_parser = commands.add_parser("migrate", help="rewrite imports (SSOT002, SSOT003)")
     migrate_parser.add_argument("paths", nargs="*")
     migrate_parser.add_argument("--root", type=Path, default=Path.cwd())
-    migrate_parser.add_argument("--rule", default="SSOT002,SSOT003",
-                                help="comma-separated: SSOT002,SSOT003")  # fmt: skip
+    migrate_parser.add_argument(
+        "--rule", default="SSOT002,SSOT003", help="comma-separated: SSOT002,SSOT003"
+    )
     migrate_parser.add_argument("--dry-run", action="store_true", help="print diffs, write nothing")
-    migrate_parser.add_argument("--validate", choices=["syntax", "imports", "tests"],
-                                default="imports")  # fmt: skip
+    migrate_parser.add_argument(
+        "--validate", choices=["syntax", "imports", "tests"], default="imports"
+    )
     migrate_parser.add_argument("--test-cmd", help="the test command for --validate tests")
 
     rollback_parser = commands.add_parser("rollback", help="undo a migration")
@@ -63,12 +63,20 @@ def build_ssot_parser() -> argparse.ArgumentParser:
 
 def run_migrate(args: argparse.Namespace) -> int:
     """``atoll ssot migrate``."""
+    from atoll.ssot.migrate import migrate  # LibCST loads only when migrating
+
     config = load_config(args.root.resolve())
     rules = {r.strip() for r in args.rule.split(",") if r.strip()}
     if not rules or not rules <= {"SSOT002", "SSOT003"}:
         raise ConfigError("--rule takes SSOT002 and/or SSOT003 (the rules with a fix)")
-    report = migrate(config, args.paths or None, rules=rules, dry_run=args.dry_run,
-                     validate=args.validate, test_command=args.test_cmd)  # fmt: skip
+    report = migrate(
+        config,
+        args.paths or None,
+        rules=rules,
+        dry_run=args.dry_run,
+        validate=args.validate,
+        test_command=args.test_cmd,
+    )
     if args.dry_run:
         print("".join(report.diffs) or "nothing to migrate")
         return 0
@@ -85,6 +93,8 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 def run_rollback(args: argparse.Namespace) -> int:
     """``atoll ssot rollback``."""
+    from atoll.ssot.migrate import rollback
+
     if args.checkpoint is None and not args.last:
         raise ConfigError("name a checkpoint or pass --last")
     config = load_config(args.root.resolve())
@@ -100,11 +110,15 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 def run_checkpoints(args: argparse.Namespace) -> int:
     """``atoll ssot checkpoints``."""
+    from atoll.ssot.migrate import list_checkpoints
+
     manifests = list_checkpoints(load_config(args.root.resolve()))
     for manifest in manifests:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(manifest["created"]))
-        print(f"{manifest['id']}  {created}  {len(manifest['files'])} file(s)  "
-              f"{','.join(manifest['rules'])}")  # fmt: skip
+        print(
+            f"{manifest['id']}  {created}  {len(manifest['files'])} file(s)  "
+            f"{','.join(manifest['rules'])}"
+        )
     if not manifests:
         print("no checkpoints")
     return 0
@@ -112,12 +126,16 @@ def run_checkpoints(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     """``atoll ssot audit-tests``."""
+    from atoll.ssot.audit import audit_tests
+
     result = audit_tests(args.root.resolve(), args.paths or ["."])
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(f"{result.test_files} test file(s); {result.collected_files} collected; "
-              f"{result.tests_collected} test(s)")  # fmt: skip
+        print(
+            f"{result.test_files} test file(s); {result.collected_files} collected; "
+            f"{result.tests_collected} test(s)"
+        )
         for failure in result.failures:
             print(f"{failure.file}: {failure.category}: {failure.first_error}")
     return 1 if result.failures else 0

@@ -92,8 +92,11 @@ class ImportRewriter(cst.CSTTransformer):
         moved: list[cst.ImportFrom] = []
         for alias in updated_node.names:
             name = get_full_name_for_node(alias.name) or ""
-            local = alias.asname.name.value if alias.asname and isinstance(
-                alias.asname.name, cst.Name) else name  # fmt: skip
+            local = (
+                alias.asname.name.value
+                if alias.asname and isinstance(alias.asname.name, cst.Name)
+                else name
+            )
             submodule = f"{module}.{name}"
             if self.names_in(submodule):
                 self.module_aliases[local] = submodule  # `from pkg import mod as m`; m.Old
@@ -105,10 +108,12 @@ class ImportRewriter(cst.CSTTransformer):
             as_name = alias.asname
             if alias.asname is None and new_name != name:
                 self.renames[local] = new_name
-            moved.append(cst.ImportFrom(
-                module=_module_node(new_module),
-                names=[cst.ImportAlias(name=cst.Name(new_name), asname=as_name)],
-            ))  # fmt: skip
+            moved.append(
+                cst.ImportFrom(
+                    module=_module_node(new_module),
+                    names=[cst.ImportAlias(name=cst.Name(new_name), asname=as_name)],
+                )
+            )
             self.changes.append(f"{rule}: {module}.{name} -> {new_module}.{new_name}")
         if not moved:
             return updated_node
@@ -166,11 +171,15 @@ class ImportRewriter(cst.CSTTransformer):
         if not self.added_names:
             return updated_node
         imports = [
-            cst.SimpleStatementLine([cst.ImportFrom(
-                module=_module_node(module), names=[cst.ImportAlias(name=cst.Name(name))]
-            )])
+            cst.SimpleStatementLine(
+                [
+                    cst.ImportFrom(
+                        module=_module_node(module), names=[cst.ImportAlias(name=cst.Name(name))]
+                    )
+                ]
+            )
             for module, name in sorted(set(self.added_names.values()))
-        ]  # fmt: skip
+        ]
         body = list(updated_node.body)
         position = 0
         for index, statement in enumerate(body):

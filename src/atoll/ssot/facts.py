@@ -158,9 +158,21 @@ def _dotted(node: ast.expr) -> str | None:
     return None
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as JSON data (sets and tuples become lists), or ``"<expr>"``."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_plain(v) for v in value]
+        return "<expr>" if "<expr>" in items else items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v) for k, v in value.items()}
+    return "<expr>"
+
+
 def _literal(node: ast.expr) -> Any:
     try:
-        return ast.literal_eval(node)
+        return _plain(ast.literal_eval(node))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return "<expr>"
 
@@ -424,6 +436,9 @@ class _Collector(ast.NodeVisitor):
                 "state shared by every user and request",
             )
 
+    def visit_Constant(self, node: ast.Constant) -> None:
+        """Constants hold nothing the rules need (and skip NodeVisitor's slow fallback)."""
+
     # -- calls -----------------------------------------------------------------
 
     def visit_Call(self, node: ast.Call) -> None:
@@ -444,7 +459,16 @@ class _Collector(ast.NodeVisitor):
         return id(node) in self._assignment_values
 
     def _call(self, node: ast.Call, target: str, assigned_to: str | None = None) -> None:
-        keywords = {k.arg: _literal(k.value) for k in node.keywords if k.arg}
+        # Only what a rule can use: module-level instances, token decoders, and calls
+        # whose last part names a class (a capitalised name) that a factory may guard.
+        last = target.rpartition(".")[2]
+        if not (assigned_to or target in DECODERS or last[:1].isupper()):
+            return
+        keywords = (
+            {k.arg: _literal(k.value) for k in node.keywords if k.arg}
+            if (target in DECODERS)
+            else {}
+        )
         self.facts.calls.append(
             CallFact(
                 target,

@@ -140,30 +140,47 @@ def migrate(
         if file_facts.syntax_error:
             continue
         original = path.read_bytes()
-        package = file_facts.module if path.name == "__init__.py" else \
-            file_facts.module.rpartition(".")[0]  # fmt: skip
+        package = (
+            file_facts.module
+            if path.name == "__init__.py"
+            else file_facts.module.rpartition(".")[0]
+        )
         new_source, changes = rewrite(original.decode("utf-8"), package, registry)
         if changes and new_source.encode("utf-8") != original:
             planned.append((path, original, new_source.encode("utf-8"), list(changes)))
     for path, original, updated, _ in planned:
         relative = path.relative_to(config.root).as_posix()
-        report.diffs.append("".join(difflib.unified_diff(
-            original.decode().splitlines(keepends=True), updated.decode().splitlines(keepends=True),
-            fromfile=f"a/{relative}", tofile=f"b/{relative}",
-        )))  # fmt: skip
+        report.diffs.append(
+            "".join(
+                difflib.unified_diff(
+                    original.decode().splitlines(keepends=True),
+                    updated.decode().splitlines(keepends=True),
+                    fromfile=f"a/{relative}",
+                    tofile=f"b/{relative}",
+                )
+            )
+        )
     if dry_run or not planned:
         return report
     checkpoint_id = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
     directory = _checkpoint_dir(config) / checkpoint_id
     directory.mkdir(parents=True)
-    manifest: dict[str, Any] = {"id": checkpoint_id, "created": time.time(),
-                                "rules": sorted(rules), "files": []}  # fmt: skip
+    manifest: dict[str, Any] = {
+        "id": checkpoint_id,
+        "created": time.time(),
+        "rules": sorted(rules),
+        "files": [],
+    }
     for index, (path, original, updated, _) in enumerate(planned):
         (directory / f"{index}.orig").write_bytes(original)
-        manifest["files"].append({
-            "path": path.relative_to(config.root).as_posix(), "original": f"{index}.orig",
-            "sha256_before": sha256(original), "sha256_after": sha256(updated),
-        })  # fmt: skip
+        manifest["files"].append(
+            {
+                "path": path.relative_to(config.root).as_posix(),
+                "original": f"{index}.orig",
+                "sha256_before": sha256(original),
+                "sha256_after": sha256(updated),
+            }
+        )
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     report.checkpoint = checkpoint_id
     written: list[tuple[Path, bytes]] = []
@@ -178,8 +195,9 @@ def migrate(
         written.append((path, original))
         report.changed[relative] = changes
     if validate in ("imports", "tests") and written:
-        after = collect_all(config, discover(config, paths), jobs=1,
-                            cache=FactCache(None, config.fingerprint()))  # fmt: skip
+        after = collect_all(
+            config, discover(config, paths), jobs=1, cache=FactCache(None, config.fingerprint())
+        )
         checker = ImportChecker(after)
         for path, original in list(written):
             missing = checker.problems(path.read_text(encoding="utf-8"), path)
@@ -192,7 +210,7 @@ def migrate(
     if validate == "tests" and written and test_command:
         result = subprocess.run(  # noqa: S603 - the operator's own test command, by design
             shlex.split(test_command), cwd=config.root, capture_output=True, text=True, check=False
-        )  # fmt: skip
+        )
         if result.returncode != 0:
             for path, original in written:
                 relative = path.relative_to(config.root).as_posix()
@@ -237,8 +255,11 @@ def rollback(config: SsotConfig, checkpoint: str | None, *, force: bool = False)
     manifests = list_checkpoints(config)
     if not manifests:
         raise ConfigError("there are no checkpoints to roll back")
-    chosen = manifests[-1] if checkpoint is None else next(
-        (m for m in manifests if m["id"] == checkpoint), None)  # fmt: skip
+    chosen = (
+        manifests[-1]
+        if checkpoint is None
+        else next((m for m in manifests if m["id"] == checkpoint), None)
+    )
     if chosen is None:
         raise ConfigError(f"no checkpoint {checkpoint!r} (see `atoll ssot checkpoints`)")
     directory = _checkpoint_dir(config) / chosen["id"]

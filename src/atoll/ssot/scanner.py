@@ -3,6 +3,8 @@ the rules, compare with the baseline, and report."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -17,7 +19,7 @@ from atoll.ssot.config import SsotConfig
 from atoll.ssot.facts import FileFacts, collect
 from atoll.ssot.rules import Finding, RuleEngine, import_metrics
 
-TOOL_VERSION = "1"
+TOOL_VERSION = "2"
 SKIP_DIRS = frozenset(
     {
         ".git",
@@ -68,9 +70,12 @@ def discover(config: SsotConfig, paths: list[str] | None = None) -> list[Path]:
 
 def _relative(path: Path, root: Path) -> str:
     try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
+        return path.relative_to(root).as_posix()
     except ValueError:
-        return path.as_posix()
+        try:
+            return path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return path.as_posix()
 
 
 def _collect_one(job: tuple[str, str]) -> dict[str, Any]:
@@ -80,49 +85,103 @@ def _collect_one(job: tuple[str, str]) -> dict[str, Any]:
 
 
 class FactCache:
-    """Facts per file, keyed by content hash + configuration + tool version."""
+    """Facts per file in one JSON file, keyed by content hash + configuration + version."""
 
     def __init__(self, directory: Path | None, config_key: str) -> None:
         self.directory = directory
         self.config_key = config_key
+        self._entries: dict[str, dict[str, Any]] | None = None
+        self._dirty = False
 
-    def key(self, content: bytes) -> str:
-        digest = hashlib.sha256(content)
-        digest.update(f"|{self.config_key}|{TOOL_VERSION}".encode())
-        return digest.hexdigest()
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._entries is None:
+            self._entries = {}
+            if self.directory is not None:
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    stored = json.loads((self.directory / "facts.json").read_text("utf-8"))
+                    if (stored.get("version"), stored.get("config")) == (
+                        TOOL_VERSION,
+                        self.config_key,
+                    ):
+                        self._entries = stored["files"]
+        return self._entries
 
-    def get(self, key: str) -> FileFacts | None:
+    def load_run(self, digest: str) -> dict[str, Any] | None:
+        """The stored result of a scan of exactly these files and configuration."""
         if self.directory is None:
             return None
-        path = self.directory / f"{key}.json"
-        try:
-            return FileFacts.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        with contextlib.suppress(OSError, ValueError):
+            stored = json.loads((self.directory / "run.json").read_text(encoding="utf-8"))
+            if stored.get("digest") == digest:
+                return dict(stored)
+        return None
 
-    def put(self, key: str, facts: FileFacts) -> None:
+    def save_run(self, digest: str, result: dict[str, Any]) -> None:
+        """Remember a scan's result for the next identical scan."""
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.directory / f"{key}.tmp"
-        temporary.write_text(json.dumps(facts.to_dict()), encoding="utf-8")
-        temporary.replace(self.directory / f"{key}.json")
+        temporary = self.directory / "run.json.tmp"
+        temporary.write_text(json.dumps({**result, "digest": digest}), encoding="utf-8")
+        temporary.replace(self.directory / "run.json")
+
+    def key(self, content: bytes) -> str:
+        """The cache key of a file's bytes."""
+        return hashlib.sha256(content).hexdigest()
+
+    def get(self, relative: str, key: str) -> FileFacts | None:
+        """The cached facts of ``relative`` if its content is unchanged."""
+        entry = self._load().get(relative)
+        if entry is None or entry.get("key") != key:
+            return None
+        try:
+            return FileFacts.from_dict(entry["facts"])
+        except (KeyError, TypeError):
+            return None
+
+    def put(self, relative: str, key: str, facts: FileFacts) -> None:
+        """Remember ``facts``; written by ``save``."""
+        self._load()[relative] = {"key": key, "facts": facts.to_dict()}
+        self._dirty = True
+
+    def save(self, keep: set[str]) -> None:
+        """Write the cache (only entries of files that still exist)."""
+        if self.directory is None or not self._dirty:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        entries = {k: v for k, v in self._load().items() if k in keep}
+        document = {"version": TOOL_VERSION, "config": self.config_key, "files": entries}
+        temporary = self.directory / "facts.json.tmp"
+        temporary.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
+        temporary.replace(self.directory / "facts.json")
+
+
+def file_keys(config: SsotConfig, files: list[Path], cache: FactCache) -> dict[Path, str]:
+    """The cache key of every file's content."""
+    return {path: cache.key(path.read_bytes()) for path in files}
 
 
 def collect_all(
-    config: SsotConfig, files: list[Path], *, jobs: int, cache: FactCache
+    config: SsotConfig,
+    files: list[Path],
+    *,
+    jobs: int,
+    cache: FactCache,
+    keys: dict[Path, str] | None = None,
 ) -> list[FileFacts]:
     """Facts of every file: from the cache, else parsed (in ``jobs`` processes)."""
     results: dict[Path, FileFacts] = {}
     pending: list[tuple[Path, str]] = []
+    relatives = {path: _relative(path, config.root) for path in files}
+    keys = keys or file_keys(config, files, cache)
     for path in files:
-        key = cache.key(path.read_bytes())
-        cached = cache.get(key)
-        if cached is not None and cached.path == _relative(path, config.root):
+        key = keys[path]
+        cached = cache.get(relatives[path], key)
+        if cached is not None:
             results[path] = cached
         else:
             pending.append((path, key))
-    work = [(str(p), _relative(p, config.root)) for p, _ in pending]
+    work = [(str(p), relatives[p]) for p, _ in pending]
     if jobs > 1 and len(work) > 32:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             collected = list(pool.map(_collect_one, work, chunksize=16))
@@ -130,8 +189,9 @@ def collect_all(
         collected = [_collect_one(item) for item in work]
     for (path, key), data in zip(pending, collected, strict=True):
         facts = FileFacts.from_dict(data)
-        cache.put(key, facts)
+        cache.put(relatives[path], key, facts)
         results[path] = facts
+    cache.save(set(relatives.values()))
     return [results[p] for p in files]
 
 
@@ -160,15 +220,38 @@ def scan(
     files = discover(config, paths)
     cache_dir = config.root / ".ssot-cache" if use_cache else None
     cache = FactCache(cache_dir, config.fingerprint())
-    facts = collect_all(config, files, jobs=jobs or (os.cpu_count() or 1), cache=cache)
-    findings = RuleEngine(config, facts).run()
+    keys = file_keys(config, files, cache)
+    digest = hashlib.sha256(
+        "\n".join(f"{_relative(p, config.root)}:{keys[p]}" for p in files).encode()
+        + f"|{config.fingerprint()}|{config.severity}|{TOOL_VERSION}".encode()
+    ).hexdigest()
+    memo = cache.load_run(digest)
+    if memo is not None:
+        findings = [Finding(**f) for f in memo["findings"]]
+        result_metrics: dict[str, Any] = memo["metrics"]
+        syntax_errors = [(p, e) for p, e in memo["syntax_errors"]]
+    else:
+        facts = collect_all(
+            config, files, jobs=jobs or (os.cpu_count() or 1), cache=cache, keys=keys
+        )
+        findings = RuleEngine(config, facts).run()
+        result_metrics = import_metrics(config, facts)
+        syntax_errors = [(f.path, f.syntax_error) for f in facts if f.syntax_error]
+        cache.save_run(
+            digest,
+            {
+                "findings": [dataclasses.asdict(f) for f in findings],
+                "metrics": result_metrics,
+                "syntax_errors": syntax_errors,
+            },
+        )
     prints = fingerprints(findings)
     new = [f for f, p in zip(findings, prints, strict=True) if not baseline or p not in baseline]
     return ScanResult(
         findings=findings,
         new=new,
-        metrics=import_metrics(config, facts),
+        metrics=result_metrics,
         files=len(files),
-        syntax_errors=[(f.path, f.syntax_error) for f in facts if f.syntax_error],
+        syntax_errors=syntax_errors,
         duration=time.perf_counter() - started,
     )
