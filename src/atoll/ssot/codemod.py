@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import libcst as cst
 from libcst.helpers import get_full_name_for_node
 
+from atoll.ssot.facts import absolute_module
+
 
 @dataclass(frozen=True)
 class Registry:
@@ -43,16 +45,6 @@ class Registry:
         ):
             return "SSOT003", home, name
         return None
-
-
-def _absolute(package: str, module: str | None, level: int) -> str:
-    if level == 0:
-        return module or ""
-    parts = package.split(".") if package else []
-    if level > 1:
-        parts = parts[: len(parts) - (level - 1)]
-    base = ".".join(parts)
-    return f"{base}.{module}" if module and base else (module or base)
 
 
 def _module_node(dotted: str) -> cst.Attribute | cst.Name:
@@ -87,7 +79,7 @@ class ImportRewriter(cst.CSTTransformer):
         if isinstance(updated_node.names, cst.ImportStar):
             return updated_node
         module_name = get_full_name_for_node(updated_node.module) if updated_node.module else None
-        module = _absolute(self.package, module_name, len(updated_node.relative))
+        module = absolute_module(self.package, module_name, len(updated_node.relative))
         kept: list[cst.ImportAlias] = []
         moved: list[cst.ImportFrom] = []
         for alias in updated_node.names:

@@ -177,6 +177,17 @@ def _literal(node: ast.expr) -> Any:
         return "<expr>"
 
 
+def absolute_module(package: str, module: str | None, level: int) -> str:
+    """The absolute module of ``from <level dots><module> import …`` inside ``package``."""
+    if level == 0:
+        return module or ""
+    parts = package.split(".") if package else []
+    if level > 1:
+        parts = parts[: len(parts) - (level - 1)]
+    base = ".".join(parts)
+    return f"{base}.{module}" if module and base else (module or base)
+
+
 def _is_type_checking(test: ast.expr) -> bool:
     return _dotted(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 
@@ -218,13 +229,7 @@ class _Collector(ast.NodeVisitor):
         )
 
     def absolute(self, module: str | None, level: int) -> str:
-        if level == 0:
-            return module or ""
-        parts = self.package.split(".") if self.package else []
-        if level > 1:
-            parts = parts[: len(parts) - (level - 1)]
-        base = ".".join(parts)
-        return f"{base}.{module}" if module and base else (module or base)
+        return absolute_module(self.package, module, level)
 
     # -- imports ---------------------------------------------------------------
 

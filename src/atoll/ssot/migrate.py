@@ -25,7 +25,7 @@ from typing import Any
 
 from atoll.ssot.codemod import Registry, rewrite
 from atoll.ssot.config import ConfigError, SsotConfig
-from atoll.ssot.facts import FileFacts, module_name
+from atoll.ssot.facts import FileFacts, absolute_module, module_name
 from atoll.ssot.scanner import FactCache, collect_all, discover
 
 CHECKPOINTS = ".ssot-checkpoints"
@@ -75,7 +75,7 @@ class ImportChecker:
             if isinstance(node, ast.Import):
                 missing += [a.name for a in node.names if not self._module_exists(a.name)]
             elif isinstance(node, ast.ImportFrom):
-                base = _absolute(package, node.module, node.level)
+                base = absolute_module(package, node.module, node.level)
                 for alias in node.names:
                     if alias.name != "*" and not self._name_exists(base, alias.name):
                         missing.append(f"{base}.{alias.name}")
@@ -103,16 +103,6 @@ class ImportChecker:
                 or name in {c.assigned_to for c in facts.calls if c.assigned_to}
             )
         return self._module_exists(module)
-
-
-def _absolute(package: str, module: str | None, level: int) -> str:
-    if level == 0:
-        return module or ""
-    parts = package.split(".") if package else []
-    if level > 1:
-        parts = parts[: len(parts) - (level - 1)]
-    base = ".".join(parts)
-    return f"{base}.{module}" if module and base else (module or base)
 
 
 def _checkpoint_dir(config: SsotConfig) -> Path:
