@@ -130,7 +130,12 @@ async def test_spent_refresh_token_revokes_the_session(secured: str) -> None:
 async def test_logout_kills_the_access_token_at_once(secured: str) -> None:
     client = await register(secured, "logout@example.com")
     await client.request("GET", "/me")
-    await client.logout()
+    async with client.connect() as socket:
+        await client.logout()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.connection.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4401  # its open socket is closed too
     with pytest.raises(ApiError) as info:
         await client.request("GET", "/me")
     assert info.value.status == 401

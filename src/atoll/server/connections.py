@@ -51,6 +51,7 @@ class Connection:
         websocket: WebSocket,
         *,
         user_id: str,
+        session_id: str,
         connection_id: str,
         log: RunEventLog,
         metrics: Metrics,
@@ -58,6 +59,7 @@ class Connection:
     ) -> None:
         self.websocket = websocket
         self.user_id = user_id
+        self.session_id = session_id
         self.connection_id = connection_id
         self._log = log
         self._metrics = metrics
@@ -162,6 +164,13 @@ class ConnectionRegistry:
         if user_id is not None:
             return len(self._by_user.get(user_id, ()))
         return sum(len(c) for c in self._by_user.values())
+
+    async def close_session(self, session_id: str, code: int, reason: str) -> None:
+        """Close the connections opened with ``session_id`` (logout: 4401)."""
+        for connections in list(self._by_user.values()):
+            for connection in list(connections):
+                if connection.session_id == session_id:
+                    await connection.close(code, reason)
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every connection (shutdown: 1001, clients reconnect)."""

@@ -233,6 +233,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     connection = Connection(
         websocket,
         user_id=principal.user_id,
+        session_id=principal.session_id,
         connection_id=new_id("con"),
         log=services.event_log,
         metrics=services.metrics,

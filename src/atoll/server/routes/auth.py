@@ -54,8 +54,9 @@ async def refresh_tokens(body: RefreshBody, services: ServicesDep) -> TokenOut:
 
 @router.post("/auth/logout", status_code=204)
 async def log_out(principal: PrincipalDep, services: ServicesDep) -> Response:
-    """End the session; its tokens stop working at once."""
+    """End the session; its tokens stop working at once and its sockets close (4401)."""
     await services.auth.logout(principal)
+    await services.connections.close_session(principal.session_id, 4401, "session_revoked")
     return Response(status_code=204)
 
 
