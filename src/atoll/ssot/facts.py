@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +110,18 @@ class FileFacts:
     syntax_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """As JSON-ready data (for the cache)."""
-        return asdict(self)
+        """As JSON-ready data (for the cache and between processes); shares, never copies."""
+        return {
+            "path": self.path,
+            "module": self.module,
+            "is_test": self.is_test,
+            "definitions": [vars(d) for d in self.definitions],
+            "imports": [vars(i) for i in self.imports],
+            "attributes": [vars(a) for a in self.attributes],
+            "calls": [vars(c) for c in self.calls],
+            "local": [vars(f) for f in self.local],
+            "syntax_error": self.syntax_error,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileFacts:
@@ -192,8 +202,32 @@ def _is_type_checking(test: ast.expr) -> bool:
     return _dotted(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 
 
+_SKIP = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.Constant)
+
+
 class _Collector(ast.NodeVisitor):
+    def visit(self, node: ast.AST) -> Any:
+        """Dispatch with a per-class method cache (the stdlib looks the name up each time)."""
+        kind = type(node)
+        method = self._methods.get(kind)
+        if method is None:
+            method = getattr(self, "visit_" + kind.__name__, None) or self.generic_visit
+            self._methods[kind] = method
+        return method(node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        """Visit children, skipping leaves no rule looks at (contexts, operators, constants)."""
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, ast.AST) and not isinstance(item, _SKIP):
+                        self.visit(item)
+            elif isinstance(value, ast.AST) and not isinstance(value, _SKIP):
+                self.visit(value)
+
     def __init__(self, facts: FileFacts, package: str) -> None:
+        self._methods: dict[type, Any] = {}
         self.facts = facts
         self.package = package
         self.scope: list[str] = []
@@ -440,9 +474,6 @@ class _Collector(ast.NodeVisitor):
                 f"module-level container {name} is mutated by {self.scope_name}: "
                 "state shared by every user and request",
             )
-
-    def visit_Constant(self, node: ast.Constant) -> None:
-        """Constants hold nothing the rules need (and skip NodeVisitor's slow fallback)."""
 
     # -- calls -----------------------------------------------------------------
 

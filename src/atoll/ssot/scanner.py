@@ -139,9 +139,9 @@ class FactCache:
         except (KeyError, TypeError):
             return None
 
-    def put(self, relative: str, key: str, facts: FileFacts) -> None:
-        """Remember ``facts``; written by ``save``."""
-        self._load()[relative] = {"key": key, "facts": facts.to_dict()}
+    def put(self, relative: str, key: str, facts: dict[str, Any]) -> None:
+        """Remember a file's facts (as ``FileFacts.to_dict`` data); written by ``save``."""
+        self._load()[relative] = {"key": key, "facts": facts}
         self._dirty = True
 
     def save(self, keep: set[str]) -> None:
@@ -188,9 +188,8 @@ def collect_all(
     else:
         collected = [_collect_one(item) for item in work]
     for (path, key), data in zip(pending, collected, strict=True):
-        facts = FileFacts.from_dict(data)
-        cache.put(relatives[path], key, facts)
-        results[path] = facts
+        cache.put(relatives[path], key, data)
+        results[path] = FileFacts.from_dict(data)
     cache.save(set(relatives.values()))
     return [results[p] for p in files]
 
