@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from atoll.auth.service import Principal
 from atoll.errors import AgentNotFoundError, RateLimitedError, ThreadBusyError
@@ -33,6 +34,7 @@ from atoll.store.audit import AuditLog, audit_entry
 from atoll.store.chat import ChatStore, alive_runs_query, history_in, new_thread, thread_in
 from atoll.store.event_log import DatabaseRunEventLog
 from atoll.store.models import Message, Run, Thread, utcnow
+from atoll.store.writer import execute_core, insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +112,7 @@ class RunService:
                     return Submitted(thread, existing, run, created=False, history=[]), []
             if thread_id is None:
                 thread = new_thread(principal.user_id, title=content[:80], meta={})
-                session.add(thread)
-                session.flush()  # rows without relationship() are not ordered by foreign key
+                insert_rows(session, thread)
                 alive: list[str] = []
                 history: list[Message] = []
             else:
@@ -144,7 +145,13 @@ class RunService:
                 meta=metadata or {},
                 created_at=now,
             )
-            thread.updated_at = now
+            if thread_id is not None:
+                execute_core(
+                    session, update(Thread).where(Thread.id == thread.id).values(updated_at=now)
+                )
+                set_committed_value(thread, "updated_at", now)  # not dirty: no second UPDATE
+            else:
+                thread.updated_at = now
             audit = audit_entry(
                 "run_start",
                 user_id=principal.user_id,
@@ -152,7 +159,7 @@ class RunService:
                 thread_id=thread.id,
                 agent=agent_name,
             )
-            session.add_all([message, run, audit])
+            insert_rows(session, message, run, audit)
             return Submitted(thread, message, run, created=True, history=history), alive
 
         submitted, alive = await self._chat.db.write(store)

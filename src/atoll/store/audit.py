@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from atoll.store.db import Database
 from atoll.store.models import AuditEntry, utcnow
+from atoll.store.writer import insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class AuditLog:
         """Store one entry (``action`` must be one of ``AUDITED_ACTIONS``)."""
         entry = audit_entry(action, user_id=user_id, **detail)
         try:
-            await self._db.write(lambda session: session.add(entry))
+            await self._db.write(lambda session: insert_rows(session, entry))
         except Exception:
             logger.exception("could not write audit entry %s for %s", action, user_id)
 

@@ -22,6 +22,7 @@ from atoll.runtime.state import ALIVE_STATES
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
 from atoll.store.models import Message, Run, RunEventRow, Thread, utcnow
+from atoll.store.writer import execute_core, insert_rows
 
 ALIVE = [s.value for s in ALIVE_STATES]
 T = TypeVar("T")
@@ -122,7 +123,7 @@ class ChatStore:
         thread = new_thread(user_id, title=title, meta=meta)
 
         def create(session: Session) -> Thread:
-            session.add(thread)
+            insert_rows(session, thread)
             return thread
 
         return await self.db.write(create)
@@ -235,8 +236,10 @@ class ChatStore:
         )
 
         def add(session: Session) -> None:
-            session.add(message)
-            session.execute(update(Thread).where(Thread.id == thread_id).values(updated_at=now))
+            insert_rows(session, message)
+            execute_core(
+                session, update(Thread).where(Thread.id == thread_id).values(updated_at=now)
+            )
 
         await self.db.write(add)
 
@@ -279,4 +282,4 @@ class ChatStore:
                 answer_message_id=answer_message_id,
             )
         )
-        await self.db.write(lambda session: session.execute(statement))
+        await self.db.write(lambda session: execute_core(session, statement))

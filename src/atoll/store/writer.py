@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Executable
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,28 @@ class _Pending(Generic[T]):
     job: WriteJob[T]
     done: asyncio.Future[T]
     prepare: Callable[[], None] | None = None
+
+
+def insert_rows(session: Session, *rows: object) -> None:
+    """INSERT mapped objects with Core statements (the ORM unit of work costs far more on the
+    hot path); fills in autoincrement keys. The objects stay plain values, not session state."""
+    connection = session.connection()
+    for row in rows:
+        mapper = sa_inspect(type(row))
+        values = {
+            attribute.columns[0]: getattr(row, attribute.key)
+            for attribute in mapper.column_attrs
+            if getattr(row, attribute.key, None) is not None
+        }
+        result = connection.execute(insert(mapper.local_table).values(values))
+        for column, key in zip(mapper.primary_key, result.inserted_primary_key or (), strict=False):
+            if key is not None:
+                setattr(row, mapper.get_property_by_column(column).key, key)
+
+
+def execute_core(session: Session, statement: Executable) -> None:
+    """Run a Core statement on the batch's connection (no ORM bulk machinery)."""
+    session.connection().execute(statement)
 
 
 def _run_jobs(connection: Connection, jobs: list[WriteJob[Any]]) -> list[Any]:
