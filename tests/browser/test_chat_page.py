@@ -142,3 +142,20 @@ async def test_phone_sized_screen(browser: Browser, server: str) -> None:
     await page.get_by_role("button", name="Threads").click()
     await expect(page.locator(".sidebar")).to_be_visible()
     await expect(page.locator("#threads li")).to_have_count(1)
+
+
+async def test_errors_are_shown_as_readable_messages(browser: Browser, server: str) -> None:
+    page = await browser.new_page()
+    await page.goto(server)
+    await page.get_by_label("Email").fill("nobody@example.com")
+    await page.get_by_label("Password").fill("not-the-password")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#auth-error")).to_have_text("wrong email or password")
+    await page.get_by_role("button", name="No account? Sign up").click()
+    await page.get_by_label("Email").fill("short@example.com")
+    await page.get_by_label("Password").fill("short")
+    await page.get_by_role("button", name="Sign up").click()
+    await expect(page.locator("#auth-error")).to_have_text(
+        "invalid password (must be 8 to 1024 characters)"
+    )
+    assert "token" not in page.url  # nothing sensitive ever goes into the URL

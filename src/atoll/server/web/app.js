@@ -6,7 +6,8 @@ const $ = (id) => document.getElementById(id);
 
 class ApiError extends Error {
   constructor(status, problem) {
-    super(problem.detail || `HTTP ${status}`);
+    const reasons = (problem.errors || []).map((error) => error.msg).join("; ");
+    super((problem.detail || `HTTP ${status}`) + (reasons ? ` (${reasons})` : ""));
     this.status = status;
     this.code = problem.code || "http_error";
   }
