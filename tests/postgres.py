@@ -21,9 +21,10 @@ from serving import free_port
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or next(
+    # Debian's versioned binaries first (its /usr/bin wrappers want a configured cluster).
+    found = next(
         iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
-    )
+    ) or shutil.which(name)
     if found is None:
         raise RuntimeError(f"PostgreSQL's {name} is not installed (scripts/test.sh installs it)")
     return found
