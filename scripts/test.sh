@@ -16,6 +16,17 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     fi
 fi
 
+# redis-server for the scale-out tests (they start and stop their own).
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "== installing redis-server (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        echo "redis-server is needed for the tests: install the Debian package 'redis-server'." >&2
+        exit 2
+    fi
+fi
+
 # Debian's Chromium for the browser tests (Playwright drives it; it downloads no browser).
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then

@@ -188,6 +188,9 @@ class RunEventLog(Protocol):
 class EventSubscription(Protocol):
     """A stream of one user's events, closed by ``aclose``."""
 
+    async def get(self) -> RunEvent:
+        """The next event (waits for one)."""
+
     def __aiter__(self) -> AsyncIterator[RunEvent]:
         """Iterate events as they are published."""
 
