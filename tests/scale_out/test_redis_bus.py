@@ -91,3 +91,19 @@ async def test_the_runtime_logs_then_publishes_through_redis(redis: Redis) -> No
     live = [await asyncio.wait_for(subscription.get(), 5) for _ in range(2)]
     logged = await log.read("run_rt", user_id="usr_rt")
     assert [e.payload for e in live] == [e.payload for e in logged]
+
+
+async def test_rate_limit_is_shared_by_every_node(redis: Redis, redis_url: str) -> None:
+    from atoll.bus.redis import RedisRateLimiter
+
+    node_a = RedisRateLimiter(redis, 3, 60.0, prefix="messages")
+    other = Redis.from_url(redis_url)
+    node_b = RedisRateLimiter(other, 3, 60.0, prefix="messages")
+    assert await node_a.hit("usr_1") is None
+    assert await node_b.hit("usr_1") is None
+    assert await node_a.hit("usr_1") is None
+    retry = await node_b.hit("usr_1")  # the 4th hit, on another node: refused
+    assert retry is not None
+    assert 0 < retry <= 20.0
+    assert await node_b.hit("usr_2") is None  # another user has their own budget
+    await other.aclose()

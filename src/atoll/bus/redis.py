@@ -99,3 +99,38 @@ class RedisEventBus:
         Call ``await subscription.start()`` to fix the position right away.
         """
         return RedisSubscription(self._redis, user_id, block_ms=self._block_ms, batch=self._batch)
+
+
+_GCRA = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat + interval - period
+if allow_at > now then return allow_at - now end
+redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now) + 1)
+return -1
+"""
+
+
+class RedisRateLimiter:
+    """``RateLimiter`` shared by every node: GCRA in one Lua script, on Redis's clock."""
+
+    def __init__(self, redis: Redis, limit: int, period: float, *, prefix: str) -> None:
+        if limit < 1 or period <= 0:
+            raise ValueError("limit must be >= 1 and period > 0")
+        self._redis = redis
+        self._interval_ms = max(1, round(period * 1000 / limit))
+        self._period_ms = round(period * 1000)
+        self._prefix = prefix
+        self._script = redis.register_script(_GCRA)
+
+    async def hit(self, key: str) -> float | None:
+        """Record one hit for ``key``; None if allowed, else the retry-after in seconds."""
+        wait_ms = await self._script(
+            keys=[f"atoll:rate:{self._prefix}:{key}"],
+            args=[self._interval_ms, self._period_ms],
+        )
+        return None if int(wait_ms) < 0 else int(wait_ms) / 1000
