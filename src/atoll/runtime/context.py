@@ -184,7 +184,3 @@ class UserExecutionContext:
             "created_at": self.created_at.isoformat(),
             "audit": copy.deepcopy(dict(self.audit)),
         }
-
-    def has_role(self, role: str) -> bool:
-        """Whether the user holds ``role``."""
-        return role in self.roles

@@ -254,7 +254,6 @@ class RunEmitter:
         self._seq = 0
         self._lock = asyncio.Lock()
         self._closed = False
-        self.last_event: RunEvent | None = None
 
     @property
     def closed(self) -> bool:
@@ -299,7 +298,6 @@ class RunEmitter:
                 raise
             self._seq = event.seq
             self._closed = event.ends_run
-            self.last_event = event
         return event
 
     def for_agent(self, agent: str, parent_agent: str | None) -> AgentEmitter:

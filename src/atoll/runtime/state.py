@@ -84,7 +84,6 @@ _TRANSITIONS: dict[ExecutionState, frozenset[ExecutionState]] = {
     ExecutionState.CANCELLED: frozenset(),
 }
 
-TERMINAL_STATES = frozenset(s for s in ExecutionState if s.is_terminal)
 ALIVE_STATES = _ALIVE
 
 

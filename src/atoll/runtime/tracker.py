@@ -49,6 +49,11 @@ class ExecutionRecord:
         """True while the run has not reached a terminal state."""
         return self.state.is_alive
 
+    @property
+    def started_wall(self) -> datetime | None:
+        """When the run reached STARTING (wall clock), if it did."""
+        return next((t for s, t in self.transitions if s is ExecutionState.STARTING), None)
+
 
 class AgentExecutionTracker:
     """Tracks every run through the nine-state lifecycle; detects DEAD and TIMEOUT.

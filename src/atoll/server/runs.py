@@ -218,11 +218,7 @@ class RunService:
                 request = RunRequest(run.agent, message.content, message.id, history)
                 outcome = await engine.run(request)
             record = self._factory.tracker.find(run.id)
-            started = None
-            if record is not None:
-                started = next(
-                    (t for s, t in record.transitions if s is ExecutionState.STARTING), None
-                )
+            started = record.started_wall if record is not None else None
             await self._chat.finish_run(
                 run.id,
                 state=outcome.state.value,
@@ -273,9 +269,7 @@ class RunService:
         state, started, finished, error = run.state, run.started_at, run.finished_at, run.error
         if record is not None and ExecutionState.parse(run.state).is_alive:
             state = record.state.value
-            started = next(
-                (t for s, t in record.transitions if s is ExecutionState.STARTING), started
-            )
+            started = record.started_wall or started
             if record.state.is_terminal:
                 finished = record.transitions[-1][1]
                 error = record.error
