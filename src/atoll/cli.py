@@ -24,6 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--data-dir", type=Path, help="SQLite file and keys (default ./atoll-data)")
 
+    worker = commands.add_parser(
+        "worker",
+        help="execute queued runs (scale-out: needs ATOLL_REDIS_URL and ATOLL_DATABASE_URL)",
+    )
+    worker.add_argument("--data-dir", type=Path, help="keys and defaults (default ./atoll-data)")
+    worker.add_argument("--concurrency", type=int, dest="worker_concurrency",
+                        help="runs executed at once (default 16)")  # fmt: skip
+    worker.add_argument("--worker-id", help="this worker's name (default: host-pid-random)")
+
     chat = commands.add_parser("chat", help="chat with an agent in the terminal")
     chat.add_argument("--url", default=os.environ.get("ATOLL_URL", "http://127.0.0.1:8000"))
     chat.add_argument("--email", default=os.environ.get("ATOLL_EMAIL"))
@@ -60,11 +69,21 @@ def _settings(args: argparse.Namespace) -> object:
     from atoll.config import Settings
 
     overrides: dict[str, object] = {}
-    for name in ("host", "port", "data_dir"):
+    for name in ("host", "port", "data_dir", "worker_concurrency", "worker_id"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from atoll.config import Settings
+    from atoll.server.serve import run_worker
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    run_worker(settings)
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -163,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "worker":
+            return _worker(args)
         if args.command == "chat":
             return _chat(args)
         if args.command == "user":

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     tool_timeout: float = Field(30.0, gt=0)
     tool_calls_per_minute: int = Field(120, ge=1)
 
+    redis_url: SecretStr | None = Field(
+        None, description="Scale-out: Redis for the run queue, events, limits and signals"
+    )
+    worker_id: str | None = Field(None, description="Default: <hostname>-<pid>-<random>")
+    worker_concurrency: int = Field(16, ge=1, description="Runs one worker executes at once")
+    run_retries: int = Field(1, ge=0, description="Re-queues of a run whose worker died early")
+    sweep_interval: float = Field(1.0, gt=0, description="Seconds between dead-worker sweeps")
+
     knowledge_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

@@ -62,8 +62,24 @@ class LocalRateLimiter:
             del self._tat[key]
 
 
+class FailureCounter(Protocol):
+    """Counts events per key over a sliding window (failed logins)."""
+
+    async def count(self, key: str) -> int:
+        """Events for ``key`` within the window."""
+
+    async def retry_after(self, key: str) -> float:
+        """Seconds until the oldest event of ``key`` leaves the window."""
+
+    async def add(self, key: str) -> None:
+        """Record one event for ``key``."""
+
+    async def reset(self, key: str) -> None:
+        """Forget ``key``'s events."""
+
+
 class SlidingWindowCounter:
-    """Counts events per key over the last ``period`` seconds (e.g. failed logins)."""
+    """In-process ``FailureCounter``: events per key over the last ``period`` seconds."""
 
     def __init__(self, period: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.period = period
@@ -82,20 +98,20 @@ class SlidingWindowCounter:
             return None
         return events
 
-    def count(self, key: str) -> int:
+    async def count(self, key: str) -> int:
         """Events for ``key`` within the window."""
         events = self._window(key)
         return len(events) if events else 0
 
-    def retry_after(self, key: str) -> float:
+    async def retry_after(self, key: str) -> float:
         """Seconds until the oldest event of ``key`` leaves the window."""
         events = self._window(key)
         return max(0.0, events[0] + self.period - self._clock()) if events else 0.0
 
-    def add(self, key: str) -> None:
+    async def add(self, key: str) -> None:
         """Record one event for ``key``."""
         self._events.setdefault(key, deque()).append(self._clock())
 
-    def reset(self, key: str) -> None:
+    async def reset(self, key: str) -> None:
         """Forget ``key``'s events."""
         self._events.pop(key, None)

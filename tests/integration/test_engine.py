@@ -481,18 +481,18 @@ async def test_slots_survive_a_waiter_cancelled_after_release_skipped_it() -> No
     from atoll.runtime.limits import UserRunSlots
 
     slots = UserRunSlots(1)
-    slots.try_acquire("usr_a")
+    await slots.try_acquire("usr_a")
     first = asyncio.create_task(slots.acquire("usr_a"))
     second = asyncio.create_task(slots.acquire("usr_a"))
     await until(lambda: slots.waiting("usr_a") == 2)
     first.cancel()  # cancelled, but still queued until release() skips it
-    slots.release("usr_a")  # pops the cancelled waiter, hands the slot to the second
+    await slots.release("usr_a")  # pops the cancelled waiter, hands the slot to the second
     with pytest.raises(asyncio.CancelledError):
         await first
     await second
     assert slots.active("usr_a") == 1
     assert slots.waiting("usr_a") == 0
-    slots.release("usr_a")
+    await slots.release("usr_a")
     assert slots.active("usr_a") == 0
 
 

@@ -1,4 +1,4 @@
-"""The Redis Streams event bus against a real redis-server."""
+"""The Redis building blocks of scale-out, against a real redis-server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from atoll.bus.redis import RedisEventBus, SubscriptionClosedError, user_stream
+from atoll.bus.memory import InMemoryEventBus
+from atoll.bus.queue import CancelSignals, RunQueue, WorkerPresence
+from atoll.bus.redis import (
+    RedisEventBus,
+    RedisEventRelay,
+    RedisFailureCounter,
+    RedisRateLimiter,
+    RedisRunSlots,
+    user_stream,
+)
+from atoll.errors import RunLimitError
 from atoll.runtime.events import EventRecorder, EventType, RunEmitter, RunEvent
 
 from redis_server import redis_server
@@ -30,6 +40,14 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+@pytest.fixture
+async def relay(redis: Redis) -> AsyncIterator[RedisEventRelay]:
+    node = RedisEventRelay(redis, InMemoryEventBus(), node_id="node-a", block_ms=500)
+    node.start()
+    yield node
+    await node.aclose()
+
+
 def event(user: str, run: str, seq: int) -> RunEvent:
     return RunEvent.build(
         type=EventType.AGENT_THINKING, run_id=run, thread_id="thr_t", user_id=user, seq=seq,
@@ -37,11 +55,11 @@ def event(user: str, run: str, seq: int) -> RunEvent:
     )  # fmt: skip
 
 
-async def test_each_user_receives_only_their_events_in_order(redis: Redis) -> None:
-    bus = RedisEventBus(redis, block_ms=100)
-    ada, bob = bus.subscribe("usr_ada"), bus.subscribe("usr_bob")
-    await ada.start()
-    await bob.start()
+async def test_each_user_receives_only_their_events_in_order(
+    redis: Redis, relay: RedisEventRelay
+) -> None:
+    bus = RedisEventBus(redis)
+    ada, bob = await relay.subscribe("usr_ada"), await relay.subscribe("usr_bob")
     for seq in range(1, 6):
         await bus.publish(event("usr_ada", "run_a", seq))
         await bus.publish(event("usr_bob", "run_b", seq))
@@ -51,40 +69,44 @@ async def test_each_user_receives_only_their_events_in_order(redis: Redis) -> No
                                                                  for s in range(1, 6)]  # fmt: skip
     assert {e.user_id for e in got_bob} == {"usr_bob"}
     assert got_ada[2].data == {"text": "run_a#3", "step": 3}
+    assert ada.drain() == [] and bob.drain() == []
 
 
 async def test_a_subscription_sees_events_from_when_it_started_and_across_clients(
-    redis: Redis, redis_url: str
+    redis: Redis, redis_url: str, relay: RedisEventRelay
 ) -> None:
     producer = RedisEventBus(Redis.from_url(redis_url))  # another node or worker
     await producer.publish(event("usr_x", "run_old", 1))
-    consumer = RedisEventBus(redis, block_ms=100)
-    first, second = consumer.subscribe("usr_x"), consumer.subscribe("usr_x")
-    await first.start()
-    await second.start()
+    first, second = await relay.subscribe("usr_x"), await relay.subscribe("usr_x")
     await producer.publish(event("usr_x", "run_new", 1))
     assert (await asyncio.wait_for(first.get(), 5)).run_id == "run_new"
     assert (await asyncio.wait_for(second.get(), 5)).run_id == "run_new"
     await first.aclose()
-    with pytest.raises(SubscriptionClosedError):
-        await first.get()
+    await second.aclose()
+    late = await relay.subscribe("usr_x")  # followed again, from now on
+    await producer.publish(event("usr_x", "run_later", 1))
+    assert (await asyncio.wait_for(late.get(), 5)).run_id == "run_later"
 
 
-async def test_streams_are_trimmed(redis: Redis) -> None:
-    bus = RedisEventBus(redis, max_len=10)
-    for seq in range(1, 500):
+async def test_streams_are_trimmed_by_the_retention_period(redis: Redis) -> None:
+    bus = RedisEventBus(redis, retention=1.0)
+    for seq in range(1, 50):
         await bus.publish(event("usr_trim", "run_t", seq))
-    assert await redis.xlen(user_stream("usr_trim")) < 200
+    assert 0 < await redis.pttl(user_stream("usr_trim")) <= 1000
+    await asyncio.sleep(1.2)
+    await bus.publish(event("usr_trim", "run_t", 50))
+    assert await redis.xlen(user_stream("usr_trim")) < 50
 
 
-async def test_the_runtime_logs_then_publishes_through_redis(redis: Redis) -> None:
+async def test_the_runtime_logs_then_publishes_through_redis(
+    redis: Redis, relay: RedisEventRelay
+) -> None:
     from atoll.bus.memory import InMemoryRunEventLog
 
-    log, bus = InMemoryRunEventLog(), RedisEventBus(redis, block_ms=100)
-    subscription = bus.subscribe("usr_rt")
-    await subscription.start()
-    emitter = RunEmitter(EventRecorder(log, bus), user_id="usr_rt", run_id="run_rt",
-                         thread_id="thr_rt", message_id="msg_rt")  # fmt: skip
+    log = InMemoryRunEventLog()
+    subscription = await relay.subscribe("usr_rt")
+    emitter = RunEmitter(EventRecorder(log, RedisEventBus(redis)), user_id="usr_rt",
+                         run_id="run_rt", thread_id="thr_rt", message_id="msg_rt")  # fmt: skip
     agent = emitter.for_agent("assistant", None)
     await agent.thinking("hmm")
     await agent.delta("Hello")
@@ -94,8 +116,6 @@ async def test_the_runtime_logs_then_publishes_through_redis(redis: Redis) -> No
 
 
 async def test_rate_limit_is_shared_by_every_node(redis: Redis, redis_url: str) -> None:
-    from atoll.bus.redis import RedisRateLimiter
-
     node_a = RedisRateLimiter(redis, 3, 60.0, prefix="messages")
     other = Redis.from_url(redis_url)
     node_b = RedisRateLimiter(other, 3, 60.0, prefix="messages")
@@ -107,3 +127,106 @@ async def test_rate_limit_is_shared_by_every_node(redis: Redis, redis_url: str) 
     assert 0 < retry <= 20.0
     assert await node_b.hit("usr_2") is None  # another user has their own budget
     await other.aclose()
+
+
+async def test_run_slots_hold_across_workers_and_expire_with_a_dead_holder(
+    redis: Redis, redis_url: str
+) -> None:
+    other = Redis.from_url(redis_url)
+    worker_a = RedisRunSlots(redis, 2, lease=1.0)
+    worker_b = RedisRunSlots(other, 2, lease=1.0)
+    await worker_a.try_acquire("usr_s", "run_1")
+    await worker_b.try_acquire("usr_s", "run_2")
+    with pytest.raises(RunLimitError):
+        await worker_b.try_acquire("usr_s", "run_3")
+    await worker_b.try_acquire("usr_other", "run_9")  # per user
+    waiting = asyncio.create_task(worker_b.acquire("usr_s", "run_3"))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    await worker_a.release("usr_s", "run_1")
+    await asyncio.wait_for(waiting, 5)
+    # worker_b "dies": stops renewing; its leases lapse and free the user's slots
+    await asyncio.sleep(1.2)
+    await worker_a.try_acquire("usr_s", "run_4")
+    await worker_a.try_acquire("usr_s", "run_5")
+    for _ in range(3):  # a live holder renews, and keeps its slots past the lease
+        await asyncio.sleep(0.5)
+        await worker_a.renew()
+    with pytest.raises(RunLimitError):
+        await worker_a.try_acquire("usr_s", "run_6")
+    await other.aclose()
+
+
+async def test_login_failures_are_counted_across_nodes(redis: Redis, redis_url: str) -> None:
+    other = Redis.from_url(redis_url)
+    node_a = RedisFailureCounter(redis, 60.0, prefix="login")
+    node_b = RedisFailureCounter(other, 60.0, prefix="login")
+    await node_a.add("a@example.com")
+    await node_b.add("a@example.com")
+    assert await node_a.count("a@example.com") == 2
+    assert await node_b.count("b@example.com") == 0
+    assert 59 < await node_b.retry_after("a@example.com") <= 60
+    await node_b.reset("a@example.com")
+    assert await node_a.count("a@example.com") == 0
+    await other.aclose()
+
+
+async def test_the_queue_delivers_each_entry_to_one_worker_until_acknowledged(
+    redis: Redis,
+) -> None:
+    queue = RunQueue(redis)
+    await queue.ensure_group()
+    await queue.ensure_group()  # idempotent
+    for n in range(4):
+        await queue.put(f"run_{n}", "usr_q")
+    first = await queue.take("worker-1", 3, block_ms=100)
+    second = await queue.take("worker-2", 3, block_ms=100)
+    assert [e.run_id for e in first] == ["run_0", "run_1", "run_2"]
+    assert [e.run_id for e in second] == ["run_3"]
+    assert await queue.take("worker-2", 3, block_ms=50) == []
+    await queue.ack(first[0].entry_id)
+    pending = await queue.pending()
+    assert {(p.consumer, p.entry_id) for p in pending} == {
+        ("worker-1", first[1].entry_id), ("worker-1", first[2].entry_id),
+        ("worker-2", second[0].entry_id),
+    }  # fmt: skip
+    taken = await queue.claim("sweeper-x", 0, [first[1].entry_id])
+    assert [e.run_id for e in taken] == ["run_1"]
+    assert await queue.claim("sweeper-y", 60_000, [first[1].entry_id]) == []  # one claimer wins
+
+
+async def test_the_queue_recovers_when_redis_lost_its_data(redis: Redis) -> None:
+    queue = RunQueue(redis)
+    await queue.ensure_group()
+    epoch = await queue.epoch()
+    assert await queue.epoch() == epoch
+    await redis.flushdb()  # what a restart without persistence looks like
+    assert await queue.take("worker-1", 1, block_ms=50) == []  # recreates the group
+    await queue.put("run_after", "usr_q")
+    assert [e.run_id for e in await queue.take("worker-1", 1, block_ms=100)] == ["run_after"]
+    assert await queue.epoch() != epoch
+
+
+async def test_presence_and_cancel_signals(redis: Redis) -> None:
+    presence = WorkerPresence(redis, timeout=1.0)
+    await presence.beat("worker-1", "{}")
+    await presence.beat("worker-2", "{}")
+    assert await presence.alive(["worker-1", "worker-2", "worker-3"]) == {"worker-1", "worker-2"}
+    await presence.leave("worker-2")
+    assert await presence.alive(["worker-1", "worker-2"]) == {"worker-1"}
+    await asyncio.sleep(1.1)
+    assert await presence.alive(["worker-1"]) == set()
+
+    signals = CancelSignals(redis, ttl=5.0)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe("atoll:cancel")
+    await signals.send("run_c", "user")
+    assert await signals.requested(["run_c", "run_d"]) == {"run_c": "user"}
+    received = []
+    async with asyncio.timeout(5):
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                received.append(message["data"])
+                break
+    assert received == [b"run_c"]
+    await pubsub.aclose()

@@ -26,7 +26,7 @@ from atoll.errors import (
     SessionRevokedError,
     ValidationFailedError,
 )
-from atoll.ratelimit import SlidingWindowCounter
+from atoll.ratelimit import FailureCounter
 from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
@@ -94,7 +94,7 @@ class AuthService:
         passwords: Passwords,
         audit: AuditLog,
         *,
-        failures: SlidingWindowCounter,
+        failures: FailureCounter,
         failures_limit: int,
     ) -> None:
         self._db = db
@@ -141,22 +141,22 @@ class AuthService:
     async def login(self, email: str, password: str) -> IssuedTokens:
         """Check the password and start a session. Wrong password and unknown email look alike."""
         address = email.strip().lower()
-        if self._failures.count(address) >= self._failures_limit:
+        if await self._failures.count(address) >= self._failures_limit:
             await self._audit.record("login_rate_limited", email=address)
             raise RateLimitedError(
                 "too many failed logins for this email; try again later",
-                retry_after=self._failures.retry_after(address),
+                retry_after=await self._failures.retry_after(address),
             )
         async with self._db.session() as session:
             user = (await session.execute(select(User).where(User.email == address))).scalar()
         if not await self._passwords.verify(user.password_hash if user else None, password):
-            self._failures.add(address)
+            await self._failures.add(address)
             await self._audit.record(
                 "login_failed", user_id=user.id if user else None, email=address
             )
             raise InvalidCredentialsError("wrong email or password")
         assert user is not None
-        self._failures.reset(address)
+        await self._failures.reset(address)
         await self._audit.record("login", user_id=user.id)
         return await self._start_session(user)
 

@@ -1,21 +1,39 @@
-"""Run event delivery over Redis Streams: one stream per user.
+"""Scale-out on Redis: event delivery, and the limits every node must share.
 
-``publish`` appends the event's wire bytes to ``atoll:events:user:<user_id>``
-(trimmed approximately to ``max_len`` entries); a subscription reads that user's
-stream from the moment it was opened, so a node delivers a user's events to that
-user's sockets only, whichever process produced them. Durability and replay stay
-with the run event log (the database): the stream is the live path.
+Events: ``RedisEventBus.publish`` appends an event's wire bytes to its owner's
+stream ``atoll:events:user:<user_id>`` (entries older than the retention period
+are trimmed on every append, and an idle user's stream expires). On each API
+node one ``RedisEventRelay`` reads, in a single blocking ``XREAD``, the streams
+of the users who have a socket on that node, and hands their events to the
+node's in-process bus: a node delivers a user's events to that user's sockets
+only, whichever worker produced them. Durability and replay stay with the run
+event log (the database); the stream is the live path.
+
+Limits: ``RedisRateLimiter`` (GCRA), ``RedisRunSlots`` (per-user concurrency as
+leases that expire with a dead worker) and ``RedisFailureCounter`` (failed
+logins) keep their state in Redis and compute on Redis's clock, so they hold
+across every node.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import secrets
+import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from atoll.bus.memory import InMemoryEventBus, MemorySubscription
 from atoll.runtime.events import RunEvent
+from atoll.runtime.limits import run_limit_error
+
+logger = logging.getLogger(__name__)
 
 STREAM_PREFIX = "atoll:events:user:"
 
@@ -25,80 +43,129 @@ def user_stream(user_id: str) -> str:
     return f"{STREAM_PREFIX}{user_id}"
 
 
-class SubscriptionClosedError(Exception):
-    """``get`` was called on a closed subscription."""
+class RedisEventBus:
+    """The publishing side of ``RunEventBus`` on Redis Streams (workers and nodes)."""
 
-
-class RedisSubscription:
-    """One subscriber's position in one user's stream."""
-
-    def __init__(self, redis: Redis, user_id: str, *, block_ms: int, batch: int) -> None:
+    def __init__(self, redis: Redis, *, retention: float = 24 * 3600.0) -> None:
         self._redis = redis
-        self.user_id = user_id
-        self._key = user_stream(user_id)
+        self.retention_ms = max(1000, int(retention * 1000))
+
+    async def publish(self, event: RunEvent) -> None:
+        """Append ``event`` to its owner's stream, trimming entries past the retention."""
+        key = user_stream(event.user_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"p": event.payload}, minid=_minid(self.retention_ms), approximate=True)
+            pipe.pexpire(key, self.retention_ms)
+            await pipe.execute()
+
+
+def jittered(delay: float) -> float:
+    """``delay`` spread over 0.5x-1.5x, so retrying processes do not move in step."""
+    return delay * (0.5 + random.random())  # noqa: S311 - jitter, not security
+
+
+def _minid(retention_ms: int) -> str:
+    """The oldest stream id to keep (stream ids start with their millisecond timestamp)."""
+    return f"{max(0, int(time.time() * 1000) - retention_ms)}-0"
+
+
+class RedisEventRelay:
+    """Feeds this node's in-process bus with the Redis events of its connected users.
+
+    ``subscribe`` returns an ordinary in-process subscription and makes sure the
+    user's stream is followed from that moment on. One task reads every
+    followed stream with a single blocking ``XREAD``; following a new user wakes
+    it through the node's own wake-up stream. Users without local subscribers
+    are dropped from the read. Redis outages are retried with backoff.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        local: InMemoryEventBus,
+        *,
+        node_id: str,
+        block_ms: int = 5_000,
+        batch: int = 1_000,
+    ) -> None:
+        self._redis = redis
+        self._local = local
+        self._wake_key = f"atoll:wake:{node_id}"
         self._block_ms = block_ms
         self._batch = batch
-        self._last_id: str | None = None
-        self._buffer: deque[RunEvent] = deque()
-        self.closed = False
+        self._positions: dict[str, str] = {}
+        self._wake_position = "0-0"
+        self._task: asyncio.Task[None] | None = None
+        self.connected = False
 
-    async def start(self) -> None:
-        """Fix the position: only events published from now on are delivered."""
-        newest: Any = await self._redis.xrevrange(self._key, count=1)
-        self._last_id = newest[0][0].decode() if newest else "0-0"
+    async def subscribe(self, user_id: str) -> MemorySubscription:
+        """A subscription to ``user_id``'s events, whichever process publishes them."""
+        subscription = self._local.subscribe(user_id)
+        if user_id not in self._positions:
+            try:
+                newest: Any = await self._redis.xrevrange(user_stream(user_id), count=1)
+                self._positions[user_id] = newest[0][0].decode() if newest else "0-0"
+                await self._redis.xadd(self._wake_key, {"u": user_id}, maxlen=100)
+            except BaseException:
+                await subscription.aclose()
+                raise
+        return subscription
 
-    async def get(self) -> RunEvent:
-        """The next event of this user (waits for one)."""
-        if self._last_id is None:
-            await self.start()
-        while not self._buffer:
-            if self.closed:
-                raise SubscriptionClosedError(self.user_id)
-            position: str = self._last_id or "0-0"
-            answer: Any = await self._redis.xread(
-                {self._key: position}, count=self._batch, block=self._block_ms
-            )
-            for _stream, entries in answer or ():
-                for entry_id, fields in entries:
-                    self._last_id = entry_id.decode()
-                    self._buffer.append(RunEvent.from_payload(fields[b"p"], user_id=self.user_id))
-        return self._buffer.popleft()
-
-    async def __aiter__(self) -> AsyncIterator[RunEvent]:
-        while not self.closed:
-            yield await self.get()
+    def start(self) -> None:
+        """Start reading (once)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._read_forever(), name="atoll-event-relay")
 
     async def aclose(self) -> None:
         """Stop reading."""
-        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(self._wake_key)
 
+    async def _read_forever(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self._read_once()
+                backoff = 0.2
+                self.connected = True
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.connected = False
+                logger.warning("event relay: redis unavailable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(jittered(backoff))
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                logger.exception("event relay failed; retrying")
+                await asyncio.sleep(1.0)
 
-class RedisEventBus:
-    """``RunEventBus`` on Redis Streams, shared by every node and worker."""
-
-    def __init__(
-        self, redis: Redis, *, max_len: int = 10_000, block_ms: int = 1_000, batch: int = 100
-    ) -> None:
-        self._redis = redis
-        self.max_len = max_len
-        self._block_ms = block_ms
-        self._batch = batch
-
-    async def publish(self, event: RunEvent) -> None:
-        """Append ``event`` to its owner's stream."""
-        await self._redis.xadd(
-            user_stream(event.user_id),
-            {"p": event.payload},
-            maxlen=self.max_len,
-            approximate=True,
-        )
-
-    def subscribe(self, user_id: str) -> RedisSubscription:
-        """A subscription to ``user_id``'s events from the first ``get`` on.
-
-        Call ``await subscription.start()`` to fix the position right away.
-        """
-        return RedisSubscription(self._redis, user_id, block_ms=self._block_ms, batch=self._batch)
+    async def _read_once(self) -> None:
+        for user_id in [u for u in self._positions if not self._local.subscriber_count(u)]:
+            del self._positions[user_id]
+        streams: dict[Any, Any] = {self._wake_key: self._wake_position}
+        streams.update({user_stream(u): position for u, position in self._positions.items()})
+        answer: Any = await self._redis.xread(streams, count=self._batch, block=self._block_ms)
+        for raw_key, entries in answer or ():
+            key = raw_key.decode()
+            if key == self._wake_key:
+                self._wake_position = entries[-1][0].decode()
+                continue
+            user_id = key.removeprefix(STREAM_PREFIX)
+            if user_id not in self._positions:
+                continue
+            for entry_id, fields in entries:
+                self._positions[user_id] = entry_id.decode()
+                try:
+                    event = RunEvent.from_payload(fields[b"p"], user_id=user_id)
+                except (KeyError, ValueError):
+                    logger.error("event relay: malformed entry %s in %s", entry_id, key)
+                    continue
+                await self._local.publish(event)
 
 
 _GCRA = """
@@ -134,3 +201,141 @@ class RedisRateLimiter:
             args=[self._interval_ms, self._period_ms],
         )
         return None if int(wait_ms) < 0 else int(wait_ms) / 1000
+
+
+_SLOT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local limit = tonumber(ARGV[2])
+local lease = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], lease)
+  return 1
+end
+return 0
+"""
+
+_RENEW = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + lease, ARGV[i + 1])
+  redis.call('PEXPIRE', key, lease)
+end
+return #KEYS
+"""
+
+
+def slots_key(user_id: str) -> str:
+    """The Redis key of ``user_id``'s run slots."""
+    return f"atoll:slots:{user_id}"
+
+
+class RedisRunSlots:
+    """``RunSlots`` for the whole cluster: each held slot is a lease named by its run.
+
+    A slot is a member of the user's sorted set, scored with its expiry on Redis's
+    clock. The holder renews its leases (``renew``, from the worker's heartbeat);
+    a dead worker's slots expire after ``lease`` seconds. Waiting polls with a
+    short jittered backoff, so order among a user's waiting runs is approximate.
+    """
+
+    def __init__(self, redis: Redis, limit: int, *, lease: float, poll: float = 0.05) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._redis = redis
+        self.limit = limit
+        self._lease_ms = max(1000, int(lease * 1000))
+        self._poll = poll
+        self._take = redis.register_script(_SLOT)
+        self._renew = redis.register_script(_RENEW)
+        self.held: dict[str, str] = {}
+        """run_id -> user_id of the slots this process holds."""
+
+    async def _try(self, user_id: str, run_id: str) -> bool:
+        taken = await self._take(
+            keys=[slots_key(user_id)], args=[run_id, self.limit, self._lease_ms]
+        )
+        if int(taken):
+            self.held[run_id] = user_id
+            return True
+        return False
+
+    async def try_acquire(self, user_id: str, run_id: str) -> None:
+        """Take a slot now or raise ``RunLimitError``."""
+        if not await self._try(user_id, run_id):
+            raise run_limit_error(self.limit)
+
+    async def acquire(self, user_id: str, run_id: str) -> None:
+        """Take a slot, polling until one is free anywhere in the cluster."""
+        delay = self._poll
+        while not await self._try(user_id, run_id):
+            await asyncio.sleep(jittered(delay))
+            delay = min(delay * 1.5, 0.5)
+
+    async def release(self, user_id: str, run_id: str) -> None:
+        """Give the slot back (it would expire with its lease anyway)."""
+        self.held.pop(run_id, None)
+        await self._redis.zrem(slots_key(user_id), run_id)
+
+    async def renew(self) -> None:
+        """Extend the leases of every slot held here."""
+        held = list(self.held.items())
+        if held:
+            await self._renew(
+                keys=[slots_key(user) for _, user in held],
+                args=[self._lease_ms, *(run for run, _ in held)],
+            )
+
+
+_FAILURES = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if ARGV[1] == 'add' then
+  redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+if ARGV[1] == 'count' then return redis.call('ZCARD', KEYS[1]) end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #oldest == 0 then return 0 end
+return math.max(0, tonumber(oldest[2]) + window - now)
+"""
+
+
+class RedisFailureCounter:
+    """``FailureCounter`` shared by every node: a sorted set per key, on Redis's clock."""
+
+    def __init__(self, redis: Redis, period: float, *, prefix: str) -> None:
+        self._redis = redis
+        self._window_ms = max(1, int(period * 1000))
+        self._prefix = prefix
+        self._script = redis.register_script(_FAILURES)
+
+    async def _call(self, op: str, key: str) -> int:
+        nonce = secrets.token_hex(6)
+        answer = await self._script(
+            keys=[f"atoll:failures:{self._prefix}:{key}"], args=[op, self._window_ms, nonce]
+        )
+        return int(answer)
+
+    async def count(self, key: str) -> int:
+        """Events for ``key`` within the window."""
+        return await self._call("count", key)
+
+    async def retry_after(self, key: str) -> float:
+        """Seconds until the oldest event of ``key`` leaves the window."""
+        return math.ceil(await self._call("retry_after", key)) / 1000
+
+    async def add(self, key: str) -> None:
+        """Record one event for ``key``."""
+        await self._call("add", key)
+
+    async def reset(self, key: str) -> None:
+        """Forget ``key``'s events."""
+        await self._redis.delete(f"atoll:failures:{self._prefix}:{key}")

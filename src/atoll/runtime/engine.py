@@ -213,7 +213,7 @@ class UserExecutionEngine:
         agent_class = self._agent_factory.registry.agent(request.agent)
         holding = False
         if services.limits.overflow == "reject":
-            services.slots.try_acquire(ctx.user_id)
+            await services.slots.try_acquire(ctx.user_id, ctx.run_id)
             holding = True
         try:
             self._tracker.register(
@@ -224,7 +224,7 @@ class UserExecutionEngine:
             )
         except BaseException:
             if holding:
-                services.slots.release(ctx.user_id)
+                await services.slots.release(ctx.user_id, ctx.run_id)
             raise
         started = time.perf_counter()
         top = self._emitter.for_agent(agent_class.name, None)
@@ -233,7 +233,7 @@ class UserExecutionEngine:
             if self._cancel_reason is not None:
                 raise asyncio.CancelledError
             if not holding:
-                await services.slots.acquire(ctx.user_id)
+                await services.slots.acquire(ctx.user_id, ctx.run_id)
                 holding = True
             self._tracker.transition(ctx.run_id, ExecutionState.STARTING)
             await top.emit(EventType.AGENT_STARTED, {"input_message_id": request.input_message_id})
@@ -275,7 +275,7 @@ class UserExecutionEngine:
             return await self._end_failed(top, started, exc)
         finally:
             if holding:
-                services.slots.release(ctx.user_id)
+                await services.slots.release(ctx.user_id, ctx.run_id)
 
     async def _invoke(
         self,

@@ -7,7 +7,7 @@ gaps, and the bus sees a run's events in ``seq`` order.
 
 The log and bus are interfaces (``RunEventLog``, ``RunEventBus``): the in-process
 implementations live in ``atoll.bus.memory``; the database-backed log and the
-Redis bus plug in without any change here.
+Redis bus (``atoll.bus.redis``) plug in without any change here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -185,28 +185,15 @@ class RunEventLog(Protocol):
         """The run's events with ``seq > after``, oldest first; none when not the owner's."""
 
 
-class EventSubscription(Protocol):
-    """A stream of one user's events, closed by ``aclose``."""
-
-    async def get(self) -> RunEvent:
-        """The next event (waits for one)."""
-
-    def __aiter__(self) -> AsyncIterator[RunEvent]:
-        """Iterate events as they are published."""
-
-    async def aclose(self) -> None:
-        """Stop receiving events."""
-
-
-@runtime_checkable
 class RunEventBus(Protocol):
-    """Delivers published events to the subscriptions of the event's owner only."""
+    """Delivers published events to the subscribers of the event's owner only.
+
+    The runtime only publishes; subscribing belongs to whoever delivers events
+    (the in-process bus, or a node's relay of the Redis streams).
+    """
 
     async def publish(self, event: RunEvent) -> None:
         """Deliver ``event`` to every subscription of ``event.user_id``."""
-
-    def subscribe(self, user_id: str) -> EventSubscription:
-        """A subscription to all events of ``user_id``'s runs."""
 
 
 class EventRecorder:

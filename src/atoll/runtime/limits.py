@@ -55,19 +55,28 @@ class RuntimeLimits:
 
 
 class RunSlots(Protocol):
-    """Counts each user's alive runs against the limit."""
+    """Counts each user's alive runs against the limit.
 
-    def try_acquire(self, user_id: str) -> None:
+    ``run_id`` names the slot's holder: a cluster-wide implementation keeps a lease
+    per run (so a dead worker's slots expire); the in-process one only counts.
+    """
+
+    async def try_acquire(self, user_id: str, run_id: str) -> None:
         """Take a slot now or raise ``RunLimitError``."""
 
-    async def acquire(self, user_id: str) -> None:
-        """Take a slot, waiting (FIFO per user) until one is free."""
+    async def acquire(self, user_id: str, run_id: str) -> None:
+        """Take a slot, waiting until one is free."""
 
-    def release(self, user_id: str) -> None:
+    async def release(self, user_id: str, run_id: str) -> None:
         """Give a slot back."""
 
-    def active(self, user_id: str) -> int:
-        """How many slots the user holds."""
+
+def run_limit_error(limit: int) -> RunLimitError:
+    """The error of a run over its user's concurrency limit (one wording everywhere)."""
+    return RunLimitError(
+        f"you already have {limit} runs in progress; wait for one to finish",
+        details={"limit": limit},
+    )
 
 
 class UserRunSlots:
@@ -88,16 +97,13 @@ class UserRunSlots:
         """How many runs of ``user_id`` wait for a slot."""
         return len(self._waiters.get(user_id, ()))
 
-    def try_acquire(self, user_id: str) -> None:
+    async def try_acquire(self, user_id: str, run_id: str = "") -> None:
         """Take a slot now or raise ``RunLimitError``."""
         if self.active(user_id) >= self.limit or self._waiters.get(user_id):
-            raise RunLimitError(
-                f"you already have {self.limit} runs in progress; wait for one to finish",
-                details={"limit": self.limit},
-            )
+            raise run_limit_error(self.limit)
         self._active[user_id] = self.active(user_id) + 1
 
-    async def acquire(self, user_id: str) -> None:
+    async def acquire(self, user_id: str, run_id: str = "") -> None:
         """Take a slot, waiting in line behind the user's earlier runs."""
         if self.active(user_id) < self.limit and not self._waiters.get(user_id):
             self._active[user_id] = self.active(user_id) + 1
@@ -109,7 +115,7 @@ class UserRunSlots:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.release(user_id)  # the slot was handed over just as we were cancelled
+                self.release_now(user_id)  # the slot was handed over just as we were cancelled
             else:
                 # release() may already have popped this (cancelled) waiter and skipped it.
                 if waiter in queue:
@@ -118,8 +124,12 @@ class UserRunSlots:
                     del self._waiters[user_id]
             raise
 
-    def release(self, user_id: str) -> None:
+    async def release(self, user_id: str, run_id: str = "") -> None:
         """Give a slot back; hands it straight to the next waiter of the same user."""
+        self.release_now(user_id)
+
+    def release_now(self, user_id: str) -> None:
+        """``release``, callable where awaiting is not possible."""
         queue = self._waiters.get(user_id)
         while queue:
             waiter = queue.popleft()

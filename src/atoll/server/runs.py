@@ -1,11 +1,13 @@
-"""Accepting messages and executing their runs in this process.
+"""Accepting messages, and executing their runs here or queueing them for workers.
 
 ``RunService.submit`` stores the user's message and the PENDING run in one
 transaction *before* anything is acknowledged, then hands the run to the
-engine factory. The answer is stored by the completion hook before
+engine factory (one process) or to the Redis run queue (scale-out: a worker
+claims it; see ``atoll.server.worker``). The answer is stored by the completion hook before
 ``agent_completed`` is emitted; the run's final state is written when it ends.
-On start, runs that a crash left alive are marked DEAD, with an ``agent_error``
-event their users can read.
+On start, a single process marks runs that a crash left alive DEAD, with an
+``agent_error`` event their users can read; scaled out, the sweeper does that
+for runs whose worker died.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -21,17 +22,23 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from atoll.auth.service import Principal
-from atoll.errors import AgentNotFoundError, RateLimitedError, ThreadBusyError
+from atoll.errors import AgentNotFoundError, RateLimitedError, ThreadBusyError, UnavailableError
 from atoll.ratelimit import RateLimiter
 from atoll.runtime.context import UserExecutionContext
-from atoll.runtime.engine import RunRequest
-from atoll.runtime.events import EventType, RunEvent
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.ids import new_id
-from atoll.runtime.llm.base import ChatMessage
 from atoll.runtime.state import ExecutionState
+from atoll.server.cluster import REDIS_ERRORS, Cluster
+from atoll.server.execution import execute_run
 from atoll.store.audit import AuditLog, audit_entry
-from atoll.store.chat import ChatStore, alive_runs_query, history_in, new_thread, thread_in
+from atoll.store.chat import (
+    ChatStore,
+    Ending,
+    alive_runs_query,
+    history_in,
+    new_thread,
+    thread_in,
+)
 from atoll.store.event_log import DatabaseRunEventLog
 from atoll.store.models import Message, Run, Thread, utcnow
 from atoll.store.writer import execute_core, insert_rows
@@ -39,6 +46,9 @@ from atoll.store.writer import execute_core, insert_rows
 logger = logging.getLogger(__name__)
 
 DEFAULT_AGENT = "supervisor"
+QUEUE_DOWN = "the run queue is unavailable; try again shortly"
+QUEUE_TIMEOUT = 5.0
+"""Seconds a Redis call on the request path may take before the request fails (503)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +75,10 @@ class RunService:
         audit: AuditLog,
         message_limiter: RateLimiter,
         default_agent: str = DEFAULT_AGENT,
+        cluster: Cluster | None = None,
     ) -> None:
         self._chat = chat
+        self._cluster = cluster
         self._factory = factory
         self._log = event_log
         self._audit = audit
@@ -92,6 +104,8 @@ class RunService:
         """Store the message and a PENDING run (atomically), then start the run."""
         agent_name = agent or self.default_agent
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
+        if self._cluster is not None and not self._cluster.healthy:
+            raise UnavailableError(QUEUE_DOWN)  # nothing stored: the client may simply retry
         # Resends of a client_id count too: the limit is on frames, and this saves a read.
         retry_after = await self._limiter.hit(f"messages:{principal.user_id}")
         if retry_after is not None:
@@ -167,9 +181,38 @@ class RunService:
             return submitted
         if alive and multitask == "interrupt":
             for previous in alive:
-                self.cancel_local(previous, principal.user_id, reason="interrupted")
-        self._start(principal, submitted)
+                await self._cancel_anywhere(previous, principal.user_id, reason="interrupted")
+        if self._cluster is None:
+            self._start(principal, submitted)
+        else:
+            await self._enqueue(self._cluster, submitted.run)
         return submitted
+
+    async def _enqueue(self, cluster: Cluster, run: Run) -> None:
+        """Put a stored run on the queue; if Redis fails, end it and answer 503."""
+        try:
+            await asyncio.wait_for(cluster.queue.put(run.id, run.user_id), QUEUE_TIMEOUT)
+        except REDIS_ERRORS as exc:
+            cluster.failed(exc)
+            ending = Ending.failure(ExecutionState.FAILED, UnavailableError.code, QUEUE_DOWN)
+            await self._end_outside(run.id, ending, queued_only=True)
+            raise UnavailableError(QUEUE_DOWN, details={"run_id": run.id}) from None
+
+    async def _end_outside(self, run_id: str, ending: Ending, **condition: Any) -> bool:
+        """End a run no engine here executes and publish its terminal event.
+
+        False when the run was not in the state ``condition`` asks for.
+        """
+        event = await self._chat.end_run(run_id, ending, **condition)
+        if event is None:
+            return False
+        try:
+            await self._factory.recorder.bus.publish(event)
+        except Exception:
+            logger.warning(
+                "publishing the end of run %s failed; readers catch up from the log", run_id
+            )
+        return True
 
     def _start(self, principal: Principal, submitted: Submitted) -> None:
         thread, run = submitted.thread, submitted.run
@@ -201,33 +244,17 @@ class RunService:
         )
         try:
             rows = submitted.history
-            if (
-                previous is not None
-            ):  # enqueued: run after the thread's earlier run, with its answer
+            if previous is not None:  # queued behind the thread's earlier run, and its answer
                 await asyncio.wait([previous])
                 rows = await self._chat.history(thread_id, before_pk=message.pk)
-            history = [
-                ChatMessage("user" if m.role == "user" else "assistant", m.content)
-                for m in rows
-                if m.role in ("user", "assistant")
-            ]
-            async with self._factory.user_execution_scope(context) as engine:
-                reason = self._cancel_requests.pop(run.id, None)
-                if reason is not None:
-                    engine.cancel(reason)
-                request = RunRequest(run.agent, message.content, message.id, history)
-                outcome = await engine.run(request)
-            record = self._factory.tracker.find(run.id)
-            started = record.started_wall if record is not None else None
-            await self._chat.finish_run(
-                run.id,
-                state=outcome.state.value,
-                error=dict(outcome.error) if outcome.error else None,
-                started_at=started,
-                finished_at=datetime.now(UTC),
-                answer_message_id=outcome.message_id
-                if outcome.state is ExecutionState.COMPLETED
-                else None,
+            await execute_run(
+                self._factory,
+                self._chat,
+                context,
+                agent=run.agent,
+                message=message,
+                history=rows,
+                cancel_reason=lambda: self._cancel_requests.pop(run.id, None),
             )
         except AgentNotFoundError:
             logger.error("run %s names an agent that is no longer registered", run.id)
@@ -245,21 +272,41 @@ class RunService:
             return True
         return False
 
+    async def _cancel_anywhere(self, run_id: str, user_id: str, *, reason: str) -> None:
+        """Cancel a run here, or wherever in the cluster it is queued or executing."""
+        if self._cluster is None:
+            self.cancel_local(run_id, user_id, reason=reason)
+            return
+        if await self._end_outside(run_id, Ending.cancelled(reason), queued_only=True):
+            return  # still queued: ended here, and the worker's claim will find it ended
+        try:
+            await asyncio.wait_for(self._cluster.signals.send(run_id, reason), QUEUE_TIMEOUT)
+        except REDIS_ERRORS as exc:
+            self._cluster.failed(exc)
+            raise UnavailableError("the cancel could not reach the worker; try again") from None
+
     async def cancel(self, principal: Principal, run_id: str, *, reason: str = "user") -> Run:
         """Cancel the user's run (idempotent; a finished run is returned as it is)."""
         run = await self._chat.run(principal.user_id, run_id)
         if ExecutionState.parse(run.state).is_alive:
-            self.cancel_local(run_id, principal.user_id, reason=reason)
+            await self._cancel_anywhere(run_id, principal.user_id, reason=reason)
             await self._audit.record("run_cancel", user_id=principal.user_id, run_id=run_id)
         return run
 
     async def cancel_thread_runs(self, user_id: str, run_ids: list[str]) -> None:
-        """Cancel every live run in ``run_ids`` and wait for them to end."""
+        """Cancel every live run in ``run_ids`` and wait (up to 10 s) for them to end."""
         tasks = [self._tasks[r] for r in run_ids if r in self._tasks]
         for run_id in run_ids:
-            self.cancel_local(run_id, user_id, reason="thread_deleted")
+            await self._cancel_anywhere(run_id, user_id, reason="thread_deleted")
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        if self._cluster is not None:
+            deadline = asyncio.get_running_loop().time() + 10
+            while run_ids and asyncio.get_running_loop().time() < deadline:
+                alive = {r.id for r in await self._chat.alive_runs_of(user_id, run_ids)}
+                run_ids = [r for r in run_ids if r in alive]
+                if run_ids:
+                    await asyncio.sleep(0.1)
 
     # -- state -------------------------------------------------------------------
 
@@ -299,43 +346,13 @@ class RunService:
     # -- recovery ------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Mark runs left alive by a crash DEAD and tell their users why."""
+        """Mark runs left alive by a crash of this (single) process DEAD and tell their users."""
         runs = await self._chat.all_alive_runs()
+        ending = Ending.failure(
+            ExecutionState.DEAD, "run_dead", "the server stopped while this run was in progress"
+        )
         for run in runs:
-            events = await self._log.read(run.id, user_id=run.user_id)
-            error: dict[str, Any] | None = {
-                "code": "run_dead",
-                "message": "the server stopped while this run was in progress",
-            }
-            state = ExecutionState.DEAD.value
-            if events and events[-1].ends_run:
-                last = events[-1]  # ended, but its state was not recorded before the crash
-                state = {
-                    EventType.AGENT_COMPLETED: "completed",
-                    EventType.AGENT_CANCELLED: "cancelled",
-                }.get(last.type, str(last.data.get("state", "failed")))
-                error = None if state in ("completed", "cancelled") else dict(last.data)
-            else:
-                await self._log.append(
-                    RunEvent.build(
-                        type=EventType.AGENT_ERROR,
-                        run_id=run.id,
-                        thread_id=run.thread_id,
-                        user_id=run.user_id,
-                        seq=len(events) + 1,
-                        agent=run.agent,
-                        parent_agent=None,
-                        data={"state": "dead", **(error or {})},
-                    )
-                )
-            await self._chat.finish_run(
-                run.id,
-                state=state,
-                error=error,
-                started_at=run.started_at,
-                finished_at=datetime.now(UTC),
-                answer_message_id=run.answer_message_id,
-            )
+            await self._chat.end_run(run.id, ending)
         if runs:
             logger.warning("marked %d run(s) left alive by a previous process", len(runs))
         return len(runs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 from collections.abc import AsyncIterator
 
@@ -18,9 +19,10 @@ import uvicorn
 
 from atoll.config import Settings
 from atoll.server.app import create_app
-from atoll.server.services import Services
+from atoll.server.services import Services, running_worker
 
 logger = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class AtollServer(uvicorn.Server):
@@ -89,3 +91,20 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
     )
     AtollServer(config).run()
+
+
+def run_worker(settings: Settings) -> None:
+    """Run an ``atoll worker`` until SIGTERM/SIGINT, then stop gracefully."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(_work(settings))
+
+
+async def _work(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(settings) as worker:
+        await worker.serve(stop)

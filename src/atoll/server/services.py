@@ -5,27 +5,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from atoll.auth.passwords import Passwords
 from atoll.auth.service import AuthService
 from atoll.auth.tokens import TokenCodec, load_or_create_secret
-from atoll.bus.memory import InMemoryEventBus
+from atoll.bus.memory import InMemoryEventBus, MemorySubscription
+from atoll.bus.redis import RedisEventRelay
 from atoll.config import Settings
+from atoll.errors import ConfigurationError
 from atoll.ratelimit import LocalRateLimiter, SlidingWindowCounter
 from atoll.runtime.agents.base import AgentRegistry
 from atoll.runtime.builtins import builtin_registry
-from atoll.runtime.events import EventRecorder
+from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.events import EventRecorder, RunEventBus
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.limits import RuntimeLimits
+from atoll.runtime.llm.base import LLMProvider
 from atoll.runtime.llm.providers import build_llm_provider
 from atoll.runtime.plugins import load_plugins
 from atoll.runtime.tools.knowledge import KnowledgeBase
+from atoll.server.cluster import Cluster, connected_cluster, process_id
 from atoll.server.connections import ConnectionRegistry
 from atoll.server.metrics import Metrics
 from atoll.server.runs import RunService
+from atoll.server.sweeper import Sweeper
+from atoll.server.worker import Worker
 from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.db import Database, sqlite_url
@@ -50,7 +58,15 @@ class Services:
     runs: RunService
     connections: ConnectionRegistry
     metrics: Metrics
+    cluster: Cluster | None = None
+    relay: RedisEventRelay | None = None
     accepting: bool = True
+
+    async def subscribe(self, user_id: str) -> MemorySubscription:
+        """A subscription to ``user_id``'s events, wherever they are produced."""
+        if self.relay is not None:
+            return await self.relay.subscribe(user_id)
+        return self.bus.subscribe(user_id)
 
 
 def build_registry(settings: Settings) -> AgentRegistry:
@@ -72,78 +88,126 @@ async def prune_events(event_log: DatabaseRunEventLog, retention: timedelta) -> 
         await asyncio.sleep(3600)
 
 
-@contextlib.asynccontextmanager
-async def running_services(settings: Settings) -> AsyncIterator[Services]:
-    """Build, start, and finally stop everything one app needs."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = build_registry(settings)
-    db = Database(settings.database_url or sqlite_url(settings.data_dir))
-    await db.upgrade()
+def token_codec(settings: Settings) -> TokenCodec:
+    """The token codec configured by ``settings`` (its key from the settings or data dir)."""
     secret = (
         settings.secret_key.get_secret_value()
         if settings.secret_key
         else load_or_create_secret(settings.data_dir)
     )
-    codec = TokenCodec(
+    return TokenCodec(
         secret,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
     )
-    audit = AuditLog(db)
-    auth = AuthService(
-        db,
-        codec,
-        Passwords(),
-        audit,
-        failures=SlidingWindowCounter(settings.login_failures_window),
-        failures_limit=settings.login_failures_limit,
+
+
+def engine_factory(
+    settings: Settings,
+    chat: ChatStore,
+    recorder: EventRecorder,
+    llm: LLMProvider,
+    cluster: Cluster | None,
+) -> ExecutionEngineFactory:
+    """The process's engine factory; scaled out, its limits live in Redis."""
+
+    async def store_answer(context: UserExecutionContext, message_id: str, content: str) -> None:
+        await chat.add_assistant_message(
+            message_id=message_id,
+            thread_id=context.thread_id,
+            user_id=context.user_id,
+            run_id=context.run_id,
+            content=content,
+        )
+
+    return ExecutionEngineFactory(
+        registry=build_registry(settings),
+        llm=llm,
+        recorder=recorder,
+        limits=RuntimeLimits.from_settings(settings),
+        slots=cluster.slots if cluster is not None else None,
+        tool_rate_limiter=cluster.tool_limiter if cluster is not None else None,
+        resources={KnowledgeBase: KnowledgeBase(settings.knowledge_dirs)},
+        completion_hook=store_answer,
     )
-    chat = ChatStore(db, audit)
-    bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
-    llm = build_llm_provider(settings)
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    """The migrated, started database of ``settings``; disposed at the end."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    await db.upgrade()
+    db.start()
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+@contextlib.asynccontextmanager
+async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    """Build, start, and finally stop everything one app needs."""
     async with contextlib.AsyncExitStack() as stack:
-        db.start()
-        stack.push_async_callback(db.dispose)
+        db = await stack.enter_async_context(open_database(settings))
+        node_id = process_id("node")
+        cluster = (
+            await stack.enter_async_context(connected_cluster(settings, node_id=node_id))
+            if settings.redis_url is not None
+            else None
+        )
+        audit = AuditLog(db)
+        auth = AuthService(
+            db,
+            token_codec(settings),
+            Passwords(),
+            audit,
+            failures=cluster.login_failures
+            if cluster is not None
+            else SlidingWindowCounter(settings.login_failures_window),
+            failures_limit=settings.login_failures_limit,
+        )
+        chat = ChatStore(db, audit)
+        local_bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
+        llm = build_llm_provider(settings)
         stack.push_async_callback(llm.aclose)
         event_log = DatabaseRunEventLog(db)
-
-        async def store_answer(context: object, message_id: str, content: str) -> None:
-            from atoll.runtime.context import UserExecutionContext
-
-            assert isinstance(context, UserExecutionContext)
-            await chat.add_assistant_message(
-                message_id=message_id,
-                thread_id=context.thread_id,
-                user_id=context.user_id,
-                run_id=context.run_id,
-                content=content,
-            )
-
-        factory = ExecutionEngineFactory(
-            registry=registry,
-            llm=llm,
-            recorder=EventRecorder(event_log, bus),
-            limits=RuntimeLimits.from_settings(settings),
-            resources={KnowledgeBase: KnowledgeBase(settings.knowledge_dirs)},
-            completion_hook=store_answer,
-        )
+        bus: RunEventBus = cluster.bus if cluster is not None else local_bus
+        factory = engine_factory(settings, chat, EventRecorder(event_log, bus), llm, cluster)
         runs = RunService(
             chat=chat,
             factory=factory,
             event_log=event_log,
             audit=audit,
-            message_limiter=LocalRateLimiter(settings.messages_per_minute, 60.0),
+            message_limiter=cluster.message_limiter
+            if cluster is not None
+            else LocalRateLimiter(settings.messages_per_minute, 60.0),
+            cluster=cluster,
         )
-        await runs.recover()
+        relay: RedisEventRelay | None = None
+        if cluster is None:
+            await runs.recover()
+        else:
+            relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
+            relay.start()
+            stack.push_async_callback(relay.aclose)
+            sweeper = Sweeper(
+                cluster=cluster,
+                chat=chat,
+                event_log=event_log,
+                bus=bus,
+                retries=settings.run_retries,
+            )
+            background(stack, sweeper.run_forever(settings.sweep_interval), "atoll-sweeper")
         metrics = Metrics(factory.tracker)
         services = Services(
             settings=settings,
             db=db,
             event_log=event_log,
-            bus=bus,
-            registry=registry,
+            bus=local_bus,
+            registry=factory.registry,
             factory=factory,
             auth=auth,
             audit=audit,
@@ -151,13 +215,12 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             runs=runs,
             connections=ConnectionRegistry(settings.max_ws_connections, metrics),
             metrics=metrics,
+            cluster=cluster,
+            relay=relay,
         )
         await stack.enter_async_context(factory)
-        pruner = asyncio.create_task(
-            prune_events(event_log, timedelta(hours=settings.event_retention_hours)),
-            name="atoll-event-pruner",
-        )
-        stack.callback(pruner.cancel)
+        retention = timedelta(hours=settings.event_retention_hours)
+        background(stack, prune_events(event_log, retention), "atoll-event-pruner")
         try:
             yield services
         finally:
@@ -166,3 +229,51 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             await runs.drain(settings.shutdown_grace)
             await factory.aclose("shutdown")
             await runs.wait_all()
+
+
+def background(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+) -> None:
+    """Run ``work`` as a task until ``stack`` closes."""
+    task = asyncio.create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    """Everything an ``atoll worker`` process needs; stopped at the end."""
+    if settings.redis_url is None:
+        raise ConfigurationError("atoll worker needs ATOLL_REDIS_URL (and a shared database)")
+    async with contextlib.AsyncExitStack() as stack:
+        db = await stack.enter_async_context(open_database(settings))
+        worker_id = settings.worker_id or process_id("worker")
+        cluster = await stack.enter_async_context(connected_cluster(settings, node_id=worker_id))
+        chat = ChatStore(db, AuditLog(db))
+        llm = build_llm_provider(settings)
+        stack.push_async_callback(llm.aclose)
+        event_log = DatabaseRunEventLog(db)
+        factory = engine_factory(
+            settings, chat, EventRecorder(event_log, cluster.bus), llm, cluster
+        )
+        await stack.enter_async_context(factory)
+        sweeper = Sweeper(
+            cluster=cluster,
+            chat=chat,
+            event_log=event_log,
+            bus=cluster.bus,
+            retries=settings.run_retries,
+        )
+        yield Worker(
+            settings=settings,
+            cluster=cluster,
+            chat=chat,
+            factory=factory,
+            sweeper=sweeper,
+            worker_id=worker_id,
+        )

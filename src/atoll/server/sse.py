@@ -26,7 +26,7 @@ async def run_stream(
     services: Services, *, run_id: str, user_id: str, after: int
 ) -> AsyncIterator[bytes]:
     """The run's events after ``after``, live until its terminal event."""
-    subscription: MemorySubscription = services.bus.subscribe(user_id)
+    subscription: MemorySubscription = await services.subscribe(user_id)
     try:
         last = after
         for event in await services.event_log.read(run_id, user_id=user_id, after=after):

@@ -20,6 +20,7 @@ from atoll.auth.service import Principal
 from atoll.bus.memory import MemorySubscription, SubscriptionOverflowError
 from atoll.errors import AtollError, AuthenticationError
 from atoll.runtime.ids import new_id
+from atoll.server.cluster import REDIS_ERRORS
 from atoll.server.connections import (
     Connection,
     Resume,
@@ -244,7 +245,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except TooManyConnectionsError:
         await websocket.close(CLOSE_POLICY, "too many connections")
         return
-    subscription = services.bus.subscribe(principal.user_id)
+    try:
+        subscription = await services.subscribe(principal.user_id)
+    except REDIS_ERRORS:
+        services.connections.remove(connection)
+        await websocket.close(1011, "event delivery unavailable")
+        return
     session = Session(services, principal, connection)
     connection.send(
         {

@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from atoll.errors import NotFoundError, ValidationFailedError
+from atoll.runtime.events import EventType, RunEvent
 from atoll.runtime.ids import new_id
-from atoll.runtime.state import ALIVE_STATES
+from atoll.runtime.state import ALIVE_STATES, ExecutionState
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
-from atoll.store.models import Message, Run, RunEventRow, Thread, utcnow
+from atoll.store.event_log import event_row
+from atoll.store.models import Message, Run, RunEventRow, Thread, User, utcnow
 from atoll.store.writer import execute_core, insert_rows
 
 ALIVE = [s.value for s in ALIVE_STATES]
@@ -255,6 +257,27 @@ class ChatStore:
         assert run is not None
         return run
 
+    async def alive_runs(self, *, claimed: bool | None = None) -> Sequence[Run]:
+        """Every run not terminal; only claimed (``worker_id`` set) or unclaimed ones if asked."""
+        query = select(Run).where(Run.state.in_(ALIVE))
+        if claimed is True:
+            query = query.where(Run.worker_id.is_not(None))
+        elif claimed is False:
+            query = query.where(Run.worker_id.is_(None))
+        async with self.db.session() as session:
+            return (await session.execute(query)).scalars().all()
+
+    async def find_run(self, run_id: str) -> Run | None:
+        """Run ``run_id`` whoever owns it (for the cluster's own bookkeeping, never a request)."""
+        async with self.db.session() as session:
+            return (await session.execute(select(Run).where(Run.id == run_id))).scalar()
+
+    async def alive_runs_of(self, user_id: str, run_ids: list[str]) -> Sequence[Run]:
+        """Those of the user's runs ``run_ids`` that are still alive."""
+        query = select(Run).where(Run.user_id == user_id, Run.id.in_(run_ids), Run.state.in_(ALIVE))
+        async with self.db.session() as session:
+            return (await session.execute(query)).scalars().all()
+
     async def all_alive_runs(self) -> Sequence[Run]:
         """Every run not terminal (after a crash: runs that will never finish)."""
         async with self.db.session() as session:
@@ -269,11 +292,15 @@ class ChatStore:
         started_at: datetime | None,
         finished_at: datetime,
         answer_message_id: str | None,
+        worker_id: str | None = None,
     ) -> None:
-        """Record a run's terminal state."""
+        """Record a run's terminal state (a worker's only while it still holds the run)."""
+        condition = Run.id == run_id
+        if worker_id is not None:
+            condition = condition & (Run.worker_id == worker_id) & Run.state.in_(ALIVE)
         statement = (
             update(Run)
-            .where(Run.id == run_id)
+            .where(condition)
             .values(
                 state=state,
                 error=error,
@@ -283,3 +310,151 @@ class ChatStore:
             )
         )
         await self.db.write(lambda session: execute_core(session, statement))
+
+    # -- runs outside an engine (queue, sweeper, recovery) ----------------------
+
+    async def claim_run(self, run_id: str, worker_id: str) -> Claim | None:
+        """Take a queued run for ``worker_id`` (PENDING -> STARTING); None if not queued."""
+
+        def claim(session: Session) -> Claim | None:
+            statement = (
+                update(Run)
+                .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value)
+                .values(
+                    state=ExecutionState.STARTING.value,
+                    worker_id=worker_id,
+                    attempts=Run.attempts + 1,
+                )
+            )
+            if not _rowcount(session.connection().execute(statement)):
+                return None
+            run = session.execute(select(Run).where(Run.id == run_id)).scalar_one()
+            query = select(Message).where(Message.id == run.input_message_id)
+            message = session.execute(query).scalar_one()
+            user = session.execute(select(User).where(User.id == run.user_id)).scalar_one()
+            return Claim(run, message, user.plan, frozenset(user.roles or ()))
+
+        return await self.db.write(claim)
+
+    async def requeue_run(self, run_id: str, worker_id: str) -> bool:
+        """Give a run held by ``worker_id`` back to the queue (STARTING -> PENDING)."""
+        statement = (
+            update(Run)
+            .where(Run.id == run_id, Run.worker_id == worker_id, Run.state.in_(ALIVE))
+            .values(state=ExecutionState.PENDING.value, worker_id=None)
+        )
+        return await self.db.write(
+            lambda session: bool(_rowcount(session.connection().execute(statement)))
+        )
+
+    async def earlier_alive_run(self, run: Run) -> bool:
+        """Whether the run's thread has an alive run created before it."""
+        query = alive_runs_query(run.thread_id).where(Run.pk < run.pk).limit(1)
+        async with self.db.session() as session:
+            return (await session.execute(query)).scalar() is not None
+
+    async def end_run(
+        self,
+        run_id: str,
+        ending: Ending,
+        *,
+        held_by: str | None = None,
+        queued_only: bool = False,
+    ) -> RunEvent | None:
+        """End a run that no engine is executing, with its terminal event, in one transaction.
+
+        Only an alive run is ended (only a queued one with ``queued_only``; only one
+        held by worker ``held_by`` if given), so of several processes trying, one
+        wins. If the run's log already ends with a terminal event (its process died
+        before recording the state), the state is taken from that event and nothing
+        is appended. Returns the appended event, for the caller to publish.
+        """
+
+        def end(session: Session) -> RunEvent | None:
+            conditions = [Run.id == run_id, Run.state.in_(ALIVE)]
+            if queued_only:
+                conditions.append(Run.state == ExecutionState.PENDING.value)
+            if held_by is not None:
+                conditions.append(Run.worker_id == held_by)
+            now = utcnow()
+            ended = (
+                update(Run)
+                .where(*conditions)
+                .values(state=ending.state.value, error=ending.error, finished_at=now)
+            )
+            if not _rowcount(session.connection().execute(ended)):
+                return None
+            run = session.execute(select(Run).where(Run.id == run_id)).scalar_one()
+            last_query = (
+                select(RunEventRow.seq, RunEventRow.payload)
+                .where(RunEventRow.run_id == run_id)
+                .order_by(RunEventRow.seq.desc())
+                .limit(1)
+            )
+            last_row = session.execute(last_query).first()
+            if last_row is not None:
+                last = RunEvent.from_payload(bytes(last_row.payload), user_id=run.user_id)
+                if last.ends_run:
+                    state, error = terminal_state_of(last)
+                    fix = update(Run).where(Run.id == run_id).values(state=state, error=error)
+                    session.connection().execute(fix)
+                    return None
+            event = RunEvent.build(
+                type=ending.event_type,
+                run_id=run.id,
+                thread_id=run.thread_id,
+                user_id=run.user_id,
+                seq=(last_row.seq if last_row is not None else 0) + 1,
+                agent=run.agent,
+                parent_agent=None,
+                data=ending.data,
+            )
+            session.connection().execute(insert(RunEventRow), [event_row(event)])
+            return event
+
+        return await self.db.write(end)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run a worker claimed, with the user's message that started it."""
+
+    run: Run
+    message: Message
+    plan: str
+    roles: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How ``end_run`` ends a run: its state, its terminal event, the recorded error."""
+
+    state: ExecutionState
+    event_type: EventType
+    data: dict[str, Any]
+    error: dict[str, Any] | None
+
+    @classmethod
+    def failure(cls, state: ExecutionState, code: str, message: str) -> Ending:
+        """An ``agent_error`` ending (failed, timeout or dead)."""
+        error = {"code": code, "message": message}
+        return cls(state, EventType.AGENT_ERROR, {"state": state.value, **error}, error)
+
+    @classmethod
+    def cancelled(cls, reason: str) -> Ending:
+        """An ``agent_cancelled`` ending."""
+        return cls(ExecutionState.CANCELLED, EventType.AGENT_CANCELLED, {"reason": reason}, None)
+
+
+def terminal_state_of(event: RunEvent) -> tuple[str, dict[str, Any] | None]:
+    """The state and error a run's terminal ``event`` stands for."""
+    if event.type is EventType.AGENT_COMPLETED:
+        return ExecutionState.COMPLETED.value, None
+    if event.type is EventType.AGENT_CANCELLED:
+        return ExecutionState.CANCELLED.value, None
+    data = dict(event.data)
+    return str(data.get("state", ExecutionState.FAILED.value)), data
+
+
+def _rowcount(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -19,6 +19,18 @@ from atoll.store.db import Database
 from atoll.store.models import RunEventRow
 
 
+def event_row(event: RunEvent) -> dict[str, object]:
+    """The ``run_events`` row of ``event``."""
+    return {
+        "run_id": event.run_id,
+        "seq": event.seq,
+        "user_id": event.user_id,
+        "type": event.type.value,
+        "payload": event.payload,
+        "created_at": datetime.now(UTC),
+    }
+
+
 class DatabaseRunEventLog:
     """``RunEventLog`` on the database."""
 
@@ -33,16 +45,7 @@ class DatabaseRunEventLog:
         Events appended while a write is waiting share one job and one INSERT.
         Cancelling the caller does not withdraw the event: it is still written.
         """
-        self._pending.append(
-            {
-                "run_id": event.run_id,
-                "seq": event.seq,
-                "user_id": event.user_id,
-                "type": event.type.value,
-                "payload": event.payload,
-                "created_at": datetime.now(UTC),
-            }
-        )
+        self._pending.append(event_row(event))
         flush = self._flush
         if flush is None:
             sealed: list[list[dict[str, object]]] = []

@@ -146,6 +146,10 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    """Scale-out: the worker that claimed the run (None while queued, or in-process)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Scale-out: how many times a worker claimed the run."""
 
     __table_args__ = (Index("ix_runs_thread_state", "thread_id", "state"),)
 

@@ -19,16 +19,19 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """The database and the bus are reachable (503 otherwise)."""
+    """The database and the bus (Redis, when scaled out) are reachable (503 otherwise)."""
     services: Services = request.app.state.services
     database = await services.db.ping()
-    ready = database and services.accepting
-    body = {
+    bus = True if services.cluster is None else await services.cluster.ping()
+    ready = database and bus and services.accepting
+    body: dict[str, object] = {
         "status": "ready" if ready else "unavailable",
         "database": "ok" if database else "unreachable",
-        "bus": "ok",
+        "bus": ("ok" if bus else "unreachable") if services.cluster else "in-process",
         "accepting": services.accepting,
     }
+    if services.cluster is not None:
+        body["redis"] = "ok" if bus else "unreachable"
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -1,0 +1,109 @@
+"""What an API node or a worker shares with the rest of a scaled-out deployment.
+
+``Cluster`` bundles the Redis client and everything built on it (queue,
+presence, cancel signals, event publishing, shared limits) and tracks whether
+Redis answers: while it does not, API nodes refuse new runs at once with a 503
+problem instead of storing messages they cannot queue, and everything resumes
+by itself when a ping succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from atoll.bus.queue import CancelSignals, RunQueue, WorkerPresence
+from atoll.bus.redis import RedisEventBus, RedisFailureCounter, RedisRateLimiter, RedisRunSlots
+from atoll.config import Settings
+
+logger = logging.getLogger(__name__)
+
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+"""What a Redis call raises when Redis is unreachable or slow."""
+
+
+def process_id(prefix: str) -> str:
+    """A name for this process that no other process in the cluster shares."""
+    return f"{prefix}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Cluster:
+    """This process's view of the shared Redis."""
+
+    def __init__(self, redis: Redis, settings: Settings, *, node_id: str) -> None:
+        self.redis = redis
+        self.node_id = node_id
+        self.queue = RunQueue(redis)
+        self.presence = WorkerPresence(redis, timeout=settings.heartbeat_timeout)
+        self.signals = CancelSignals(redis, ttl=settings.run_timeout + 60)
+        self.bus = RedisEventBus(redis, retention=settings.event_retention_hours * 3600)
+        self.slots = RedisRunSlots(
+            redis, settings.max_concurrent_runs, lease=settings.heartbeat_timeout
+        )
+        self.message_limiter = RedisRateLimiter(
+            redis, settings.messages_per_minute, 60.0, prefix="messages"
+        )
+        self.tool_limiter = RedisRateLimiter(
+            redis, settings.tool_calls_per_minute, 60.0, prefix="tools"
+        )
+        self.login_failures = RedisFailureCounter(
+            redis, settings.login_failures_window, prefix="login"
+        )
+        self.healthy = True
+
+    async def ping(self) -> bool:
+        """Whether Redis answers now (and remember it)."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), 2.0)
+        except REDIS_ERRORS:
+            self.healthy = False
+            return False
+        if not self.healthy:
+            logger.warning("redis is reachable again")
+        self.healthy = True
+        return True
+
+    def failed(self, exc: BaseException) -> None:
+        """Record that a Redis call failed."""
+        if self.healthy:
+            logger.error("redis is unreachable (%s)", type(exc).__name__)
+        self.healthy = False
+
+    async def watch_health(self, interval: float = 1.0) -> None:
+        """Ping Redis every ``interval`` seconds (runs until cancelled)."""
+        while True:
+            await self.ping()
+            await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def connected_cluster(settings: Settings, *, node_id: str) -> AsyncIterator[Cluster]:
+    """A ``Cluster`` on ``settings.redis_url``, with its health watch; closed at the end."""
+    assert settings.redis_url is not None
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_connect_timeout=2.0,
+        socket_timeout=10.0,
+        health_check_interval=15,
+    )
+    cluster = Cluster(redis, settings, node_id=node_id)
+    try:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await cluster.queue.ensure_group()
+        watcher = asyncio.create_task(cluster.watch_health(), name="atoll-redis-health")
+        try:
+            yield cluster
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    finally:
+        await redis.aclose()

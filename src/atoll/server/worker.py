@@ -1,0 +1,258 @@
+"""``atoll worker``: claims queued runs and executes them, several at once.
+
+A worker reads the run queue as one consumer of the ``workers`` group, up to
+``worker_concurrency`` runs at a time. For each entry it *claims* the run in the
+database (PENDING -> STARTING, with its id), waits for earlier runs of the same
+thread, and executes it with a fresh engine from its factory; events are logged
+in the database, then published to the user's Redis stream. Every heartbeat
+(at most a second) it refreshes its presence key, renews its run-slot leases and
+picks up cancel flags; pub/sub delivers cancels sooner. It also runs a sweeper.
+
+SIGTERM: stop taking entries, hand runs that have not begun back to the queue,
+give the others ``shutdown_grace`` seconds, then cancel them (each still ends
+with its terminal event) and leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from atoll.bus.queue import CANCEL_CHANNEL, QueuedRun
+from atoll.bus.redis import jittered
+from atoll.config import Settings
+from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.factory import ExecutionEngineFactory
+from atoll.runtime.ids import new_id
+from atoll.server.cluster import REDIS_ERRORS, Cluster
+from atoll.server.execution import execute_run
+from atoll.server.sweeper import Sweeper
+from atoll.store.chat import ChatStore
+
+logger = logging.getLogger(__name__)
+
+THREAD_POLL = 0.1
+"""Seconds between checks whether a thread's earlier run has ended."""
+
+
+@dataclass
+class LocalRun:
+    """A queue entry this worker is handling."""
+
+    entry: QueuedRun
+    task: asyncio.Task[None]
+    began: bool = False
+    """Whether its engine exists (it can no longer be handed back)."""
+
+
+class Worker:
+    """One worker process's loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        cluster: Cluster,
+        chat: ChatStore,
+        factory: ExecutionEngineFactory,
+        sweeper: Sweeper,
+        worker_id: str,
+    ) -> None:
+        self._settings = settings
+        self._cluster = cluster
+        self._chat = chat
+        self._factory = factory
+        self._sweeper = sweeper
+        self.worker_id = worker_id
+        self.capacity = settings.worker_concurrency
+        self._runs: dict[str, LocalRun] = {}
+        self._cancel_requests: dict[str, str] = {}
+        self._room = asyncio.Event()
+        self._stopping = False
+        self._last_beat = time.monotonic()
+        self.beat_interval = min(1.0, settings.heartbeat_timeout / 3)
+        self.executed = 0
+
+    # -- the loops ---------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then shut down gracefully."""
+        await self._beat()
+        loops = [
+            asyncio.create_task(self._heartbeat(), name="atoll-worker-heartbeat"),
+            asyncio.create_task(self._listen_cancels(), name="atoll-worker-cancels"),
+            asyncio.create_task(
+                self._sweeper.run_forever(self._settings.sweep_interval), name="atoll-sweeper"
+            ),
+        ]
+        consumer = asyncio.create_task(self._consume(), name="atoll-worker-consume")
+        logger.info("worker %s ready (%d concurrent runs)", self.worker_id, self.capacity)
+        try:
+            await stop.wait()
+        finally:
+            self._stopping = True
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+            await self._shutdown()
+            for loop in loops:
+                loop.cancel()
+            for loop in loops:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._cluster.presence.leave(self.worker_id)
+
+    async def _consume(self) -> None:
+        backoff = 0.2
+        while not self._stopping:
+            free = self.capacity - len(self._runs)
+            if free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                entries = await self._cluster.queue.take(self.worker_id, free, block_ms=2000)
+                backoff = 0.2
+            except REDIS_ERRORS as exc:
+                self._cluster.failed(exc)
+                await asyncio.sleep(jittered(backoff))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for entry in entries:
+                task = asyncio.create_task(self._handle(entry), name=f"run {entry.run_id}")
+                self._runs[entry.run_id] = LocalRun(entry, task)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.beat_interval)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        info = orjson.dumps({"runs": len(self._runs), "capacity": self.capacity}).decode()
+        try:
+            await self._cluster.presence.beat(self.worker_id, info)
+            await self._cluster.slots.renew()
+            requested = await self._cluster.signals.requested(list(self._runs))
+        except REDIS_ERRORS as exc:
+            self._cluster.failed(exc)
+            silent = time.monotonic() - self._last_beat
+            if silent > self._settings.heartbeat_timeout and self._runs:
+                logger.error(
+                    "no heartbeat for %.0fs: other nodes may consider this worker dead", silent
+                )
+            return
+        self._last_beat = time.monotonic()
+        for run_id, reason in requested.items():
+            self._cancel(run_id, reason)
+
+    async def _listen_cancels(self) -> None:
+        backoff = 0.2
+        while True:
+            pubsub = self._cluster.redis.pubsub()
+            try:
+                await pubsub.subscribe(CANCEL_CHANNEL)
+                backoff = 0.2
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    run_id = message["data"].decode()
+                    if run_id in self._runs:
+                        requested = await self._cluster.signals.requested([run_id])
+                        if run_id in requested:
+                            self._cancel(run_id, requested[run_id])
+            except REDIS_ERRORS as exc:
+                self._cluster.failed(exc)
+                await asyncio.sleep(jittered(backoff))
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- one run -------------------------------------------------------------------
+
+    def _cancel(self, run_id: str, reason: str) -> None:
+        local = self._runs.get(run_id)
+        if local is None:
+            return
+        if not self._factory.cancel(run_id, user_id=local.entry.user_id, reason=reason):
+            self._cancel_requests.setdefault(run_id, reason)
+
+    async def _handle(self, entry: QueuedRun) -> None:
+        try:
+            await self._execute(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("run %s could not be executed", entry.run_id)
+        finally:
+            self._runs.pop(entry.run_id, None)
+            self._cancel_requests.pop(entry.run_id, None)
+            self._room.set()
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._cluster.queue.ack(entry.entry_id)  # else the sweeper acks it
+
+    async def _execute(self, entry: QueuedRun) -> None:
+        claim = await self._chat.claim_run(entry.run_id, self.worker_id)
+        if claim is None:
+            return  # cancelled while queued, or a duplicate entry
+        run, message = claim.run, claim.message
+        while await self._chat.earlier_alive_run(run):
+            if entry.run_id in self._cancel_requests:
+                break  # the engine below ends it at once, with its cancel event
+            await asyncio.sleep(THREAD_POLL)
+        history = await self._chat.history(run.thread_id, before_pk=message.pk)
+        context = UserExecutionContext(
+            user_id=run.user_id,
+            thread_id=run.thread_id,
+            run_id=run.id,
+            request_id=new_id("req"),
+            plan=claim.plan,
+            roles=claim.roles,
+        )
+        local = self._runs.get(entry.run_id)
+        if local is not None:
+            local.began = True
+        await execute_run(
+            self._factory,
+            self._chat,
+            context,
+            agent=run.agent,
+            message=message,
+            history=history,
+            cancel_reason=lambda: self._cancel_requests.pop(run.id, None),
+            worker_id=self.worker_id,
+        )
+        self.executed += 1
+
+    # -- stopping ------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Hand back runs that have not begun; let the others finish within the grace."""
+        for run_id, local in list(self._runs.items()):
+            if local.began:
+                continue
+            local.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await local.task
+            await self._chat.requeue_run(run_id, self.worker_id)
+            run = await self._chat.find_run(run_id)
+            if run is not None and run.state == "pending" and run.worker_id is None:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self._cluster.queue.put(run_id, local.entry.user_id)
+                    logger.info("run %s handed back to the queue", run_id)
+        running = [local.task for local in self._runs.values()]
+        if running and self._settings.shutdown_grace > 0:
+            logger.info(
+                "waiting up to %gs for %d run(s)", self._settings.shutdown_grace, len(running)
+            )
+            await asyncio.wait(running, timeout=self._settings.shutdown_grace)
+        await self._factory.aclose("shutdown")
+        remaining = [local.task for local in self._runs.values()]
+        if remaining:
+            await asyncio.wait(remaining)
