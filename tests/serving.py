@@ -33,43 +33,65 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """``atoll serve`` as a child process (for restarts and crashes)."""
+    """``atoll serve`` (or, with ``command="worker"``, ``atoll worker``) as a child process."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, *, command: str = "serve", **env: str) -> None:
         self.data_dir = data_dir
+        self.command = command
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+        self.log_path = data_dir.parent / f"{command}-{self.port}.log"
 
     def log_text(self) -> str:
         """What the server has logged so far."""
         return self.log_path.read_text(errors="replace")
 
     def start(self) -> None:
-        """Start and wait until /readyz answers 200."""
-        command = [sys.executable, "-m", "atoll.cli", "serve", "--port", str(self.port),
-                   "--data-dir", str(self.data_dir)]  # fmt: skip
+        """Start and wait until it is ready (/readyz answers 200; a worker logs "ready")."""
+        command = [
+            sys.executable,
+            "-m",
+            "atoll.cli",
+            self.command,
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        if self.command == "serve":
+            command += ["--port", str(self.port)]
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"atoll serve exited with {self.process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                raise RuntimeError(f"atoll {self.command} exited with {self.process.returncode}")
+            if self.command == "worker":
+                if " ready (" in self.log_text()[offset:]:
                     return
+            else:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                        return
             time.sleep(0.1)
-        raise RuntimeError("atoll serve did not become ready in 30 s")
+        raise RuntimeError(f"atoll {self.command} did not become ready in 30 s")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send ``sig`` to the server process (ours, by pid) and wait for it."""
+        """Send ``sig`` (0: none) to the process (ours, by pid) and wait for it to exit."""
         assert self.process is not None
-        self.process.send_signal(sig)
+        if sig:
+            self.process.send_signal(sig)
         code = self.process.wait(timeout=60)
         self.process = None
         return code
+
+    def kill(self) -> None:
+        """Kill the process (ours, by pid) if it is still running."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
 
 
 @contextlib.contextmanager
@@ -80,6 +102,4 @@ def serve_process(data_dir: Path, **env: str) -> Iterator[ServeProcess]:
     try:
         yield server
     finally:
-        if server.process is not None:
-            server.process.kill()
-            server.process.wait()
+        server.kill()

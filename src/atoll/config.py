@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     knowledge_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    @field_validator("redis_url", "database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``ATOLL_REDIS_URL=`` (empty) means "not set", like leaving it out."""
+        return None if value == "" else value
+
     @field_validator("knowledge_dirs", "plugins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

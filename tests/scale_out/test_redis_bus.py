@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.scale_out, pytest.mark.integration]
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
+    with redis_server() as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -185,10 +185,14 @@ return -1
 class RedisRateLimiter:
     """``RateLimiter`` shared by every node: GCRA in one Lua script, on Redis's clock."""
 
-    def __init__(self, redis: Redis, limit: int, period: float, *, prefix: str) -> None:
+    def __init__(
+        self, redis: Redis, limit: int, period: float, *, prefix: str, fail_open: bool = False
+    ) -> None:
         if limit < 1 or period <= 0:
             raise ValueError("limit must be >= 1 and period > 0")
         self._redis = redis
+        self.fail_open = fail_open
+        """Allow (instead of raising) while Redis is unreachable."""
         self._interval_ms = max(1, round(period * 1000 / limit))
         self._period_ms = round(period * 1000)
         self._prefix = prefix
@@ -196,10 +200,16 @@ class RedisRateLimiter:
 
     async def hit(self, key: str) -> float | None:
         """Record one hit for ``key``; None if allowed, else the retry-after in seconds."""
-        wait_ms = await self._script(
-            keys=[f"atoll:rate:{self._prefix}:{key}"],
-            args=[self._interval_ms, self._period_ms],
-        )
+        try:
+            wait_ms = await self._script(
+                keys=[f"atoll:rate:{self._prefix}:{key}"],
+                args=[self._interval_ms, self._period_ms],
+            )
+        except (RedisError, OSError):
+            if not self.fail_open:
+                raise
+            logger.warning("rate limit %s not checked: redis is unreachable", self._prefix)
+            return None
         return None if int(wait_ms) < 0 else int(wait_ms) / 1000
 
 
@@ -270,16 +280,27 @@ class RedisRunSlots:
             raise run_limit_error(self.limit)
 
     async def acquire(self, user_id: str, run_id: str) -> None:
-        """Take a slot, polling until one is free anywhere in the cluster."""
+        """Take a slot, polling until one is free anywhere in the cluster.
+
+        While Redis is unreachable the run keeps waiting (the run timeout bounds it).
+        """
         delay = self._poll
-        while not await self._try(user_id, run_id):
+        while True:
+            try:
+                if await self._try(user_id, run_id):
+                    return
+            except (RedisError, OSError):
+                delay = max(delay, 0.5)
             await asyncio.sleep(jittered(delay))
             delay = min(delay * 1.5, 0.5)
 
     async def release(self, user_id: str, run_id: str) -> None:
-        """Give the slot back (it would expire with its lease anyway)."""
+        """Give the slot back (if Redis is unreachable, the lease simply expires)."""
         self.held.pop(run_id, None)
-        await self._redis.zrem(slots_key(user_id), run_id)
+        try:
+            await self._redis.zrem(slots_key(user_id), run_id)
+        except (RedisError, OSError):
+            logger.warning("run slot of %s not released: redis is unreachable", run_id)
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here."""

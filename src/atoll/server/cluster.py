@@ -52,7 +52,7 @@ class Cluster:
             redis, settings.messages_per_minute, 60.0, prefix="messages"
         )
         self.tool_limiter = RedisRateLimiter(
-            redis, settings.tool_calls_per_minute, 60.0, prefix="tools"
+            redis, settings.tool_calls_per_minute, 60.0, prefix="tools", fail_open=True
         )
         self.login_failures = RedisFailureCounter(
             redis, settings.login_failures_window, prefix="login"

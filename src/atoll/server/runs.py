@@ -107,7 +107,12 @@ class RunService:
         if self._cluster is not None and not self._cluster.healthy:
             raise UnavailableError(QUEUE_DOWN)  # nothing stored: the client may simply retry
         # Resends of a client_id count too: the limit is on frames, and this saves a read.
-        retry_after = await self._limiter.hit(f"messages:{principal.user_id}")
+        try:
+            retry_after = await self._limiter.hit(f"messages:{principal.user_id}")
+        except REDIS_ERRORS as exc:
+            if self._cluster is not None:
+                self._cluster.failed(exc)
+            raise UnavailableError(QUEUE_DOWN) from None
         if retry_after is not None:
             raise RateLimitedError(
                 f"message rate limit reached; retry in {retry_after:.1f}s",

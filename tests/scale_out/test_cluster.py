@@ -1,0 +1,377 @@
+"""Scale-out end to end: PostgreSQL + Redis, two API nodes and two workers as processes.
+
+Every process is a real ``atoll serve`` / ``atoll worker`` started by the test on
+loopback ports; PostgreSQL and redis-server are throwaway servers the tests
+start and stop. The offline model streams slowly (``ATOLL_OFFLINE_TOKEN_DELAY``)
+so runs are still executing when a test cancels, kills or disconnects things.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from atoll.client import ApiError, AtollClient, ends_run
+from atoll.store.models import Message, Run
+
+from postgres import create_database, postgres_server
+from redis_server import RedisServer, redis_server
+from serving import PASSWORD, ServeProcess
+
+pytestmark = [pytest.mark.scale_out, pytest.mark.e2e]
+
+HEARTBEAT_TIMEOUT = 3.0
+TERMINAL = {"completed", "failed", "cancelled", "timeout", "dead"}
+
+
+@dataclass
+class Deployment:
+    """The processes of one scaled-out deployment."""
+
+    database_url: str
+    redis: RedisServer
+    node_a: ServeProcess
+    node_b: ServeProcess
+    workers: dict[str, ServeProcess]
+
+    async def run_row(self, run_id: str) -> Run:
+        engine = create_async_engine(self.database_url)
+        try:
+            async with engine.connect() as connection:
+                row = (await connection.execute(select(Run).where(Run.id == run_id))).one()
+        finally:
+            await engine.dispose()
+        return row  # type: ignore[return-value]
+
+    async def messages_of(self, user_id: str) -> list[Any]:
+        engine = create_async_engine(self.database_url)
+        try:
+            async with engine.connect() as connection:
+                query = select(Message).where(Message.user_id == user_id)
+                return list((await connection.execute(query)).all())
+        finally:
+            await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("cluster")
+    with postgres_server() as postgres, redis_server() as redis:
+        database_url = create_database(postgres)
+        env = {
+            "ATOLL_DATABASE_URL": database_url,
+            "ATOLL_REDIS_URL": redis.url,
+            "ATOLL_SECRET_KEY": secrets.token_urlsafe(48),
+            "ATOLL_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+            "ATOLL_OFFLINE_TOKEN_DELAY": "0.15",
+            "ATOLL_MAX_CONCURRENT_RUNS": "1",
+            "ATOLL_SHUTDOWN_GRACE": "10",
+        }
+
+        def process(name: str, command: str, **extra: str) -> ServeProcess:
+            data = root / name
+            data.mkdir()
+            return ServeProcess(data, command=command, **env, **extra)
+
+        processes = [process("node-a", "serve"), process("node-b", "serve")]
+        workers = {
+            name: process(name, "worker", ATOLL_WORKER_ID=name) for name in ("worker-1", "worker-2")
+        }
+        try:
+            processes[0].start()  # migrates the database
+            processes[1].start()
+            for worker in workers.values():
+                worker.start()
+            yield Deployment(database_url, redis, processes[0], processes[1], workers)
+        finally:
+            for each in [*processes, *workers.values()]:
+                each.kill()
+
+
+@contextlib.asynccontextmanager
+async def user(url: str, email: str, *, register: bool = True) -> AsyncIterator[AtollClient]:
+    async with AtollClient(url) as client:
+        if register:
+            await client.register(email, PASSWORD)
+        else:
+            await client.login(email, PASSWORD)
+        yield client
+
+
+def gapless(events: list[dict[str, Any]]) -> bool:
+    return [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+async def wait_for_state(
+    client: AtollClient, run_id: str, states: set[str], within: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        run: dict[str, Any] = await client.request("GET", f"/runs/{run_id}")
+        if run["state"] in states or time.monotonic() > deadline:
+            return run
+        await asyncio.sleep(0.1)
+
+
+async def test_golden_path_runs_on_a_worker_and_resumes_from_another_node(
+    deployment: Deployment,
+) -> None:
+    async with user(deployment.node_a.url, "ada@example.com") as ada:
+        async with ada.connect() as socket:  # the socket is on node A
+            ack = await socket.send_message("What is 17*23?")
+            events = [e async for e in socket.run_events(ack["run_id"])]
+        run_id = ack["run_id"]
+    assert gapless(events)
+    assert [e for e in events if ends_run(e)] == [events[-1]]
+    assert events[-1]["type"] == "agent_completed"
+    assert "391" in events[-1]["data"]["message"]["content"]
+    assert any(e["type"] == "tool_executing" for e in events)
+    row = await deployment.run_row(run_id)
+    assert row.worker_id in deployment.workers  # executed by a worker, not by node A
+    assert row.state == "completed"
+
+    async with user(deployment.node_b.url, "ada@example.com", register=False) as ada_b:
+        async with ada_b.connect() as socket:  # resume on node B, from seq 3
+            await socket.resume(run_id, 3)
+            resumed = [e async for e in socket.run_events(run_id)]
+        assert resumed == events[3:]
+        assert [e async for e in ada_b.stream(run_id)] == events  # SSE on node B
+        assert await ada_b.events(run_id) == events
+        messages = await ada_b.request("GET", f"/threads/{ack['thread_id']}/messages")
+        assert [m["role"] for m in messages["items"]] == ["user", "assistant"]
+
+
+async def test_a_live_run_streams_to_a_socket_on_the_other_node(deployment: Deployment) -> None:
+    async with (
+        user(deployment.node_a.url, "live@example.com") as on_a,
+        user(deployment.node_b.url, "live@example.com", register=False) as on_b,
+        on_b.connect() as watcher,  # connected to node B before the run exists
+    ):
+        accepted = await on_a.chat("What is 6*7?")  # submitted on node A (REST)
+        run_id = accepted["run"]["id"]
+        live = [e async for e in watcher.run_events(run_id)]
+    assert gapless(live)
+    assert live[-1]["type"] == "agent_completed"
+    assert "42" in live[-1]["data"]["message"]["content"]
+
+
+async def test_cancel_sent_to_node_b_stops_the_run_on_its_worker(deployment: Deployment) -> None:
+    async with (
+        user(deployment.node_a.url, "cancel@example.com") as on_a,
+        user(deployment.node_b.url, "cancel@example.com", register=False) as on_b,
+        on_a.connect() as socket,
+    ):
+        ack = await socket.send_message("Tell me about the runtime", agent="assistant")
+        run_id = ack["run_id"]
+        events = []
+        async for event in socket.run_events(run_id):
+            events.append(event)
+            if event["type"] == "message_delta":
+                cancelled = await on_b.request("POST", f"/runs/{run_id}/cancel")
+                assert cancelled["id"] == run_id
+        assert events[-1]["type"] == "agent_cancelled"
+        assert gapless(events)
+        run = await wait_for_state(on_b, run_id, TERMINAL, 10)
+        assert run["state"] == "cancelled"
+        row = await deployment.run_row(run_id)
+        assert row.worker_id in deployment.workers
+
+
+async def test_two_users_events_never_cross_across_nodes(deployment: Deployment) -> None:
+    async with (
+        user(deployment.node_a.url, "iso-ada@example.com") as ada,
+        user(deployment.node_b.url, "iso-bob@example.com") as bob,
+        user(deployment.node_b.url, "iso-ada@example.com", register=False) as ada_on_b,
+        ada.connect() as ada_socket,
+        bob.connect() as bob_socket,
+        ada_on_b.connect() as ada_b_socket,
+    ):
+        ada_runs = [(await ada_socket.send_message(f"What is {n}*11?"))["run_id"] for n in (2, 3)]
+        bob_runs = [(await bob_socket.send_message(f"What is {n}*13?"))["run_id"] for n in (4, 5)]
+
+        async def collect(socket: Any, runs: list[str]) -> list[dict[str, Any]]:
+            frames, open_runs = [], set(runs)
+            async with asyncio.timeout(60):
+                while open_runs:
+                    frame = await socket.receive()
+                    if "seq" in frame:
+                        frames.append(frame)
+                        if ends_run(frame):
+                            open_runs.discard(frame["run_id"])
+            return frames
+
+        ada_frames, bob_frames, ada_b_frames = await asyncio.gather(
+            collect(ada_socket, ada_runs), collect(bob_socket, bob_runs),
+            collect(ada_b_socket, ada_runs),
+        )  # fmt: skip
+    assert {f["run_id"] for f in ada_frames} == set(ada_runs)
+    assert {f["run_id"] for f in ada_b_frames} == set(ada_runs)  # ada's other node too
+    assert {f["run_id"] for f in bob_frames} == set(bob_runs)
+    for frames, runs in ((ada_frames, ada_runs), (bob_frames, bob_runs)):
+        for run_id in runs:
+            assert gapless([f for f in frames if f["run_id"] == run_id])
+    contents = [f["data"]["message"]["content"] for f in ada_frames if ends_run(f)]
+    assert sorted("22" in c or "33" in c for c in contents) == [True, True]
+
+
+async def test_the_per_user_run_limit_holds_across_nodes_and_workers(
+    deployment: Deployment,
+) -> None:
+    async with (
+        user(deployment.node_a.url, "limit@example.com") as on_a,
+        user(deployment.node_b.url, "limit@example.com", register=False) as on_b,
+    ):
+        first, second = await asyncio.gather(
+            on_a.chat("What is 7*8?", agent="assistant"),
+            on_b.chat("What is 9*9?", agent="assistant"),
+        )
+        spans = []
+        for accepted in (first, second):
+            run = await wait_for_state(on_a, accepted["run"]["id"], TERMINAL, 60)
+            assert run["state"] == "completed"
+            events = await on_a.events(run["id"])
+            started = next(e["ts"] for e in events if e["type"] == "agent_started")
+            spans.append(
+                (datetime.fromisoformat(started), datetime.fromisoformat(events[-1]["ts"]))
+            )
+    spans.sort()
+    assert spans[1][0] >= spans[0][1]  # ATOLL_MAX_CONCURRENT_RUNS=1: never both at once
+
+
+async def test_a_stopping_worker_finishes_its_run(deployment: Deployment) -> None:
+    workers = deployment.workers
+    await asyncio.to_thread(workers["worker-2"].stop, signal.SIGTERM)  # only worker-1 now
+    try:
+        async with user(deployment.node_a.url, "drain@example.com") as client:
+            async with client.connect() as socket:
+                ack = await socket.send_message("Tell me about the runtime", agent="assistant")
+                events = []
+                async for event in socket.run_events(ack["run_id"]):
+                    events.append(event)
+                    if event["type"] == "agent_started":
+                        workers["worker-1"].process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            assert events[-1]["type"] == "agent_completed"  # finished within the grace
+            assert gapless(events)
+            code = await asyncio.to_thread(workers["worker-1"].stop, 0)  # 0: just wait
+            assert code == 0
+            log = workers["worker-1"].log_text()
+            assert "waiting up to 10s for 1 run(s)" in log
+    finally:
+        for worker in workers.values():
+            if worker.process is None:
+                await asyncio.to_thread(worker.start)
+
+
+async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_one(
+    deployment: Deployment,
+) -> None:
+    workers = deployment.workers
+    await asyncio.to_thread(workers["worker-2"].stop, signal.SIGTERM)  # worker-1 takes both
+    try:
+        async with user(deployment.node_a.url, "kill@example.com") as client:
+            async with client.connect() as socket:
+                started = await socket.send_message("Tell me about the runtime", agent="assistant")
+                async for event in socket.run_events(started["run_id"]):
+                    if event["type"] == "agent_started":
+                        break  # it holds the user's only run slot
+                # The user's limit is 1: this run is claimed by worker-1 but waits for a slot.
+                waiting = await client.chat("What is 12*12?", agent="assistant")
+                waiting_id = waiting["run"]["id"]
+                async with asyncio.timeout(10):
+                    while (await deployment.run_row(waiting_id)).worker_id is None:
+                        await asyncio.sleep(0.05)
+                row = await deployment.run_row(waiting_id)
+                assert (row.worker_id, row.state) == ("worker-1", "starting")
+                assert await client.events(waiting_id) == []  # not begun: no event yet
+                await asyncio.to_thread(workers["worker-2"].start)
+                killed_at = time.monotonic()
+                await asyncio.to_thread(workers["worker-1"].stop, signal.SIGKILL)
+                rest = [e async for e in socket.run_events(started["run_id"])]
+                detected = time.monotonic() - killed_at
+            assert rest[-1]["type"] == "agent_error"
+            assert rest[-1]["data"]["state"] == "dead"
+            assert rest[-1]["data"]["code"] == "worker_lost"
+            assert detected <= HEARTBEAT_TIMEOUT + 5, detected
+            run = await client.request("GET", f"/runs/{started['run_id']}")
+            assert run["state"] == "dead"
+            assert gapless(await client.events(started["run_id"]))
+            retried = await wait_for_state(client, waiting_id, TERMINAL, 30)
+            assert retried["state"] == "completed"
+            row = await deployment.run_row(waiting_id)
+            assert (row.worker_id, row.attempts) == ("worker-2", 2)
+            events = await client.events(waiting_id)
+            assert gapless(events)
+            assert "144" in events[-1]["data"]["message"]["content"]
+    finally:
+        for worker in workers.values():
+            if worker.process is None:
+                await asyncio.to_thread(worker.start)
+
+
+async def test_a_redis_restart_under_load_loses_no_stored_message(
+    deployment: Deployment,
+) -> None:
+    accepted: dict[str, tuple[str, int]] = {}  # run id -> (message id, client), acknowledged
+    refused: list[tuple[int, object]] = []
+
+    async def load(client: AtollClient, index: int) -> None:
+        for n in range(8):
+            try:
+                answer = await client.chat(f"What is {index}+{n}?", agent="assistant")
+                accepted[answer["run"]["id"]] = (answer["message"]["id"], index)
+            except ApiError as exc:
+                refused.append((exc.status, exc.problem.get("code")))
+            except httpx.TransportError:
+                refused.append((0, "transport"))
+            await asyncio.sleep(0.25)
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(user(node.url, f"load{i}@example.com"))
+            for i, node in enumerate([deployment.node_a, deployment.node_b] * 2)
+        ]
+        tasks = [asyncio.create_task(load(c, i)) for i, c in enumerate(clients)]
+        await asyncio.sleep(0.8)
+        await asyncio.to_thread(deployment.redis.stop)  # data lost: no persistence
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(deployment.redis.start)
+        await asyncio.gather(*tasks)
+        assert accepted and refused  # some messages were refused (503) during the outage
+        assert set(refused) == {(503, "unavailable")}, refused
+        stored: dict[str, str | None] = {}
+        for client in clients:
+            me = await client.request("GET", "/me")
+            stored |= {m.id: m.run_id for m in await deployment.messages_of(me["id"])}
+        for run_id, (message_id, _) in accepted.items():
+            assert stored.get(message_id) == run_id  # no acknowledged message lost
+        states = {}
+        for run_id, (_, index) in accepted.items():  # every acknowledged run ends
+            run = await wait_for_state(clients[index], run_id, TERMINAL, 60)
+            states[run_id] = run["state"]
+        assert set(states.values()) == {"completed"}, states
+        for node in (deployment.node_a, deployment.node_b):
+            ready = (await clients[0].http.get(f"{node.url}/readyz")).json()
+            assert (ready["status"], ready["redis"]) == ("ready", "ok")
+        after = await clients[0].chat("What is 2+2?", agent="assistant")  # recovered by itself
+        done = await wait_for_state(clients[0], after["run"]["id"], TERMINAL, 30)
+        assert done["state"] == "completed"
+
+
+def test_atoll_worker_refuses_to_start_without_redis(tmp_path: Path) -> None:
+    worker = ServeProcess(tmp_path, command="worker", ATOLL_REDIS_URL="")
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        worker.start()
+    assert "ATOLL_REDIS_URL" in worker.log_text()
