@@ -290,10 +290,11 @@ async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_o
                 # The user's limit is 1: this run is claimed by worker-1 but waits for a slot.
                 waiting = await client.chat("What is 12*12?", agent="assistant")
                 waiting_id = waiting["run"]["id"]
-                async with asyncio.timeout(10):
-                    while (await deployment.run_row(waiting_id)).worker_id is None:
-                        await asyncio.sleep(0.05)
-                row = await deployment.run_row(waiting_id)
+                for _ in range(200):  # until worker-1 claimed it (10 s at most)
+                    row = await deployment.run_row(waiting_id)
+                    if row.worker_id is not None:
+                        break
+                    await asyncio.sleep(0.05)
                 assert (row.worker_id, row.state) == ("worker-1", "starting")
                 assert await client.events(waiting_id) == []  # not begun: no event yet
                 await asyncio.to_thread(workers["worker-2"].start)
