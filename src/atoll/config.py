@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(None, description="Default: <hostname>-<pid>-<random>")
     worker_concurrency: int = Field(16, ge=1, description="Runs one worker executes at once")
     run_retries: int = Field(1, ge=0, description="Re-queues of a run whose worker died early")
+    queue_timeout: float = Field(
+        600.0, gt=0, description="A queued run no worker claims within this ends as timeout"
+    )
     sweep_interval: float = Field(1.0, gt=0, description="Seconds between dead-worker sweeps")
 
     knowledge_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)

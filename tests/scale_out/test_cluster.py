@@ -180,6 +180,9 @@ async def test_cancel_sent_to_node_b_stops_the_run_on_its_worker(deployment: Dep
         async for event in socket.run_events(run_id):
             events.append(event)
             if event["type"] == "message_delta":
+                live = await on_b.request("GET", f"/runs/{run_id}")  # as seen from node B
+                assert (live["state"], live["finished_at"]) == ("running", None)
+                assert live["started_at"] is not None
                 cancelled = await on_b.request("POST", f"/runs/{run_id}/cancel")
                 assert cancelled["id"] == run_id
         assert events[-1]["type"] == "agent_cancelled"
@@ -347,7 +350,11 @@ async def test_a_redis_restart_under_load_loses_no_stored_message(
         tasks = [asyncio.create_task(load(c, i)) for i, c in enumerate(clients)]
         await asyncio.sleep(0.8)
         await asyncio.to_thread(deployment.redis.stop)  # data lost: no persistence
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(0.5)
+        ready = await clients[0].http.get(f"{deployment.node_b.url}/readyz")
+        assert ready.status_code == 503
+        assert (ready.json()["redis"], ready.json()["database"]) == ("unreachable", "ok")
+        await asyncio.sleep(1.0)
         await asyncio.to_thread(deployment.redis.start)
         await asyncio.gather(*tasks)
         assert accepted and refused  # some messages were refused (503) during the outage

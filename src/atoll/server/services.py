@@ -33,7 +33,7 @@ from atoll.server.connections import ConnectionRegistry
 from atoll.server.metrics import Metrics
 from atoll.server.runs import RunService
 from atoll.server.sweeper import Sweeper
-from atoll.server.worker import Worker
+from atoll.server.worker import RunningMarker, Worker
 from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.db import Database, sqlite_url
@@ -199,6 +199,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
                 event_log=event_log,
                 bus=bus,
                 retries=settings.run_retries,
+                queue_timeout=settings.queue_timeout,
             )
             background(stack, sweeper.run_forever(settings.sweep_interval), "atoll-sweeper")
         metrics = Metrics(factory.tracker)
@@ -258,9 +259,8 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
         llm = build_llm_provider(settings)
         stack.push_async_callback(llm.aclose)
         event_log = DatabaseRunEventLog(db)
-        factory = engine_factory(
-            settings, chat, EventRecorder(event_log, cluster.bus), llm, cluster
-        )
+        marker = RunningMarker(cluster.bus, chat, worker_id)
+        factory = engine_factory(settings, chat, EventRecorder(event_log, marker), llm, cluster)
         await stack.enter_async_context(factory)
         sweeper = Sweeper(
             cluster=cluster,
@@ -268,6 +268,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
             event_log=event_log,
             bus=cluster.bus,
             retries=settings.run_retries,
+            queue_timeout=settings.queue_timeout,
         )
         yield Worker(
             settings=settings,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 from atoll.bus.queue import QueuedRun
 from atoll.runtime.events import RunEventBus
@@ -48,6 +49,7 @@ class Sweeper:
         event_log: DatabaseRunEventLog,
         bus: RunEventBus,
         retries: int,
+        queue_timeout: float,
         grace: float = 2.0,
     ) -> None:
         self._cluster = cluster
@@ -55,6 +57,7 @@ class Sweeper:
         self._log = event_log
         self._bus = bus
         self.retries = retries
+        self.queue_timeout = queue_timeout
         self.grace = grace
         self.consumer = f"sweeper-{cluster.node_id}"
         self._missing_since: dict[str, float] = {}
@@ -96,6 +99,7 @@ class Sweeper:
         for run in runs:
             if run.worker_id is not None and run.worker_id in dead:
                 await self._settle(run, run.worker_id)
+        await self._expire_queued()
 
     def _dead(self, holders: set[str], alive: set[str]) -> set[str]:
         now = time.monotonic()
@@ -134,6 +138,18 @@ class Sweeper:
         if run is not None and run.state == ExecutionState.PENDING.value and run.worker_id is None:
             await self._cluster.queue.put(run.id, run.user_id)  # delivered, never claimed
         await self._cluster.queue.ack(entry.entry_id)
+
+    async def _expire_queued(self) -> None:
+        """End runs no worker claimed within the queue timeout (no worker running?)."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.queue_timeout)
+        message = f"no worker took this run within {self.queue_timeout:g}s"
+        ending = Ending.failure(ExecutionState.TIMEOUT, "queue_timeout", message)
+        for run in await self._chat.alive_runs(claimed=False):
+            if run.created_at < cutoff:
+                event = await self._chat.end_run(run.id, ending, queued_only=True)
+                if event is not None:
+                    logger.warning("run %s: %s", run.id, message)
+                    await self._bus.publish(event)
 
     async def _requeue_waiting(self) -> None:
         """Redis lost its data: queue again every run still waiting in the database."""

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 
@@ -27,6 +28,7 @@ from atoll.bus.queue import CANCEL_CHANNEL, QueuedRun
 from atoll.bus.redis import jittered
 from atoll.config import Settings
 from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.events import EventType, RunEvent, RunEventBus
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.ids import new_id
 from atoll.server.cluster import REDIS_ERRORS, Cluster
@@ -48,6 +50,26 @@ class LocalRun:
     task: asyncio.Task[None]
     began: bool = False
     """Whether its engine exists (it can no longer be handed back)."""
+
+
+class RunningMarker:
+    """A ``RunEventBus`` wrapper for workers: a run's ``agent_started`` also marks it RUNNING.
+
+    Nodes read a worker's run state from the database, so without this a run
+    would show STARTING there until it ended.
+    """
+
+    def __init__(self, bus: RunEventBus, chat: ChatStore, worker_id: str) -> None:
+        self._bus = bus
+        self._chat = chat
+        self._worker_id = worker_id
+
+    async def publish(self, event: RunEvent) -> None:
+        """Mark the run RUNNING on its top-level ``agent_started``, then publish."""
+        if event.type is EventType.AGENT_STARTED and event.parent_agent is None:
+            started = datetime.fromisoformat(event.ts.replace("Z", "+00:00"))
+            await self._chat.mark_running(event.run_id, self._worker_id, started)
+        await self._bus.publish(event)
 
 
 class Worker:
@@ -107,6 +129,11 @@ class Worker:
                     await loop
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._cluster.presence.leave(self.worker_id)
+                mine = [
+                    p for p in await self._cluster.queue.pending() if p.consumer == self.worker_id
+                ]
+                if not mine:  # else the sweeper settles them, then forgets this consumer
+                    await self._cluster.queue.forget_consumer(self.worker_id)
 
     async def _consume(self) -> None:
         backoff = 0.2

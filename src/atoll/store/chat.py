@@ -336,6 +336,19 @@ class ChatStore:
 
         return await self.db.write(claim)
 
+    async def mark_running(self, run_id: str, worker_id: str, started_at: datetime) -> None:
+        """Record that a worker's run has begun (STARTING -> RUNNING, with its start time)."""
+        statement = (
+            update(Run)
+            .where(
+                Run.id == run_id,
+                Run.worker_id == worker_id,
+                Run.state == ExecutionState.STARTING.value,
+            )
+            .values(state=ExecutionState.RUNNING.value, started_at=started_at)
+        )
+        await self.db.write(lambda session: execute_core(session, statement))
+
     async def requeue_run(self, run_id: str, worker_id: str) -> bool:
         """Give a run held by ``worker_id`` back to the queue (STARTING -> PENDING)."""
         statement = (

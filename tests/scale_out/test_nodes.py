@@ -1,0 +1,118 @@
+"""API nodes on a shared PostgreSQL + Redis: limits hold cluster-wide; queued runs are bounded.
+
+The nodes run in this process (two apps, each with its own Redis and database
+connections), which is enough for what does not need a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.client import ApiError, AtollClient
+from atoll.config import Settings
+from atoll.server.serve import running_server
+
+from postgres import create_database, postgres_server
+from redis_server import redis_server
+from serving import PASSWORD, make_settings
+
+pytestmark = [pytest.mark.scale_out, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[str, str]]:
+    with postgres_server() as postgres, redis_server() as redis:
+        yield postgres, redis.url
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(
+    servers: tuple[str, str], tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[str, str]]:
+    postgres, redis_url = servers
+    database_url = await asyncio.to_thread(create_database, postgres)
+    shared = {"database_url": database_url, "redis_url": redis_url,
+              "secret_key": secrets.token_urlsafe(48), **overrides}  # fmt: skip
+
+    def settings(name: str) -> Settings:
+        return make_settings(tmp_path / name, **shared)
+
+    async with (
+        running_server(settings("a")) as (node_a, _),
+        running_server(settings("b")) as (node_b, _),
+    ):
+        yield node_a, node_b
+
+
+async def test_the_message_rate_limit_is_shared_by_the_nodes(
+    servers: tuple[str, str], tmp_path: Path
+) -> None:
+    async with (
+        two_nodes(servers, tmp_path, messages_per_minute=2) as (node_a, node_b),
+        AtollClient(node_a) as on_a,
+        AtollClient(node_b) as on_b,
+    ):
+        await on_a.register("rate@example.com", PASSWORD)
+        await on_b.login("rate@example.com", PASSWORD)
+        await on_a.chat("one")
+        await on_b.chat("two")
+        with pytest.raises(ApiError) as refused:
+            await on_a.chat("three")
+        assert (refused.value.status, refused.value.code) == (429, "rate_limited")
+
+
+async def test_failed_logins_are_counted_across_the_nodes(
+    servers: tuple[str, str], tmp_path: Path
+) -> None:
+    async with (
+        two_nodes(servers, tmp_path, login_failures_limit=2) as (node_a, node_b),
+        AtollClient(node_a) as on_a,
+        AtollClient(node_b) as on_b,
+    ):
+        await on_a.register("guess@example.com", PASSWORD)
+        for client in (on_a, on_b):
+            with pytest.raises(ApiError) as wrong:
+                await client.login("guess@example.com", "wrong password")
+            assert wrong.value.code == "invalid_credentials"
+        with pytest.raises(ApiError) as limited:
+            await on_a.login("guess@example.com", PASSWORD)  # even the right one, for now
+        assert (limited.value.status, limited.value.code) == (429, "rate_limited")
+
+
+async def test_without_workers_a_queued_run_can_be_cancelled_or_times_out(
+    servers: tuple[str, str], tmp_path: Path
+) -> None:
+    async with (
+        two_nodes(servers, tmp_path, queue_timeout=1.5, sweep_interval=0.2) as (node_a, node_b),
+        AtollClient(node_a) as on_a,
+        AtollClient(node_b) as on_b,
+    ):
+        await on_a.register("queued@example.com", PASSWORD)
+        await on_b.login("queued@example.com", PASSWORD)
+        cancelled = (await on_a.chat("cancel me"))["run"]["id"]
+        expired = (await on_a.chat("nobody takes me"))["run"]["id"]
+        assert (await on_b.request("GET", f"/runs/{cancelled}"))["state"] == "pending"
+        await on_b.request("POST", f"/runs/{cancelled}/cancel")  # queued: ended by node B
+        assert (await on_a.request("GET", f"/runs/{cancelled}"))["state"] == "cancelled"
+        events = await on_a.events(cancelled)
+        assert [(e["seq"], e["type"], e["data"]) for e in events] == [
+            (1, "agent_cancelled", {"reason": "user"})
+        ]
+        for _ in range(100):
+            run = await on_b.request("GET", f"/runs/{expired}")
+            if run["state"] != "pending":
+                break
+            await asyncio.sleep(0.1)
+        assert run["state"] == "timeout"
+        assert run["error"]["code"] == "queue_timeout"
+        events = await on_b.events(expired)
+        assert [(e["seq"], e["type"], e["data"]["code"]) for e in events] == [
+            (1, "agent_error", "queue_timeout")
+        ]
