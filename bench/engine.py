@@ -29,6 +29,7 @@ from atoll.runtime.limits import RuntimeLimits
 from atoll.runtime.llm.offline import OfflineProvider
 from atoll.runtime.state import ExecutionState
 from atoll.runtime.tools.knowledge import KnowledgeBase
+
 from report import percentile
 
 QUESTION = "What is 17*23?"

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,16 +34,14 @@ import orjson
 import websockets
 
 from atoll.client import AtollClient
+
 from report import percentile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from ports import free_port
 
 HERE = Path(__file__).resolve().parent
 QUESTION = "What is 17*23?"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], path: str) -> None:
@@ -113,10 +110,16 @@ async def user_load(
                     break
 
 
-async def drive(ws_url: str, tokens: list[str], messages: int, agent: str) -> dict[str, Any]:
+async def drive(
+    ws_url: str | list[str], tokens: list[str], messages: int, agent: str
+) -> dict[str, Any]:
+    """Every user's load at once; user ``i`` connects to ``ws_url[i % len(ws_url)]``."""
+    urls = [ws_url] if isinstance(ws_url, str) else ws_url
     results: dict[str, list[float]] = {"latency": [], "first": [], "failures": []}
     started = time.perf_counter()
-    await asyncio.gather(*(user_load(ws_url, t, messages, agent, results) for t in tokens))
+    await asyncio.gather(
+        *(user_load(urls[i % len(urls)], t, messages, agent, results) for i, t in enumerate(tokens))
+    )
     elapsed = time.perf_counter() - started
     runs = len(results["latency"])
     return {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,19 +16,14 @@ import httpx
 
 from atoll.config import Settings
 
+from ports import free_port
+
 PASSWORD = "correct horse battery"
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a test server in ``data_dir``."""
     return Settings(data_dir=data_dir, **overrides)
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class ServeProcess:

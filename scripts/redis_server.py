@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from serving import free_port
+from ports import free_port
 
 
 class RedisServer:

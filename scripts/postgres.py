@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from serving import free_port
+from ports import free_port
 
 
 def _binary(name: str) -> str:
