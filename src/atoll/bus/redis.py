@@ -44,18 +44,40 @@ def user_stream(user_id: str) -> str:
 
 
 class RedisEventBus:
-    """The publishing side of ``RunEventBus`` on Redis Streams (workers and nodes)."""
+    """The publishing side of ``RunEventBus`` on Redis Streams (workers and nodes).
+
+    Events published in the same event-loop turn (typically those logged by one
+    group commit) go to Redis in one pipeline; batches are sent in order.
+    """
 
     def __init__(self, redis: Redis, *, retention: float = 24 * 3600.0) -> None:
         self._redis = redis
         self.retention_ms = max(1000, int(retention * 1000))
+        self._pending: list[RunEvent] = []
+        self._batch: asyncio.Future[None] | None = None
+        self._previous: asyncio.Future[None] | None = None
 
     async def publish(self, event: RunEvent) -> None:
-        """Append ``event`` to its owner's stream, trimming entries past the retention."""
-        key = user_stream(event.user_id)
+        """Append ``event`` to its owner's stream (trimming entries past the retention)."""
+        self._pending.append(event)
+        if self._batch is None:
+            self._batch = asyncio.ensure_future(self._send(self._previous))
+            self._previous = self._batch
+        await asyncio.shield(self._batch)
+
+    async def _send(self, previous: asyncio.Future[None] | None) -> None:
+        await asyncio.sleep(0)  # let the rest of this turn's events join
+        events, self._pending, self._batch = self._pending, [], None
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(previous)  # keep batches in order
+        minid = _minid(self.retention_ms)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {"p": event.payload}, minid=_minid(self.retention_ms), approximate=True)
-            pipe.pexpire(key, self.retention_ms)
+            for event in events:
+                pipe.xadd(user_stream(event.user_id), {"p": event.payload}, minid=minid,
+                          approximate=True)  # fmt: skip
+            for key in {user_stream(event.user_id) for event in events}:
+                pipe.pexpire(key, self.retention_ms)
             await pipe.execute()
 
 
