@@ -168,3 +168,20 @@ async def test_deleting_a_thread_cancels_its_run(slow_server: str) -> None:
     assert gone.value.status == 404
     assert (await client.request("GET", "/threads"))["items"] == []
     await client.aclose()
+
+
+async def test_a_run_over_the_limit_in_reject_mode_ends_with_run_limit(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", offline_token_delay=0.1,
+                             max_concurrent_runs=1, run_overflow="reject")  # fmt: skip
+    async with running_server(settings) as (url, _):
+        client = await user(url, "reject@example.com")
+        first = await client.chat("Tell me about the runtime", agent="assistant")
+        await asyncio.sleep(0.3)  # the first run holds the user's only slot
+        second = await client.chat("What is 1+1?", agent="assistant")
+        events = [e async for e in client.stream(second["run"]["id"])]
+        assert [(e["seq"], e["type"]) for e in events] == [(1, "agent_error")]
+        assert (events[0]["data"]["code"], events[0]["data"]["state"]) == ("run_limit", "failed")
+        run = await client.request("GET", f"/runs/{second['run']['id']}")
+        assert (run["state"], run["error"]["code"]) == ("failed", "run_limit")
+        assert await final_state(client, first["run"]["id"]) == "agent_completed"
+        await client.aclose()

@@ -193,6 +193,33 @@ async def test_cancel_sent_to_node_b_stops_the_run_on_its_worker(deployment: Dep
         assert row.worker_id in deployment.workers
 
 
+async def test_a_run_waiting_on_a_worker_for_its_slot_is_cancelled_at_once(
+    deployment: Deployment,
+) -> None:
+    async with (
+        user(deployment.node_a.url, "waiter@example.com") as on_a,
+        user(deployment.node_b.url, "waiter@example.com", register=False) as on_b,
+        on_a.connect() as socket,
+    ):
+        first = await socket.send_message("Tell me about the runtime", agent="assistant")
+        async for event in socket.run_events(first["run_id"]):
+            if event["type"] == "agent_started":
+                break
+        waiting = (await on_a.chat("What is 5*5?", agent="assistant"))["run"]["id"]
+        for _ in range(200):  # until a worker claimed it; it waits for the user's one slot
+            if (await deployment.run_row(waiting)).worker_id:
+                break
+            await asyncio.sleep(0.05)
+        await on_b.request("POST", f"/runs/{waiting}/cancel")
+        run = await wait_for_state(on_b, waiting, TERMINAL, 5)
+        assert run["state"] == "cancelled"
+        assert [(e["seq"], e["type"]) for e in await on_b.events(waiting)] == [
+            (1, "agent_cancelled")
+        ]
+        rest = [e async for e in socket.run_events(first["run_id"])]
+        assert rest[-1]["type"] == "agent_completed"  # the other run was not disturbed
+
+
 async def test_two_users_events_never_cross_across_nodes(deployment: Deployment) -> None:
     async with (
         user(deployment.node_a.url, "iso-ada@example.com") as ada,
@@ -254,7 +281,9 @@ async def test_the_per_user_run_limit_holds_across_nodes_and_workers(
     assert spans[1][0] >= spans[0][1]  # ATOLL_MAX_CONCURRENT_RUNS=1: never both at once
 
 
-async def test_a_stopping_worker_finishes_its_run(deployment: Deployment) -> None:
+async def test_a_stopping_worker_finishes_its_run_and_hands_back_the_unstarted_one(
+    deployment: Deployment,
+) -> None:
     workers = deployment.workers
     await asyncio.to_thread(workers["worker-2"].stop, signal.SIGTERM)  # only worker-1 now
     try:
@@ -265,13 +294,27 @@ async def test_a_stopping_worker_finishes_its_run(deployment: Deployment) -> Non
                 async for event in socket.run_events(ack["run_id"]):
                     events.append(event)
                     if event["type"] == "agent_started":
+                        # The user's limit is 1: this one is claimed by worker-1 and waits.
+                        waiting = (await client.chat("What is 3*14?", agent="assistant"))["run"]
+                        for _ in range(200):
+                            if (await deployment.run_row(waiting["id"])).worker_id:
+                                break
+                            await asyncio.sleep(0.05)
                         workers["worker-1"].process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             assert events[-1]["type"] == "agent_completed"  # finished within the grace
             assert gapless(events)
             code = await asyncio.to_thread(workers["worker-1"].stop, 0)  # 0: just wait
             assert code == 0
             log = workers["worker-1"].log_text()
+            assert f"run {waiting['id']} handed back to the queue" in log
             assert "waiting up to 10s for 1 run(s)" in log
+            row = await deployment.run_row(waiting["id"])
+            assert (row.state, row.worker_id) == ("pending", None)  # back in the queue
+            await asyncio.to_thread(workers["worker-2"].start)
+            run = await wait_for_state(client, waiting["id"], TERMINAL, 30)
+            assert run["state"] == "completed"
+            row = await deployment.run_row(waiting["id"])
+            assert (row.worker_id, row.attempts) == ("worker-2", 2)
     finally:
         for worker in workers.values():
             if worker.process is None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from atoll.errors import RunLimitError
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.engine import RunOutcome, RunRequest
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.llm.base import ChatMessage
 from atoll.runtime.state import ExecutionState
-from atoll.store.chat import ChatStore
+from atoll.store.chat import ChatStore, Ending
 from atoll.store.models import Message
+
+logger = logging.getLogger(__name__)
 
 
 def chat_history(rows: Sequence[Message]) -> list[ChatMessage]:
@@ -33,19 +37,25 @@ async def execute_run(
     history: Sequence[Message],
     cancel_reason: Callable[[], str | None],
     worker_id: str | None = None,
-) -> RunOutcome:
+) -> RunOutcome | None:
     """Run ``message`` through ``agent`` in a fresh engine and record how the run ended.
 
     ``cancel_reason`` is asked once the engine exists, for a cancel that arrived
     while the run was being set up. A worker passes its ``worker_id`` so the end
-    is only recorded while it still holds the run.
+    is only recorded while it still holds the run. A run refused by the user's
+    concurrency limit (``reject``) ends FAILED with an ``agent_error`` ``run_limit``
+    and returns None.
     """
     async with factory.user_execution_scope(context) as engine:
         reason = cancel_reason()
         if reason is not None:
             engine.cancel(reason)
         request = RunRequest(agent, message.content, message.id, chat_history(history))
-        outcome = await engine.run(request)
+        try:
+            outcome = await engine.run(request)
+        except RunLimitError as exc:  # ATOLL_RUN_OVERFLOW=reject: the run ends before it began
+            await _end_rejected(factory, chat, context.run_id, exc, worker_id)
+            return None
     record = factory.tracker.find(context.run_id)
     await chat.finish_run(
         context.run_id,
@@ -57,3 +67,19 @@ async def execute_run(
         worker_id=worker_id,
     )
     return outcome
+
+
+async def _end_rejected(
+    factory: ExecutionEngineFactory,
+    chat: ChatStore,
+    run_id: str,
+    error: RunLimitError,
+    worker_id: str | None,
+) -> None:
+    ending = Ending.failure(ExecutionState.FAILED, error.code, error.message)
+    event = await chat.end_run(run_id, ending, held_by=worker_id)
+    if event is not None:
+        try:
+            await factory.recorder.bus.publish(event)
+        except Exception:
+            logger.warning("publishing the end of run %s failed (readers use the log)", run_id)

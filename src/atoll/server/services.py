@@ -138,6 +138,11 @@ def engine_factory(
 async def open_database(settings: Settings) -> AsyncIterator[Database]:
     """The migrated, started database of ``settings``; disposed at the end."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.redis_url is not None and not (settings.database_url or "").startswith("postgres"):
+        logger.warning(
+            "ATOLL_REDIS_URL is set but the database is not PostgreSQL: API nodes and workers "
+            "must share one database; SQLite only works with all processes on one machine"
+        )
     db = Database(settings.database_url or sqlite_url(settings.data_dir))
     await db.upgrade()
     db.start()

@@ -187,7 +187,9 @@ class Session:
         if client_id is not None:
             ack["client_id"] = client_id
         self.connection.send(ack)
-        if not submitted.created:
+        if not submitted.created or self.services.cluster is not None:
+            # A resend, or scaled out (events arrive through the node's relay, which
+            # may lag after a Redis outage): follow the run from the log, once.
             self.connection.send(Resume(submitted.run.id, 0, if_unseen=True))
 
     async def _cancel(self, frame: dict[str, Any]) -> None:

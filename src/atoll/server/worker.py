@@ -34,7 +34,8 @@ from atoll.runtime.ids import new_id
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.execution import execute_run
 from atoll.server.sweeper import Sweeper
-from atoll.store.chat import ChatStore
+from atoll.store.chat import ChatStore, Ending
+from atoll.store.models import Run
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +208,11 @@ class Worker:
         local = self._runs.get(run_id)
         if local is None:
             return
-        if not self._factory.cancel(run_id, user_id=local.entry.user_id, reason=reason):
-            self._cancel_requests.setdefault(run_id, reason)
+        if self._factory.cancel(run_id, user_id=local.entry.user_id, reason=reason):
+            return
+        self._cancel_requests.setdefault(run_id, reason)
+        if not local.began:  # still waiting for its thread or a slot: stop waiting
+            local.task.cancel()
 
     async def _handle(self, entry: QueuedRun) -> None:
         try:
@@ -221,6 +225,9 @@ class Worker:
             self._runs.pop(entry.run_id, None)
             self._cancel_requests.pop(entry.run_id, None)
             self._room.set()
+            if entry.run_id in self._cluster.slots.held:  # taken, but the run never began
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self._cluster.slots.release(entry.user_id, entry.run_id)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._cluster.queue.ack(entry.entry_id)  # else the sweeper acks it
 
@@ -229,10 +236,17 @@ class Worker:
         if claim is None:
             return  # cancelled while queued, or a duplicate entry
         run, message = claim.run, claim.message
-        while await self._chat.earlier_alive_run(run):
-            if entry.run_id in self._cancel_requests:
-                break  # the engine below ends it at once, with its cancel event
-            await asyncio.sleep(THREAD_POLL)
+        try:
+            await self._wait_turn(run.id, run.user_id, claim.run)
+        except asyncio.CancelledError:
+            reason = self._cancel_requests.get(run.id)
+            if reason is None or self._stopping:
+                raise  # shutting down: handed back by _shutdown
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._end_waiting(run.id, reason)
+            return
         history = await self._chat.history(run.thread_id, before_pk=message.pk)
         context = UserExecutionContext(
             user_id=run.user_id,
@@ -256,6 +270,27 @@ class Worker:
             worker_id=self.worker_id,
         )
         self.executed += 1
+
+    async def _wait_turn(self, run_id: str, user_id: str, run: Run) -> None:
+        """Wait (without beginning the run) for the thread's earlier runs and a run slot.
+
+        Taking the user's slot here, under the run's id, lets the engine's own
+        acquire succeed at once; a run waiting here can be handed back or
+        cancelled without any event.
+        """
+        while True:
+            if not await self._chat.earlier_alive_run(run):
+                break
+            await asyncio.sleep(THREAD_POLL)
+        if self._settings.run_overflow == "wait":
+            await self._cluster.slots.acquire(user_id, run_id)
+
+    async def _end_waiting(self, run_id: str, reason: str) -> None:
+        """End a run cancelled while it waited (it has no event yet)."""
+        event = await self._chat.end_run(run_id, Ending.cancelled(reason), held_by=self.worker_id)
+        if event is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._cluster.bus.publish(event)
 
     # -- stopping ------------------------------------------------------------------
 
