@@ -34,6 +34,8 @@ class Resume:
     after: int
     if_unseen: bool = False
     """Only when this connection is not following the run yet (an idempotent resend)."""
+    replay: bool = True
+    """Read the log now; False only marks the run followed, so a later gap is filled."""
 
 
 Outgoing = RunEvent | Resume | dict[str, Any]
@@ -118,6 +120,8 @@ class Connection:
         if resume.if_unseen and resume.run_id in self._last_sent:
             return
         self._last_sent[resume.run_id] = resume.after
+        if not resume.replay:
+            return
         for event in await self._log.read(resume.run_id, user_id=self.user_id, after=resume.after):
             await self._write_event(event)
 

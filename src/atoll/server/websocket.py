@@ -187,10 +187,13 @@ class Session:
         if client_id is not None:
             ack["client_id"] = client_id
         self.connection.send(ack)
-        if not submitted.created or self.services.cluster is not None:
-            # A resend, or scaled out (events arrive through the node's relay, which
-            # may lag after a Redis outage): follow the run from the log, once.
+        if not submitted.created:  # a resend: replay what the run has done so far
             self.connection.send(Resume(submitted.run.id, 0, if_unseen=True))
+        elif self.services.cluster is not None:
+            # Scaled out, events arrive through the node's relay, which misses what was
+            # published while Redis was down: follow the run from seq 1, so that any
+            # gap is filled from the log.
+            self.connection.send(Resume(submitted.run.id, 0, if_unseen=True, replay=False))
 
     async def _cancel(self, frame: dict[str, Any]) -> None:
         run_id = _field(frame, "run_id", str, required=True)

@@ -236,8 +236,16 @@ class Worker:
         if claim is None:
             return  # cancelled while queued, or a duplicate entry
         run, message = claim.run, claim.message
+        history = claim.history
         try:
-            await self._wait_turn(run.id, run.user_id, claim.run)
+            if claim.waits:
+                await self._wait_for_thread(run)
+                history = await self._chat.history(run.thread_id, before_pk=message.pk)
+            if self._settings.run_overflow == "wait":
+                # Taking the user's slot here, under the run's id, lets the engine's own
+                # acquire succeed at once; until then the run can be handed back or
+                # cancelled without any event.
+                await self._cluster.slots.acquire(run.user_id, run.id)
         except asyncio.CancelledError:
             reason = self._cancel_requests.get(run.id)
             if reason is None or self._stopping:
@@ -247,7 +255,6 @@ class Worker:
                 task.uncancel()
             await self._end_waiting(run.id, reason)
             return
-        history = await self._chat.history(run.thread_id, before_pk=message.pk)
         context = UserExecutionContext(
             user_id=run.user_id,
             thread_id=run.thread_id,
@@ -271,19 +278,12 @@ class Worker:
         )
         self.executed += 1
 
-    async def _wait_turn(self, run_id: str, user_id: str, run: Run) -> None:
-        """Wait (without beginning the run) for the thread's earlier runs and a run slot.
-
-        Taking the user's slot here, under the run's id, lets the engine's own
-        acquire succeed at once; a run waiting here can be handed back or
-        cancelled without any event.
-        """
+    async def _wait_for_thread(self, run: Run) -> None:
+        """Wait until the thread's earlier runs have ended (their answers come first)."""
         while True:
             if not await self._chat.earlier_alive_run(run):
-                break
+                return
             await asyncio.sleep(THREAD_POLL)
-        if self._settings.run_overflow == "wait":
-            await self._cluster.slots.acquire(user_id, run_id)
 
     async def _end_waiting(self, run_id: str, reason: str) -> None:
         """End a run cancelled while it waited (it has no event yet)."""

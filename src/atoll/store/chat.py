@@ -85,6 +85,12 @@ def history_in(session: Session, thread_id: str) -> list[Message]:
     return list(session.execute(history_query(thread_id)).scalars().all())[::-1]
 
 
+def history_before(session: Session, thread_id: str, before_pk: int) -> list[Message]:
+    """Inside a write job: the thread's newest messages before ``before_pk``, oldest first."""
+    query = history_query(thread_id).where(Message.pk < before_pk)
+    return list(session.execute(query).scalars().all())[::-1]
+
+
 def thread_in(session: Session, user_id: str, thread_id: str) -> Thread:
     """Inside a write job: the user's thread, or ``NotFoundError``."""
     thread = session.execute(thread_query(user_id, thread_id)).scalar()
@@ -317,7 +323,7 @@ class ChatStore:
         """Take a queued run for ``worker_id`` (PENDING -> STARTING); None if not queued."""
 
         def claim(session: Session) -> Claim | None:
-            statement = (
+            claimed = (
                 update(Run)
                 .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value)
                 .values(
@@ -325,14 +331,20 @@ class ChatStore:
                     worker_id=worker_id,
                     attempts=Run.attempts + 1,
                 )
+                .returning(Run)
             )
-            if not _rowcount(session.connection().execute(statement)):
+            run = session.execute(claimed).scalar()
+            if run is None:
                 return None
-            run = session.execute(select(Run).where(Run.id == run_id)).scalar_one()
-            query = select(Message).where(Message.id == run.input_message_id)
-            message = session.execute(query).scalar_one()
-            user = session.execute(select(User).where(User.id == run.user_id)).scalar_one()
-            return Claim(run, message, user.plan, frozenset(user.roles or ()))
+            earlier = alive_runs_query(run.thread_id).where(Run.pk < run.pk).exists()
+            query = (
+                select(Message, User.plan, User.roles, earlier)
+                .join(User, User.id == Message.user_id)
+                .where(Message.id == run.input_message_id)
+            )
+            message, plan, roles, waits = session.execute(query).one()
+            history = [] if waits else history_before(session, run.thread_id, message.pk)
+            return Claim(run, message, plan, frozenset(roles or ()), bool(waits), history)
 
         return await self.db.write(claim)
 
@@ -436,6 +448,10 @@ class Claim:
     message: Message
     plan: str
     roles: frozenset[str]
+    waits: bool
+    """Whether an earlier run of the thread is still alive (then ``history`` is empty)."""
+    history: list[Message]
+    """The thread's messages before this run's, oldest first."""
 
 
 @dataclass(frozen=True, slots=True)
