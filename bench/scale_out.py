@@ -6,13 +6,13 @@ offline model, each user waiting for each run's terminal event):
 
 - ``single_sqlite``: one ``atoll serve`` on its embedded defaults (SQLite);
 - ``single_postgres``: one ``atoll serve`` on PostgreSQL;
-- ``scaled_out``: two ``atoll serve`` API nodes (users alternate between them)
-  and ``--workers`` ``atoll worker`` processes, on PostgreSQL + Redis.
+- ``scaled_out``: ``--nodes`` ``atoll serve`` API nodes (users alternate between
+  them) and ``--workers`` ``atoll worker`` processes, on PostgreSQL + Redis.
 
 Every process is ours and stopped by pid at the end. Prints JSON (runs/s,
 p50/p99 latency from send to the terminal event, failures).
 
-    python bench/scale_out.py --users 50 --messages 10 [--workers 2] [--write]
+    python bench/scale_out.py --users 50 --messages 10 [--nodes 2] [--workers 2] [--write]
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def measure(nodes: list[tuple[list[str], dict[str, str], int]], users: int, mess
         return asyncio.run(drive(ws, tokens, messages, agent))
 
 
-def run(users: int, messages: int, agent: str, worker_count: int) -> dict[str, Any]:
+def run(
+    users: int, messages: int, agent: str, node_count: int, worker_count: int
+) -> dict[str, Any]:
     base = {**os.environ, "ATOLL_MESSAGES_PER_MINUTE": "1000000"}
     results: dict[str, Any] = {"users": users, "messages_per_user": messages, "agent": agent}
     with tempfile.TemporaryDirectory(prefix="atoll-bench-") as tmp:
@@ -106,17 +108,18 @@ def run(users: int, messages: int, agent: str, worker_count: int) -> dict[str, A
             cluster_env = {**base, "ATOLL_DATABASE_URL": create_database(postgres),
                            "ATOLL_REDIS_URL": redis.url,
                            "ATOLL_SECRET_KEY": secrets.token_urlsafe(48)}  # fmt: skip
-            (root / "node-a").mkdir()
-            (root / "node-b").mkdir()
-            ports = [free_port(), free_port()]
-            nodes = [(atoll("serve", root / name, cluster_env, p), cluster_env, p)
-                     for name, p in zip(("node-a", "node-b"), ports, strict=True)]  # fmt: skip
+            ports = [free_port() for _ in range(node_count)]
+            nodes = []
+            for index, node_port in enumerate(ports):
+                (root / f"node-{index}").mkdir()
+                command = atoll("serve", root / f"node-{index}", cluster_env, node_port)
+                nodes.append((command, cluster_env, node_port))
             # Node A migrates the database before anything else touches it.
             with process(*nodes[0][:2], f"http://127.0.0.1:{ports[0]}", "/readyz"):
                 pass
             with workers(worker_count, root, cluster_env):
                 scaled = measure(nodes, users, messages, agent)
-            scaled["api_nodes"], scaled["workers"] = 2, worker_count
+            scaled["api_nodes"], scaled["workers"] = node_count, worker_count
             results["scaled_out"] = scaled
     results["cores"] = len(os.sched_getaffinity(0))
     return results
@@ -126,15 +129,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--messages", type=int, default=10)
+    parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--agent", default="assistant", choices=["assistant", "supervisor"])
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
-    output = run(args.users, args.messages, args.agent, args.workers)
+    output = run(args.users, args.messages, args.agent, args.nodes, args.workers)
     print(json.dumps(output, indent=2))
     if args.write:
         command = "python " + " ".join(["bench/scale_out.py", *sys.argv[1:]])
-        write_section("scale-out", command, output)
+        section = "scale-out" if (args.nodes, args.workers) == (2, 2) else "scale-out-small"
+        write_section(section, command, output)
 
 
 if __name__ == "__main__":
