@@ -56,6 +56,26 @@ class Deployment:
             await engine.dispose()
         return row  # type: ignore[return-value]
 
+    async def claimed(self, run_id: str) -> Run:
+        """The run's row once a worker has claimed it (10 s at most)."""
+        for _ in range(200):
+            row = await self.run_row(run_id)
+            if row.worker_id is not None:
+                break
+            await asyncio.sleep(0.05)
+        return row
+
+    @contextlib.asynccontextmanager
+    async def only_worker_1(self) -> AsyncIterator[dict[str, ServeProcess]]:
+        """Stop worker-2 (so worker-1 takes every run); restart stopped workers at the end."""
+        await asyncio.to_thread(self.workers["worker-2"].stop, signal.SIGTERM)
+        try:
+            yield self.workers
+        finally:
+            for worker in self.workers.values():
+                if worker.process is None:
+                    await asyncio.to_thread(worker.start)
+
     async def messages_of(self, user_id: str) -> list[Any]:
         engine = create_async_engine(self.database_url)
         try:
@@ -206,10 +226,7 @@ async def test_a_run_waiting_on_a_worker_for_its_slot_is_cancelled_at_once(
             if event["type"] == "agent_started":
                 break
         waiting = (await on_a.chat("What is 5*5?", agent="assistant"))["run"]["id"]
-        for _ in range(200):  # until a worker claimed it; it waits for the user's one slot
-            if (await deployment.run_row(waiting)).worker_id:
-                break
-            await asyncio.sleep(0.05)
+        await deployment.claimed(waiting)  # it waits on its worker for the user's one slot
         await on_b.request("POST", f"/runs/{waiting}/cancel")
         run = await wait_for_state(on_b, waiting, TERMINAL, 5)
         assert run["state"] == "cancelled"
@@ -284,88 +301,73 @@ async def test_the_per_user_run_limit_holds_across_nodes_and_workers(
 async def test_a_stopping_worker_finishes_its_run_and_hands_back_the_unstarted_one(
     deployment: Deployment,
 ) -> None:
-    workers = deployment.workers
-    await asyncio.to_thread(workers["worker-2"].stop, signal.SIGTERM)  # only worker-1 now
-    try:
-        async with user(deployment.node_a.url, "drain@example.com") as client:
-            async with client.connect() as socket:
-                ack = await socket.send_message("Tell me about the runtime", agent="assistant")
-                events = []
-                async for event in socket.run_events(ack["run_id"]):
-                    events.append(event)
-                    if event["type"] == "agent_started":
-                        # The user's limit is 1: this one is claimed by worker-1 and waits.
-                        waiting = (await client.chat("What is 3*14?", agent="assistant"))["run"]
-                        for _ in range(200):
-                            if (await deployment.run_row(waiting["id"])).worker_id:
-                                break
-                            await asyncio.sleep(0.05)
-                        workers["worker-1"].process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            assert events[-1]["type"] == "agent_completed"  # finished within the grace
-            assert gapless(events)
-            code = await asyncio.to_thread(workers["worker-1"].stop, 0)  # 0: just wait
-            assert code == 0
-            log = workers["worker-1"].log_text()
-            assert f"run {waiting['id']} handed back to the queue" in log
-            assert "waiting up to 10s for 1 run(s)" in log
-            row = await deployment.run_row(waiting["id"])
-            assert (row.state, row.worker_id) == ("pending", None)  # back in the queue
-            await asyncio.to_thread(workers["worker-2"].start)
-            run = await wait_for_state(client, waiting["id"], TERMINAL, 30)
-            assert run["state"] == "completed"
-            row = await deployment.run_row(waiting["id"])
-            assert (row.worker_id, row.attempts) == ("worker-2", 2)
-    finally:
-        for worker in workers.values():
-            if worker.process is None:
-                await asyncio.to_thread(worker.start)
+    async with (
+        deployment.only_worker_1() as workers,
+        user(deployment.node_a.url, "drain@example.com") as client,
+    ):
+        async with client.connect() as socket:
+            ack = await socket.send_message("Tell me about the runtime", agent="assistant")
+            events = []
+            async for event in socket.run_events(ack["run_id"]):
+                events.append(event)
+                if event["type"] == "agent_started":
+                    # The user's limit is 1: this one is claimed by worker-1 and waits.
+                    waiting = (await client.chat("What is 3*14?", agent="assistant"))["run"]
+                    await deployment.claimed(waiting["id"])
+                    workers["worker-1"].process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert events[-1]["type"] == "agent_completed"  # finished within the grace
+        assert gapless(events)
+        code = await asyncio.to_thread(workers["worker-1"].stop, 0)  # 0: just wait
+        assert code == 0
+        log = workers["worker-1"].log_text()
+        assert f"run {waiting['id']} handed back to the queue" in log
+        assert "waiting up to 10s for 1 run(s)" in log
+        row = await deployment.run_row(waiting["id"])
+        assert (row.state, row.worker_id) == ("pending", None)  # back in the queue
+        await asyncio.to_thread(workers["worker-2"].start)
+        run = await wait_for_state(client, waiting["id"], TERMINAL, 30)
+        assert run["state"] == "completed"
+        row = await deployment.run_row(waiting["id"])
+        assert (row.worker_id, row.attempts) == ("worker-2", 2)
 
 
 async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_one(
     deployment: Deployment,
 ) -> None:
-    workers = deployment.workers
-    await asyncio.to_thread(workers["worker-2"].stop, signal.SIGTERM)  # worker-1 takes both
-    try:
-        async with user(deployment.node_a.url, "kill@example.com") as client:
-            async with client.connect() as socket:
-                started = await socket.send_message("Tell me about the runtime", agent="assistant")
-                async for event in socket.run_events(started["run_id"]):
-                    if event["type"] == "agent_started":
-                        break  # it holds the user's only run slot
-                # The user's limit is 1: this run is claimed by worker-1 but waits for a slot.
-                waiting = await client.chat("What is 12*12?", agent="assistant")
-                waiting_id = waiting["run"]["id"]
-                for _ in range(200):  # until worker-1 claimed it (10 s at most)
-                    row = await deployment.run_row(waiting_id)
-                    if row.worker_id is not None:
-                        break
-                    await asyncio.sleep(0.05)
-                assert (row.worker_id, row.state) == ("worker-1", "starting")
-                assert await client.events(waiting_id) == []  # not begun: no event yet
-                await asyncio.to_thread(workers["worker-2"].start)
-                killed_at = time.monotonic()
-                await asyncio.to_thread(workers["worker-1"].stop, signal.SIGKILL)
-                rest = [e async for e in socket.run_events(started["run_id"])]
-                detected = time.monotonic() - killed_at
-            assert rest[-1]["type"] == "agent_error"
-            assert rest[-1]["data"]["state"] == "dead"
-            assert rest[-1]["data"]["code"] == "worker_lost"
-            assert detected <= HEARTBEAT_TIMEOUT + 5, detected
-            run = await client.request("GET", f"/runs/{started['run_id']}")
-            assert run["state"] == "dead"
-            assert gapless(await client.events(started["run_id"]))
-            retried = await wait_for_state(client, waiting_id, TERMINAL, 30)
-            assert retried["state"] == "completed"
-            row = await deployment.run_row(waiting_id)
-            assert (row.worker_id, row.attempts) == ("worker-2", 2)
-            events = await client.events(waiting_id)
-            assert gapless(events)
-            assert "144" in events[-1]["data"]["message"]["content"]
-    finally:
-        for worker in workers.values():
-            if worker.process is None:
-                await asyncio.to_thread(worker.start)
+    async with (
+        deployment.only_worker_1() as workers,
+        user(deployment.node_a.url, "kill@example.com") as client,
+    ):
+        async with client.connect() as socket:
+            started = await socket.send_message("Tell me about the runtime", agent="assistant")
+            async for event in socket.run_events(started["run_id"]):
+                if event["type"] == "agent_started":
+                    break  # it holds the user's only run slot
+            # The user's limit is 1: this run is claimed by worker-1 but waits for a slot.
+            waiting = await client.chat("What is 12*12?", agent="assistant")
+            waiting_id = waiting["run"]["id"]
+            row = await deployment.claimed(waiting_id)
+            assert (row.worker_id, row.state) == ("worker-1", "starting")
+            assert await client.events(waiting_id) == []  # not begun: no event yet
+            await asyncio.to_thread(workers["worker-2"].start)
+            killed_at = time.monotonic()
+            await asyncio.to_thread(workers["worker-1"].stop, signal.SIGKILL)
+            rest = [e async for e in socket.run_events(started["run_id"])]
+            detected = time.monotonic() - killed_at
+        assert rest[-1]["type"] == "agent_error"
+        assert rest[-1]["data"]["state"] == "dead"
+        assert rest[-1]["data"]["code"] == "worker_lost"
+        assert detected <= HEARTBEAT_TIMEOUT + 5, detected
+        run = await client.request("GET", f"/runs/{started['run_id']}")
+        assert run["state"] == "dead"
+        assert gapless(await client.events(started["run_id"]))
+        retried = await wait_for_state(client, waiting_id, TERMINAL, 30)
+        assert retried["state"] == "completed"
+        row = await deployment.run_row(waiting_id)
+        assert (row.worker_id, row.attempts) == ("worker-2", 2)
+        events = await client.events(waiting_id)
+        assert gapless(events)
+        assert "144" in events[-1]["data"]["message"]["content"]
 
 
 async def test_a_redis_restart_under_load_loses_no_stored_message(

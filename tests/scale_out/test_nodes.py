@@ -35,7 +35,8 @@ def servers() -> Iterator[tuple[str, str]]:
 @contextlib.asynccontextmanager
 async def two_nodes(
     servers: tuple[str, str], tmp_path: Path, **overrides: Any
-) -> AsyncIterator[tuple[str, str]]:
+) -> AsyncIterator[tuple[AtollClient, AtollClient]]:
+    """Two API nodes on one database and Redis, and a client of each."""
     postgres, redis_url = servers
     database_url = await asyncio.to_thread(create_database, postgres)
     shared = {"database_url": database_url, "redis_url": redis_url,
@@ -47,18 +48,16 @@ async def two_nodes(
     async with (
         running_server(settings("a")) as (node_a, _),
         running_server(settings("b")) as (node_b, _),
+        AtollClient(node_a) as on_a,
+        AtollClient(node_b) as on_b,
     ):
-        yield node_a, node_b
+        yield on_a, on_b
 
 
 async def test_the_message_rate_limit_is_shared_by_the_nodes(
     servers: tuple[str, str], tmp_path: Path
 ) -> None:
-    async with (
-        two_nodes(servers, tmp_path, messages_per_minute=2) as (node_a, node_b),
-        AtollClient(node_a) as on_a,
-        AtollClient(node_b) as on_b,
-    ):
+    async with two_nodes(servers, tmp_path, messages_per_minute=2) as (on_a, on_b):
         await on_a.register("rate@example.com", PASSWORD)
         await on_b.login("rate@example.com", PASSWORD)
         await on_a.chat("one")
@@ -71,11 +70,7 @@ async def test_the_message_rate_limit_is_shared_by_the_nodes(
 async def test_failed_logins_are_counted_across_the_nodes(
     servers: tuple[str, str], tmp_path: Path
 ) -> None:
-    async with (
-        two_nodes(servers, tmp_path, login_failures_limit=2) as (node_a, node_b),
-        AtollClient(node_a) as on_a,
-        AtollClient(node_b) as on_b,
-    ):
+    async with two_nodes(servers, tmp_path, login_failures_limit=2) as (on_a, on_b):
         await on_a.register("guess@example.com", PASSWORD)
         for client in (on_a, on_b):
             with pytest.raises(ApiError) as wrong:
@@ -89,11 +84,7 @@ async def test_failed_logins_are_counted_across_the_nodes(
 async def test_without_workers_a_queued_run_can_be_cancelled_or_times_out(
     servers: tuple[str, str], tmp_path: Path
 ) -> None:
-    async with (
-        two_nodes(servers, tmp_path, queue_timeout=1.5, sweep_interval=0.2) as (node_a, node_b),
-        AtollClient(node_a) as on_a,
-        AtollClient(node_b) as on_b,
-    ):
+    async with two_nodes(servers, tmp_path, queue_timeout=1.5, sweep_interval=0.2) as (on_a, on_b):
         await on_a.register("queued@example.com", PASSWORD)
         await on_b.login("queued@example.com", PASSWORD)
         cancelled = (await on_a.chat("cancel me"))["run"]["id"]
