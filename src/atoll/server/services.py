@@ -198,14 +198,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
             relay.start()
             stack.push_async_callback(relay.aclose)
-            sweeper = Sweeper(
-                cluster=cluster,
-                chat=chat,
-                event_log=event_log,
-                bus=bus,
-                retries=settings.run_retries,
-                queue_timeout=settings.queue_timeout,
-            )
+            sweeper = build_sweeper(settings, cluster, chat, event_log)
             background(stack, sweeper.run_forever(settings.sweep_interval), "atoll-sweeper")
         metrics = Metrics(factory.tracker)
         services = Services(
@@ -235,6 +228,20 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             await runs.drain(settings.shutdown_grace)
             await factory.aclose("shutdown")
             await runs.wait_all()
+
+
+def build_sweeper(
+    settings: Settings, cluster: Cluster, chat: ChatStore, event_log: DatabaseRunEventLog
+) -> Sweeper:
+    """The dead-worker sweeper every scaled-out process runs."""
+    return Sweeper(
+        cluster=cluster,
+        chat=chat,
+        event_log=event_log,
+        bus=cluster.bus,
+        retries=settings.run_retries,
+        queue_timeout=settings.queue_timeout,
+    )
 
 
 def background(
@@ -267,19 +274,11 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
         marker = RunningMarker(cluster.bus, chat, worker_id)
         factory = engine_factory(settings, chat, EventRecorder(event_log, marker), llm, cluster)
         await stack.enter_async_context(factory)
-        sweeper = Sweeper(
-            cluster=cluster,
-            chat=chat,
-            event_log=event_log,
-            bus=cluster.bus,
-            retries=settings.run_retries,
-            queue_timeout=settings.queue_timeout,
-        )
         yield Worker(
             settings=settings,
             cluster=cluster,
             chat=chat,
             factory=factory,
-            sweeper=sweeper,
+            sweeper=build_sweeper(settings, cluster, chat, event_log),
             worker_id=worker_id,
         )
