@@ -230,3 +230,21 @@ async def test_presence_and_cancel_signals(redis: Redis) -> None:
                 break
     assert received == [b"run_c"]
     await pubsub.aclose()
+
+
+async def test_the_relay_follows_users_through_a_redis_outage() -> None:
+    with redis_server() as server:
+        redis = Redis.from_url(server.url, socket_connect_timeout=1)
+        node = RedisEventRelay(redis, InMemoryEventBus(), node_id="node-x", block_ms=200)
+        node.start()
+        await asyncio.to_thread(server.stop)
+        subscription = await node.subscribe("usr_out")  # no error while Redis is down
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.start)
+        publisher = Redis.from_url(server.url)
+        await RedisEventBus(publisher).publish(event("usr_out", "run_o", 1))
+        received = await asyncio.wait_for(subscription.get(), 15)
+        assert (received.run_id, received.seq) == ("run_o", 1)
+        await node.aclose()
+        await publisher.aclose()
+        await redis.aclose()

@@ -81,6 +81,24 @@ class RedisEventBus:
             await pipe.execute()
 
 
+async def settle_task(task: asyncio.Task[None], grace: float) -> None:
+    """Wait up to ``grace`` seconds for a loop told to stop, then cancel it.
+
+    Loops that block in Redis (``XREAD``/``XREADGROUP`` with ``BLOCK``, pub/sub)
+    stop by checking a flag between reads: redis-py does not reliably give up a
+    blocking read when its task is cancelled (redis/redis-py#2028, #2579), so
+    cancelling is only the fallback, and is not waited on for ever.
+    """
+    done, _ = await asyncio.wait([task], timeout=grace)
+    if not done:
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2.0)
+    if not done:
+        logger.warning("task %s did not stop; abandoned", task.get_name())
+    elif not task.cancelled() and task.exception() is not None:
+        logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
 def jittered(delay: float) -> float:
     """``delay`` spread over 0.5x-1.5x, so retrying processes do not move in step."""
     return delay * (0.5 + random.random())  # noqa: S311 - jitter, not security
@@ -107,7 +125,7 @@ class RedisEventRelay:
         local: InMemoryEventBus,
         *,
         node_id: str,
-        block_ms: int = 5_000,
+        block_ms: int = 1_000,
         batch: int = 1_000,
     ) -> None:
         self._redis = redis
@@ -118,6 +136,7 @@ class RedisEventRelay:
         self._positions: dict[str, str] = {}
         self._wake_position = "0-0"
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.connected = False
 
     async def subscribe(self, user_id: str) -> MemorySubscription:
@@ -128,6 +147,10 @@ class RedisEventRelay:
                 newest: Any = await self._redis.xrevrange(user_stream(user_id), count=1)
                 self._positions[user_id] = newest[0][0].decode() if newest else "0-0"
                 await self._redis.xadd(self._wake_key, {"u": user_id}, maxlen=100)
+            except (RedisError, OSError):
+                # Redis is down: follow from this moment (stream ids are millisecond
+                # timestamps); the reader picks the user up when Redis is back.
+                self._positions.setdefault(user_id, f"{int(time.time() * 1000)}-0")
             except BaseException:
                 await subscription.aclose()
                 raise
@@ -139,24 +162,21 @@ class RedisEventRelay:
             self._task = asyncio.create_task(self._read_forever(), name="atoll-event-relay")
 
     async def aclose(self) -> None:
-        """Stop reading."""
+        """Stop reading (within one block period)."""
+        self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await settle_task(self._task, self._block_ms / 1000 + 2)
             self._task = None
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(self._wake_key)
 
     async def _read_forever(self) -> None:
         backoff = 0.2
-        while True:
+        while not self._closing:
             try:
                 await self._read_once()
                 backoff = 0.2
                 self.connected = True
-            except asyncio.CancelledError:
-                raise
             except (RedisError, OSError) as exc:
                 self.connected = False
                 logger.warning("event relay: redis unavailable (%s); retrying", type(exc).__name__)

@@ -20,7 +20,6 @@ from atoll.auth.service import Principal
 from atoll.bus.memory import MemorySubscription, SubscriptionOverflowError
 from atoll.errors import AtollError, AuthenticationError
 from atoll.runtime.ids import new_id
-from atoll.server.cluster import REDIS_ERRORS
 from atoll.server.connections import (
     Connection,
     Resume,
@@ -250,12 +249,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except TooManyConnectionsError:
         await websocket.close(CLOSE_POLICY, "too many connections")
         return
-    try:
-        subscription = await services.subscribe(principal.user_id)
-    except REDIS_ERRORS:
-        services.connections.remove(connection)
-        await websocket.close(1011, "event delivery unavailable")
-        return
+    subscription = await services.subscribe(principal.user_id)
     session = Session(services, principal, connection)
     connection.send(
         {

@@ -25,7 +25,7 @@ from datetime import datetime
 import orjson
 
 from atoll.bus.queue import CANCEL_CHANNEL, QueuedRun
-from atoll.bus.redis import jittered
+from atoll.bus.redis import jittered, settle_task
 from atoll.config import Settings
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.events import EventType, RunEvent, RunEventBus
@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 THREAD_POLL = 0.1
 """Seconds between checks whether a thread's earlier run has ended."""
+TAKE_BLOCK_MS = 1000
+"""How long one read of the queue blocks (the consume loop checks for SIGTERM between reads)."""
+CANCELS_TASK = "atoll-worker-cancels"
 
 
 @dataclass
@@ -108,7 +111,7 @@ class Worker:
         await self._beat()
         loops = [
             asyncio.create_task(self._heartbeat(), name="atoll-worker-heartbeat"),
-            asyncio.create_task(self._listen_cancels(), name="atoll-worker-cancels"),
+            asyncio.create_task(self._listen_cancels(), name=CANCELS_TASK),
             asyncio.create_task(
                 self._sweeper.run_forever(self._settings.sweep_interval), name="atoll-sweeper"
             ),
@@ -119,15 +122,11 @@ class Worker:
             await stop.wait()
         finally:
             self._stopping = True
-            consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer
+            self._room.set()
+            await settle_task(consumer, TAKE_BLOCK_MS / 1000 + 2)
             await self._shutdown()
             for loop in loops:
-                loop.cancel()
-            for loop in loops:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop
+                await settle_task(loop, 0 if loop.get_name() != CANCELS_TASK else 3)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._cluster.presence.leave(self.worker_id)
                 mine = [
@@ -145,7 +144,7 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
-                entries = await self._cluster.queue.take(self.worker_id, free, block_ms=2000)
+                entries = await self._cluster.queue.take(self.worker_id, free, TAKE_BLOCK_MS)
                 backoff = 0.2
             except REDIS_ERRORS as exc:
                 self._cluster.failed(exc)
@@ -181,13 +180,14 @@ class Worker:
 
     async def _listen_cancels(self) -> None:
         backoff = 0.2
-        while True:
-            pubsub = self._cluster.redis.pubsub()
+        while not self._stopping:
+            pubsub = self._cluster.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CANCEL_CHANNEL)
                 backoff = 0.2
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message":
                         continue
                     run_id = message["data"].decode()
                     if run_id in self._runs:
