@@ -29,6 +29,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from atoll.aio import settle_task
 from atoll.bus.memory import InMemoryEventBus, MemorySubscription
 from atoll.runtime.events import RunEvent
 from atoll.runtime.limits import run_limit_error
@@ -79,24 +80,6 @@ class RedisEventBus:
             for key in {user_stream(event.user_id) for event in events}:
                 pipe.pexpire(key, self.retention_ms)
             await pipe.execute()
-
-
-async def settle_task(task: asyncio.Task[None], grace: float) -> None:
-    """Wait up to ``grace`` seconds for a loop told to stop, then cancel it.
-
-    Loops that block in Redis (``XREAD``/``XREADGROUP`` with ``BLOCK``, pub/sub)
-    stop by checking a flag between reads: redis-py does not reliably give up a
-    blocking read when its task is cancelled (redis/redis-py#2028, #2579), so
-    cancelling is only the fallback, and is not waited on for ever.
-    """
-    done, _ = await asyncio.wait([task], timeout=grace)
-    if not done:
-        task.cancel()
-        done, _ = await asyncio.wait([task], timeout=2.0)
-    if not done:
-        logger.warning("task %s did not stop; abandoned", task.get_name())
-    elif not task.cancelled() and task.exception() is not None:
-        logger.error("task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def jittered(delay: float) -> float:

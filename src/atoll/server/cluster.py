@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from atoll.aio import run_every, settle_task
 from atoll.bus.queue import CancelSignals, RunQueue, WorkerPresence
 from atoll.bus.redis import RedisEventBus, RedisFailureCounter, RedisRateLimiter, RedisRunSlots
 from atoll.config import Settings
@@ -77,11 +78,9 @@ class Cluster:
             logger.error("redis is unreachable (%s)", type(exc).__name__)
         self.healthy = False
 
-    async def watch_health(self, interval: float = 1.0) -> None:
-        """Ping Redis every ``interval`` seconds (runs until cancelled)."""
-        while True:
-            await self.ping()
-            await asyncio.sleep(interval)
+    async def watch_health(self, stop: asyncio.Event, interval: float = 1.0) -> None:
+        """Ping Redis every ``interval`` seconds until ``stop`` is set."""
+        await run_every(interval, stop, self.ping)
 
 
 @contextlib.asynccontextmanager
@@ -98,12 +97,12 @@ async def connected_cluster(settings: Settings, *, node_id: str) -> AsyncIterato
     try:
         with contextlib.suppress(*REDIS_ERRORS):
             await cluster.queue.ensure_group()
-        watcher = asyncio.create_task(cluster.watch_health(), name="atoll-redis-health")
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(cluster.watch_health(stop), name="atoll-redis-health")
         try:
             yield cluster
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            stop.set()
+            await settle_task(watcher, 5.0)
     finally:
         await redis.aclose()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
+from atoll.aio import run_every, settle_task
 from atoll.auth.passwords import Passwords
 from atoll.auth.service import AuthService
 from atoll.auth.tokens import TokenCodec, load_or_create_secret
@@ -77,15 +79,13 @@ def build_registry(settings: Settings) -> AgentRegistry:
 
 
 async def prune_events(event_log: DatabaseRunEventLog, retention: timedelta) -> None:
-    """Delete events older than the retention period, once at start and then hourly."""
-    while True:
-        try:
-            removed = await event_log.prune(retention)
-            if removed:
-                logger.info("pruned %d run events older than %s", removed, retention)
-        except Exception:
-            logger.exception("pruning run events failed")
-        await asyncio.sleep(3600)
+    """Delete events older than the retention period."""
+    try:
+        removed = await event_log.prune(retention)
+        if removed:
+            logger.info("pruned %d run events older than %s", removed, retention)
+    except Exception:
+        logger.exception("pruning run events failed")
 
 
 def token_codec(settings: Settings) -> TokenCodec:
@@ -199,7 +199,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             relay.start()
             stack.push_async_callback(relay.aclose)
             sweeper = build_sweeper(settings, cluster, chat, event_log)
-            background(stack, sweeper.run_forever(settings.sweep_interval), "atoll-sweeper")
+            background(
+                stack, partial(sweeper.run_forever, settings.sweep_interval), "atoll-sweeper"
+            )
         metrics = Metrics(factory.tracker)
         services = Services(
             settings=settings,
@@ -219,7 +221,8 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         )
         await stack.enter_async_context(factory)
         retention = timedelta(hours=settings.event_retention_hours)
-        background(stack, prune_events(event_log, retention), "atoll-event-pruner")
+        prune = partial(prune_events, event_log, retention)
+        background(stack, partial(run_every, 3600.0, step=prune), "atoll-event-pruner")
         try:
             yield services
         finally:
@@ -245,17 +248,19 @@ def build_sweeper(
 
 
 def background(
-    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+    stack: contextlib.AsyncExitStack,
+    loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    name: str,
 ) -> None:
-    """Run ``work`` as a task until ``stack`` closes."""
-    task = asyncio.create_task(work, name=name)
+    """Run ``loop(stop)`` as a task until ``stack`` closes: then set ``stop`` and settle it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop(stop), name=name)
 
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def finish() -> None:
+        stop.set()
+        await settle_task(task, 10.0)
 
-    stack.push_async_callback(stop)
+    stack.push_async_callback(finish)
 
 
 @contextlib.asynccontextmanager

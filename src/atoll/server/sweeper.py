@@ -23,6 +23,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
+from atoll.aio import run_every
 from atoll.bus.queue import QueuedRun
 from atoll.runtime.events import RunEventBus
 from atoll.runtime.state import ExecutionState
@@ -65,19 +66,18 @@ class Sweeper:
         self.requeued = 0
         self.dead = 0
 
-    async def run_forever(self, interval: float) -> None:
-        """Sweep every ``interval`` seconds until cancelled."""
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except REDIS_ERRORS as exc:
-                self._cluster.failed(exc)
-                self._missing_since.clear()  # heartbeats could not be seen: judge nobody
-            except Exception:
-                logger.exception("sweeping for dead workers failed")
-            await asyncio.sleep(interval)
+    async def run_forever(self, interval: float, stop: asyncio.Event) -> None:
+        """Sweep every ``interval`` seconds until ``stop`` is set."""
+        await run_every(interval, stop, self._sweep_logged)
+
+    async def _sweep_logged(self) -> None:
+        try:
+            await self.sweep()
+        except REDIS_ERRORS as exc:
+            self._cluster.failed(exc)
+            self._missing_since.clear()  # heartbeats could not be seen: judge nobody
+        except Exception:
+            logger.exception("sweeping for dead workers failed")
 
     async def sweep(self) -> None:
         """One pass: new epoch, dead workers' runs, dead consumers' queue entries."""

@@ -24,8 +24,9 @@ from datetime import datetime
 
 import orjson
 
+from atoll.aio import run_every, settle_task
 from atoll.bus.queue import CANCEL_CHANNEL, QueuedRun
-from atoll.bus.redis import jittered, settle_task
+from atoll.bus.redis import jittered
 from atoll.config import Settings
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.events import EventType, RunEvent, RunEventBus
@@ -43,7 +44,6 @@ THREAD_POLL = 0.1
 """Seconds between checks whether a thread's earlier run has ended."""
 TAKE_BLOCK_MS = 1000
 """How long one read of the queue blocks (the consume loop checks for SIGTERM between reads)."""
-CANCELS_TASK = "atoll-worker-cancels"
 
 
 @dataclass
@@ -109,11 +109,12 @@ class Worker:
     async def serve(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then shut down gracefully."""
         await self._beat()
+        done = asyncio.Event()  # heartbeats and sweeps go on while runs drain
         loops = [
-            asyncio.create_task(self._heartbeat(), name="atoll-worker-heartbeat"),
-            asyncio.create_task(self._listen_cancels(), name=CANCELS_TASK),
+            asyncio.create_task(run_every(self.beat_interval, done, self._beat), name="atoll-beat"),
+            asyncio.create_task(self._listen_cancels(), name="atoll-worker-cancels"),
             asyncio.create_task(
-                self._sweeper.run_forever(self._settings.sweep_interval), name="atoll-sweeper"
+                self._sweeper.run_forever(self._settings.sweep_interval, done), name="atoll-sweep"
             ),
         ]
         consumer = asyncio.create_task(self._consume(), name="atoll-worker-consume")
@@ -125,14 +126,13 @@ class Worker:
             self._room.set()
             await settle_task(consumer, TAKE_BLOCK_MS / 1000 + 2)
             await self._shutdown()
+            done.set()
             for loop in loops:
-                await settle_task(loop, 0 if loop.get_name() != CANCELS_TASK else 3)
+                await settle_task(loop, 5.0)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._cluster.presence.leave(self.worker_id)
-                mine = [
-                    p for p in await self._cluster.queue.pending() if p.consumer == self.worker_id
-                ]
-                if not mine:  # else the sweeper settles them, then forgets this consumer
+                pending = await self._cluster.queue.pending()
+                if not [p for p in pending if p.consumer == self.worker_id]:
                     await self._cluster.queue.forget_consumer(self.worker_id)
 
     async def _consume(self) -> None:
@@ -154,11 +154,6 @@ class Worker:
             for entry in entries:
                 task = asyncio.create_task(self._handle(entry), name=f"run {entry.run_id}")
                 self._runs[entry.run_id] = LocalRun(entry, task)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.beat_interval)
-            await self._beat()
 
     async def _beat(self) -> None:
         info = orjson.dumps({"runs": len(self._runs), "capacity": self.capacity}).decode()
@@ -299,9 +294,7 @@ class Worker:
         for run_id, local in list(self._runs.items()):
             if local.began:
                 continue
-            local.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await local.task
+            await settle_task(local.task, 0)  # cancel it (bounded: see atoll.aio)
             await self._chat.requeue_run(run_id, self.worker_id)
             run = await self._chat.find_run(run_id)
             if run is not None and run.state == "pending" and run.worker_id is None:
