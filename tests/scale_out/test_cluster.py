@@ -174,7 +174,9 @@ async def test_golden_path_runs_on_a_worker_and_resumes_from_another_node(
         assert [m["role"] for m in messages["items"]] == ["user", "assistant"]
 
 
-async def test_a_live_run_streams_to_a_socket_on_the_other_node(deployment: Deployment) -> None:
+async def test_a_live_run_streams_to_a_socket_and_sse_on_the_other_node(
+    deployment: Deployment,
+) -> None:
     async with (
         user(deployment.node_a.url, "live@example.com") as on_a,
         user(deployment.node_b.url, "live@example.com", register=False) as on_b,
@@ -182,10 +184,17 @@ async def test_a_live_run_streams_to_a_socket_on_the_other_node(deployment: Depl
     ):
         accepted = await on_a.chat("What is 6*7?")  # submitted on node A (REST)
         run_id = accepted["run"]["id"]
+
+        async def over_sse() -> list[dict[str, Any]]:
+            return [e async for e in on_b.stream(run_id)]  # SSE on node B, while it runs
+
+        sse = asyncio.create_task(over_sse())
         live = [e async for e in watcher.run_events(run_id)]
+        streamed = await asyncio.wait_for(sse, 30)
     assert gapless(live)
     assert live[-1]["type"] == "agent_completed"
     assert "42" in live[-1]["data"]["message"]["content"]
+    assert streamed == live
 
 
 async def test_cancel_sent_to_node_b_stops_the_run_on_its_worker(deployment: Deployment) -> None:
