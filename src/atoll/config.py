@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     )
     worker_id: str | None = Field(None, description="Default: <hostname>-<pid>-<random>")
     worker_concurrency: int = Field(16, ge=1, description="Runs one worker executes at once")
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="atoll worker: serve /metrics, /healthz, /readyz here"
+    )
     run_retries: int = Field(1, ge=0, description="Re-queues of a run whose worker died early")
     queue_timeout: float = Field(
         600.0, gt=0, description="A queued run no worker claims within this ends as timeout"

@@ -110,6 +110,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         workers = {
             name: process(name, "worker", ATOLL_WORKER_ID=name) for name in ("worker-1", "worker-2")
         }
+        for worker in workers.values():  # each serves /metrics, /healthz, /readyz on its port
+            worker.env["ATOLL_WORKER_METRICS_PORT"] = str(worker.port)
         try:
             processes[0].start()  # migrates the database
             processes[1].start()
@@ -172,6 +174,24 @@ async def test_golden_path_runs_on_a_worker_and_resumes_from_another_node(
         assert await ada_b.events(run_id) == events
         messages = await ada_b.request("GET", f"/threads/{ack['thread_id']}/messages")
         assert [m["role"] for m in messages["items"]] == ["user", "assistant"]
+
+
+async def test_workers_report_readiness_and_metrics(deployment: Deployment) -> None:
+    async with user(deployment.node_a.url, "metrics@example.com") as client:
+        accepted = await client.chat("What is 2*21?", agent="assistant")
+        await wait_for_state(client, accepted["run"]["id"], TERMINAL, 30)
+        completed = 0.0
+        for worker in deployment.workers.values():
+            ready = await client.http.get(f"{worker.url}/readyz")
+            assert ready.status_code == 200
+            assert (ready.json()["database"], ready.json()["redis"]) == ("ok", "ok")
+            text = (await client.http.get(f"{worker.url}/metrics")).text
+            assert "atoll_worker_capacity 16.0" in text
+            assert "atoll_queue_depth" in text
+            for line in text.splitlines():
+                if line.startswith('atoll_runs_finished{state="completed"}'):
+                    completed += float(line.split()[-1])
+        assert completed >= 1  # the workers executed the runs, and count them
 
 
 async def test_a_live_run_streams_to_a_socket_and_sse_on_the_other_node(

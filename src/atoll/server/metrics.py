@@ -48,3 +48,33 @@ class Metrics:
         for state, count in self._tracker.finished_totals().items():
             self.runs_finished.labels(state.value).set(count)
         return generate_latest(self.registry)
+
+
+class WorkerMetrics(Metrics):
+    """A worker's metrics: its runs (as ``Metrics``), the queue and the sweeper."""
+
+    def __init__(self, tracker: AgentExecutionTracker) -> None:
+        super().__init__(tracker)
+        self.held = Gauge(
+            "atoll_worker_runs",
+            "Runs this worker holds (executing or waiting)",
+            registry=self.registry,
+        )
+        self.capacity = Gauge(
+            "atoll_worker_capacity", "Runs this worker executes at once", registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "atoll_queue_depth",
+            "Entries in the run queue (waiting or held)",
+            registry=self.registry,
+        )
+        self.requeued = Gauge(
+            "atoll_sweeper_requeued",
+            "Runs of dead workers this process re-queued since start",
+            registry=self.registry,
+        )
+        self.dead = Gauge(
+            "atoll_sweeper_dead",
+            "Runs of dead workers this process ended DEAD since start",
+            registry=self.registry,
+        )

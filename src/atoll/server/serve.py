@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 
@@ -93,6 +93,15 @@ def serve(settings: Settings) -> None:
     AtollServer(config).run()
 
 
+class QuietServer(uvicorn.Server):
+    """uvicorn inside a process that handles SIGTERM/SIGINT itself (the worker)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave the process's signal handlers alone."""
+        yield
+
+
 def run_worker(settings: Settings) -> None:
     """Run an ``atoll worker`` until SIGTERM/SIGINT, then stop gracefully."""
     logging.basicConfig(
@@ -107,4 +116,20 @@ async def _work(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with running_worker(settings) as worker:
-        await worker.serve(stop)
+        if settings.worker_metrics_port is None:
+            await worker.serve(stop)
+            return
+        config = uvicorn.Config(
+            worker.http_app(),
+            host=settings.host,
+            port=settings.worker_metrics_port,
+            log_level="warning",
+            lifespan="off",
+        )
+        http = QuietServer(config)
+        task = asyncio.create_task(http.serve(), name="atoll-worker-http")
+        try:
+            await worker.serve(stop)
+        finally:
+            http.should_exit = True
+            await asyncio.wait_for(task, 10)

@@ -23,6 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from atoll.aio import run_every, settle_task
 from atoll.bus.queue import CANCEL_CHANNEL, QueuedRun
@@ -34,6 +39,7 @@ from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.ids import new_id
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.execution import execute_run
+from atoll.server.metrics import WorkerMetrics
 from atoll.server.sweeper import Sweeper
 from atoll.store.chat import ChatStore, Ending
 from atoll.store.models import Run
@@ -196,6 +202,45 @@ class Worker:
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- observing it --------------------------------------------------------------
+
+    def http_app(self) -> Starlette:
+        """``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` of this worker."""
+        metrics = WorkerMetrics(self._factory.tracker)
+
+        async def prometheus(request: Request) -> Response:
+            metrics.held.set(len(self._runs))
+            metrics.capacity.set(self.capacity)
+            metrics.requeued.set(self._sweeper.requeued)
+            metrics.dead.set(self._sweeper.dead)
+            with contextlib.suppress(*REDIS_ERRORS):
+                metrics.queue_depth.set(await self._cluster.queue.depth())
+            return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+        async def healthz(request: Request) -> JSONResponse:
+            return JSONResponse({"status": "ok"})
+
+        async def readyz(request: Request) -> JSONResponse:
+            database = await self._chat.db.ping()
+            redis = await self._cluster.ping()
+            ready = database and redis and not self._stopping
+            body = {
+                "status": "ready" if ready else "unavailable",
+                "database": "ok" if database else "unreachable",
+                "redis": "ok" if redis else "unreachable",
+                "accepting": not self._stopping,
+                "runs": len(self._runs),
+            }
+            return JSONResponse(body, status_code=200 if ready else 503)
+
+        return Starlette(
+            routes=[
+                Route("/metrics", prometheus),
+                Route("/healthz", healthz),
+                Route("/readyz", readyz),
+            ]
+        )
 
     # -- one run -------------------------------------------------------------------
 
