@@ -138,6 +138,17 @@ class RateLimitedError(AtollError):
         self.retry_after = retry_after
 
 
+class EventConflictError(AtollError):
+    """Raised when a run's ``seq`` is already logged: another process ended the run.
+
+    Scaled out, a worker the cluster presumed dead may wake up and try to log
+    events of a run a sweeper has already ended; the log refuses them.
+    """
+
+    code = "event_conflict"
+    status = 409
+
+
 class RunClosedError(AtollError):
     """Raised when something tries to emit an event after the run's terminal event."""
 

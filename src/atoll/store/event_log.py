@@ -4,6 +4,10 @@ Appends go through the database's one writer, which commits everything that
 arrived while its previous transaction was committing in a single transaction
 (group commit) and only then resolves the appenders, who then publish. So
 "logged before pushed" holds without one commit per event.
+
+The INSERT skips rows whose ``(run_id, seq)`` is already taken and returns the
+ones it stored: an event that collides (a run another process has ended) fails
+alone with ``EventConflictError``, never the batch it shares.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from atoll.errors import EventConflictError
 from atoll.runtime.events import RunEvent
 from atoll.store.db import Database
 from atoll.store.models import RunEventRow
@@ -37,7 +44,31 @@ class DatabaseRunEventLog:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._pending: list[dict[str, object]] = []
-        self._flush: asyncio.Future[None] | None = None
+        self._flush: asyncio.Future[set[tuple[str, int]]] | None = None
+        self._sqlite = db.engine.dialect.name == "sqlite"
+
+    def _store(self, session: Session, rows: list[dict[str, object]]) -> set[tuple[str, int]]:
+        """Insert ``rows`` (skipping taken ``(run_id, seq)``); the keys actually stored."""
+        if not self._sqlite:  # PostgreSQL: one multi-row INSERT … RETURNING
+            returning = (
+                pg_insert(RunEventRow)
+                .on_conflict_do_nothing(index_elements=["run_id", "seq"])
+                .returning(RunEventRow.run_id, RunEventRow.seq)
+            )
+            return {(run_id, seq) for run_id, seq in session.execute(returning, rows).all()}
+        # SQLite: executemany (fast) and its exact row count; look closer only on a conflict.
+        statement = sqlite_insert(RunEventRow).on_conflict_do_nothing()
+        result = session.connection().execute(statement, rows)
+        if int(getattr(result, "rowcount", -1)) == len(rows):
+            return {(str(row["run_id"]), int(str(row["seq"]))) for row in rows}
+        stored = set()
+        for row in rows:
+            query = select(RunEventRow.payload).where(
+                RunEventRow.run_id == row["run_id"], RunEventRow.seq == row["seq"]
+            )
+            if bytes(session.execute(query).scalar_one()) == row["payload"]:
+                stored.add((str(row["run_id"]), int(str(row["seq"]))))
+        return stored
 
     async def append(self, event: RunEvent) -> None:
         """Store ``event`` in the next group commit; returns once it is committed.
@@ -55,11 +86,15 @@ class DatabaseRunEventLog:
                 self._pending = []
                 self._flush = None
 
-            def insert_rows(session: Session) -> None:
-                session.execute(insert(RunEventRow), sealed[0])
+            def insert_rows(session: Session) -> set[tuple[str, int]]:
+                return self._store(session, sealed[0])
 
             flush = self._flush = asyncio.ensure_future(self._db.write(insert_rows, prepare=seal))
-        await asyncio.shield(flush)
+        stored = await asyncio.shield(flush)
+        if (event.run_id, event.seq) not in stored:
+            raise EventConflictError(
+                f"run {event.run_id} already has an event {event.seq}: it was ended elsewhere"
+            )
 
     async def read(self, run_id: str, *, user_id: str, after: int = 0) -> list[RunEvent]:
         """The run's events with ``seq > after``, oldest first; none for another user."""

@@ -1,0 +1,64 @@
+"""The database event log: group commit, and a colliding event failing alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from atoll.errors import EventConflictError
+from atoll.runtime.events import EventType, RunEvent
+from atoll.store.db import Database, sqlite_url
+from atoll.store.event_log import DatabaseRunEventLog
+
+from postgres import create_database, postgres_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres: str
+) -> AsyncIterator[Database]:
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path)
+    else:
+        url = await asyncio.to_thread(create_database, postgres)
+    db = Database(url)
+    await db.upgrade()
+    db.start()
+    yield db
+    await db.dispose()
+
+
+def event(run: str, seq: int, text: str) -> RunEvent:
+    return RunEvent.build(
+        type=EventType.AGENT_THINKING, run_id=run, thread_id="thr_x", user_id="usr_x", seq=seq,
+        agent="assistant", parent_agent=None, data={"text": text},
+    )  # fmt: skip
+
+
+async def test_a_colliding_event_fails_alone_and_its_batch_is_stored(database: Database) -> None:
+    log = DatabaseRunEventLog(database)
+    await asyncio.gather(log.append(event("run_a", 1, "a1")), log.append(event("run_b", 1, "b1")))
+    batch = await asyncio.gather(
+        log.append(event("run_a", 2, "a2")),
+        log.append(event("run_b", 1, "b1 again, from a worker presumed dead")),
+        log.append(event("run_c", 1, "c1")),
+        return_exceptions=True,
+    )
+    assert batch[0] is None and batch[2] is None
+    assert isinstance(batch[1], EventConflictError)
+    assert batch[1].code == "event_conflict"
+    read = {run: await log.read(run, user_id="usr_x") for run in ("run_a", "run_b", "run_c")}
+    assert [e.data["text"] for e in read["run_a"]] == ["a1", "a2"]
+    assert [e.data["text"] for e in read["run_b"]] == ["b1"]  # the first one stays
+    assert [e.data["text"] for e in read["run_c"]] == ["c1"]
