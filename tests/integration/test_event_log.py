@@ -62,3 +62,27 @@ async def test_a_colliding_event_fails_alone_and_its_batch_is_stored(database: D
     assert [e.data["text"] for e in read["run_a"]] == ["a1", "a2"]
     assert [e.data["text"] for e in read["run_b"]] == ["b1"]  # the first one stays
     assert [e.data["text"] for e in read["run_c"]] == ["c1"]
+
+
+async def test_nothing_of_a_run_follows_its_end_once_a_conflict_fenced_it(
+    database: Database,
+) -> None:
+    log = DatabaseRunEventLog(database)
+    await log.append(event("run_z", 1, "z1"))
+    ended_elsewhere = DatabaseRunEventLog(database)  # e.g. a sweeper: takes seq 2 for the end
+    await ended_elsewhere.append(event("run_z", 2, "the end"))
+    # The presumed-dead worker's next events, in one batch: 2 collides, 3 must not follow.
+    batch = await asyncio.gather(
+        log.append(event("run_z", 2, "z2")),
+        log.append(event("run_z", 3, "z3")),
+        log.append(event("run_ok", 1, "ok")),
+        return_exceptions=True,
+    )
+    assert [type(outcome).__name__ for outcome in batch] == [
+        "EventConflictError", "EventConflictError", "NoneType"
+    ]  # fmt: skip
+    with pytest.raises(EventConflictError):  # and later ones too
+        await log.append(event("run_z", 4, "z4"))
+    texts = [e.data["text"] for e in await log.read("run_z", user_id="usr_x")]
+    assert texts == ["z1", "the end"]
+    assert [e.data["text"] for e in await log.read("run_ok", user_id="usr_x")] == ["ok"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import signal
 import time
@@ -397,6 +398,47 @@ async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_o
         events = await client.events(waiting_id)
         assert gapless(events)
         assert "144" in events[-1]["data"]["message"]["content"]
+
+
+async def test_a_worker_paused_past_its_heartbeat_cannot_overwrite_its_runs_end(
+    deployment: Deployment,
+) -> None:
+    async with (
+        deployment.only_worker_1() as workers,
+        user(deployment.node_a.url, "paused@example.com") as client,
+        client.connect() as socket,
+    ):
+        ack = await socket.send_message("Tell me about the runtime", agent="assistant")
+        seen = []
+        async for event in socket.run_events(ack["run_id"]):
+            seen.append(event)
+            if event["type"] == "message_delta":
+                break
+        pid = workers["worker-1"].process.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)  # alive, but silent: the cluster presumes it dead
+        try:
+            seen += [e async for e in socket.run_events(ack["run_id"])]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert (seen[-1]["type"], seen[-1]["data"]["code"]) == ("agent_error", "worker_lost")
+        # The worker wakes up and carries on with the run: its events are refused.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                while True:
+                    frame = await socket.receive()
+                    assert frame.get("run_id") != ack["run_id"], (
+                        frame,
+                        seen[-3:],
+                    )  # nothing after the end
+        logged = await client.events(ack["run_id"])
+        assert gapless(logged)
+        assert [e["type"] for e in logged if ends_run(e)] == ["agent_error"]
+        assert logged == seen
+        assert (await client.request("GET", f"/runs/{ack['run_id']}"))["state"] == "dead"
+        assert "already has an event" in workers["worker-1"].log_text()
+        again = await socket.send_message("What is 4*4?", agent="assistant")  # it still works
+        after = [e async for e in socket.run_events(again["run_id"])]
+        assert after[-1]["type"] == "agent_completed"
 
 
 async def test_a_redis_restart_under_load_loses_no_stored_message(

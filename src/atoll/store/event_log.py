@@ -38,6 +38,10 @@ def event_row(event: RunEvent) -> dict[str, object]:
     }
 
 
+def _key(row: dict[str, object]) -> tuple[str, int]:
+    return str(row["run_id"]), int(str(row["seq"]))
+
+
 class DatabaseRunEventLog:
     """``RunEventLog`` on the database."""
 
@@ -46,9 +50,40 @@ class DatabaseRunEventLog:
         self._pending: list[dict[str, object]] = []
         self._flush: asyncio.Future[set[tuple[str, int]]] | None = None
         self._sqlite = db.engine.dialect.name == "sqlite"
+        self._fenced: set[str] = set()
+        """Runs another process ended (seen as a conflict): no more events for them."""
 
     def _store(self, session: Session, rows: list[dict[str, object]]) -> set[tuple[str, int]]:
-        """Insert ``rows`` (skipping taken ``(run_id, seq)``); the keys actually stored."""
+        """Insert ``rows`` and return the keys stored; a run's events stop at its first conflict.
+
+        A conflict means another process ended the run (its terminal event took the
+        ``seq``): the run is *fenced* in this log for good, and whatever this batch
+        stored for it after the conflicting ``seq`` is withdrawn in the same
+        transaction, so nothing of it can follow the run's end.
+        """
+        rows = [row for row in rows if row["run_id"] not in self._fenced]
+        if not rows:
+            return set()
+        stored = self._insert(session, rows)
+        first_conflict: dict[str, int] = {}
+        for row in rows:
+            key = _key(row)
+            if key not in stored:
+                first_conflict[key[0]] = min(key[1], first_conflict.get(key[0], key[1]))
+        for run_id, seq in first_conflict.items():
+            self._fenced.add(run_id)
+            late = [key for key in stored if key[0] == run_id and key[1] > seq]
+            for key in late:
+                session.execute(
+                    delete(RunEventRow).where(
+                        RunEventRow.run_id == key[0], RunEventRow.seq == key[1]
+                    )
+                )
+                stored.discard(key)
+        return stored
+
+    def _insert(self, session: Session, rows: list[dict[str, object]]) -> set[tuple[str, int]]:
+        """Insert ``rows``, skipping taken ``(run_id, seq)``; the keys actually stored."""
         if not self._sqlite:  # PostgreSQL: one multi-row INSERT … RETURNING
             returning = (
                 pg_insert(RunEventRow)
@@ -60,14 +95,14 @@ class DatabaseRunEventLog:
         statement = sqlite_insert(RunEventRow).on_conflict_do_nothing()
         result = session.connection().execute(statement, rows)
         if int(getattr(result, "rowcount", -1)) == len(rows):
-            return {(str(row["run_id"]), int(str(row["seq"]))) for row in rows}
+            return {_key(row) for row in rows}
         stored = set()
         for row in rows:
             query = select(RunEventRow.payload).where(
                 RunEventRow.run_id == row["run_id"], RunEventRow.seq == row["seq"]
             )
             if bytes(session.execute(query).scalar_one()) == row["payload"]:
-                stored.add((str(row["run_id"]), int(str(row["seq"]))))
+                stored.add(_key(row))
         return stored
 
     async def append(self, event: RunEvent) -> None:
