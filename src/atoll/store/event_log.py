@@ -61,10 +61,13 @@ class DatabaseRunEventLog:
         stored for it after the conflicting ``seq`` is withdrawn in the same
         transaction, so nothing of it can follow the run's end.
         """
-        rows = [row for row in rows if row["run_id"] not in self._fenced]
+        if self._fenced:
+            rows = [row for row in rows if row["run_id"] not in self._fenced]
         if not rows:
             return set()
         stored = self._insert(session, rows)
+        if len(stored) == len(rows):
+            return stored  # no conflict: the hot path
         first_conflict: dict[str, int] = {}
         for row in rows:
             key = _key(row)
