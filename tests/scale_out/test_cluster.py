@@ -441,6 +441,31 @@ async def test_a_worker_paused_past_its_heartbeat_cannot_overwrite_its_runs_end(
         assert after[-1]["type"] == "agent_completed"
 
 
+async def test_a_run_that_ends_while_redis_is_down_reaches_the_open_socket(
+    deployment: Deployment,
+) -> None:
+    async with (
+        user(deployment.node_a.url, "outage@example.com") as client,
+        client.connect() as socket,
+    ):
+        ack = await socket.send_message("Tell me about the runtime", agent="assistant")
+        seen = []
+        async for event in socket.run_events(ack["run_id"]):
+            seen.append(event)
+            if event["type"] == "message_delta":
+                break
+        await asyncio.to_thread(deployment.redis.stop)  # the rest is published into the void
+        try:
+            await wait_for_state(client, ack["run_id"], TERMINAL, 30)  # ends meanwhile
+        finally:
+            await asyncio.to_thread(deployment.redis.start)
+        async with asyncio.timeout(20):  # the node's relay reconnects and resyncs the socket
+            seen += [e async for e in socket.run_events(ack["run_id"])]
+        assert gapless(seen)
+        assert seen[-1]["type"] == "agent_completed"
+        assert seen == await client.events(ack["run_id"])
+
+
 async def test_a_redis_restart_under_load_loses_no_stored_message(
     deployment: Deployment,
 ) -> None:

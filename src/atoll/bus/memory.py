@@ -10,8 +10,17 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from atoll.runtime.events import RunEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Delivered to subscribers when events may have been missed (the relay lost Redis).
+
+    Whoever follows runs re-reads the log from the last ``seq`` it has.
+    """
 
 
 class SubscriptionOverflowError(Exception):
@@ -61,36 +70,36 @@ class MemorySubscription:
     def __init__(self, bus: InMemoryEventBus, user_id: str, max_queue: int) -> None:
         self._bus = bus
         self.user_id = user_id
-        self._queue: asyncio.Queue[RunEvent] = asyncio.Queue(max_queue)
+        self._queue: asyncio.Queue[RunEvent | Resync] = asyncio.Queue(max_queue)
         self.overflowed = False
         self.closed = False
 
-    def offer(self, event: RunEvent) -> None:
+    def offer(self, event: RunEvent | Resync) -> None:
         """Queue ``event``, or mark the subscription overflowed when it is full."""
-        if event.user_id != self.user_id:
+        if isinstance(event, RunEvent) and event.user_id != self.user_id:
             return
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed = True
 
-    async def get(self) -> RunEvent:
-        """The next event; ``SubscriptionOverflowError`` if events were dropped."""
+    async def get(self) -> RunEvent | Resync:
+        """The next event (or ``Resync``); ``SubscriptionOverflowError`` if events were dropped."""
         if self.overflowed:
             raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
         event = await self._queue.get()
         return event
 
-    def drain(self) -> list[RunEvent]:
+    def drain(self) -> list[RunEvent | Resync]:
         """Every event queued right now, without waiting."""
         if self.overflowed:
             raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
-        events: list[RunEvent] = []
+        events: list[RunEvent | Resync] = []
         while not self._queue.empty():
             events.append(self._queue.get_nowait())
         return events
 
-    async def __aiter__(self) -> AsyncIterator[RunEvent]:
+    async def __aiter__(self) -> AsyncIterator[RunEvent | Resync]:
         while not self.closed:
             yield await self.get()
 
@@ -111,6 +120,12 @@ class InMemoryEventBus:
         """Deliver ``event`` to every subscription of ``event.user_id`` (none else)."""
         for subscription in self._subscribers.get(event.user_id, ()):
             subscription.offer(event)
+
+    def resync(self) -> None:
+        """Tell every subscription that events may have been missed."""
+        for subscriptions in self._subscribers.values():
+            for subscription in subscriptions:
+                subscription.offer(Resync())
 
     def subscribe(self, user_id: str) -> MemorySubscription:
         """Subscribe to ``user_id``'s events from now on."""

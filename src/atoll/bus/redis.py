@@ -155,13 +155,19 @@ class RedisEventRelay:
 
     async def _read_forever(self) -> None:
         backoff = 0.2
+        outage = False
         while not self._closing:
             try:
                 await self._read_once()
                 backoff = 0.2
                 self.connected = True
+                if outage:  # what was published meanwhile may be lost: readers re-read the log
+                    outage = False
+                    logger.warning("event relay: redis is back; resyncing subscribers")
+                    self._local.resync()
             except (RedisError, OSError) as exc:
                 self.connected = False
+                outage = True
                 logger.warning("event relay: redis unavailable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(jittered(backoff))
                 backoff = min(backoff * 2, 5.0)

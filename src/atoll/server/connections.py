@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketState
 
+from atoll.bus.memory import Resync
 from atoll.runtime.events import RunEvent, RunEventLog
 from atoll.server.metrics import Metrics
 
@@ -38,7 +39,7 @@ class Resume:
     """Read the log now; False only marks the run followed, so a later gap is filled."""
 
 
-Outgoing = RunEvent | Resume | dict[str, Any]
+Outgoing = RunEvent | Resume | Resync | dict[str, Any]
 
 
 class SlowClientError(Exception):
@@ -67,6 +68,7 @@ class Connection:
         self._metrics = metrics
         self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(queue_size)
         self._last_sent: dict[str, int] = {}
+        self._ended: set[str] = set()
         self.slow = False
 
     def send(self, item: Outgoing) -> None:
@@ -85,6 +87,8 @@ class Connection:
                 await self._event(item)
             elif isinstance(item, Resume):
                 await self._resume(item)
+            elif isinstance(item, Resync):
+                await self._resync()
             else:
                 await self.websocket.send_text(orjson.dumps(item).decode())
 
@@ -96,6 +100,8 @@ class Connection:
             return
         await self.websocket.send_text(event.payload.decode())
         self._last_sent[event.run_id] = event.seq
+        if event.ends_run:
+            self._ended.add(event.run_id)
         with contextlib.suppress(ValueError):
             stamped = datetime.fromisoformat(event.ts.replace("Z", "+00:00")).timestamp()
             self._metrics.event_delivery.observe(max(0.0, time.time() - stamped))
@@ -124,6 +130,13 @@ class Connection:
             return
         for event in await self._log.read(resume.run_id, user_id=self.user_id, after=resume.after):
             await self._write_event(event)
+
+    async def _resync(self) -> None:
+        """Catch up, from the log, every run this socket follows that has not ended."""
+        for run_id, last in list(self._last_sent.items()):
+            if run_id not in self._ended:
+                for event in await self._log.read(run_id, user_id=self.user_id, after=last):
+                    await self._write_event(event)
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close the socket (once) with ``code``."""

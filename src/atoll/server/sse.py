@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from atoll.bus.memory import MemorySubscription
+from atoll.bus.memory import MemorySubscription, Resync
 from atoll.runtime.events import RunEvent
 from atoll.server.services import Services
 
@@ -29,16 +29,25 @@ async def run_stream(
     subscription: MemorySubscription = await services.subscribe(user_id)
     try:
         last = after
-        for event in await services.event_log.read(run_id, user_id=user_id, after=after):
-            yield sse_frame(event)
-            last = event.seq
-            if event.ends_run:
+        for logged in await services.event_log.read(run_id, user_id=user_id, after=after):
+            yield sse_frame(logged)
+            last = logged.seq
+            if logged.ends_run:
                 return
         while True:
             try:
-                event = await asyncio.wait_for(subscription.get(), KEEPALIVE_SECONDS)
+                event: RunEvent | Resync = await asyncio.wait_for(
+                    subscription.get(), KEEPALIVE_SECONDS
+                )
             except TimeoutError:
                 yield b": keep-alive\n\n"
+                continue
+            if isinstance(event, Resync):  # events may have been missed: catch up from the log
+                for item in await services.event_log.read(run_id, user_id=user_id, after=last):
+                    yield sse_frame(item)
+                    last = item.seq
+                    if item.ends_run:
+                        return
                 continue
             if event.run_id != run_id or event.user_id != user_id or event.seq <= last:
                 continue
