@@ -145,7 +145,7 @@ class Sweeper:
         message = f"no worker took this run within {self.queue_timeout:g}s"
         ending = Ending.failure(ExecutionState.TIMEOUT, "queue_timeout", message)
         for run in await self._chat.alive_runs(claimed=False):
-            if run.created_at < cutoff:
+            if (run.queued_at or run.created_at) < cutoff:
                 event = await self._chat.end_run(run.id, ending, queued_only=True)
                 if event is not None:
                     logger.warning("run %s: %s", run.id, message)

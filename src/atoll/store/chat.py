@@ -366,7 +366,7 @@ class ChatStore:
         statement = (
             update(Run)
             .where(Run.id == run_id, Run.worker_id == worker_id, Run.state.in_(ALIVE))
-            .values(state=ExecutionState.PENDING.value, worker_id=None)
+            .values(state=ExecutionState.PENDING.value, worker_id=None, queued_at=utcnow())
         )
         return await self.db.write(
             lambda session: bool(_rowcount(session.connection().execute(statement)))

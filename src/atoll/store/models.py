@@ -150,6 +150,8 @@ class Run(Base):
     """Scale-out: the worker that claimed the run (None while queued, or in-process)."""
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Scale-out: how many times a worker claimed the run."""
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Scale-out: when it was last handed back to the queue (None: since ``created_at``)."""
 
     __table_args__ = (Index("ix_runs_thread_state", "thread_id", "state"),)
 
