@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from atoll.client import ApiError, AtollClient, ends_run
+from atoll.client import ApiError, AtollClient, AtollSocket, ends_run
 from atoll.store.models import Message, Run
 
 from postgres import create_database, postgres_server
@@ -138,6 +138,17 @@ def gapless(events: list[dict[str, Any]]) -> bool:
     return [e["seq"] for e in events] == list(range(1, len(events) + 1))
 
 
+async def start_long_run(socket: AtollSocket, until: str) -> tuple[str, list[dict[str, Any]]]:
+    """Send a message whose run streams for seconds; returns its id and events up to ``until``."""
+    ack = await socket.send_message("Tell me about the runtime", agent="assistant")
+    events = []
+    async for event in socket.run_events(ack["run_id"]):
+        events.append(event)
+        if event["type"] == until:
+            break
+    return ack["run_id"], events
+
+
 async def wait_for_state(
     client: AtollClient, run_id: str, states: set[str], within: float
 ) -> dict[str, Any]:
@@ -224,17 +235,13 @@ async def test_cancel_sent_to_node_b_stops_the_run_on_its_worker(deployment: Dep
         user(deployment.node_b.url, "cancel@example.com", register=False) as on_b,
         on_a.connect() as socket,
     ):
-        ack = await socket.send_message("Tell me about the runtime", agent="assistant")
-        run_id = ack["run_id"]
-        events = []
-        async for event in socket.run_events(run_id):
-            events.append(event)
-            if event["type"] == "message_delta":
-                live = await on_b.request("GET", f"/runs/{run_id}")  # as seen from node B
-                assert (live["state"], live["finished_at"]) == ("running", None)
-                assert live["started_at"] is not None
-                cancelled = await on_b.request("POST", f"/runs/{run_id}/cancel")
-                assert cancelled["id"] == run_id
+        run_id, events = await start_long_run(socket, until="message_delta")
+        live = await on_b.request("GET", f"/runs/{run_id}")  # as seen from node B
+        assert (live["state"], live["finished_at"]) == ("running", None)
+        assert live["started_at"] is not None
+        cancelled = await on_b.request("POST", f"/runs/{run_id}/cancel")
+        assert cancelled["id"] == run_id
+        events += [e async for e in socket.run_events(run_id)]
         assert events[-1]["type"] == "agent_cancelled"
         assert gapless(events)
         run = await wait_for_state(on_b, run_id, TERMINAL, 10)
@@ -251,10 +258,7 @@ async def test_a_run_waiting_on_a_worker_for_its_slot_is_cancelled_at_once(
         user(deployment.node_b.url, "waiter@example.com", register=False) as on_b,
         on_a.connect() as socket,
     ):
-        first = await socket.send_message("Tell me about the runtime", agent="assistant")
-        async for event in socket.run_events(first["run_id"]):
-            if event["type"] == "agent_started":
-                break
+        first, _ = await start_long_run(socket, until="agent_started")
         waiting = (await on_a.chat("What is 5*5?", agent="assistant"))["run"]["id"]
         await deployment.claimed(waiting)  # it waits on its worker for the user's one slot
         await on_b.request("POST", f"/runs/{waiting}/cancel")
@@ -263,7 +267,7 @@ async def test_a_run_waiting_on_a_worker_for_its_slot_is_cancelled_at_once(
         assert [(e["seq"], e["type"]) for e in await on_b.events(waiting)] == [
             (1, "agent_cancelled")
         ]
-        rest = [e async for e in socket.run_events(first["run_id"])]
+        rest = [e async for e in socket.run_events(first)]
         assert rest[-1]["type"] == "agent_completed"  # the other run was not disturbed
 
 
@@ -336,15 +340,12 @@ async def test_a_stopping_worker_finishes_its_run_and_hands_back_the_unstarted_o
         user(deployment.node_a.url, "drain@example.com") as client,
     ):
         async with client.connect() as socket:
-            ack = await socket.send_message("Tell me about the runtime", agent="assistant")
-            events = []
-            async for event in socket.run_events(ack["run_id"]):
-                events.append(event)
-                if event["type"] == "agent_started":
-                    # The user's limit is 1: this one is claimed by worker-1 and waits.
-                    waiting = (await client.chat("What is 3*14?", agent="assistant"))["run"]
-                    await deployment.claimed(waiting["id"])
-                    workers["worker-1"].process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            run_id, events = await start_long_run(socket, until="agent_started")
+            # The user's limit is 1: this one is claimed by worker-1 and waits.
+            waiting = (await client.chat("What is 3*14?", agent="assistant"))["run"]
+            await deployment.claimed(waiting["id"])
+            workers["worker-1"].process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            events += [e async for e in socket.run_events(run_id)]
         assert events[-1]["type"] == "agent_completed"  # finished within the grace
         assert gapless(events)
         code = await asyncio.to_thread(workers["worker-1"].stop, 0)  # 0: just wait
@@ -369,10 +370,7 @@ async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_o
         user(deployment.node_a.url, "kill@example.com") as client,
     ):
         async with client.connect() as socket:
-            started = await socket.send_message("Tell me about the runtime", agent="assistant")
-            async for event in socket.run_events(started["run_id"]):
-                if event["type"] == "agent_started":
-                    break  # it holds the user's only run slot
+            started, _ = await start_long_run(socket, until="agent_started")  # holds the slot
             # The user's limit is 1: this run is claimed by worker-1 but waits for a slot.
             waiting = await client.chat("What is 12*12?", agent="assistant")
             waiting_id = waiting["run"]["id"]
@@ -382,15 +380,15 @@ async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_o
             await asyncio.to_thread(workers["worker-2"].start)
             killed_at = time.monotonic()
             await asyncio.to_thread(workers["worker-1"].stop, signal.SIGKILL)
-            rest = [e async for e in socket.run_events(started["run_id"])]
+            rest = [e async for e in socket.run_events(started)]
             detected = time.monotonic() - killed_at
         assert rest[-1]["type"] == "agent_error"
         assert rest[-1]["data"]["state"] == "dead"
         assert rest[-1]["data"]["code"] == "worker_lost"
         assert detected <= HEARTBEAT_TIMEOUT + 5, detected
-        run = await client.request("GET", f"/runs/{started['run_id']}")
+        run = await client.request("GET", f"/runs/{started}")
         assert run["state"] == "dead"
-        assert gapless(await client.events(started["run_id"]))
+        assert gapless(await client.events(started))
         retried = await wait_for_state(client, waiting_id, TERMINAL, 30)
         assert retried["state"] == "completed"
         row = await deployment.run_row(waiting_id)
@@ -408,16 +406,11 @@ async def test_a_worker_paused_past_its_heartbeat_cannot_overwrite_its_runs_end(
         user(deployment.node_a.url, "paused@example.com") as client,
         client.connect() as socket,
     ):
-        ack = await socket.send_message("Tell me about the runtime", agent="assistant")
-        seen = []
-        async for event in socket.run_events(ack["run_id"]):
-            seen.append(event)
-            if event["type"] == "message_delta":
-                break
+        run_id, seen = await start_long_run(socket, until="message_delta")
         pid = workers["worker-1"].process.pid  # type: ignore[union-attr]
         os.kill(pid, signal.SIGSTOP)  # alive, but silent: the cluster presumes it dead
         try:
-            seen += [e async for e in socket.run_events(ack["run_id"])]
+            seen += [e async for e in socket.run_events(run_id)]
         finally:
             os.kill(pid, signal.SIGCONT)
         assert (seen[-1]["type"], seen[-1]["data"]["code"]) == ("agent_error", "worker_lost")
@@ -426,15 +419,12 @@ async def test_a_worker_paused_past_its_heartbeat_cannot_overwrite_its_runs_end(
             async with asyncio.timeout(3):
                 while True:
                     frame = await socket.receive()
-                    assert frame.get("run_id") != ack["run_id"], (
-                        frame,
-                        seen[-3:],
-                    )  # nothing after the end
-        logged = await client.events(ack["run_id"])
+                    assert frame.get("run_id") != run_id, frame  # nothing after the end
+        logged = await client.events(run_id)
         assert gapless(logged)
         assert [e["type"] for e in logged if ends_run(e)] == ["agent_error"]
         assert logged == seen
-        assert (await client.request("GET", f"/runs/{ack['run_id']}"))["state"] == "dead"
+        assert (await client.request("GET", f"/runs/{run_id}"))["state"] == "dead"
         assert "already has an event" in workers["worker-1"].log_text()
         again = await socket.send_message("What is 4*4?", agent="assistant")  # it still works
         after = [e async for e in socket.run_events(again["run_id"])]
@@ -448,22 +438,17 @@ async def test_a_run_that_ends_while_redis_is_down_reaches_the_open_socket(
         user(deployment.node_a.url, "outage@example.com") as client,
         client.connect() as socket,
     ):
-        ack = await socket.send_message("Tell me about the runtime", agent="assistant")
-        seen = []
-        async for event in socket.run_events(ack["run_id"]):
-            seen.append(event)
-            if event["type"] == "message_delta":
-                break
+        run_id, seen = await start_long_run(socket, until="message_delta")
         await asyncio.to_thread(deployment.redis.stop)  # the rest is published into the void
         try:
-            await wait_for_state(client, ack["run_id"], TERMINAL, 30)  # ends meanwhile
+            await wait_for_state(client, run_id, TERMINAL, 30)  # ends meanwhile
         finally:
             await asyncio.to_thread(deployment.redis.start)
         async with asyncio.timeout(20):  # the node's relay reconnects and resyncs the socket
-            seen += [e async for e in socket.run_events(ack["run_id"])]
+            seen += [e async for e in socket.run_events(run_id)]
         assert gapless(seen)
         assert seen[-1]["type"] == "agent_completed"
-        assert seen == await client.events(ack["run_id"])
+        assert seen == await client.events(run_id)
 
 
 async def test_a_redis_restart_under_load_loses_no_stored_message(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from atoll.errors import RunLimitError
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.engine import RunOutcome, RunRequest
+from atoll.runtime.events import RunEventBus
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.llm.base import ChatMessage
 from atoll.runtime.state import ExecutionState
@@ -54,7 +55,8 @@ async def execute_run(
         try:
             outcome = await engine.run(request)
         except RunLimitError as exc:  # ATOLL_RUN_OVERFLOW=reject: the run ends before it began
-            await _end_rejected(factory, chat, context.run_id, exc, worker_id)
+            ending = Ending.failure(ExecutionState.FAILED, exc.code, exc.message)
+            await end_outside(chat, factory.recorder.bus, context.run_id, ending, held_by=worker_id)
             return None
     record = factory.tracker.find(context.run_id)
     await chat.finish_run(
@@ -69,17 +71,26 @@ async def execute_run(
     return outcome
 
 
-async def _end_rejected(
-    factory: ExecutionEngineFactory,
+async def end_outside(
     chat: ChatStore,
+    bus: RunEventBus,
     run_id: str,
-    error: RunLimitError,
-    worker_id: str | None,
-) -> None:
-    ending = Ending.failure(ExecutionState.FAILED, error.code, error.message)
-    event = await chat.end_run(run_id, ending, held_by=worker_id)
-    if event is not None:
-        try:
-            await factory.recorder.bus.publish(event)
-        except Exception:
-            logger.warning("publishing the end of run %s failed (readers use the log)", run_id)
+    ending: Ending,
+    *,
+    held_by: str | None = None,
+    queued_only: bool = False,
+) -> bool:
+    """End a run no engine is executing, then publish its terminal event.
+
+    The end and its event are one transaction (``ChatStore.end_run``); False when
+    the run was not alive (or not queued, or not held by ``held_by``). A failed
+    publish is only logged: the event is in the log, and readers catch up from it.
+    """
+    event = await chat.end_run(run_id, ending, held_by=held_by, queued_only=queued_only)
+    if event is None:
+        return False
+    try:
+        await bus.publish(event)
+    except Exception:
+        logger.warning("publishing the end of run %s failed (readers use the log)", run_id)
+    return True

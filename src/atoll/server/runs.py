@@ -29,7 +29,7 @@ from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.ids import new_id
 from atoll.runtime.state import ExecutionState
 from atoll.server.cluster import REDIS_ERRORS, Cluster
-from atoll.server.execution import execute_run
+from atoll.server.execution import end_outside, execute_run
 from atoll.store.audit import AuditLog, audit_entry
 from atoll.store.chat import (
     ChatStore,
@@ -39,7 +39,6 @@ from atoll.store.chat import (
     new_thread,
     thread_in,
 )
-from atoll.store.event_log import DatabaseRunEventLog
 from atoll.store.models import Message, Run, Thread, utcnow
 from atoll.store.writer import execute_core, insert_rows
 
@@ -71,7 +70,6 @@ class RunService:
         *,
         chat: ChatStore,
         factory: ExecutionEngineFactory,
-        event_log: DatabaseRunEventLog,
         audit: AuditLog,
         message_limiter: RateLimiter,
         default_agent: str = DEFAULT_AGENT,
@@ -80,7 +78,7 @@ class RunService:
         self._chat = chat
         self._cluster = cluster
         self._factory = factory
-        self._log = event_log
+        self._bus = factory.recorder.bus
         self._audit = audit
         self._limiter = message_limiter
         self.default_agent = default_agent
@@ -200,24 +198,8 @@ class RunService:
         except REDIS_ERRORS as exc:
             cluster.failed(exc)
             ending = Ending.failure(ExecutionState.FAILED, UnavailableError.code, QUEUE_DOWN)
-            await self._end_outside(run.id, ending, queued_only=True)
+            await end_outside(self._chat, self._bus, run.id, ending, queued_only=True)
             raise UnavailableError(QUEUE_DOWN, details={"run_id": run.id}) from None
-
-    async def _end_outside(self, run_id: str, ending: Ending, **condition: Any) -> bool:
-        """End a run no engine here executes and publish its terminal event.
-
-        False when the run was not in the state ``condition`` asks for.
-        """
-        event = await self._chat.end_run(run_id, ending, **condition)
-        if event is None:
-            return False
-        try:
-            await self._factory.recorder.bus.publish(event)
-        except Exception:
-            logger.warning(
-                "publishing the end of run %s failed; readers catch up from the log", run_id
-            )
-        return True
 
     def _start(self, principal: Principal, submitted: Submitted) -> None:
         thread, run = submitted.thread, submitted.run
@@ -282,7 +264,8 @@ class RunService:
         if self._cluster is None:
             self.cancel_local(run_id, user_id, reason=reason)
             return
-        if await self._end_outside(run_id, Ending.cancelled(reason), queued_only=True):
+        cancelled = Ending.cancelled(reason)
+        if await end_outside(self._chat, self._bus, run_id, cancelled, queued_only=True):
             return  # still queued: ended here, and the worker's claim will find it ended
         try:
             await asyncio.wait_for(self._cluster.signals.send(run_id, reason), QUEUE_TIMEOUT)
@@ -352,7 +335,7 @@ class RunService:
 
     async def recover(self) -> int:
         """Mark runs left alive by a crash of this (single) process DEAD and tell their users."""
-        runs = await self._chat.all_alive_runs()
+        runs = await self._chat.alive_runs()
         ending = Ending.failure(
             ExecutionState.DEAD, "run_dead", "the server stopped while this run was in progress"
         )

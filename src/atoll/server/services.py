@@ -184,7 +184,6 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         runs = RunService(
             chat=chat,
             factory=factory,
-            event_log=event_log,
             audit=audit,
             message_limiter=cluster.message_limiter
             if cluster is not None
@@ -198,7 +197,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
             relay.start()
             stack.push_async_callback(relay.aclose)
-            sweeper = build_sweeper(settings, cluster, chat, event_log)
+            sweeper = build_sweeper(settings, cluster, chat)
             background(
                 stack, partial(sweeper.run_forever, settings.sweep_interval), "atoll-sweeper"
             )
@@ -233,14 +232,11 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             await runs.wait_all()
 
 
-def build_sweeper(
-    settings: Settings, cluster: Cluster, chat: ChatStore, event_log: DatabaseRunEventLog
-) -> Sweeper:
+def build_sweeper(settings: Settings, cluster: Cluster, chat: ChatStore) -> Sweeper:
     """The dead-worker sweeper every scaled-out process runs."""
     return Sweeper(
         cluster=cluster,
         chat=chat,
-        event_log=event_log,
         bus=cluster.bus,
         retries=settings.run_retries,
         queue_timeout=settings.queue_timeout,
@@ -284,6 +280,6 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
             cluster=cluster,
             chat=chat,
             factory=factory,
-            sweeper=build_sweeper(settings, cluster, chat, event_log),
+            sweeper=build_sweeper(settings, cluster, chat),
             worker_id=worker_id,
         )

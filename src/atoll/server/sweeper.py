@@ -28,8 +28,8 @@ from atoll.bus.queue import QueuedRun
 from atoll.runtime.events import RunEventBus
 from atoll.runtime.state import ExecutionState
 from atoll.server.cluster import REDIS_ERRORS, Cluster
+from atoll.server.execution import end_outside
 from atoll.store.chat import ChatStore, Ending
-from atoll.store.event_log import DatabaseRunEventLog
 from atoll.store.models import Run
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ class Sweeper:
         *,
         cluster: Cluster,
         chat: ChatStore,
-        event_log: DatabaseRunEventLog,
         bus: RunEventBus,
         retries: int,
         queue_timeout: float,
@@ -55,7 +54,6 @@ class Sweeper:
     ) -> None:
         self._cluster = cluster
         self._chat = chat
-        self._log = event_log
         self._bus = bus
         self.retries = retries
         self.queue_timeout = queue_timeout
@@ -116,21 +114,15 @@ class Sweeper:
 
     async def _settle(self, run: Run, worker_id: str) -> None:
         """Re-queue or end one alive run of a dead worker."""
-        events = await self._log.read(run.id, user_id=run.user_id)
-        if not events and run.attempts <= self.retries:
-            if await self._chat.requeue_run(run.id, worker_id):
-                await self._cluster.queue.put(run.id, run.user_id)
-                self.requeued += 1
-                logger.warning(
-                    "run %s: worker %s died before it began; re-queued", run.id, worker_id
-                )
+        if await self._chat.requeue_run(run.id, worker_id, max_attempts=self.retries):
+            await self._cluster.queue.put(run.id, run.user_id)
+            self.requeued += 1
+            logger.warning("run %s: worker %s died before it began; re-queued", run.id, worker_id)
             return
         ending = Ending.failure(ExecutionState.DEAD, "worker_lost", WORKER_LOST)
-        event = await self._chat.end_run(run.id, ending, held_by=worker_id)
-        if event is not None:
+        if await end_outside(self._chat, self._bus, run.id, ending, held_by=worker_id):
             self.dead += 1
             logger.warning("run %s: worker %s died; marked dead", run.id, worker_id)
-            await self._bus.publish(event)
 
     async def _settle_entry(self, entry: QueuedRun) -> None:
         """A queue entry taken over from a dead consumer."""
@@ -144,12 +136,9 @@ class Sweeper:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.queue_timeout)
         message = f"no worker took this run within {self.queue_timeout:g}s"
         ending = Ending.failure(ExecutionState.TIMEOUT, "queue_timeout", message)
-        for run in await self._chat.alive_runs(claimed=False):
-            if (run.queued_at or run.created_at) < cutoff:
-                event = await self._chat.end_run(run.id, ending, queued_only=True)
-                if event is not None:
-                    logger.warning("run %s: %s", run.id, message)
-                    await self._bus.publish(event)
+        for run in await self._chat.alive_runs(claimed=False, queued_before=cutoff):
+            if await end_outside(self._chat, self._bus, run.id, ending, queued_only=True):
+                logger.warning("run %s: %s", run.id, message)
 
     async def _requeue_waiting(self) -> None:
         """Redis lost its data: queue again every run still waiting in the database."""

@@ -38,7 +38,7 @@ from atoll.runtime.events import EventType, RunEvent, RunEventBus
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.ids import new_id
 from atoll.server.cluster import REDIS_ERRORS, Cluster
-from atoll.server.execution import execute_run
+from atoll.server.execution import end_outside, execute_run
 from atoll.server.metrics import WorkerMetrics
 from atoll.server.sweeper import Sweeper
 from atoll.store.chat import ChatStore, Ending
@@ -327,10 +327,8 @@ class Worker:
 
     async def _end_waiting(self, run_id: str, reason: str) -> None:
         """End a run cancelled while it waited (it has no event yet)."""
-        event = await self._chat.end_run(run_id, Ending.cancelled(reason), held_by=self.worker_id)
-        if event is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self._cluster.bus.publish(event)
+        ending = Ending.cancelled(reason)
+        await end_outside(self._chat, self._cluster.bus, run_id, ending, held_by=self.worker_id)
 
     # -- stopping ------------------------------------------------------------------
 

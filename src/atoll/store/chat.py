@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, delete, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from atoll.errors import NotFoundError, ValidationFailedError
@@ -263,13 +263,21 @@ class ChatStore:
         assert run is not None
         return run
 
-    async def alive_runs(self, *, claimed: bool | None = None) -> Sequence[Run]:
-        """Every run not terminal; only claimed (``worker_id`` set) or unclaimed ones if asked."""
+    async def alive_runs(
+        self, *, claimed: bool | None = None, queued_before: datetime | None = None
+    ) -> Sequence[Run]:
+        """Every run not terminal (after a crash: runs that will never finish).
+
+        Only claimed (``worker_id`` set) or unclaimed ones if asked, and only those
+        (last) queued before ``queued_before``.
+        """
         query = select(Run).where(Run.state.in_(ALIVE))
         if claimed is True:
             query = query.where(Run.worker_id.is_not(None))
         elif claimed is False:
             query = query.where(Run.worker_id.is_(None))
+        if queued_before is not None:
+            query = query.where(func.coalesce(Run.queued_at, Run.created_at) < queued_before)
         async with self.db.session() as session:
             return (await session.execute(query)).scalars().all()
 
@@ -283,11 +291,6 @@ class ChatStore:
         query = select(Run).where(Run.user_id == user_id, Run.id.in_(run_ids), Run.state.in_(ALIVE))
         async with self.db.session() as session:
             return (await session.execute(query)).scalars().all()
-
-    async def all_alive_runs(self) -> Sequence[Run]:
-        """Every run not terminal (after a crash: runs that will never finish)."""
-        async with self.db.session() as session:
-            return (await session.execute(select(Run).where(Run.state.in_(ALIVE)))).scalars().all()
 
     async def finish_run(
         self,
@@ -361,11 +364,22 @@ class ChatStore:
         )
         await self.db.write(lambda session: execute_core(session, statement))
 
-    async def requeue_run(self, run_id: str, worker_id: str) -> bool:
-        """Give a run held by ``worker_id`` back to the queue (STARTING -> PENDING)."""
+    async def requeue_run(
+        self, run_id: str, worker_id: str, *, max_attempts: int | None = None
+    ) -> bool:
+        """Give a run held by ``worker_id`` back to the queue (-> PENDING), if it has not begun.
+
+        Only a run without any logged event qualifies (running it again cannot
+        repeat anything), and with ``max_attempts`` only one claimed at most that
+        often. False when it does not qualify (or another process was first).
+        """
+        begun = select(RunEventRow.seq).where(RunEventRow.run_id == run_id).exists()
+        conditions = [Run.id == run_id, Run.worker_id == worker_id, Run.state.in_(ALIVE), ~begun]
+        if max_attempts is not None:
+            conditions.append(Run.attempts <= max_attempts)
         statement = (
             update(Run)
-            .where(Run.id == run_id, Run.worker_id == worker_id, Run.state.in_(ALIVE))
+            .where(*conditions)
             .values(state=ExecutionState.PENDING.value, worker_id=None, queued_at=utcnow())
         )
         return await self.db.write(
