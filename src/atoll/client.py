@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -60,13 +61,16 @@ class AtollSocket:
             self.last_seq[frame["run_id"]] = frame["seq"]
         return frame
 
-    async def _until(self, kind: str) -> dict[str, Any]:
-        """Frames are kept in order; returns the first of ``kind`` (or an error)."""
+    async def _until(self, kind: str, **match: Any) -> dict[str, Any]:
+        """Frames are kept in order; returns the first of ``kind`` whose fields ``match``
+        (or an error frame)."""
         skipped: list[dict[str, Any]] = []
         try:
             while True:
                 frame = await self.receive()
-                if frame.get("type") in (kind, "error"):
+                if frame.get("type") == "error":
+                    return frame
+                if frame.get("type") == kind and all(frame.get(k) == v for k, v in match.items()):
                     return frame
                 skipped.append(frame)
         finally:
@@ -81,7 +85,12 @@ class AtollSocket:
         multitask: str | None = None,
         client_id: str | None = None,
     ) -> dict[str, Any]:
-        """Send a message; returns the ``ack`` (or the ``error`` frame)."""
+        """Send a message; returns its ``ack`` (or the ``error`` frame).
+
+        Without a ``client_id`` one is made up, to tell this message's ack from the
+        acks of runs started elsewhere (another socket of the same user).
+        """
+        client_id = client_id or uuid.uuid4().hex
         frame: dict[str, Any] = {"type": "message", "content": content}
         for key, value in (
             ("thread_id", thread_id),
@@ -92,12 +101,12 @@ class AtollSocket:
             if value is not None:
                 frame[key] = value
         await self.send(frame)
-        return await self._until("ack")
+        return await self._until("ack", client_id=client_id)
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         """Cancel a run; returns the ``ack``."""
         await self.send({"type": "cancel", "run_id": run_id})
-        return await self._until("ack")
+        return await self._until("ack", run_id=run_id, message_id=None)
 
     async def resume(self, run_id: str, after: int) -> None:
         """Ask for the run's events after ``after``."""

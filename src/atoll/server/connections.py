@@ -3,8 +3,16 @@
 Each connection has one reader (the endpoint) and one writer task; everything
 sent goes through a bounded queue to the writer, which is the only code that
 writes to the socket. The writer checks the owner of every event right before
-writing it, keeps each run gapless and duplicate-free, and a client too slow to
-drain its queue is disconnected (1008) instead of growing memory.
+writing it, and a client too slow to drain its queue is disconnected (1008)
+instead of growing memory.
+
+Delivery keeps one cursor per (socket, run): the highest ``seq`` this socket has
+written. Live events, resume replays, gap fills and resyncs all go through it,
+so a socket never writes an event twice and never skips one. And a run's
+``ack`` always comes first: a run submitted on this socket is acknowledged
+before its first event; a run this socket sees for the first time without
+having acknowledged it (another tab's, or one whose ack was lost with an
+earlier socket) is acknowledged by the writer itself before its first event.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,20 +36,31 @@ from atoll.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
+ENDED_MEMORY = 1024
+"""How many ended runs a connection remembers (to drop late duplicates of their events)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The ``ack`` of a message: written before any event of its run on this socket."""
+
+    frame: dict[str, Any]
+    run_id: str
+    catch_up: bool
+    """Replay what the run has logged beyond this socket's cursor (a resend's ack)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Resume:
-    """Replay ``run_id`` from ``after``, then follow it live."""
+    """Replay ``run_id`` from ``after`` (or this socket's cursor, if further), then follow it."""
 
     run_id: str
     after: int
-    if_unseen: bool = False
-    """Only when this connection is not following the run yet (an idempotent resend)."""
-    replay: bool = True
-    """Read the log now; False only marks the run followed, so a later gap is filled."""
 
 
-Outgoing = RunEvent | Resume | Resync | dict[str, Any]
+Outgoing = RunEvent | Ack | Resume | Resync | dict[str, Any]
+AckLookup = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+"""``lookup(user_id, run_id)``: the ack frame of a run (None if there is no such run)."""
 
 
 class SlowClientError(Exception):
@@ -59,6 +80,7 @@ class Connection:
         log: RunEventLog,
         metrics: Metrics,
         queue_size: int,
+        ack_lookup: AckLookup,
     ) -> None:
         self.websocket = websocket
         self.user_id = user_id
@@ -66,18 +88,27 @@ class Connection:
         self.connection_id = connection_id
         self._log = log
         self._metrics = metrics
+        self._ack_lookup = ack_lookup
         self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(queue_size)
-        self._last_sent: dict[str, int] = {}
-        self._ended: set[str] = set()
+        self._cursor: dict[str, int] = {}
+        """run_id -> highest seq written here, for the runs this socket follows."""
+        self._ended: OrderedDict[str, int] = OrderedDict()
+        """run_id -> seq of its terminal event, for recently ended runs."""
         self.slow = False
 
     def send(self, item: Outgoing) -> None:
-        """Queue a frame, an event or a resume; marks the client slow when the queue is full."""
+        """Queue a frame, event, ack or resume; ``SlowClientError`` when the queue is full."""
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self.slow = True
             raise SlowClientError(self.connection_id) from None
+
+    def cursor(self, run_id: str) -> int | None:
+        """The highest ``seq`` of ``run_id`` written here; None for a run not followed."""
+        if run_id in self._ended:
+            return self._ended[run_id]
+        return self._cursor.get(run_id)
 
     async def writer(self) -> None:
         """Write queued items to the socket, in order, until cancelled."""
@@ -85,8 +116,10 @@ class Connection:
             item = await self._queue.get()
             if isinstance(item, RunEvent):
                 await self._event(item)
+            elif isinstance(item, Ack):
+                await self._ack(item)
             elif isinstance(item, Resume):
-                await self._resume(item)
+                await self._replay(item.run_id, item.after)
             elif isinstance(item, Resync):
                 await self._resync()
             else:
@@ -98,45 +131,68 @@ class Connection:
                 "refused to write an event of run %s to another user's socket", event.run_id
             )
             return
+        cursor = self.cursor(event.run_id)
+        if cursor is None or event.seq != cursor + 1:
+            return  # not the next one of a followed run: already written, or not ours to start
         await self.websocket.send_text(event.payload.decode())
-        self._last_sent[event.run_id] = event.seq
         if event.ends_run:
-            self._ended.add(event.run_id)
+            self._cursor.pop(event.run_id, None)
+            self._ended[event.run_id] = event.seq
+            while len(self._ended) > ENDED_MEMORY:
+                self._ended.popitem(last=False)
+        else:
+            self._cursor[event.run_id] = event.seq
         with contextlib.suppress(ValueError):
             stamped = datetime.fromisoformat(event.ts.replace("Z", "+00:00")).timestamp()
             self._metrics.event_delivery.observe(max(0.0, time.time() - stamped))
 
     async def _event(self, event: RunEvent) -> None:
-        last = self._last_sent.get(event.run_id)
-        if last is None:
+        if event.user_id != self.user_id:
+            await self._write_event(event)  # refused and logged there
+            return
+        cursor = self.cursor(event.run_id)
+        if cursor is None:
             if event.seq != 1:
                 return  # a run that predates this connection: the client resumes it if it wants
-            await self._write_event(event)
+            frame = await self._ack_lookup(self.user_id, event.run_id)
+            if frame is None:
+                return
+            await self.websocket.send_text(orjson.dumps(frame).decode())
+            self._cursor[event.run_id] = 0
+            cursor = 0
+        if event.seq <= cursor:
             return
-        if event.seq <= last:
-            return
-        if event.seq > last + 1:  # a publish was lost: fill the gap from the log
-            for missed in await self._log.read(event.run_id, user_id=self.user_id, after=last):
-                if missed.seq >= event.seq:
-                    break
-                await self._write_event(missed)
+        if event.seq > cursor + 1:  # a publish was lost (or not seen): fill the gap from the log
+            await self._catch_up(event.run_id, until=event.seq)
         await self._write_event(event)
 
-    async def _resume(self, resume: Resume) -> None:
-        if resume.if_unseen and resume.run_id in self._last_sent:
+    async def _catch_up(self, run_id: str, *, until: int | None = None) -> None:
+        """Write the run's logged events after this socket's cursor (those before ``until``)."""
+        cursor = self.cursor(run_id)
+        if cursor is None or run_id in self._ended:
             return
-        self._last_sent[resume.run_id] = resume.after
-        if not resume.replay:
-            return
-        for event in await self._log.read(resume.run_id, user_id=self.user_id, after=resume.after):
+        for event in await self._log.read(run_id, user_id=self.user_id, after=cursor):
+            if until is not None and event.seq >= until:
+                break
             await self._write_event(event)
+
+    async def _ack(self, ack: Ack) -> None:
+        await self.websocket.send_text(orjson.dumps(ack.frame).decode())
+        if self.cursor(ack.run_id) is None:
+            self._cursor[ack.run_id] = 0
+        if ack.catch_up:
+            await self._catch_up(ack.run_id)
+
+    async def _replay(self, run_id: str, after: int) -> None:
+        cursor = self.cursor(run_id)
+        if cursor is None or (after > cursor and run_id not in self._ended):
+            self._cursor[run_id] = after
+        await self._catch_up(run_id)
 
     async def _resync(self) -> None:
         """Catch up, from the log, every run this socket follows that has not ended."""
-        for run_id, last in list(self._last_sent.items()):
-            if run_id not in self._ended:
-                for event in await self._log.read(run_id, user_id=self.user_id, after=last):
-                    await self._write_event(event)
+        for run_id in list(self._cursor):
+            await self._catch_up(run_id)
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close the socket (once) with ``code``."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -22,7 +24,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from atoll.auth.service import Principal
-from atoll.errors import AgentNotFoundError, RateLimitedError, ThreadBusyError, UnavailableError
+from atoll.errors import (
+    AgentNotFoundError,
+    AtollError,
+    RateLimitedError,
+    ThreadBusyError,
+    UnavailableError,
+)
 from atoll.ratelimit import RateLimiter
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.factory import ExecutionEngineFactory
@@ -40,7 +48,7 @@ from atoll.store.chat import (
     thread_in,
 )
 from atoll.store.models import Message, Run, Thread, utcnow
-from atoll.store.writer import execute_core, insert_rows
+from atoll.store.writer import WriteJob, execute_core, insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +56,8 @@ DEFAULT_AGENT = "supervisor"
 QUEUE_DOWN = "the run queue is unavailable; try again shortly"
 QUEUE_TIMEOUT = 5.0
 """Seconds a Redis call on the request path may take before the request fails (503)."""
+STALL_AFTER = 5.0
+"""Seconds after which a PENDING run nothing in this process runs counts as stalled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,10 @@ class Submitted:
     created: bool
     history: list[Message]
     """The thread's messages before this one, when it was stored."""
+
+
+Acknowledge = Callable[[Submitted], None]
+"""Called once a submitted run is stored, before it can emit anything; must not raise."""
 
 
 class RunService:
@@ -85,6 +99,9 @@ class RunService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._thread_tail: dict[str, asyncio.Task[None]] = {}
         self._cancel_requests: dict[str, str] = {}
+        self._submissions: set[asyncio.Task[Submitted]] = set()
+        self._stored: set[str] = set()
+        """Runs stored by a submission that has not started (or queued) them yet."""
 
     # -- submitting --------------------------------------------------------------
 
@@ -98,8 +115,17 @@ class RunService:
         multitask: str,
         metadata: dict[str, Any] | None = None,
         client_id: str | None = None,
+        acknowledge: Acknowledge | None = None,
     ) -> Submitted:
-        """Store the message and a PENDING run (atomically), then start the run."""
+        """Store the message and a PENDING run (atomically), then start the run.
+
+        Storing and starting are one unit that cancelling the caller cannot split
+        (a socket that closes mid-send): they run in a task of their own, which the
+        caller only waits for. ``acknowledge(submitted)`` is called once the run is
+        stored and before it can emit anything (the WebSocket queues its ``ack``
+        there, so the ack precedes every event of the run). A resend of a
+        ``client_id`` returns the run it started, restarted first if nothing runs it.
+        """
         agent_name = agent or self.default_agent
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
         if self._cluster is not None and not self._cluster.healthy:
@@ -179,37 +205,102 @@ class RunService:
             insert_rows(session, message, run, audit)
             return Submitted(thread, message, run, created=True, history=history), alive
 
+        job = asyncio.create_task(
+            self._store_and_start(principal, store, multitask, acknowledge), name="atoll-submit"
+        )
+        self._submissions.add(job)
+        job.add_done_callback(self._submission_done)
+        return await asyncio.shield(job)
+
+    async def _store_and_start(
+        self,
+        principal: Principal,
+        store: WriteJob[tuple[Submitted, list[str]]],
+        multitask: str,
+        acknowledge: Acknowledge | None,
+    ) -> Submitted:
         submitted, alive = await self._chat.db.write(store)
         if not submitted.created:
-            return submitted
-        if alive and multitask == "interrupt":
-            for previous in alive:
-                await self._cancel_anywhere(previous, principal.user_id, reason="interrupted")
-        if self._cluster is None:
-            self._start(principal, submitted)
+            await self._restart_if_stuck(principal, submitted)
         else:
-            await self._enqueue(self._cluster, submitted.run)
+            self._stored.add(submitted.run.id)
+            try:
+                if alive and multitask == "interrupt":
+                    for previous in alive:
+                        await self._cancel_anywhere(
+                            previous, principal.user_id, reason="interrupted"
+                        )
+                if self._cluster is not None:
+                    await self._enqueue(self._cluster, submitted.run)
+            finally:
+                self._stored.discard(submitted.run.id)
+        if acknowledge is not None:
+            acknowledge(submitted)
+        if submitted.created and self._cluster is None:
+            self._start(
+                submitted.run,
+                submitted.message,
+                submitted.history,
+                plan=principal.plan,
+                roles=principal.roles,
+            )
         return submitted
 
-    async def _enqueue(self, cluster: Cluster, run: Run) -> None:
-        """Put a stored run on the queue; if Redis fails, end it and answer 503."""
+    def _submission_done(self, job: asyncio.Task[Submitted]) -> None:
+        self._submissions.discard(job)
+        if job.cancelled():
+            return
+        error = job.exception()  # retrieved here too: the caller may be gone
+        if error is not None and not isinstance(error, AtollError):
+            logger.error("storing or starting a run failed", exc_info=error)
+
+    async def _restart_if_stuck(self, principal: Principal, submitted: Submitted) -> None:
+        """A resend found its run: make sure something will run it if it is still PENDING."""
+        run = submitted.run
+        if run.state != ExecutionState.PENDING.value:
+            return
+        if self._cluster is not None:  # claiming is conditional: a second entry is harmless
+            await self._enqueue(self._cluster, run, end_on_failure=False)
+        elif run.id not in self._tasks and run.id not in self._stored:
+            logger.warning("run %s was stored but never started; starting it now", run.id)
+            history = await self._chat.history(run.thread_id, before_pk=submitted.message.pk)
+            self._start(run, submitted.message, history, plan=principal.plan, roles=principal.roles)
+
+    async def _enqueue(self, cluster: Cluster, run: Run, *, end_on_failure: bool = True) -> None:
+        """Put a stored run on the queue; if Redis fails, end it (if asked) and answer 503."""
         try:
             await asyncio.wait_for(cluster.queue.put(run.id, run.user_id), QUEUE_TIMEOUT)
         except REDIS_ERRORS as exc:
             cluster.failed(exc)
-            ending = Ending.failure(ExecutionState.FAILED, UnavailableError.code, QUEUE_DOWN)
-            await end_outside(self._chat, self._bus, run.id, ending, queued_only=True)
+            if end_on_failure:
+                ending = Ending.failure(ExecutionState.FAILED, UnavailableError.code, QUEUE_DOWN)
+                await end_outside(self._chat, self._bus, run.id, ending, queued_only=True)
             raise UnavailableError(QUEUE_DOWN, details={"run_id": run.id}) from None
 
-    def _start(self, principal: Principal, submitted: Submitted) -> None:
-        thread, run = submitted.thread, submitted.run
-        previous = self._thread_tail.get(thread.id)
+    def _start(
+        self,
+        run: Run,
+        message: Message,
+        history: list[Message],
+        *,
+        plan: str,
+        roles: frozenset[str],
+    ) -> None:
+        previous = self._thread_tail.get(run.thread_id)
+        context = UserExecutionContext(
+            user_id=run.user_id,
+            thread_id=run.thread_id,
+            run_id=run.id,
+            request_id=new_id("req"),
+            plan=plan,
+            roles=roles,
+        )
         task = asyncio.create_task(
-            self._execute(principal, submitted, previous), name=f"run {run.id}"
+            self._execute(context, run.agent, message, history, previous), name=f"run {run.id}"
         )
         self._tasks[run.id] = task
-        self._thread_tail[thread.id] = task
-        task.add_done_callback(lambda _: self._forget(run.id, thread.id, task))
+        self._thread_tail[run.thread_id] = task
+        task.add_done_callback(lambda _: self._forget(run.id, run.thread_id, task))
 
     def _forget(self, run_id: str, thread_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(run_id, None)
@@ -218,35 +309,50 @@ class RunService:
             del self._thread_tail[thread_id]
 
     async def _execute(
-        self, principal: Principal, submitted: Submitted, previous: asyncio.Task[None] | None
+        self,
+        context: UserExecutionContext,
+        agent: str,
+        message: Message,
+        history: list[Message],
+        previous: asyncio.Task[None] | None,
     ) -> None:
-        thread_id, message, run = submitted.thread.id, submitted.message, submitted.run
-        context = UserExecutionContext(
-            user_id=principal.user_id,
-            thread_id=thread_id,
-            run_id=run.id,
-            request_id=new_id("req"),
-            plan=principal.plan,
-            roles=principal.roles,
-        )
+        run_id = context.run_id
         try:
-            rows = submitted.history
             if previous is not None:  # queued behind the thread's earlier run, and its answer
                 await asyncio.wait([previous])
-                rows = await self._chat.history(thread_id, before_pk=message.pk)
+                history = await self._chat.history(context.thread_id, before_pk=message.pk)
             await execute_run(
                 self._factory,
                 self._chat,
                 context,
-                agent=run.agent,
+                agent=agent,
                 message=message,
-                history=rows,
-                cancel_reason=lambda: self._cancel_requests.pop(run.id, None),
+                history=history,
+                cancel_reason=lambda: self._cancel_requests.pop(run_id, None),
             )
         except AgentNotFoundError:
-            logger.error("run %s names an agent that is no longer registered", run.id)
+            logger.error("run %s names an agent that is no longer registered", run_id)
         except Exception:
-            logger.exception("run %s could not be executed", run.id)
+            logger.exception("run %s could not be executed", run_id)
+
+    async def start_stalled(self, *, older_than: float = STALL_AFTER) -> int:
+        """Start PENDING runs that nothing in this (single) process runs; how many.
+
+        Defence in depth behind ``submit``: a stored run is always started by the
+        submission that stored it, so this should find nothing.
+        """
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        started = 0
+        for stalled in await self._chat.stalled_runs(queued_before=cutoff):
+            run = stalled.run
+            if run.id in self._tasks or run.id in self._stored:
+                continue
+            logger.warning("run %s was stored but never started; starting it now", run.id)
+            self._start(
+                run, stalled.message, stalled.history, plan=stalled.plan, roles=stalled.roles
+            )
+            started += 1
+        return started
 
     # -- cancelling ----------------------------------------------------------------
 
@@ -326,7 +432,9 @@ class RunService:
             await asyncio.wait(tasks, timeout=grace)
 
     async def wait_all(self) -> None:
-        """Wait until every run task has recorded its end."""
+        """Wait until every submission and run task has recorded its end."""
+        if self._submissions:
+            await asyncio.wait(list(self._submissions))
         tasks = list(self._tasks.values())
         if tasks:
             await asyncio.wait(tasks)

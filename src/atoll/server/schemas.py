@@ -9,15 +9,31 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from atoll.store.bounds import check_metadata, check_text
 
 Multitask = Literal["reject", "enqueue", "interrupt"]
 
 
 class Body(BaseModel):
-    """Base of request bodies: extra fields are ignored, never a reason for 422."""
+    """Base of request bodies: extra fields are ignored, never a reason for 422.
+
+    Every field is checked to be storable *and* sendable back: text must be valid
+    Unicode (no lone surrogates), metadata objects must pass ``check_metadata``
+    (size, depth, JSON round trip) — see ``atoll.store.bounds``.
+    """
 
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            check_text(value)
+        elif isinstance(value, dict):
+            check_metadata(value)
+        return value
 
 
 class RegisterBody(Body):

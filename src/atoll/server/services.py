@@ -33,7 +33,7 @@ from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
 from atoll.server.connections import ConnectionRegistry
 from atoll.server.metrics import Metrics
-from atoll.server.runs import RunService
+from atoll.server.runs import STALL_AFTER, RunService
 from atoll.server.sweeper import Sweeper
 from atoll.server.worker import RunningMarker, Worker
 from atoll.store.audit import AuditLog
@@ -193,6 +193,8 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         relay: RedisEventRelay | None = None
         if cluster is None:
             await runs.recover()
+            stalled = partial(run_every, STALL_AFTER, step=runs.start_stalled)
+            background(stack, stalled, "atoll-stalled-runs")
         else:
             relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
             relay.start()

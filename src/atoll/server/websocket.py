@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any
 
 import orjson
@@ -21,12 +22,16 @@ from atoll.bus.memory import MemorySubscription, SubscriptionOverflowError
 from atoll.errors import AtollError, AuthenticationError
 from atoll.runtime.ids import new_id
 from atoll.server.connections import (
+    Ack,
     Connection,
     Resume,
     SlowClientError,
     TooManyConnectionsError,
 )
+from atoll.server.runs import Submitted
 from atoll.server.services import Services
+from atoll.store.bounds import MAX_SEQ
+from atoll.store.models import Message
 
 logger = logging.getLogger(__name__)
 
@@ -167,32 +172,23 @@ class Session:
         if client_id is not None and not 0 < len(client_id) <= 128:
             raise FrameError("validation_error", "client_id must be 1-128 characters", ref)
         try:
-            submitted = await self.services.runs.submit(
+            await self.services.runs.submit(
                 self.principal,
                 content=content,
                 thread_id=thread_id,
                 agent=agent,
                 multitask=multitask,
                 client_id=client_id,
+                acknowledge=self._acknowledge,
             )
         except AtollError as exc:
             raise FrameError(exc.code, exc.message, ref) from None
-        ack: dict[str, Any] = {
-            "type": "ack",
-            "thread_id": submitted.thread.id,
-            "run_id": submitted.run.id,
-            "message_id": submitted.message.id,
-        }
-        if client_id is not None:
-            ack["client_id"] = client_id
-        self.connection.send(ack)
-        if not submitted.created:  # a resend: replay what the run has done so far
-            self.connection.send(Resume(submitted.run.id, 0, if_unseen=True))
-        elif self.services.cluster is not None:
-            # Scaled out, events arrive through the node's relay, which misses what was
-            # published while Redis was down: follow the run from seq 1, so that any
-            # gap is filled from the log.
-            self.connection.send(Resume(submitted.run.id, 0, if_unseen=True, replay=False))
+
+    def _acknowledge(self, submitted: Submitted) -> None:
+        """Queue the ack of a stored message, before anything of its run (see RunService)."""
+        frame = ack_frame(submitted.message)
+        with contextlib.suppress(SlowClientError):  # the next send disconnects the client
+            self.connection.send(Ack(frame, submitted.run.id, catch_up=not submitted.created))
 
     async def _cancel(self, frame: dict[str, Any]) -> None:
         run_id = _field(frame, "run_id", str, required=True)
@@ -205,13 +201,32 @@ class Session:
     async def _resume(self, frame: dict[str, Any]) -> None:
         run_id = _field(frame, "run_id", str, required=True)
         after = _field(frame, "after", int) or 0
-        if after < 0:
-            raise FrameError("validation_error", "after must be >= 0", run_id)
+        if not 0 <= after <= MAX_SEQ:
+            raise FrameError("validation_error", f"after must be 0-{MAX_SEQ}", run_id)
         try:
             await self.services.chat.run(self.principal.user_id, run_id)
         except AtollError as exc:
             raise FrameError(exc.code, exc.message, run_id) from None
         self.connection.send(Resume(run_id, after))
+
+
+def ack_frame(message: Message) -> dict[str, Any]:
+    """The ``ack`` of the user's ``message`` (with its ``client_id`` when it had one)."""
+    frame: dict[str, Any] = {
+        "type": "ack",
+        "thread_id": message.thread_id,
+        "run_id": message.run_id,
+        "message_id": message.id,
+    }
+    if message.client_id is not None:
+        frame["client_id"] = message.client_id
+    return frame
+
+
+async def run_ack(services: Services, user_id: str, run_id: str) -> dict[str, Any] | None:
+    """The ack of the user's run ``run_id``, for a socket that sees the run first (no ack yet)."""
+    message = await services.chat.input_message(user_id, run_id)
+    return ack_frame(message) if message is not None else None
 
 
 async def _pump(subscription: MemorySubscription, connection: Connection) -> None:
@@ -243,6 +258,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         log=services.event_log,
         metrics=services.metrics,
         queue_size=services.settings.ws_send_queue,
+        ack_lookup=partial(run_ack, services),
     )
     try:
         services.connections.add(connection)

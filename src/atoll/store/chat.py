@@ -21,6 +21,7 @@ from atoll.runtime.events import EventType, RunEvent
 from atoll.runtime.ids import new_id
 from atoll.runtime.state import ALIVE_STATES, ExecutionState
 from atoll.store.audit import AuditLog
+from atoll.store.bounds import MAX_ROW_KEY
 from atoll.store.db import Database
 from atoll.store.event_log import event_row
 from atoll.store.models import Message, Run, RunEventRow, Thread, User, utcnow
@@ -40,13 +41,14 @@ def decode_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        value = int(raw)
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    if not (raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_ROW_KEY):
         raise ValidationFailedError(
             "invalid cursor", [{"loc": ["query", "cursor"], "msg": "not a valid cursor"}]
-        ) from None
-    return value
+        )
+    return int(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +282,41 @@ class ChatStore:
             query = query.where(func.coalesce(Run.queued_at, Run.created_at) < queued_before)
         async with self.db.session() as session:
             return (await session.execute(query)).scalars().all()
+
+    async def input_message(self, user_id: str, run_id: str) -> Message | None:
+        """The user's message that started run ``run_id`` (None if no such run of theirs)."""
+        query = select(Message).where(
+            Message.run_id == run_id, Message.user_id == user_id, Message.role == "user"
+        )
+        async with self.db.session() as session:
+            return (await session.execute(query.limit(1))).scalar()
+
+    async def stalled_runs(self, *, queued_before: datetime) -> list[Claim]:
+        """PENDING runs (last) queued before ``queued_before``, ready to start.
+
+        Each comes with its message, its user's plan and roles and the thread's
+        history before it (single process: nothing but this process runs them).
+        """
+        query = (
+            select(Run, Message, User.plan, User.roles)
+            .join(Message, Message.id == Run.input_message_id)
+            .join(User, User.id == Run.user_id)
+            .where(
+                Run.state == ExecutionState.PENDING.value,
+                func.coalesce(Run.queued_at, Run.created_at) < queued_before,
+            )
+            .order_by(Run.pk)
+        )
+        async with self.db.session() as session:
+            rows = (await session.execute(query)).all()
+            stalled = []
+            for run, message, plan, roles in rows:
+                history_rows = await session.execute(
+                    history_query(run.thread_id).where(Message.pk < message.pk)
+                )
+                history = list(history_rows.scalars().all())[::-1]
+                stalled.append(Claim(run, message, plan, frozenset(roles or ()), False, history))
+        return stalled
 
     async def find_run(self, run_id: str) -> Run | None:
         """Run ``run_id`` whoever owns it (for the cluster's own bookkeeping, never a request)."""

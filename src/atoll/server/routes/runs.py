@@ -24,6 +24,7 @@ from atoll.server.schemas import (
 )
 from atoll.server.services import Services
 from atoll.server.sse import run_stream
+from atoll.store.bounds import MAX_SEQ
 
 router = APIRouter(tags=["runs"])
 
@@ -36,6 +37,17 @@ def check_message_length(services: Services, message: str) -> None:
             "message too long",
             [{"loc": ["body", "message"], "msg": f"at most {limit} characters"}],
         )
+
+
+def parse_last_event_id(value: str) -> int:
+    """The ``seq`` in a ``Last-Event-ID`` header: ASCII digits, within the ``seq`` range."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and int(text) <= MAX_SEQ):
+        raise ValidationFailedError(
+            "invalid Last-Event-ID",
+            [{"loc": ["header", "last-event-id"], "msg": f"must be an integer 0-{MAX_SEQ}"}],
+        )
+    return int(text)
 
 
 @router.post("/threads/{thread_id}/runs", status_code=202)
@@ -89,7 +101,7 @@ async def run_events(
     run_id: str,
     principal: PrincipalDep,
     services: ServicesDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
 ) -> EventPage:
     """The run's logged events with ``seq > after``."""
     await services.chat.run(principal.user_id, run_id)
@@ -110,12 +122,7 @@ async def stream_run(
     await services.chat.run(principal.user_id, run_id)
     after = 0
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
-            raise ValidationFailedError(
-                "invalid Last-Event-ID",
-                [{"loc": ["header", "last-event-id"], "msg": "must be a non-negative integer"}],
-            )
-        after = int(last_event_id)
+        after = parse_last_event_id(last_event_id)
     return StreamingResponse(
         run_stream(services, run_id=run_id, user_id=principal.user_id, after=after),
         media_type="text/event-stream",

@@ -28,6 +28,7 @@ const state = {
   threads: [],
   threadId: null,
   runs: new Map(), // run_id -> run view
+  unacked: new Map(), // client_id -> message frame sent but not yet acknowledged
   ws: null,
   connected: false,
   backoff: 1000,
@@ -375,11 +376,15 @@ function onFrame(frame) {
       state.backoff = 1000;
       setConnection("online");
       for (const run of state.runs.values()) if (!run.done && !run.id.startsWith("answer-")) resume(run);
+      // A message whose ack was lost with the old socket: the resend (same client_id)
+      // is acknowledged with the run it started, never a second run.
+      for (const pending of state.unacked.values()) send(pending);
       break;
     case "ack":
       onAck(frame);
       break;
     case "error":
+      if (frame.ref) state.unacked.delete(frame.ref);
       showError($("chat-error"), new Error(frame.detail));
       break;
     case "pong":
@@ -394,8 +399,16 @@ function onFrame(frame) {
   }
 }
 
-function onAck(frame) {
+function onAck(frame, own = false) {
   if (!frame.message_id) return; // a cancel's ack
+  // The server acknowledges every run before its first event on this socket, also
+  // runs started elsewhere (another tab): only our own messages switch the thread.
+  own = own || state.unacked.delete(frame.client_id);
+  if (!own) {
+    if (frame.thread_id === state.threadId) runView(frame.run_id);
+    else if (!state.threads.some((t) => t.id === frame.thread_id)) loadThreads();
+    return;
+  }
   if (state.threadId !== frame.thread_id) {
     state.threadId = frame.thread_id;
     loadThreads();
@@ -418,12 +431,14 @@ async function submitMessage(event) {
   if (state.threadId) frame.thread_id = state.threadId;
   addUserMessage(text);
   $("message").value = "";
+  state.unacked.set(frame.client_id, frame);
   if (send(frame)) return;
+  state.unacked.delete(frame.client_id);
   try { // offline: send over HTTP, the socket resumes the run when it is back
     const body = { message: text, agent: frame.agent };
     if (state.threadId) body.thread_id = state.threadId;
     const accepted = await api("POST", "/chat", body);
-    onAck({ thread_id: accepted.thread_id, run_id: accepted.run.id, message_id: accepted.message.id });
+    onAck({ thread_id: accepted.thread_id, run_id: accepted.run.id, message_id: accepted.message.id }, true);
   } catch (error) {
     showError($("chat-error"), error);
   }
