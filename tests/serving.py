@@ -21,8 +21,13 @@ from ports import free_port
 PASSWORD = "correct horse battery"
 
 
+TEST_SIGNUPS_PER_HOUR = 100_000
+"""Every test user signs up from 127.0.0.1: tests that check the sign-up limit set their own."""
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a test server in ``data_dir``."""
+    overrides.setdefault("signups_per_hour", TEST_SIGNUPS_PER_HOUR)
     return Settings(data_dir=data_dir, **overrides)
 
 
@@ -34,7 +39,7 @@ class ServeProcess:
         self.command = command
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env}
+        self.env = {"ATOLL_SIGNUPS_PER_HOUR": str(TEST_SIGNUPS_PER_HOUR), **os.environ, **env}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{command}-{self.port}.log"
 

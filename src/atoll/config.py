@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,8 +31,22 @@ class Settings(BaseSettings):
     jwt_audience: str = "atoll-api"
     access_token_ttl: float = Field(15 * 60, gt=0)
     refresh_token_ttl: float = Field(30 * 24 * 3600, gt=0)
-    login_failures_limit: int = Field(10, ge=1)
+    login_failures_limit: int = Field(
+        10, ge=1, description="Failed logins for one email from one client address, per window"
+    )
+    login_failures_per_address: int = Field(
+        50, ge=1, description="Failed logins from one client address over all emails, per window"
+    )
+    login_failures_per_account: int = Field(
+        100, ge=1, description="Failed logins for one email from all addresses, per window"
+    )
     login_failures_window: float = Field(15 * 60, gt=0)
+    signups_per_hour: int = Field(20, ge=1, description="Sign-ups per client address per hour")
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="Proxies trusted to set X-Forwarded-For (comma-separated IPs, as uvicorn's "
+        "--forwarded-allow-ips); unset: the peer address is the client address",
+    )
 
     max_message_chars: int = Field(32_000, ge=1)
     max_ws_connections: int = Field(10, ge=1)
@@ -41,6 +56,22 @@ class Settings(BaseSettings):
     ws_send_queue: int = Field(1000, ge=10)
     event_retention_hours: float = Field(24.0, gt=0)
     shutdown_grace: float = Field(10.0, ge=0)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413 over)")
+    max_sse_streams: int = Field(10, ge=1, description="Open SSE streams per user")
+    http_header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection has to send a request's headers (408)"
+    )
+    http_keepalive_timeout: float = Field(5.0, gt=0, description="Idle keep-alive connections")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) whose pages may open the WebSocket, besides "
+        "the server's own; comma-separated",
+    )
+    docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json")
+    metrics_enabled: bool = Field(True, description="Serve /metrics")
+    metrics_token: SecretStr | None = Field(
+        None, description="If set, /metrics needs 'Authorization: Bearer <this token>'"
+    )
 
     llm_provider: Literal["offline", "openai"] = "offline"
     llm_base_url: str | None = None
@@ -56,6 +87,17 @@ class Settings(BaseSettings):
     heartbeat_timeout: float = Field(30.0, gt=0)
     tool_timeout: float = Field(30.0, gt=0)
     tool_calls_per_minute: int = Field(120, ge=1)
+    tool_processes: int = Field(
+        default_factory=lambda: os.cpu_count() or 2,
+        ge=1,
+        description="Worker processes for CPU-bound (plain def) tools; default: one per core",
+    )
+    tool_memory_mb: int = Field(
+        1024, ge=0, description="Address-space cap of each tool worker process (0: none)"
+    )
+    tracker_retention: float = Field(
+        60.0, ge=0, description="Seconds a finished run stays in the in-memory tracker"
+    )
 
     redis_url: SecretStr | None = Field(
         None, description="Scale-out: Redis for the run queue, events, limits and signals"
@@ -80,7 +122,7 @@ class Settings(BaseSettings):
         """``ATOLL_REDIS_URL=`` (empty) means "not set", like leaving it out."""
         return None if value == "" else value
 
-    @field_validator("knowledge_dirs", "plugins", mode="before")
+    @field_validator("knowledge_dirs", "plugins", "allowed_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """Accept comma-separated lists from the environment."""

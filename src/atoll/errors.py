@@ -138,6 +138,12 @@ class RateLimitedError(AtollError):
         self.retry_after = retry_after
 
 
+class TooManyStreamsError(RateLimitedError):
+    """Raised when a user already has the maximum number of open event streams."""
+
+    code = "too_many_streams"
+
+
 class EventConflictError(AtollError):
     """Raised when a run's ``seq`` is already logged: another process ended the run.
 

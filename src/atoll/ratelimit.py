@@ -7,9 +7,10 @@ same ``RateLimiter`` protocol.
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -62,56 +63,86 @@ class LocalRateLimiter:
             del self._tat[key]
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The answer of ``FailureCounter.reserve``: a token, or how long to wait."""
+
+    token: str | None
+    retry_after: float = 0.0
+
+
 class FailureCounter(Protocol):
-    """Counts events per key over a sliding window (failed logins)."""
+    """Counts attempts per key over a sliding window (failed logins), reserving first.
 
-    async def count(self, key: str) -> int:
-        """Events for ``key`` within the window."""
+    An attempt *reserves* a place under every key it counts against before the
+    work it limits is done (the password hash), so concurrent attempts cannot all
+    pass a check made before any of them is counted. A reservation that turns out
+    not to be a failure is released; a failure simply keeps its place.
+    """
 
-    async def retry_after(self, key: str) -> float:
-        """Seconds until the oldest event of ``key`` leaves the window."""
+    async def reserve(self, limits: Mapping[str, int]) -> Reservation:
+        """Take one place under each key (``key -> limit``), all or none."""
 
-    async def add(self, key: str) -> None:
-        """Record one event for ``key``."""
+    async def release(self, keys: Iterable[str], token: str) -> None:
+        """Give back the places ``token`` took under ``keys``."""
 
     async def reset(self, key: str) -> None:
-        """Forget ``key``'s events."""
+        """Forget every attempt counted under ``key``."""
 
 
 class SlidingWindowCounter:
-    """In-process ``FailureCounter``: events per key over the last ``period`` seconds."""
+    """In-process ``FailureCounter``: attempts per key over the last ``period`` seconds."""
 
     def __init__(self, period: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.period = period
         self._clock = clock
-        self._events: dict[str, deque[float]] = {}
+        self._events: dict[str, dict[str, float]] = {}
+        """key -> token -> time of the attempt (in the order they were made)."""
+        self._since_prune = 0
 
-    def _window(self, key: str) -> deque[float] | None:
+    def _window(self, key: str, now: float) -> dict[str, float]:
         events = self._events.get(key)
         if events is None:
-            return None
-        cutoff = self._clock() - self.period
-        while events and events[0] <= cutoff:
-            events.popleft()
+            return {}
+        cutoff = now - self.period
+        for token in [t for t, at in events.items() if at <= cutoff]:
+            del events[token]
         if not events:
             del self._events[key]
-            return None
         return events
 
-    async def count(self, key: str) -> int:
-        """Events for ``key`` within the window."""
-        events = self._window(key)
-        return len(events) if events else 0
+    async def reserve(self, limits: Mapping[str, int]) -> Reservation:
+        """Take one place under each key (``key -> limit``), all or none."""
+        now = self._clock()
+        self._since_prune += 1
+        if self._since_prune >= 1024:
+            self._since_prune = 0
+            for key in list(self._events):
+                self._window(key, now)
+        waits = [
+            min(window.values()) + self.period - now
+            for key, limit in limits.items()
+            if len(window := self._window(key, now)) >= limit
+        ]
+        if waits:
+            return Reservation(None, max(0.0, max(waits)))
+        token = secrets.token_hex(8)
+        for key in limits:
+            self._events.setdefault(key, {})[token] = now
+        return Reservation(token)
 
-    async def retry_after(self, key: str) -> float:
-        """Seconds until the oldest event of ``key`` leaves the window."""
-        events = self._window(key)
-        return max(0.0, events[0] + self.period - self._clock()) if events else 0.0
-
-    async def add(self, key: str) -> None:
-        """Record one event for ``key``."""
-        self._events.setdefault(key, deque()).append(self._clock())
+    async def release(self, keys: Iterable[str], token: str) -> None:
+        """Give back the places ``token`` took under ``keys``."""
+        for key in keys:
+            events = self._events.get(key)
+            if events is not None:
+                events.pop(token, None)
+                if not events:
+                    del self._events[key]
 
     async def reset(self, key: str) -> None:
-        """Forget ``key``'s events."""
+        """Forget every attempt counted under ``key``."""
         self._events.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._events)

@@ -157,17 +157,28 @@ async def test_run_slots_hold_across_workers_and_expire_with_a_dead_holder(
     await other.aclose()
 
 
-async def test_login_failures_are_counted_across_nodes(redis: Redis, redis_url: str) -> None:
+async def test_login_failures_are_reserved_atomically_across_nodes(
+    redis: Redis, redis_url: str
+) -> None:
     other = Redis.from_url(redis_url)
     node_a = RedisFailureCounter(redis, 60.0, prefix="login")
     node_b = RedisFailureCounter(other, 60.0, prefix="login")
-    await node_a.add("a@example.com")
-    await node_b.add("a@example.com")
-    assert await node_a.count("a@example.com") == 2
-    assert await node_b.count("b@example.com") == 0
-    assert 59 < await node_b.retry_after("a@example.com") <= 60
-    await node_b.reset("a@example.com")
-    assert await node_a.count("a@example.com") == 0
+    limits = {"pair:1.2.3.4:a@example.com": 10, "address:1.2.3.4": 15}
+    burst = await asyncio.gather(
+        *((node_a if n % 2 else node_b).reserve(limits) for n in range(100))
+    )
+    granted = [r.token for r in burst if r.token is not None]
+    assert len(granted) == 10  # reserved before the work: no check-then-act gap
+    assert all(59 < r.retry_after <= 60 for r in burst if r.token is None)
+    # Another email from the same address still has room under the address key only.
+    other_email = {"pair:1.2.3.4:b@example.com": 10, "address:1.2.3.4": 15}
+    assert len([r for r in [await node_a.reserve(other_email) for _ in range(8)] if r.token]) == 5
+    # A released reservation (a success) gives its place back; reset clears a key.
+    await node_b.release(limits, granted[0])
+    assert (await node_a.reserve(limits)).token is not None
+    await node_b.reset("pair:1.2.3.4:a@example.com")
+    await node_b.reset("address:1.2.3.4")
+    assert (await node_a.reserve(limits)).token is not None
     await other.aclose()
 
 

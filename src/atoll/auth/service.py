@@ -26,7 +26,7 @@ from atoll.errors import (
     SessionRevokedError,
     ValidationFailedError,
 )
-from atoll.ratelimit import FailureCounter
+from atoll.ratelimit import FailureCounter, RateLimiter
 from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
@@ -84,6 +84,29 @@ def check_password(password: str) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class LoginLimits:
+    """Failed logins allowed within the failure window, and sign-ups per address.
+
+    ``per_email`` counts one email's failures from one client address: a stranger
+    guessing locks out only themselves. ``per_address`` counts one address's
+    failures over every email (password spraying), ``per_account`` one email's
+    failures from every address (a distributed attack on one account).
+    """
+
+    per_email: int = 10
+    per_address: int = 50
+    per_account: int = 100
+
+    def keys(self, email: str, address: str) -> dict[str, int]:
+        """The failure keys one attempt counts against, with their limits."""
+        return {
+            f"pair:{address}:{email}": self.per_email,
+            f"address:{address}": self.per_address,
+            f"account:{email}": self.per_account,
+        }
+
+
 class AuthService:
     """Accounts and sessions of one deployment."""
 
@@ -95,14 +118,16 @@ class AuthService:
         audit: AuditLog,
         *,
         failures: FailureCounter,
-        failures_limit: int,
+        limits: LoginLimits,
+        signups: RateLimiter,
     ) -> None:
         self._db = db
         self._codec = codec
         self._passwords = passwords
         self._audit = audit
         self._failures = failures
-        self._failures_limit = failures_limit
+        self._limits = limits
+        self._signups = signups
 
     async def create_user(
         self,
@@ -132,31 +157,52 @@ class AuthService:
             raise EmailTakenError("an account with this email already exists") from None
         return user
 
-    async def register(self, email: str, password: str, name: str | None) -> IssuedTokens:
-        """Create an account and log it in."""
+    async def register(
+        self, email: str, password: str, name: str | None, *, address: str
+    ) -> IssuedTokens:
+        """Create an account and log it in (sign-ups are rate-limited per client address)."""
+        normalise_email(email)
+        check_password(password)
+        retry_after = await self._signups.hit(f"signup:{address}")
+        if retry_after is not None:
+            raise RateLimitedError(
+                f"too many sign-ups from this address; retry in {retry_after:.0f}s",
+                retry_after=retry_after,
+            )
         user = await self.create_user(email, password, name=name)
         await self._audit.record("register", user_id=user.id)
         return await self._start_session(user)
 
-    async def login(self, email: str, password: str) -> IssuedTokens:
-        """Check the password and start a session. Wrong password and unknown email look alike."""
-        address = email.strip().lower()
-        if await self._failures.count(address) >= self._failures_limit:
-            await self._audit.record("login_rate_limited", email=address)
+    async def login(self, email: str, password: str, *, address: str) -> IssuedTokens:
+        """Check the password and start a session. Wrong password and unknown email look alike.
+
+        The attempt reserves its place under the failure limits *before* the
+        password is hashed, so a burst of concurrent guesses gets at most the
+        limit through; a success gives its place back.
+        """
+        email = email.strip().lower()
+        keys = self._limits.keys(email, address)
+        reservation = await self._failures.reserve(keys)
+        if reservation.token is None:
+            await self._audit.record_sampled("login_rate_limited", key=address, email=email)
             raise RateLimitedError(
-                "too many failed logins for this email; try again later",
-                retry_after=await self._failures.retry_after(address),
+                "too many failed logins; try again later", retry_after=reservation.retry_after
             )
-        async with self._db.session() as session:
-            user = (await session.execute(select(User).where(User.email == address))).scalar()
-        if not await self._passwords.verify(user.password_hash if user else None, password):
-            await self._failures.add(address)
+        try:
+            async with self._db.session() as session:
+                query = select(User).where(User.email == email)
+                user = (await session.execute(query)).scalar()
+            verified = await self._passwords.verify(user.password_hash if user else None, password)
+        except BaseException:
+            await self._failures.release(keys, reservation.token)  # not a failed guess
+            raise
+        if not verified or user is None:
             await self._audit.record(
-                "login_failed", user_id=user.id if user else None, email=address
+                "login_failed", user_id=user.id if user else None, email=email, address=address
             )
             raise InvalidCredentialsError("wrong email or password")
-        assert user is not None
-        await self._failures.reset(address)
+        await self._failures.release(keys, reservation.token)
+        await self._failures.reset(next(iter(keys)))
         await self._audit.record("login", user_id=user.id)
         return await self._start_session(user)
 

@@ -24,6 +24,7 @@ import math
 import random
 import secrets
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -31,6 +32,7 @@ from redis.exceptions import RedisError
 
 from atoll.aio import settle_task
 from atoll.bus.memory import InMemoryEventBus, MemorySubscription
+from atoll.ratelimit import Reservation
 from atoll.runtime.events import RunEvent
 from atoll.runtime.limits import run_limit_error
 
@@ -343,51 +345,61 @@ class RedisRunSlots:
             )
 
 
-_FAILURES = """
+_RESERVE = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if ARGV[1] == 'add' then
-  redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return 0
+local window = tonumber(ARGV[1])
+local wait = -1
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    wait = math.max(wait, tonumber(oldest[2]) + window - now)
+  end
 end
-if ARGV[1] == 'count' then return redis.call('ZCARD', KEYS[1]) end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #oldest == 0 then return 0 end
-return math.max(0, tonumber(oldest[2]) + window - now)
+if wait >= 0 then return wait end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, ARGV[2])
+  redis.call('PEXPIRE', key, window)
+end
+return -1
 """
 
 
 class RedisFailureCounter:
-    """``FailureCounter`` shared by every node: a sorted set per key, on Redis's clock."""
+    """``FailureCounter`` shared by every node: a sorted set per key, on Redis's clock.
+
+    A reservation checks and takes its places under all its keys in one Lua
+    script, so it is atomic across nodes.
+    """
 
     def __init__(self, redis: Redis, period: float, *, prefix: str) -> None:
         self._redis = redis
         self._window_ms = max(1, int(period * 1000))
         self._prefix = prefix
-        self._script = redis.register_script(_FAILURES)
+        self._reserve = redis.register_script(_RESERVE)
 
-    async def _call(self, op: str, key: str) -> int:
-        nonce = secrets.token_hex(6)
-        answer = await self._script(
-            keys=[f"atoll:failures:{self._prefix}:{key}"], args=[op, self._window_ms, nonce]
+    def _key(self, key: str) -> str:
+        return f"atoll:failures:{self._prefix}:{key}"
+
+    async def reserve(self, limits: Mapping[str, int]) -> Reservation:
+        """Take one place under each key (``key -> limit``), all or none."""
+        token = secrets.token_hex(8)
+        wait_ms = await self._reserve(
+            keys=[self._key(key) for key in limits],
+            args=[self._window_ms, token, *limits.values()],
         )
-        return int(answer)
+        if int(wait_ms) < 0:
+            return Reservation(token)
+        return Reservation(None, math.ceil(int(wait_ms)) / 1000)
 
-    async def count(self, key: str) -> int:
-        """Events for ``key`` within the window."""
-        return await self._call("count", key)
-
-    async def retry_after(self, key: str) -> float:
-        """Seconds until the oldest event of ``key`` leaves the window."""
-        return math.ceil(await self._call("retry_after", key)) / 1000
-
-    async def add(self, key: str) -> None:
-        """Record one event for ``key``."""
-        await self._call("add", key)
+    async def release(self, keys: Iterable[str], token: str) -> None:
+        """Give back the places ``token`` took under ``keys``."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrem(self._key(key), token)
+            await pipe.execute()
 
     async def reset(self, key: str) -> None:
-        """Forget ``key``'s events."""
-        await self._redis.delete(f"atoll:failures:{self._prefix}:{key}")
+        """Forget every attempt counted under ``key``."""
+        await self._redis.delete(self._key(key))

@@ -38,6 +38,7 @@ from atoll.runtime.llm.base import (
 )
 from atoll.runtime.state import ExecutionState
 from atoll.runtime.tools.dispatcher import ToolDispatcher
+from atoll.runtime.tools.processes import ToolProcessPool
 from atoll.runtime.tracker import AgentExecutionTracker
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class EngineServices:
     tool_rate_limiter: RateLimiter | None = None
     resources: Mapping[type, object] = field(default_factory=dict)
     completion_hook: CompletionHook | None = None
+    processes: ToolProcessPool | None = None
 
 
 class UsageMeter:
@@ -296,6 +298,7 @@ class UserExecutionEngine:
             rate_limiter=services.tool_rate_limiter,
             default_timeout=services.limits.tool_timeout,
             resources=services.resources,
+            processes=services.processes,
         )
 
         async def call_agent(sub_agent: str, sub_input: str) -> str:

@@ -30,6 +30,7 @@ from atoll.runtime.events import EventRecorder, RunEmitter
 from atoll.runtime.ids import new_id
 from atoll.runtime.limits import RunSlots, RuntimeLimits, UserRunSlots
 from atoll.runtime.llm.base import LLMProvider
+from atoll.runtime.tools.processes import ToolProcessPool
 from atoll.runtime.tracker import AgentExecutionTracker, ExecutionRecord
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,12 @@ class ExecutionEngineFactory:
         tool_rate_limiter: RateLimiter | None = None,
         resources: Mapping[type, object] | None = None,
         completion_hook: CompletionHook | None = None,
+        processes: ToolProcessPool | None = None,
     ) -> None:
         self.limits = limits or RuntimeLimits()
+        self.processes = processes or ToolProcessPool(
+            self.limits.tool_processes, memory_mb=self.limits.tool_memory_mb
+        )
         self.registry = registry
         self.recorder = recorder
         self.tracker = tracker or AgentExecutionTracker(
@@ -67,6 +72,7 @@ class ExecutionEngineFactory:
             or LocalRateLimiter(self.limits.tool_calls_per_minute, 60.0),
             resources=dict(resources or {}),
             completion_hook=completion_hook,
+            processes=self.processes,
         )
         self._engines: dict[str, UserExecutionEngine] = {}
         self._stack: contextlib.AsyncExitStack | None = None
@@ -108,6 +114,7 @@ class ExecutionEngineFactory:
         if self._stack is not None:
             await self._stack.aclose()
             self._stack = None
+        await self.processes.aclose()
 
     # -- building engines --------------------------------------------------------
 

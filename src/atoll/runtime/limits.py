@@ -29,7 +29,9 @@ class RuntimeLimits:
     tool_timeout: float = 30.0
     tool_calls_per_minute: int = 120
     monitor_interval: float = 1.0
-    record_retention: float = 3600.0
+    record_retention: float = 60.0
+    tool_processes: int = 2
+    tool_memory_mb: int | None = 1024
 
     def __post_init__(self) -> None:
         if self.max_concurrent_runs < 1:
@@ -51,6 +53,9 @@ class RuntimeLimits:
             tool_timeout=settings.tool_timeout,
             tool_calls_per_minute=settings.tool_calls_per_minute,
             monitor_interval=min(1.0, settings.heartbeat_timeout / 3),
+            record_retention=settings.tracker_retention,
+            tool_processes=settings.tool_processes,
+            tool_memory_mb=settings.tool_memory_mb or None,
         )
 
 

@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from atoll import __version__
 from atoll.config import Settings
+from atoll.server.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from atoll.server.problems import install_problem_handlers
 from atoll.server.routes import auth, ops, runs, threads
 from atoll.server.services import running_services
@@ -31,12 +32,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.services = services
             yield
 
+    docs = settings.docs_enabled
     app = FastAPI(
         title="Atoll",
         version=__version__,
         summary="Multi-tenant AI-agent runtime",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     install_problem_handlers(app)
     app.include_router(auth.router, prefix=API)
     app.include_router(threads.router, prefix=API)

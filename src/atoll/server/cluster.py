@@ -55,6 +55,9 @@ class Cluster:
         self.tool_limiter = RedisRateLimiter(
             redis, settings.tool_calls_per_minute, 60.0, prefix="tools", fail_open=True
         )
+        self.signup_limiter = RedisRateLimiter(
+            redis, settings.signups_per_hour, 3600.0, prefix="signups"
+        )
         self.login_failures = RedisFailureCounter(
             redis, settings.login_failures_window, prefix="login"
         )

@@ -1,4 +1,4 @@
-"""WebSocket connections: the per-user registry, and one connection's writer.
+"""WebSocket connections: the per-user registry, one connection's writer; SSE stream slots.
 
 Each connection has one reader (the endpoint) and one writer task; everything
 sent goes through a bounded queue to the writer, which is the only code that
@@ -31,6 +31,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketState
 
 from atoll.bus.memory import Resync
+from atoll.errors import TooManyStreamsError
 from atoll.runtime.events import RunEvent, RunEventLog
 from atoll.server.metrics import Metrics
 
@@ -250,3 +251,33 @@ class ConnectionRegistry:
         for connections in list(self._by_user.values()):
             for connection in list(connections):
                 await connection.close(code, reason)
+
+
+class StreamSlots:
+    """Open SSE streams per user, up to a limit (like the WebSocket connection limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def acquire(self, user_id: str) -> None:
+        """Count one more stream of ``user_id``; ``TooManyStreamsError`` past the limit."""
+        count = self._open.get(user_id, 0)
+        if count >= self.limit:
+            raise TooManyStreamsError(
+                f"you already have {self.limit} open event streams; close one first",
+                retry_after=1.0,
+            )
+        self._open[user_id] = count + 1
+
+    def release(self, user_id: str) -> None:
+        """One stream of ``user_id`` closed."""
+        count = self._open.get(user_id, 0) - 1
+        if count > 0:
+            self._open[user_id] = count
+        else:
+            self._open.pop(user_id, None)
+
+    def count(self, user_id: str) -> int:
+        """Open streams of ``user_id``."""
+        return self._open.get(user_id, 0)

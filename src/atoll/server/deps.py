@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from atoll.auth.service import Principal
 from atoll.errors import AuthenticationError, UnavailableError
@@ -22,6 +23,11 @@ def get_services(request: Request) -> Services:
     return services
 
 
+def client_address(connection: HTTPConnection) -> str:
+    """The client's address (the peer, or what a trusted proxy forwarded; see operations.md)."""
+    return connection.client.host if connection.client is not None else "unknown"
+
+
 async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -32,9 +38,17 @@ async def get_principal(
         return await services.auth.authenticate(credentials.credentials if credentials else None)
     except AuthenticationError as exc:
         if credentials is not None:  # a presented token that does not work, not a missing one
-            await services.audit.record("access_denied", reason=exc.code, path=request.url.path)
+            await services.audit.record_sampled(
+                "access_denied", key=client_address(request), reason=exc.code, path=request.url.path
+            )
         raise
+
+
+def get_address(request: Request) -> str:
+    """The client address of the request (for per-address limits)."""
+    return client_address(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+AddressDep = Annotated[str, Depends(get_address)]

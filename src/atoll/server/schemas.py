@@ -82,6 +82,7 @@ class ThreadOut(BaseModel):
     id: str
     title: str | None
     metadata: dict[str, Any]
+    metadata_error: str | None = None
     created_at: datetime
     updated_at: datetime
 

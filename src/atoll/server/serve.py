@@ -19,6 +19,7 @@ import uvicorn
 
 from atoll.config import Settings
 from atoll.server.app import create_app
+from atoll.server.http11 import guarded_h11, install_log_redaction
 from atoll.server.services import Services, running_worker
 
 logger = logging.getLogger(__name__)
@@ -52,16 +53,7 @@ async def running_server(
 
     Yields the base URL and the server; ``server.should_exit = True`` stops it early.
     """
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-        ws_max_size=max(settings.max_ws_frame_bytes * 4, 1 << 20),
-        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
-    )
+    config = uvicorn_config(settings, host="127.0.0.1", port=port, log_level="warning")
     server = AtollServer(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -77,20 +69,32 @@ async def running_server(
         await asyncio.wait_for(task, 60)
 
 
-def serve(settings: Settings) -> None:
-    """Run Atoll until interrupted."""
+def uvicorn_config(settings: Settings, *, host: str, port: int, log_level: str) -> uvicorn.Config:
+    """How uvicorn serves Atoll: the guarded h11 protocol, WebSockets without compression,
+    idle and header deadlines, and forwarded addresses only from trusted proxies."""
     config = uvicorn.Config(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=guarded_h11(settings.http_header_timeout),
         ws="websockets-sansio",
         ws_per_message_deflate=False,
         ws_max_size=max(settings.max_ws_frame_bytes * 4, 1 << 20),
-        proxy_headers=False,
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_keep_alive=int(settings.http_keepalive_timeout),
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
     )
-    AtollServer(config).run()
+    install_log_redaction()
+    return config
+
+
+def serve(settings: Settings) -> None:
+    """Run Atoll until interrupted."""
+    AtollServer(
+        uvicorn_config(settings, host=settings.host, port=settings.port, log_level="info")
+    ).run()
 
 
 class QuietServer(uvicorn.Server):

@@ -13,7 +13,7 @@ from typing import Any
 
 from atoll.aio import run_every, settle_task
 from atoll.auth.passwords import Passwords
-from atoll.auth.service import AuthService
+from atoll.auth.service import AuthService, LoginLimits
 from atoll.auth.tokens import TokenCodec, load_or_create_secret
 from atoll.bus.memory import InMemoryEventBus, MemorySubscription
 from atoll.bus.redis import RedisEventRelay
@@ -31,7 +31,7 @@ from atoll.runtime.llm.providers import build_llm_provider
 from atoll.runtime.plugins import load_plugins
 from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
-from atoll.server.connections import ConnectionRegistry
+from atoll.server.connections import ConnectionRegistry, StreamSlots
 from atoll.server.metrics import Metrics
 from atoll.server.runs import STALL_AFTER, RunService
 from atoll.server.sweeper import Sweeper
@@ -60,6 +60,7 @@ class Services:
     runs: RunService
     connections: ConnectionRegistry
     metrics: Metrics
+    streams: StreamSlots
     cluster: Cluster | None = None
     relay: RedisEventRelay | None = None
     accepting: bool = True
@@ -172,7 +173,14 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             failures=cluster.login_failures
             if cluster is not None
             else SlidingWindowCounter(settings.login_failures_window),
-            failures_limit=settings.login_failures_limit,
+            limits=LoginLimits(
+                per_email=settings.login_failures_limit,
+                per_address=settings.login_failures_per_address,
+                per_account=settings.login_failures_per_account,
+            ),
+            signups=cluster.signup_limiter
+            if cluster is not None
+            else LocalRateLimiter(settings.signups_per_hour, 3600.0),
         )
         chat = ChatStore(db, audit)
         local_bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
@@ -217,6 +225,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             runs=runs,
             connections=ConnectionRegistry(settings.max_ws_connections, metrics),
             metrics=metrics,
+            streams=StreamSlots(settings.max_sse_streams),
             cluster=cluster,
             relay=relay,
         )

@@ -4,13 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from atoll.bus.memory import MemorySubscription, Resync
 from atoll.runtime.events import RunEvent
 from atoll.server.services import Services
 
 KEEPALIVE_SECONDS = 15.0
+
+
+class RunStreamResponse(StreamingResponse):
+    """A streaming answer that gives its stream slot back however it ends.
+
+    The release is in ``__call__``, which runs for every answer sent, rather than in
+    the generator, whose ``finally`` never runs if it was never started.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None]) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def sse_frame(event: RunEvent) -> bytes:

@@ -28,6 +28,7 @@ from atoll.server.connections import (
     SlowClientError,
     TooManyConnectionsError,
 )
+from atoll.server.deps import client_address
 from atoll.server.runs import Submitted
 from atoll.server.services import Services
 from atoll.store.bounds import MAX_SEQ
@@ -223,6 +224,22 @@ def ack_frame(message: Message) -> dict[str, Any]:
     return frame
 
 
+def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
+    """Whether the page that opens this socket may: same origin, or one of ``allowed``.
+
+    Browsers always send ``Origin`` on a WebSocket; other clients need not, and
+    are allowed (they carry their own token, never a cookie).
+    """
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    host = websocket.headers.get("host", "").lower()
+    if host and origin in (f"http://{host}", f"https://{host}"):
+        return True
+    return origin in {o.strip().rstrip("/").lower() for o in allowed}
+
+
 async def run_ack(services: Services, user_id: str, run_id: str) -> dict[str, Any] | None:
     """The ack of the user's run ``run_id``, for a socket that sees the run first (no ack yet)."""
     message = await services.chat.input_message(user_id, run_id)
@@ -237,6 +254,9 @@ async def _pump(subscription: MemorySubscription, connection: Connection) -> Non
 async def websocket_endpoint(websocket: WebSocket) -> None:
     """The WebSocket of the wire protocol."""
     services: Services = websocket.app.state.services
+    if not origin_allowed(websocket, services.settings.allowed_origins):
+        await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accept: HTTP 403
+        return
     await websocket.accept()
     if not services.accepting:
         await websocket.close(1001, "server shutting down")
@@ -247,7 +267,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_AUTH_TIMEOUT, "no auth frame in time")
         return
     except AuthenticationError as exc:
-        await services.audit.record("access_denied", reason=exc.code, path="/api/v1/ws")
+        address = client_address(websocket)
+        await services.audit.record_sampled(
+            "access_denied", key=address, reason=exc.code, path="/api/v1/ws"
+        )
         await websocket.close(CLOSE_AUTH, exc.code)
         return
     connection = Connection(

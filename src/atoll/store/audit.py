@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from atoll.ratelimit import LocalRateLimiter
 from atoll.store.db import Database
 from atoll.store.models import AuditEntry, utcnow
 from atoll.store.writer import insert_rows
@@ -39,8 +40,25 @@ def audit_entry(action: str, *, user_id: str | None = None, **detail: Any) -> Au
 class AuditLog:
     """Writes audit entries; never lets a failure to audit break the request."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, sampled_per_minute: int = 10) -> None:
         self._db = db
+        self._sampler = LocalRateLimiter(sampled_per_minute, 60.0)
+        self.suppressed = 0
+        """Entries ``record_sampled`` did not write (over their rate)."""
+
+    async def record_sampled(
+        self, action: str, *, key: str, user_id: str | None = None, **detail: Any
+    ) -> None:
+        """``record``, at most ``sampled_per_minute`` times a minute per ``(action, key)``.
+
+        For what anyone can repeat at will — a refused token, a rate-limited login —
+        so that it cannot be used to fill the disk; ``key`` is the client address.
+        The entries left out are counted in ``suppressed``.
+        """
+        if self._sampler.hit_now(f"{action}:{key}") is not None:
+            self.suppressed += 1
+            return
+        await self.record(action, user_id=user_id, address=key, **detail)
 
     async def record(self, action: str, *, user_id: str | None = None, **detail: Any) -> None:
         """Store one entry (``action`` must be one of ``AUDITED_ACTIONS``)."""

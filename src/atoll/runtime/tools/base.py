@@ -1,7 +1,11 @@
-"""Declaring tools: ``@tool`` on a typed async function, schema from the type hints.
+"""Declaring tools: ``@tool`` on a typed function, schema from the type hints.
 
 The decorator builds a ``Tool`` value and registers nothing: tools are added to
 an ``AgentRegistry`` by whoever assembles the process (built-ins, plugins).
+
+An ``async def`` tool runs on the event loop and must only wait (I/O), never
+compute for long. A plain ``def`` tool is CPU-bound: it runs in a worker process
+of the ``ToolProcessPool``, where its timeout kills it (see ``processes.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.llm.base import ToolSpec
 
 R = TypeVar("R")
-ToolFunction = Callable[..., Awaitable[Any]]
+ToolFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ class Tool:
     timeout: float | None = None
     plans: frozenset[str] | None = None
     roles: frozenset[str] | None = None
+    cpu_bound: bool = False
+    """A plain ``def``: runs in a worker process that its timeout can kill."""
 
     def allows(self, context: UserExecutionContext) -> bool:
         """Whether the user's plan and roles permit this tool."""
@@ -139,8 +145,14 @@ def _build(
     plans: Iterable[str] | None,
     roles: Iterable[str] | None,
 ) -> Tool:
-    if not inspect.iscoroutinefunction(fn):
-        raise TypeError(f"@tool needs an async function, got {fn!r}")
+    if not inspect.isfunction(fn):
+        raise TypeError(f"@tool needs a function, got {fn!r}")
+    cpu_bound = not inspect.iscoroutinefunction(fn)
+    if cpu_bound and "<locals>" in fn.__qualname__:
+        raise TypeError(
+            f"tool {fn.__qualname__}: a plain-def (CPU-bound) tool runs in another process "
+            "and must be defined at module level"
+        )
     tool_name = name or fn.__name__
     doc = inspect.getdoc(fn) or ""
     text = description or doc.split("\n\n", 1)[0].replace("\n", " ").strip()
@@ -156,6 +168,8 @@ def _build(
         if annotation is None:
             raise TypeError(f"tool {tool_name}: parameter {param.name} needs a type hint")
         if annotation is ToolContext:
+            if cpu_bound:
+                raise TypeError(f"tool {tool_name}: a CPU-bound tool cannot take a ToolContext")
             context_parameter = param.name
             continue
         fields[param.name] = _field_for(annotation, param.default)
@@ -176,6 +190,7 @@ def _build(
         timeout=timeout,
         plans=frozenset(plans) if plans is not None else None,
         roles=frozenset(roles) if roles is not None else None,
+        cpu_bound=cpu_bound,
     )
 
 
@@ -204,7 +219,10 @@ def tool(
     plans: Iterable[str] | None = None,
     roles: Iterable[str] | None = None,
 ) -> Tool | Callable[[ToolFunction], Tool]:
-    """Turn a typed async function into a ``Tool``.
+    """Turn a typed function into a ``Tool``.
+
+    ``async def``: runs on the event loop (for tools that wait on I/O). Plain
+    ``def``: CPU-bound, runs in a worker process that its timeout kills.
 
     ``plans`` limits the tool to users on those plans, ``roles`` to users holding
     any of those roles; ``timeout`` overrides the dispatcher's default.

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, cast
 
 import orjson
 
@@ -33,6 +33,7 @@ from atoll.runtime.events import AgentEmitter, EventType
 from atoll.runtime.ids import new_id
 from atoll.runtime.llm.base import ToolSpec
 from atoll.runtime.tools.base import Tool, ToolContext, ToolResult
+from atoll.runtime.tools.processes import ToolProcessPool
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class ToolDispatcher:
         rate_limiter: RateLimiter | None = None,
         default_timeout: float = 30.0,
         resources: Mapping[type, object] | None = None,
+        processes: ToolProcessPool | None = None,
     ) -> None:
         self._context = context
         self._tools = dict(tools)
@@ -56,6 +58,7 @@ class ToolDispatcher:
         self._rate_limiter = rate_limiter
         self._default_timeout = default_timeout
         self._resources = dict(resources or {})
+        self._processes = processes
 
     def specs(self) -> list[ToolSpec]:
         """The tools this user may call, as model-facing specs."""
@@ -144,8 +147,8 @@ class ToolDispatcher:
             )
         timeout = tool.timeout if tool.timeout is not None else self._default_timeout
         try:
-            async with asyncio.timeout(timeout):
-                value = await tool.fn(**kwargs)
+            async with asyncio.timeout(timeout):  # a wall-clock bound: it kills process tools
+                value = await self._invoke(tool, kwargs)
         except TimeoutError:
             raise ToolTimeoutError(f"{name} did not finish within {timeout:g}s") from None
         try:
@@ -153,6 +156,13 @@ class ToolDispatcher:
         except TypeError:
             raise ToolError(f"{name} returned a value that is not JSON") from None
         return value
+
+    async def _invoke(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
+        if not tool.cpu_bound:
+            return await cast(Awaitable[Any], tool.fn(**kwargs))
+        if self._processes is None:
+            raise ToolError(f"{tool.name} is CPU-bound and no tool process pool is configured")
+        return await self._processes.call(tool.fn, kwargs, user_id=self._context.user_id)
 
     async def _complete(
         self,

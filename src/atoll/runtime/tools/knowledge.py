@@ -7,6 +7,7 @@ resource; the files are read and indexed off the event loop on first use.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import re
 from collections import Counter
@@ -19,6 +20,8 @@ from typing import Annotated, Any
 from atoll.runtime.tools.base import ToolContext, tool
 
 DOCUMENT_SUFFIXES = frozenset({".md", ".txt", ".rst"})
+MAX_QUERY_CHARS = 2_000
+MAX_QUERY_TERMS = 32
 MAX_DOCUMENT_BYTES = 2_000_000
 _WORD = re.compile(r"[a-z0-9]+")
 _HEADING = re.compile(r"^#{1,6}\s+(.*)$", re.MULTILINE)
@@ -84,38 +87,39 @@ def split_sections(source: str, text: str) -> list[Passage]:
 
 
 class KnowledgeIndex:
-    """An immutable BM25 index over passages."""
+    """An immutable BM25 index over passages.
+
+    Searching walks the postings of the query's terms only (at most
+    ``MAX_QUERY_TERMS`` distinct ones), so its cost follows the matches, not the
+    size of the corpus or the length of the question.
+    """
 
     def __init__(self, passages: Sequence[Passage], *, k1: float = 1.5, b: float = 0.75) -> None:
         self.passages = list(passages)
-        self._k1, self._b = k1, b
-        self._terms = [Counter(tokenize(p.title + " " + p.text)) for p in self.passages]
-        self._lengths = [sum(t.values()) for t in self._terms]
-        self._average = (sum(self._lengths) / len(self._lengths)) if self._lengths else 0.0
-        document_frequency: Counter[str] = Counter()
-        for terms in self._terms:
-            document_frequency.update(terms.keys())
+        terms = [Counter(tokenize(p.title + " " + p.text)) for p in self.passages]
+        lengths = [sum(t.values()) for t in terms]
+        average = (sum(lengths) / len(lengths)) if lengths else 0.0
         count = len(self.passages)
-        self._idf = {
-            term: math.log(1 + (count - df + 0.5) / (df + 0.5))
-            for term, df in document_frequency.items()
+        postings: dict[str, list[tuple[int, float]]] = {}
+        for index, counts in enumerate(terms):
+            norm = k1 * (1 - b + b * lengths[index] / (average or 1))
+            for term, tf in counts.items():
+                postings.setdefault(term, []).append((index, tf * (k1 + 1) / (tf + norm)))
+        self._postings = {
+            term: (math.log(1 + (count - len(docs) + 0.5) / (len(docs) + 0.5)), docs)
+            for term, docs in postings.items()
         }
 
     def search(self, query: str, limit: int = 3) -> list[SearchHit]:
         """The best ``limit`` passages for ``query`` (only those sharing a term with it)."""
-        words = tokenize(query)
-        scored: list[tuple[float, int]] = []
-        for index, terms in enumerate(self._terms):
-            score = 0.0
-            norm = self._k1 * (1 - self._b + self._b * self._lengths[index] / (self._average or 1))
-            for word in words:
-                tf = terms.get(word)
-                if tf:
-                    score += self._idf[word] * tf * (self._k1 + 1) / (tf + norm)
-            if score > 0:
-                scored.append((score, index))
-        scored.sort(key=lambda item: (-item[0], item[1]))
-        return [self._hit(index, score, words) for score, index in scored[:limit]]
+        words = list(dict.fromkeys(tokenize(query[:MAX_QUERY_CHARS])))[:MAX_QUERY_TERMS]
+        scores: dict[int, float] = {}
+        for word in words:
+            idf, docs = self._postings.get(word, (0.0, []))
+            for index, weight in docs:
+                scores[index] = scores.get(index, 0.0) + idf * weight
+        best = heapq.nsmallest(limit, ((-score, index) for index, score in scores.items()))
+        return [self._hit(index, -score, words) for score, index in best]
 
     def _hit(self, index: int, score: float, words: Iterable[str]) -> SearchHit:
         passage = self.passages[index]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from atoll.auth.service import IssuedTokens
-from atoll.server.deps import PrincipalDep, ServicesDep
+from atoll.server.deps import AddressDep, PrincipalDep, ServicesDep
 from atoll.server.schemas import LoginBody, RefreshBody, RegisterBody, TokenOut, UserOut
 from atoll.store.models import User
 
@@ -35,15 +35,18 @@ def token_out(issued: IssuedTokens) -> TokenOut:
 
 
 @router.post("/auth/register", status_code=201)
-async def register_account(body: RegisterBody, services: ServicesDep) -> TokenOut:
+async def register_account(
+    body: RegisterBody, services: ServicesDep, address: AddressDep
+) -> TokenOut:
     """Create an account and log in."""
-    return token_out(await services.auth.register(body.email, body.password, body.name))
+    issued = await services.auth.register(body.email, body.password, body.name, address=address)
+    return token_out(issued)
 
 
 @router.post("/auth/login")
-async def log_in(body: LoginBody, services: ServicesDep) -> TokenOut:
+async def log_in(body: LoginBody, services: ServicesDep, address: AddressDep) -> TokenOut:
     """Log in with email and password."""
-    return token_out(await services.auth.login(body.email, body.password))
+    return token_out(await services.auth.login(body.email, body.password, address=address))
 
 
 @router.post("/auth/refresh")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from atoll.errors import AuthenticationError, NotFoundError
 from atoll.server.services import Services
 
 router = APIRouter(tags=["ops"])
@@ -37,6 +40,15 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def prometheus_metrics(request: Request) -> Response:
-    """Prometheus metrics."""
+    """Prometheus metrics (off with ``ATOLL_METRICS_ENABLED=false``; ``ATOLL_METRICS_TOKEN``
+    makes them need ``Authorization: Bearer <token>``)."""
     services: Services = request.app.state.services
+    settings = services.settings
+    if not settings.metrics_enabled:
+        raise NotFoundError("not found")
+    if settings.metrics_token is not None:
+        expected = f"Bearer {settings.metrics_token.get_secret_value()}"
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise AuthenticationError("the metrics token is missing or wrong")
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -23,7 +23,7 @@ from atoll.server.schemas import (
     ToolOut,
 )
 from atoll.server.services import Services
-from atoll.server.sse import run_stream
+from atoll.server.sse import RunStreamResponse, run_stream
 from atoll.store.bounds import MAX_SEQ
 
 router = APIRouter(tags=["runs"])
@@ -123,10 +123,11 @@ async def stream_run(
     after = 0
     if last_event_id is not None:
         after = parse_last_event_id(last_event_id)
-    return StreamingResponse(
-        run_stream(services, run_id=run_id, user_id=principal.user_id, after=after),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    user_id = principal.user_id
+    services.streams.acquire(user_id)
+    return RunStreamResponse(
+        run_stream(services, run_id=run_id, user_id=user_id, after=after),
+        release=lambda: services.streams.release(user_id),
     )
 
 

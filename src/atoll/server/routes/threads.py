@@ -15,6 +15,7 @@ from atoll.server.schemas import (
     ThreadPage,
     ThreadPatch,
 )
+from atoll.store.bounds import UnstorableError, check_metadata
 from atoll.store.models import Message, Thread
 
 router = APIRouter(tags=["threads"])
@@ -24,11 +25,23 @@ Cursor = Annotated[str | None, Query(max_length=64)]
 
 
 def thread_out(thread: Thread) -> ThreadOut:
-    """The public view of a thread."""
+    """The public view of a thread.
+
+    Metadata stored before it was checked (by an older version) and that cannot be
+    sent back is left out and named, so the listing still works and the user can
+    find the thread and replace (PATCH) or delete it.
+    """
+    metadata = thread.meta or {}
+    problem = None
+    try:
+        check_metadata(metadata)
+    except UnstorableError as exc:
+        metadata, problem = {}, f"the stored metadata cannot be shown ({exc}); replace it"
     return ThreadOut(
         id=thread.id,
         title=thread.title,
-        metadata=thread.meta or {},
+        metadata=metadata,
+        metadata_error=problem,
         created_at=thread.created_at,
         updated_at=thread.updated_at,
     )

@@ -1,0 +1,66 @@
+"""A plugin of CPU-bound tools (plain ``def``) for the tests: bombs, failures, a spinner agent.
+
+Importable as ``cpu_tools`` (``tests/plugins`` is on the path of the tests and of
+the servers they start), so the tool process pool's workers find the functions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from atoll import Agent, tool
+from atoll.errors import ToolError
+from atoll.runtime.agents.base import AgentRegistry, AgentRunContext
+
+
+@tool(timeout=2.0)
+def spin(seconds: float) -> dict[str, Any]:
+    """Keeps a core busy for ``seconds`` (a CPU bomb that never yields)."""
+    end = time.perf_counter() + seconds
+    turns = 0
+    while time.perf_counter() < end:
+        turns += 1
+    return {"turns": turns, "pid": os.getpid()}
+
+
+@tool
+def whose_process() -> int:
+    """The id of the process the tool runs in."""
+    return os.getpid()
+
+
+@tool
+def refuse(reason: str) -> None:
+    """Fails the way a tool reports an error to the user."""
+    raise ToolError(reason)
+
+
+@tool
+def crash() -> None:
+    """Fails the way a bug does."""
+    raise ValueError("a bug")
+
+
+@tool
+def hog(megabytes: int) -> int:
+    """Allocates ``megabytes`` of memory."""
+    return len(bytearray(megabytes * 1024 * 1024))
+
+
+class Spinner(Agent):
+    """Calls ``spin`` for as many seconds as the message says."""
+
+    name = "spinner"
+    description = "Keeps the CPU busy in a tool for the given number of seconds."
+    tools = ("spin",)
+
+    async def run(self, run: AgentRunContext) -> str:
+        result = await run.tools.call("spin", {"seconds": float(run.input)})
+        return "spun" if result.ok else f"spin failed: {(result.error or {}).get('code')}"
+
+
+def register(registry: AgentRegistry) -> None:
+    registry.register_agent(Spinner)
+    registry.register_tools([spin, whose_process, refuse, crash, hog])
