@@ -167,20 +167,20 @@ async def test_f8_a_stranger_cannot_lock_the_owner_out_and_spraying_is_slowed(
 
 
 async def test_f8_sign_ups_are_limited_per_address(tmp_path: Path) -> None:
-    async with running_server(make_settings(tmp_path / "d", signups_per_hour=5)) as (url, _):
-        async with httpx.AsyncClient(base_url=url) as http:
-            statuses = [
-                (
-                    await http.post(
-                        "/api/v1/auth/register",
-                        json={"email": f"new{n}@example.com", "password": PASSWORD},
-                    )
-                ).status_code
-                for n in range(8)
-            ]
-            assert statuses == [201] * 5 + [429] * 3
-            bad = await http.post("/api/v1/auth/register", json={"email": "x", "password": "p"})
-            assert bad.status_code == 422  # bad input is refused before it costs a sign-up
+    settings = make_settings(tmp_path / "d", signups_per_hour=5)
+    async with running_server(settings) as (url, _), httpx.AsyncClient(base_url=url) as http:
+        statuses = [
+            (
+                await http.post(
+                    "/api/v1/auth/register",
+                    json={"email": f"new{n}@example.com", "password": PASSWORD},
+                )
+            ).status_code
+            for n in range(8)
+        ]
+        assert statuses == [201] * 5 + [429] * 3
+        bad = await http.post("/api/v1/auth/register", json={"email": "x", "password": "p"})
+        assert bad.status_code == 422  # bad input is refused before it costs a sign-up
 
 
 async def test_f8_refused_tokens_cannot_flood_the_audit_log(
@@ -250,7 +250,8 @@ async def test_f5_f6_f7_metadata_is_checked_by_round_trip_and_size(url: str) -> 
         '{"metadata": {"x": "\\udfff"}}',
         '{"title": "\\ud800 lone"}',
         json.dumps({"metadata": {"x": "y" * 20_000}}),
-        json.dumps({"metadata": {"n": 2**70}}),
+        '{"metadata": {"n": NaN}}',
+        '{"metadata": {"n": [1, -Infinity]}}',
     ]
     async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers) as http:
         for body in bodies:
@@ -261,6 +262,8 @@ async def test_f5_f6_f7_metadata_is_checked_by_round_trip_and_size(url: str) -> 
         assert (huge.status_code, huge.json()["code"]) == (413, "too_large")
         fine = await http.post("/threads", json={"metadata": nested(16)})
         assert fine.status_code == 201
+        exact = await http.post("/threads", json={"metadata": {"n": 2**70, "f": 1e-300}})
+        assert exact.json()["metadata"] == {"n": 2**70, "f": 1e-300}  # what is stored comes back
         chat = await http.post("/chat", content='{"message": "hi", "metadata": {"x": "\\udfff"}}')
         assert chat.status_code == 422
         assert (await http.get("/threads")).status_code == 200

@@ -32,7 +32,14 @@ from atoll.store.audit import AuditLog
 from atoll.store.db import Database
 from atoll.store.models import AuthSession, User, utcnow
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+_NOT_IN_ADDRESS = r"@\x00-\x20\x7f"
+EMAIL_SHAPE = rf"[^{_NOT_IN_ADDRESS}]{{1,64}}@[^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}]+"
+"""What an email address must look like (after trimming): no spaces or control characters.
+
+Spelled with explicit ranges, not ``\\s``, so Python and the JSON Schema regex engines of
+clients agree on it character for character."""
+_EMAIL = re.compile(f"^{EMAIL_SHAPE}$")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
@@ -60,9 +67,15 @@ class IssuedTokens:
     expires_in: int
 
 
+def canonical_email(email: str) -> str:
+    """``email`` as stored and compared: spaces and tabs trimmed, ASCII letters lower-cased
+    (which never changes its length, unlike ``str.lower``)."""
+    return email.strip(" \t").translate(_ASCII_LOWER)
+
+
 def normalise_email(email: str) -> str:
-    """Trimmed, lower-cased email; ``ValidationFailedError`` when it is not one."""
-    value = email.strip().lower()
+    """``canonical_email``; ``ValidationFailedError`` when it is not an email address."""
+    value = canonical_email(email)
     if not _EMAIL.fullmatch(value) or len(value) > 320:
         raise ValidationFailedError(
             "invalid email", [{"loc": ["body", "email"], "msg": "not a valid email address"}]
@@ -180,7 +193,7 @@ class AuthService:
         password is hashed, so a burst of concurrent guesses gets at most the
         limit through; a success gives its place back.
         """
-        email = email.strip().lower()
+        email = canonical_email(email)
         keys = self._limits.keys(email, address)
         reservation = await self._failures.reserve(keys)
         if reservation.token is None:

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from atoll import __version__
 from atoll.config import Settings
 from atoll.server.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
-from atoll.server.problems import install_problem_handlers
+from atoll.server.problems import install_openapi, install_problem_handlers
 from atoll.server.routes import auth, ops, runs, threads
 from atoll.server.services import running_services
 from atoll.server.websocket import websocket_endpoint
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     install_problem_handlers(app)
+    install_openapi(app)
     app.include_router(auth.router, prefix=API)
     app.include_router(threads.router, prefix=API)
     app.include_router(runs.router, prefix=API)

@@ -8,8 +8,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from atoll.errors import AtollError, RateLimitedError
 
@@ -25,6 +28,92 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     429: "rate_limited",
 }
+
+
+class ProblemField(BaseModel):
+    """One offending field of a request: where it is and what is wrong with it."""
+
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every 4xx/5xx answer."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    """A stable machine code: ``validation_error``, ``not_found``, ``rate_limited`` …"""
+    errors: list[ProblemField]
+
+
+PROBLEM_DESCRIPTIONS = {
+    401: "Missing, invalid, expired or revoked token (`invalid_token`, `token_expired` …)",
+    404: "No such resource, or another user's (`not_found`)",
+    409: "Conflict (`thread_busy`, `email_taken`)",
+    413: "Request body too large (`too_large`)",
+    422: "Invalid input; `errors` names each field (`validation_error`, `unknown_agent`)",
+    429: "Rate or concurrency limit reached; see `Retry-After` (`rate_limited` …)",
+    503: "Shutting down, or the database or run queue is unreachable (`unavailable`)",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that can answer with these problem statuses."""
+    content = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return {
+        status: {"description": PROBLEM_DESCRIPTIONS[status], "content": content}
+        for status in statuses
+    }
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Generate the OpenAPI document with the ``Problem`` schema every error refers to."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(problem_schema.pop("$defs", {}))
+            schemas["Problem"] = problem_schema
+            drop_null_parameters(document)
+            services = getattr(app.state, "services", None)
+            if services is not None:
+                name_agents(schemas, sorted(services.registry.agents))
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def drop_null_parameters(document: dict[str, Any]) -> None:
+    """Optional query and header parameters are absent, never ``null`` (which a client would
+    send as the text "null"): document them by their type alone."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", ()):
+                schema = parameter.get("schema", {})
+                options = [o for o in schema.get("anyOf", ()) if o.get("type") != "null"]
+                if len(options) == 1 and len(schema["anyOf"]) == 2:
+                    del schema["anyOf"]
+                    schema.update(options[0])
+
+
+def name_agents(schemas: dict[str, Any], agents: list[str]) -> None:
+    """Document ``agent`` fields as one of the registered agents (plugins included)."""
+    for schema in schemas.values():
+        field = schema.get("properties", {}).get("agent")
+        if field is None:
+            continue
+        for option in field.get("anyOf", [field]):
+            if option.get("type") == "string":
+                option["enum"] = agents
+                option.pop("maxLength", None)
 
 
 def problem(
@@ -77,9 +166,25 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): bad input
+        errors = [{"loc": ["body"], "msg": "the body is not valid UTF-8 JSON"}]
+        return problem(422, "validation_error", "invalid request: body", errors=errors)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem(exc.status_code, code, detail, headers=getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:  # every method of the path, not only those of its first route
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return problem(exc.status_code, code, detail, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers at the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        for method in getattr(route, "methods", None) or ():
+            if route.matches({**request.scope, "method": method})[0] is Match.FULL:
+                methods.add(method)
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -11,9 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from atoll.auth.service import EMAIL_SHAPE
 from atoll.store.bounds import check_metadata, check_text
 
 Multitask = Literal["reject", "enqueue", "interrupt"]
+EMAIL_PATTERN = rf"^[ \t]*{EMAIL_SHAPE}[ \t]*$"
+"""What ``normalise_email`` accepts (surrounding spaces are trimmed)."""
 
 
 class Body(BaseModel):
@@ -37,8 +40,8 @@ class Body(BaseModel):
 
 
 class RegisterBody(Body):
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=1024)
+    email: str = Field(max_length=320, pattern=EMAIL_PATTERN)
+    password: str = Field(min_length=8, max_length=1024)
     name: str | None = Field(None, max_length=200)
 
 

@@ -11,9 +11,8 @@ metadata is checked by a round trip before it is stored.
 
 from __future__ import annotations
 
+import json
 from typing import Any
-
-import orjson
 
 MAX_SEQ = 2**31 - 1
 """The largest event ``seq`` (``run_events.seq`` is a 32-bit INTEGER on PostgreSQL)."""
@@ -23,6 +22,31 @@ MAX_METADATA_BYTES = 16 * 1024
 """The largest metadata object, as compact JSON (UTF-8 bytes)."""
 MAX_METADATA_DEPTH = 16
 """The deepest nesting of metadata objects and arrays (the object itself is depth 1)."""
+
+
+def decimal_pattern(limit: int) -> str:
+    """A regular expression for the decimal integers 0..``limit`` (ASCII, no leading zeros).
+
+    Used both to validate and to document (OpenAPI ``pattern``), so the schema a
+    client reads is exactly what the server accepts.
+    """
+    digits = str(limit)
+    shorter = ["[1-9]" + (f"[0-9]{{{n - 1}}}" if n > 1 else "") for n in range(1, len(digits))]
+    options = ["0", *shorter]
+    for index, digit in enumerate(map(int, digits)):
+        low = 1 if index == 0 else 0
+        if digit > low:
+            rest = len(digits) - index - 1
+            tail = f"[0-9]{{{rest}}}" if rest else ""
+            options.append(f"{digits[:index]}[{low}-{digit - 1}]{tail}")
+    options.append(digits)
+    return "^(?:" + "|".join(dict.fromkeys(options)) + ")$"
+
+
+SEQ_PATTERN = decimal_pattern(MAX_SEQ)
+"""A ``seq`` as text (``Last-Event-ID``)."""
+CURSOR_PATTERN = "^[1-9][0-9]{0,17}$"
+"""A page cursor: a row key below 10**18 (well inside ``MAX_ROW_KEY``)."""
 
 
 class UnstorableError(ValueError):
@@ -47,16 +71,20 @@ def json_depth(value: Any, *, limit: int) -> int:
 
 
 def check_metadata(value: dict[str, Any]) -> None:
-    """``UnstorableError`` unless ``value`` can be stored and sent back unchanged."""
+    """``UnstorableError`` unless ``value`` can be stored and sent back unchanged.
+
+    The round trip is the one the value really takes: the JSON column and the
+    answer both use the standard library's encoder (any integer, no NaN).
+    """
     if json_depth(value, limit=MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
         raise UnstorableError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
     try:
-        encoded = orjson.dumps(value)
-    except (orjson.JSONEncodeError, TypeError) as exc:
-        raise UnstorableError(f"cannot be stored as JSON ({exc})") from None
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError) as exc:  # NaN/Infinity, lone surrogates (UnicodeEncodeError)
+        raise UnstorableError(f"cannot be stored as JSON ({type(exc).__name__})") from None
     if len(encoded) > MAX_METADATA_BYTES:
         raise UnstorableError(f"larger than {MAX_METADATA_BYTES} bytes as JSON")
-    if orjson.loads(encoded) != value:
+    if json.loads(encoded) != value:
         raise UnstorableError("does not survive a JSON round trip")
 
 

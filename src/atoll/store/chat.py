@@ -6,8 +6,7 @@ one: both raise ``NotFoundError``.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,34 +20,31 @@ from atoll.runtime.events import EventType, RunEvent
 from atoll.runtime.ids import new_id
 from atoll.runtime.state import ALIVE_STATES, ExecutionState
 from atoll.store.audit import AuditLog
-from atoll.store.bounds import MAX_ROW_KEY
+from atoll.store.bounds import CURSOR_PATTERN
 from atoll.store.db import Database
 from atoll.store.event_log import event_row
 from atoll.store.models import Message, Run, RunEventRow, Thread, User, utcnow
 from atoll.store.writer import execute_core, insert_rows
 
 ALIVE = [s.value for s in ALIVE_STATES]
+_CURSOR = re.compile(CURSOR_PATTERN)
 T = TypeVar("T")
 
 
 def encode_cursor(pk: int) -> str:
-    """An opaque pagination cursor for row ``pk``."""
-    return base64.urlsafe_b64encode(str(pk).encode()).decode().rstrip("=")
+    """The pagination cursor of row ``pk`` (opaque to clients; today the row key)."""
+    return str(pk)
 
 
 def decode_cursor(cursor: str | None) -> int | None:
     """The row key inside a cursor; ``ValidationFailedError`` when it is not one of ours."""
     if cursor is None:
         return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raw = ""
-    if not (raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_ROW_KEY):
+    if not _CURSOR.fullmatch(cursor):
         raise ValidationFailedError(
             "invalid cursor", [{"loc": ["query", "cursor"], "msg": "not a valid cursor"}]
         )
-    return int(raw)
+    return int(cursor)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 
 from atoll.auth.service import IssuedTokens
 from atoll.server.deps import AddressDep, PrincipalDep, ServicesDep
+from atoll.server.problems import problems
 from atoll.server.schemas import LoginBody, RefreshBody, RegisterBody, TokenOut, UserOut
 from atoll.store.models import User
 
@@ -34,7 +35,7 @@ def token_out(issued: IssuedTokens) -> TokenOut:
     )
 
 
-@router.post("/auth/register", status_code=201)
+@router.post("/auth/register", status_code=201, responses=problems(409, 413, 422, 429, 503))
 async def register_account(
     body: RegisterBody, services: ServicesDep, address: AddressDep
 ) -> TokenOut:
@@ -43,19 +44,19 @@ async def register_account(
     return token_out(issued)
 
 
-@router.post("/auth/login")
+@router.post("/auth/login", responses=problems(401, 413, 422, 429, 503))
 async def log_in(body: LoginBody, services: ServicesDep, address: AddressDep) -> TokenOut:
     """Log in with email and password."""
     return token_out(await services.auth.login(body.email, body.password, address=address))
 
 
-@router.post("/auth/refresh")
+@router.post("/auth/refresh", responses=problems(401, 413, 422, 503))
 async def refresh_tokens(body: RefreshBody, services: ServicesDep) -> TokenOut:
     """Trade a refresh token for a new pair; the old one is spent."""
     return token_out(await services.auth.refresh(body.refresh_token))
 
 
-@router.post("/auth/logout", status_code=204)
+@router.post("/auth/logout", status_code=204, responses=problems(401, 503))
 async def log_out(principal: PrincipalDep, services: ServicesDep) -> Response:
     """End the session; its tokens stop working at once and its sockets close (4401)."""
     await services.auth.logout(principal)
@@ -63,7 +64,7 @@ async def log_out(principal: PrincipalDep, services: ServicesDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/me")
+@router.get("/me", responses=problems(401, 503))
 async def me(principal: PrincipalDep) -> UserOut:
     """The caller."""
     return UserOut(

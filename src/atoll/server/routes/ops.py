@@ -9,9 +9,21 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from atoll.errors import AuthenticationError, NotFoundError
+from atoll.server.problems import problems
 from atoll.server.services import Services
 
 router = APIRouter(tags=["ops"])
+READY = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string"},
+        "database": {"type": "string"},
+        "bus": {"type": "string"},
+        "accepting": {"type": "boolean"},
+        "redis": {"type": "string"},
+    },
+    "required": ["status", "database", "bus", "accepting"],
+}
 
 
 @router.get("/healthz")
@@ -20,7 +32,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"description": "Ready", "content": {"application/json": {"schema": READY}}},
+        503: {"description": "Not ready", "content": {"application/json": {"schema": READY}}},
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     """The database and the bus (Redis, when scaled out) are reachable (503 otherwise)."""
     services: Services = request.app.state.services
@@ -38,7 +56,17 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        },
+        **problems(401, 404),
+    },
+)
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus metrics (off with ``ATOLL_METRICS_ENABLED=false``; ``ATOLL_METRICS_TOKEN``
     makes them need ``Authorization: Bearer <token>``)."""

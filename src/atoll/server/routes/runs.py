@@ -9,8 +9,10 @@ from fastapi.responses import StreamingResponse
 
 from atoll.errors import ValidationFailedError
 from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.events import EventType
 from atoll.runtime.ids import new_id
 from atoll.server.deps import PrincipalDep, ServicesDep
+from atoll.server.problems import problems
 from atoll.server.routes.threads import message_out
 from atoll.server.schemas import (
     AgentOut,
@@ -24,9 +26,20 @@ from atoll.server.schemas import (
 )
 from atoll.server.services import Services
 from atoll.server.sse import RunStreamResponse, run_stream
-from atoll.store.bounds import MAX_SEQ
+from atoll.store.bounds import MAX_SEQ, SEQ_PATTERN
 
 router = APIRouter(tags=["runs"])
+SSE_EVENT = {
+    "type": "object",
+    "description": "One Server-Sent Event; `data` is the run event's envelope as JSON",
+    "properties": {
+        "id": {"type": "string", "pattern": SEQ_PATTERN},
+        "event": {"type": "string", "enum": [t.value for t in EventType]},
+        "data": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["data"],
+}
 
 
 def check_message_length(services: Services, message: str) -> None:
@@ -39,18 +52,11 @@ def check_message_length(services: Services, message: str) -> None:
         )
 
 
-def parse_last_event_id(value: str) -> int:
-    """The ``seq`` in a ``Last-Event-ID`` header: ASCII digits, within the ``seq`` range."""
-    text = value.strip()
-    if not (text.isascii() and text.isdigit() and int(text) <= MAX_SEQ):
-        raise ValidationFailedError(
-            "invalid Last-Event-ID",
-            [{"loc": ["header", "last-event-id"], "msg": f"must be an integer 0-{MAX_SEQ}"}],
-        )
-    return int(text)
-
-
-@router.post("/threads/{thread_id}/runs", status_code=202)
+@router.post(
+    "/threads/{thread_id}/runs",
+    status_code=202,
+    responses=problems(401, 404, 409, 413, 422, 429, 503),
+)
 async def start_run(
     thread_id: str, body: RunCreate, principal: PrincipalDep, services: ServicesDep
 ) -> RunAccepted:
@@ -70,7 +76,7 @@ async def start_run(
     )
 
 
-@router.post("/chat", status_code=202)
+@router.post("/chat", status_code=202, responses=problems(401, 404, 409, 413, 422, 429, 503))
 async def chat(body: ChatBody, principal: PrincipalDep, services: ServicesDep) -> ChatAccepted:
     """Send a message, creating the thread when none is named."""
     check_message_length(services, body.message)
@@ -89,14 +95,14 @@ async def chat(body: ChatBody, principal: PrincipalDep, services: ServicesDep) -
     )
 
 
-@router.get("/runs/{run_id}")
+@router.get("/runs/{run_id}", responses=problems(401, 404, 503))
 async def get_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunOut:
     """One of the caller's runs."""
     run = await services.chat.run(principal.user_id, run_id)
     return RunOut(**services.runs.live_state(run))
 
 
-@router.get("/runs/{run_id}/events")
+@router.get("/runs/{run_id}/events", responses=problems(401, 404, 422, 503))
 async def run_events(
     run_id: str,
     principal: PrincipalDep,
@@ -111,18 +117,28 @@ async def run_events(
     )
 
 
-@router.get("/runs/{run_id}/stream", response_class=StreamingResponse)
+@router.get(
+    "/runs/{run_id}/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `id:` is the event's seq, `data:` its envelope",
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
+        },
+        **problems(401, 404, 422, 429, 503),
+    },
+)
 async def stream_run(
     run_id: str,
     principal: PrincipalDep,
     services: ServicesDep,
-    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    last_event_id: Annotated[
+        str | None, Header(pattern=SEQ_PATTERN, description="Resume after this seq")
+    ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events of the run; honours ``Last-Event-ID``; ends after the terminal event."""
     await services.chat.run(principal.user_id, run_id)
-    after = 0
-    if last_event_id is not None:
-        after = parse_last_event_id(last_event_id)
+    after = int(last_event_id) if last_event_id is not None else 0
     user_id = principal.user_id
     services.streams.acquire(user_id)
     return RunStreamResponse(
@@ -131,20 +147,20 @@ async def stream_run(
     )
 
 
-@router.post("/runs/{run_id}/cancel", status_code=202)
+@router.post("/runs/{run_id}/cancel", status_code=202, responses=problems(401, 404, 503))
 async def cancel_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunOut:
     """Cancel the run; idempotent, and not an error for a finished run."""
     run = await services.runs.cancel(principal, run_id)
     return RunOut(**services.runs.live_state(run))
 
 
-@router.get("/agents")
+@router.get("/agents", responses=problems(401, 503))
 async def list_agents(principal: PrincipalDep, services: ServicesDep) -> list[AgentOut]:
     """The agents a run may name."""
     return [AgentOut(**agent) for agent in services.registry.describe_agents()]
 
 
-@router.get("/tools")
+@router.get("/tools", responses=problems(401, 503))
 async def list_tools(principal: PrincipalDep, services: ServicesDep) -> list[ToolOut]:
     """The tools the caller's plan and roles allow."""
     context = UserExecutionContext(

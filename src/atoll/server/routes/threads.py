@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from atoll.server.deps import PrincipalDep, ServicesDep
+from atoll.server.problems import problems
 from atoll.server.schemas import (
     MessageOut,
     MessagePage,
@@ -15,13 +16,16 @@ from atoll.server.schemas import (
     ThreadPage,
     ThreadPatch,
 )
-from atoll.store.bounds import UnstorableError, check_metadata
+from atoll.store.bounds import CURSOR_PATTERN, UnstorableError, check_metadata
 from atoll.store.models import Message, Thread
 
 router = APIRouter(tags=["threads"])
 
 Limit = Annotated[int, Query(ge=1, le=100)]
-Cursor = Annotated[str | None, Query(max_length=64)]
+Cursor = Annotated[
+    str | None,
+    Query(pattern=CURSOR_PATTERN, description="The next_cursor of the previous page"),
+]
 
 
 def thread_out(thread: Thread) -> ThreadOut:
@@ -59,7 +63,7 @@ def message_out(message: Message) -> MessageOut:
     )
 
 
-@router.post("/threads", status_code=201)
+@router.post("/threads", status_code=201, responses=problems(401, 413, 422, 503))
 async def create_thread(
     principal: PrincipalDep, services: ServicesDep, body: ThreadCreate | None = None
 ) -> ThreadOut:
@@ -71,7 +75,7 @@ async def create_thread(
     return thread_out(thread)
 
 
-@router.get("/threads")
+@router.get("/threads", responses=problems(401, 422, 503))
 async def list_threads(
     principal: PrincipalDep, services: ServicesDep, limit: Limit = 20, cursor: Cursor = None
 ) -> ThreadPage:
@@ -80,13 +84,13 @@ async def list_threads(
     return ThreadPage(items=[thread_out(t) for t in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/threads/{thread_id}")
+@router.get("/threads/{thread_id}", responses=problems(401, 404, 503))
 async def get_thread(thread_id: str, principal: PrincipalDep, services: ServicesDep) -> ThreadOut:
     """One of the caller's threads."""
     return thread_out(await services.chat.thread(principal.user_id, thread_id))
 
 
-@router.patch("/threads/{thread_id}")
+@router.patch("/threads/{thread_id}", responses=problems(401, 404, 413, 422, 503))
 async def patch_thread(
     thread_id: str, body: ThreadPatch, principal: PrincipalDep, services: ServicesDep
 ) -> ThreadOut:
@@ -101,7 +105,7 @@ async def patch_thread(
     return thread_out(thread)
 
 
-@router.delete("/threads/{thread_id}", status_code=204)
+@router.delete("/threads/{thread_id}", status_code=204, responses=problems(401, 404, 503))
 async def delete_thread(thread_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
     """Delete a thread; its alive runs are cancelled first."""
     alive = await services.chat.alive_run_ids(principal.user_id, thread_id)
@@ -110,7 +114,7 @@ async def delete_thread(thread_id: str, principal: PrincipalDep, services: Servi
     return Response(status_code=204)
 
 
-@router.get("/threads/{thread_id}/messages")
+@router.get("/threads/{thread_id}/messages", responses=problems(401, 404, 422, 503))
 async def list_messages(
     thread_id: str,
     principal: PrincipalDep,
