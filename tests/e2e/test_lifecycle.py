@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 import websockets
 
@@ -16,7 +20,7 @@ from atoll.server.serve import running_server
 from atoll.store.db import Database, sqlite_url
 from atoll.store.event_log import DatabaseRunEventLog
 
-from serving import PASSWORD, make_settings
+from serving import PASSWORD, ServeProcess, make_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -105,3 +109,48 @@ async def test_user_create_and_db_upgrade_commands(tmp_path: Path) -> None:
     assert (me["id"], me["plan"], me["roles"], me["name"]) == (
         create.stdout.strip(), "pro", ["admin"], "Ops",
     )  # fmt: skip
+
+
+async def test_sigterm_exits_within_one_grace_and_sse_streams_end_cleanly(
+    tmp_path: Path,
+) -> None:
+    # R4: one grace period in all, SSE streams end with their run's terminal event, no traceback.
+    grace = 2.0
+    server = ServeProcess(
+        tmp_path / "data", ATOLL_SHUTDOWN_GRACE=str(grace), ATOLL_OFFLINE_TOKEN_DELAY="3"
+    )
+    server.start()
+    try:
+        client = AtollClient(server.url)
+        await client.register("sigterm@example.com", PASSWORD)
+        long_runs = [(await client.chat("hello", agent="assistant"))["run"]["id"] for _ in range(3)]
+        finished = (await client.chat("What is 2+2?", agent="assistant"))["run"]["id"]
+        streams = [asyncio.create_task(sse_lines(client, run)) for run in [*long_runs, finished]]
+        await asyncio.sleep(0.5)  # let every stream open and the runs get going
+        started = time.monotonic()
+        code = await asyncio.to_thread(server.stop)
+        elapsed = time.monotonic() - started
+        assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it is done
+        assert elapsed < grace + 6, f"shutdown took {elapsed:.1f} s with a {grace:g} s grace"
+        for stream in streams:
+            lines = await asyncio.wait_for(stream, 5)
+            last = json.loads(next(x for x in reversed(lines) if x.startswith("data: "))[6:])
+            assert last["type"] in ("agent_completed", "agent_cancelled"), last
+        log = server.log_text()
+        assert "Traceback" not in log and "Exception in ASGI application" not in log
+    finally:
+        server.kill()
+
+
+async def sse_lines(client: AtollClient, run_id: str) -> list[str]:
+    """Every line of the run's SSE stream, until the server ends it."""
+    lines: list[str] = []
+    headers = {"authorization": f"Bearer {client.access_token}"}
+    path = f"/api/v1/runs/{run_id}/stream"
+    async with (
+        httpx.AsyncClient(base_url=client.base_url, timeout=30) as http,
+        http.stream("GET", path, headers=headers) as answer,
+    ):
+        async for line in answer.aiter_lines():
+            lines.append(line)
+    return lines

@@ -23,6 +23,11 @@ class Resync:
     """
 
 
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """Delivered to subscribers when the process shuts down: whoever follows runs stops."""
+
+
 class SubscriptionOverflowError(Exception):
     """Raised to a subscriber that fell further behind than its queue allows."""
 
@@ -70,11 +75,11 @@ class MemorySubscription:
     def __init__(self, bus: InMemoryEventBus, user_id: str, max_queue: int) -> None:
         self._bus = bus
         self.user_id = user_id
-        self._queue: asyncio.Queue[RunEvent | Resync] = asyncio.Queue(max_queue)
+        self._queue: asyncio.Queue[RunEvent | Resync | Closing] = asyncio.Queue(max_queue)
         self.overflowed = False
         self.closed = False
 
-    def offer(self, event: RunEvent | Resync) -> None:
+    def offer(self, event: RunEvent | Resync | Closing) -> None:
         """Queue ``event``, or mark the subscription overflowed when it is full."""
         if isinstance(event, RunEvent) and event.user_id != self.user_id:
             return
@@ -83,23 +88,23 @@ class MemorySubscription:
         except asyncio.QueueFull:
             self.overflowed = True
 
-    async def get(self) -> RunEvent | Resync:
+    async def get(self) -> RunEvent | Resync | Closing:
         """The next event (or ``Resync``); ``SubscriptionOverflowError`` if events were dropped."""
         if self.overflowed:
             raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
         event = await self._queue.get()
         return event
 
-    def drain(self) -> list[RunEvent | Resync]:
+    def drain(self) -> list[RunEvent | Resync | Closing]:
         """Every event queued right now, without waiting."""
         if self.overflowed:
             raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
-        events: list[RunEvent | Resync] = []
+        events: list[RunEvent | Resync | Closing] = []
         while not self._queue.empty():
             events.append(self._queue.get_nowait())
         return events
 
-    async def __aiter__(self) -> AsyncIterator[RunEvent | Resync]:
+    async def __aiter__(self) -> AsyncIterator[RunEvent | Resync | Closing]:
         while not self.closed:
             yield await self.get()
 
@@ -126,6 +131,12 @@ class InMemoryEventBus:
         for subscriptions in self._subscribers.values():
             for subscription in subscriptions:
                 subscription.offer(Resync())
+
+    def closing(self) -> None:
+        """Tell every subscription that this process is shutting down."""
+        for subscriptions in list(self._subscribers.values()):
+            for subscription in list(subscriptions):
+                subscription.offer(Closing())
 
     def subscribe(self, user_id: str) -> MemorySubscription:
         """Subscribe to ``user_id``'s events from now on."""

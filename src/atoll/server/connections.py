@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketState
 
-from atoll.bus.memory import Resync
+from atoll.bus.memory import Closing, Resync
 from atoll.errors import TooManyStreamsError
 from atoll.runtime.events import RunEvent, RunEventLog
 from atoll.server.metrics import Metrics
@@ -59,7 +59,7 @@ class Resume:
     after: int
 
 
-Outgoing = RunEvent | Ack | Resume | Resync | dict[str, Any]
+Outgoing = RunEvent | Ack | Resume | Resync | Closing | dict[str, Any]
 AckLookup = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 """``lookup(user_id, run_id)``: the ack frame of a run (None if there is no such run)."""
 
@@ -123,6 +123,8 @@ class Connection:
                 await self._replay(item.run_id, item.after)
             elif isinstance(item, Resync):
                 await self._resync()
+            elif isinstance(item, Closing):
+                await self.close(1001, "server shutting down")
             else:
                 await self.websocket.send_text(orjson.dumps(item).decode())
 

@@ -1,9 +1,10 @@
 """Running the app under uvicorn with Atoll's graceful shutdown.
 
 On SIGTERM/SIGINT: stop accepting connections, close every WebSocket with 1001
-(clients reconnect and resume), let alive runs finish for the grace period;
-then the lifespan cancels what is left, so every run still ends with a
-terminal event.
+(clients reconnect and resume), let alive runs finish for the grace period,
+cancel what is left (every run still ends with a terminal event) and end the
+SSE streams — all before uvicorn closes connections, so the whole shutdown
+takes one grace period plus a moment (``Services.stop``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from atoll.server.services import Services, running_worker
 
 logger = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SHUTDOWN_BACKSTOP = 3
+"""Seconds uvicorn waits for connections after ``Services.stop`` has ended every stream."""
 
 
 class AtollServer(uvicorn.Server):
@@ -39,9 +42,7 @@ class AtollServer(uvicorn.Server):
             services = getattr(getattr(app, "state", None), "services", None)
             app = getattr(app, "app", None)
         if services is not None:
-            services.accepting = False
-            await services.connections.close_all(1001, "server shutting down")
-            await services.runs.drain(services.settings.shutdown_grace)
+            await services.stop()  # one grace period; the lifespan's stop() then returns at once
         await super().shutdown(sockets)
 
 
@@ -84,7 +85,7 @@ def uvicorn_config(settings: Settings, *, host: str, port: int, log_level: str) 
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_keep_alive=int(settings.http_keepalive_timeout),
-        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+        timeout_graceful_shutdown=SHUTDOWN_BACKSTOP,
     )
     install_log_redaction()
     return config

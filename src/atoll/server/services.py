@@ -65,6 +65,27 @@ class Services:
     relay: RedisEventRelay | None = None
     accepting: bool = True
 
+    _stopped: asyncio.Event | None = None
+
+    async def stop(self) -> None:
+        """Shut down within one grace period (the first caller does it; others wait).
+
+        Stop accepting, close sockets with 1001, give runs ``shutdown_grace`` seconds,
+        cancel what is left (each still logs its terminal event, readable on resume),
+        then end every SSE stream: with its run's terminal event, or a ``retry`` hint.
+        """
+        if self._stopped is not None:
+            await self._stopped.wait()
+            return
+        self._stopped = asyncio.Event()
+        self.accepting = False
+        await self.connections.close_all(1001, "server shutting down")
+        await self.runs.drain(self.settings.shutdown_grace)
+        await self.factory.aclose("shutdown")
+        await self.runs.wait_all()
+        self.bus.closing()
+        self._stopped.set()
+
     async def subscribe(self, user_id: str) -> MemorySubscription:
         """A subscription to ``user_id``'s events, wherever they are produced."""
         if self.relay is not None:
@@ -236,11 +257,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         try:
             yield services
         finally:
-            services.accepting = False
-            await services.connections.close_all(1001, "server shutting down")
-            await runs.drain(settings.shutdown_grace)
-            await factory.aclose("shutdown")
-            await runs.wait_all()
+            await services.stop()
 
 
 def build_sweeper(settings: Settings, cluster: Cluster, chat: ChatStore) -> Sweeper:

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Callable
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from atoll.bus.memory import MemorySubscription, Resync
+from atoll.bus.memory import Closing, MemorySubscription, Resync
 from atoll.runtime.events import RunEvent
 from atoll.server.services import Services
 
 KEEPALIVE_SECONDS = 15.0
+RECONNECT = b"retry: 1000\n: the server is shutting down; reconnect with Last-Event-ID\n\n"
+"""Sent when the server stops before the run ends: reconnect in 1 s, resume from the last id."""
 
 
 class RunStreamResponse(StreamingResponse):
@@ -61,12 +63,15 @@ async def run_stream(
                 return
         while True:
             try:
-                event: RunEvent | Resync = await asyncio.wait_for(
+                event: RunEvent | Resync | Closing = await asyncio.wait_for(
                     subscription.get(), KEEPALIVE_SECONDS
                 )
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
+            if isinstance(event, Closing):
+                yield RECONNECT
+                return
             if isinstance(event, Resync):  # events may have been missed: catch up from the log
                 for item in await services.event_log.read(run_id, user_id=user_id, after=last):
                     yield sse_frame(item)
