@@ -3,40 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
 from atoll.errors import EventConflictError
 from atoll.runtime.events import EventType, RunEvent
-from atoll.store.db import Database, sqlite_url
+from atoll.store.db import Database
 from atoll.store.event_log import DatabaseRunEventLog
 
-from postgres import create_database, postgres_server
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres: str
-) -> AsyncIterator[Database]:
-    if request.param == "sqlite":
-        url = sqlite_url(tmp_path)
-    else:
-        url = await asyncio.to_thread(create_database, postgres)
-    db = Database(url)
-    await db.upgrade()
-    db.start()
-    yield db
-    await db.dispose()
 
 
 def event(run: str, seq: int, text: str) -> RunEvent:

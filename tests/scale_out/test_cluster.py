@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from atoll.store.models import Message, Run
 from postgres import create_database, postgres_server
 from redis_server import RedisServer, redis_server
 from serving import PASSWORD, ServeProcess
+from support import until
 
 pytestmark = [pytest.mark.scale_out, pytest.mark.e2e]
 
@@ -456,17 +458,29 @@ async def test_a_redis_restart_under_load_loses_no_stored_message(
 ) -> None:
     accepted: dict[str, tuple[str, int]] = {}  # run id -> (message id, client), acknowledged
     refused: list[tuple[int, object]] = []
+    outage_over = asyncio.Event()
 
     async def load(client: AtollClient, index: int) -> None:
-        for n in range(8):
+        sent = 0
+        while sent < 8 or not outage_over.is_set():  # at least 8, and on until Redis is back
             try:
-                answer = await client.chat(f"What is {index}+{n}?", agent="assistant")
+                answer = await client.chat(f"What is {index}+{sent}?", agent="assistant")
                 accepted[answer["run"]["id"]] = (answer["message"]["id"], index)
             except ApiError as exc:
                 refused.append((exc.status, exc.problem.get("code")))
             except httpx.TransportError:
                 refused.append((0, "transport"))
-            await asyncio.sleep(0.25)
+            sent += 1
+            await asyncio.sleep(0.1)
+            if sent > 400:
+                raise AssertionError("the load never saw the end of the outage")
+
+    async def readiness(url: str) -> tuple[int, dict[str, Any]]:
+        answer = await clients[0].http.get(f"{url}/readyz")
+        return answer.status_code, answer.json()
+
+    async def ready_is(url: str, status: int) -> bool:
+        return (await readiness(url))[0] == status
 
     async with contextlib.AsyncExitStack() as stack:
         clients = [
@@ -474,14 +488,17 @@ async def test_a_redis_restart_under_load_loses_no_stored_message(
             for i, node in enumerate([deployment.node_a, deployment.node_b] * 2)
         ]
         tasks = [asyncio.create_task(load(c, i)) for i, c in enumerate(clients)]
-        await asyncio.sleep(0.8)
+        await until(lambda: len(accepted) >= 4, 20, "the load is running")
         await asyncio.to_thread(deployment.redis.stop)  # data lost: no persistence
-        await asyncio.sleep(0.5)
-        ready = await clients[0].http.get(f"{deployment.node_b.url}/readyz")
-        assert ready.status_code == 503
-        assert (ready.json()["redis"], ready.json()["database"]) == ("unreachable", "ok")
-        await asyncio.sleep(1.0)
+        node_b = deployment.node_b.url
+        await until(lambda: ready_is(node_b, 503), 10, "node B reports Redis down")
+        status, ready = await readiness(node_b)
+        assert (status, ready["redis"], ready["database"]) == (503, "unreachable", "ok")
+        await until(lambda: len(refused) >= 4, 20, "messages refused during the outage")
         await asyncio.to_thread(deployment.redis.start)
+        for node in (deployment.node_a, deployment.node_b):  # readiness recovers by itself
+            await until(partial(ready_is, node.url, 200), 20, "the node ready again")
+        outage_over.set()
         await asyncio.gather(*tasks)
         assert accepted and refused  # some messages were refused (503) during the outage
         assert set(refused) == {(503, "unavailable")}, refused
@@ -497,8 +514,8 @@ async def test_a_redis_restart_under_load_loses_no_stored_message(
             states[run_id] = run["state"]
         assert set(states.values()) == {"completed"}, states
         for node in (deployment.node_a, deployment.node_b):
-            ready = (await clients[0].http.get(f"{node.url}/readyz")).json()
-            assert (ready["status"], ready["redis"]) == ("ready", "ok")
+            status, ready = await readiness(node.url)
+            assert (status, ready["status"], ready["redis"]) == (200, "ready", "ok")
         after = await clients[0].chat("What is 2+2?", agent="assistant")  # recovered by itself
         done = await wait_for_state(clients[0], after["run"]["id"], TERMINAL, 30)
         assert done["state"] == "completed"

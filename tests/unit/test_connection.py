@@ -184,3 +184,17 @@ async def test_a_run_seen_first_past_seq_1_is_left_to_the_client_to_resume() -> 
     await h.log_events(run, 4)
     await h.feed(event(run, 4))
     assert h.seen(run) == []
+
+
+def test_only_real_disconnects_count_as_the_client_leaving() -> None:
+    from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from atoll.server.websocket import _is_disconnect
+
+    assert _is_disconnect(WebSocketDisconnect(1006))
+    assert _is_disconnect(WebSocketDisconnected('Cannot call "send" once a close message'))
+    assert _is_disconnect(ClientDisconnected())
+    assert _is_disconnect(ConnectionResetError())
+    assert not _is_disconnect(RuntimeError("a bug of ours"))  # logged, closed with 1011
+    assert not _is_disconnect(asyncio.CancelledError())

@@ -18,6 +18,8 @@ import socket
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from atoll.aio import run_every, settle_task
@@ -29,6 +31,17 @@ logger = logging.getLogger(__name__)
 
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 """What a Redis call raises when Redis is unreachable or slow."""
+
+
+def redis_retry() -> Retry:
+    """One immediate retry (a pooled connection Redis dropped), then the error.
+
+    Set on purpose: redis-py's default (10 attempts with backoff) makes a call to a
+    stopped Redis last tens of seconds, so a 2 s health check times out while the
+    client is still sleeping between attempts, and a recovered Redis looks down.
+    Every loop here has its own backoff (``jittered``); requests fail fast (503).
+    """
+    return Retry(NoBackoff(), 1)
 
 
 def process_id(prefix: str) -> str:
@@ -95,6 +108,7 @@ async def connected_cluster(settings: Settings, *, node_id: str) -> AsyncIterato
         socket_connect_timeout=2.0,
         socket_timeout=10.0,
         health_check_interval=15,
+        retry=redis_retry(),
     )
     cluster = Cluster(redis, settings, node_id=node_id)
     try:

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 ENDED_MEMORY = 1024
 """How many ended runs a connection remembers (to drop late duplicates of their events)."""
+FOLLOWED_MEMORY = 4096
+"""How many unfinished runs a connection follows at most (the oldest is dropped first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +163,7 @@ class Connection:
             if frame is None:
                 return
             await self.websocket.send_text(orjson.dumps(frame).decode())
-            self._cursor[event.run_id] = 0
+            self._follow(event.run_id, 0)
             cursor = 0
         if event.seq <= cursor:
             return
@@ -182,15 +184,20 @@ class Connection:
     async def _ack(self, ack: Ack) -> None:
         await self.websocket.send_text(orjson.dumps(ack.frame).decode())
         if self.cursor(ack.run_id) is None:
-            self._cursor[ack.run_id] = 0
+            self._follow(ack.run_id, 0)
         if ack.catch_up:
             await self._catch_up(ack.run_id)
 
     async def _replay(self, run_id: str, after: int) -> None:
         cursor = self.cursor(run_id)
         if cursor is None or (after > cursor and run_id not in self._ended):
-            self._cursor[run_id] = after
+            self._follow(run_id, after)
         await self._catch_up(run_id)
+
+    def _follow(self, run_id: str, cursor: int) -> None:
+        self._cursor[run_id] = cursor
+        if len(self._cursor) > FOLLOWED_MEMORY:  # runs whose end this socket never saw
+            del self._cursor[next(iter(self._cursor))]
 
     async def _resync(self) -> None:
         """Catch up, from the log, every run this socket follows that has not ended."""

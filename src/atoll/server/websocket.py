@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from atoll.auth.service import Principal
 from atoll.bus.memory import MemorySubscription, SubscriptionOverflowError
@@ -305,7 +306,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            error = task.exception()
+            error = None if task.cancelled() else task.exception()
             if isinstance(error, SlowClientError | SubscriptionOverflowError):
                 await connection.close(CLOSE_POLICY, "client too slow")
             elif error is not None and not _is_disconnect(error):
@@ -314,15 +315,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     finally:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        # asyncio.wait collects the tasks' own cancellations without swallowing this
+        # endpoint's: if the endpoint itself is cancelled here, that propagates.
+        await asyncio.wait(tasks)
         await subscription.aclose()
         services.connections.remove(connection)
         await connection.close(1000)
 
 
 def _is_disconnect(error: BaseException) -> bool:
-    from starlette.websockets import WebSocketDisconnect
-
-    return isinstance(error, WebSocketDisconnect | RuntimeError | ConnectionError)
+    """Whether ``error`` means the client went away (not a bug of ours)."""
+    return isinstance(error, WebSocketDisconnect | WebSocketDisconnected | OSError)

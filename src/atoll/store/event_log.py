@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -24,6 +24,9 @@ from atoll.errors import EventConflictError
 from atoll.runtime.events import RunEvent
 from atoll.store.db import Database
 from atoll.store.models import RunEventRow
+
+PRUNE_CHUNK = 2_000
+"""Events one pruning job deletes at most."""
 
 
 def event_row(event: RunEvent) -> dict[str, object]:
@@ -149,12 +152,29 @@ class DatabaseRunEventLog:
             payloads = (await connection.execute(query)).scalars().all()
         return [RunEvent.from_payload(bytes(p), user_id=user_id) for p in payloads]
 
-    async def prune(self, retention: timedelta) -> int:
-        """Delete events older than ``retention``."""
+    async def prune(self, retention: timedelta, *, chunk: int = PRUNE_CHUNK) -> int:
+        """Delete events older than ``retention``, ``chunk`` rows per write job.
+
+        Each chunk is its own job, so a large backlog never holds the one writer for
+        long: the hot path's batches run between the chunks.
+        """
         cutoff = datetime.now(UTC) - retention
+        oldest = (
+            select(RunEventRow.run_id, RunEventRow.seq)
+            .where(RunEventRow.created_at < cutoff)
+            .limit(chunk)
+        )
+        statement = delete(RunEventRow).where(
+            tuple_(RunEventRow.run_id, RunEventRow.seq).in_(oldest)
+        )
 
         def prune(session: Session) -> int:
-            result = session.execute(delete(RunEventRow).where(RunEventRow.created_at < cutoff))
+            result = session.execute(statement)
             return int(getattr(result, "rowcount", 0) or 0)
 
-        return await self._db.write(prune)
+        removed = 0
+        while True:
+            deleted = await self._db.write(prune)
+            removed += deleted
+            if deleted < chunk:
+                return removed

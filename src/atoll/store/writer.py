@@ -4,8 +4,11 @@ Every write in Atoll is a *job*: a synchronous function that receives an ORM
 ``Session`` bound to the batch's transaction and returns a value. The writer
 takes every job that arrived while the previous batch was committing, runs
 them one after another in one transaction, commits once, and only then
-answers each caller. If a job raises, the batch is rolled back and its jobs are
-run again one per transaction, so one bad job fails alone.
+answers each caller. Each job of a batch runs in its own SAVEPOINT: a job that
+raises (an expected 404 or 409 as much as a constraint violation) is rolled
+back alone and its caller gets the exception, while the rest of the batch
+commits. A job's exception is its caller's to handle and is not logged here;
+only a batch the database could not commit is.
 
 On SQLite the writer has its own synchronous connection and runs each batch on
 the event loop: a batch is one short WAL transaction (typically well under a
@@ -66,11 +69,29 @@ def execute_core(session: Session, statement: Executable) -> None:
 
 
 def _run_jobs(connection: Connection, jobs: list[WriteJob[Any]]) -> list[Any]:
-    """Run ``jobs`` in one session on ``connection`` and flush once (one INSERT per table)."""
+    """Run ``jobs`` in one session on ``connection``: the results, or each job's exception.
+
+    Each job runs in a SAVEPOINT (a lone job needs none: its error rolls back the
+    transaction) and is flushed before the next one starts, so an error is its own.
+    """
     with Session(bind=connection, expire_on_commit=False, autoflush=True) as session:
-        results = [job(session) for job in jobs]
-        session.flush()
-        return results
+        if len(jobs) == 1:
+            result = jobs[0](session)
+            session.flush()
+            return [result]
+        outcomes: list[Any] = []
+        for job in jobs:
+            savepoint = session.begin_nested()
+            try:
+                outcome = job(session)
+                session.flush()
+            except Exception as exc:
+                savepoint.rollback()
+                outcomes.append(exc)
+            else:
+                savepoint.commit()
+                outcomes.append(outcome)
+        return outcomes
 
 
 class BatchWriter:
@@ -146,37 +167,19 @@ class BatchWriter:
             self.jobs += len(batch)
 
     async def _execute(self, jobs: list[WriteJob[Any]]) -> list[Any]:
-        if self._sync_engine is not None:
-            return self._run_sync(jobs)
-        assert self._async_engine is not None
+        """Run one batch in one transaction: each job's result or exception.
+
+        Raises only when the database failed the batch as a whole (a lone job's
+        failure is that job's outcome).
+        """
         try:
+            if self._sync_engine is not None:
+                with self._sync_engine.begin() as connection:
+                    return _run_jobs(connection, jobs)
+            assert self._async_engine is not None
             async with self._async_engine.begin() as connection:
                 return await connection.run_sync(_run_jobs, jobs)
-        except Exception:
-            if len(jobs) == 1:
-                raise
-        results: list[Any] = []
-        for job in jobs:
-            try:
-                async with self._async_engine.begin() as connection:
-                    results += await connection.run_sync(_run_jobs, [job])
-            except Exception as exc:
-                results.append(exc)
-        return results
-
-    def _run_sync(self, jobs: list[WriteJob[Any]]) -> list[Any]:
-        assert self._sync_engine is not None
-        try:
-            with self._sync_engine.begin() as connection:
-                return _run_jobs(connection, jobs)
         except Exception as exc:
             if len(jobs) == 1:
                 return [exc]
-        results: list[Any] = []
-        for job in jobs:
-            try:
-                with self._sync_engine.begin() as connection:
-                    results += _run_jobs(connection, [job])
-            except Exception as exc:
-                results.append(exc)
-        return results
+            raise

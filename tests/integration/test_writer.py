@@ -1,0 +1,98 @@
+"""The batching writer and pruning, on SQLite and PostgreSQL: one bad job fails alone.
+
+A batch is made by queueing several jobs in the same loop turn (``gather``), which
+is exactly what concurrent requests do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from atoll.errors import NotFoundError, ThreadBusyError
+from atoll.store.db import Database
+from atoll.store.event_log import DatabaseRunEventLog
+from atoll.store.models import RunEventRow, User, utcnow
+from atoll.store.writer import insert_rows
+
+from test_event_log import event
+
+pytestmark = pytest.mark.integration
+
+
+def add_user(email: str) -> object:
+    def job(session: Session) -> str:
+        user = User(id=f"usr_{email.split('@')[0]}", email=email, password_hash="x", roles=[])
+        user.created_at = utcnow()
+        insert_rows(session, user)
+        return user.id
+
+    return job
+
+
+def fail_with(error: Exception) -> object:
+    def job(session: Session) -> None:
+        insert_rows(session, User(id="usr_never", email="never@x.io", password_hash="x", roles=[]))
+        raise error
+
+    return job
+
+
+async def emails(database: Database) -> set[str]:
+    async with database.session() as session:
+        return set((await session.execute(select(User.email))).scalars())
+
+
+async def test_a_failing_job_is_rolled_back_alone_and_the_batch_commits(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    await database.write(add_user("taken@x.io"))  # type: ignore[arg-type]
+    writer = database.writer
+    batches = writer.batches
+    with caplog.at_level(logging.WARNING):
+        outcomes = await asyncio.gather(
+            database.write(add_user("a@x.io")),  # type: ignore[arg-type]
+            database.write(fail_with(NotFoundError("thread not found"))),  # type: ignore[arg-type]
+            database.write(add_user("taken@x.io")),  # type: ignore[arg-type]  # unique email
+            database.write(fail_with(ThreadBusyError("busy"))),  # type: ignore[arg-type]
+            database.write(add_user("b@x.io")),  # type: ignore[arg-type]
+            return_exceptions=True,
+        )
+    assert writer.batches == batches + 1  # one transaction for all five
+    assert outcomes[0] == "usr_a" and outcomes[4] == "usr_b"
+    assert isinstance(outcomes[1], NotFoundError)
+    assert isinstance(outcomes[2], IntegrityError)
+    assert isinstance(outcomes[3], ThreadBusyError)
+    assert await emails(database) == {"taken@x.io", "a@x.io", "b@x.io"}  # no usr_never
+    assert not [r for r in caplog.records if r.name.startswith("atoll")]  # expected: not logged
+
+
+async def test_a_lone_failing_job_leaves_nothing_behind(database: Database) -> None:
+    with pytest.raises(NotFoundError):
+        await database.write(fail_with(NotFoundError("gone")))  # type: ignore[arg-type]
+    assert "never@x.io" not in await emails(database)
+    assert await database.write(add_user("after@x.io")) == "usr_after"  # type: ignore[arg-type]
+
+
+async def test_pruning_deletes_in_bounded_chunks_and_keeps_recent_events(
+    database: Database,
+) -> None:
+    log = DatabaseRunEventLog(database)
+    old = [event("run_old", seq, "x") for seq in range(1, 2501)]
+    await asyncio.gather(*(log.append(e) for e in old))
+    await asyncio.gather(*(log.append(event("run_new", seq, "y")) for seq in range(1, 11)))
+    stale = datetime.now(UTC) - timedelta(days=3)
+    statement = update(RunEventRow).where(RunEventRow.run_id == "run_old").values(created_at=stale)
+    await database.write(lambda session: session.execute(statement))
+    jobs = database.writer.jobs
+    assert await log.prune(timedelta(days=1), chunk=1000) == 2500
+    assert database.writer.jobs - jobs == 3  # 1000 + 1000 + 500, each its own job
+    async with database.session() as session:
+        count = select(RunEventRow.run_id, func.count()).group_by(RunEventRow.run_id)
+        assert dict((await session.execute(count)).all()) == {"run_new": 10}
