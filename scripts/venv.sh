@@ -17,4 +17,5 @@ if [ -n "${1:-}" ]; then
     target=".[$1]"
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"
+# constraints.txt: the exact versions the tests passed with, so a fresh machine gets them too.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e "$target"
