@@ -14,14 +14,13 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from test_event_log import event
 
 from atoll.errors import NotFoundError, ThreadBusyError
 from atoll.store.db import Database
 from atoll.store.event_log import DatabaseRunEventLog
 from atoll.store.models import RunEventRow, User, utcnow
 from atoll.store.writer import insert_rows
-
-from test_event_log import event
 
 pytestmark = pytest.mark.integration
 
