@@ -57,8 +57,12 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], path: str) -> None:
 
 
 @contextlib.contextmanager
-def process(command: list[str], env: dict[str, str], url: str, path: str) -> Iterator[int]:
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def process(
+    command: list[str], env: dict[str, str], url: str, path: str, *, log: Path | None = None
+) -> Iterator[int]:
+    """Run ``command`` until the block ends, once ``url + path`` answers; yields its pid."""
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(command, env=env, stdout=out, stderr=out)
     try:
         wait_ready(url, proc, path)
         yield proc.pid
@@ -69,6 +73,8 @@ def process(command: list[str], env: dict[str, str], url: str, path: str) -> Ite
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
 
 
 def peak_rss_mib(pid: int) -> float:

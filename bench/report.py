@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+RELIABILITY = DOC.with_name("reliability.md")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -31,8 +32,8 @@ def machine() -> str:
     return f"{cpu}, {cores} cores, Python {platform.python_version()}, {platform.system()}"
 
 
-def write_section(name: str, command: str, result: dict[str, Any]) -> None:
-    """Replace the ``<!-- bench:name -->`` section of docs/benchmarks.md with ``result``."""
+def write_section(name: str, command: str, result: dict[str, Any], *, doc: Path = DOC) -> None:
+    """Replace the ``<!-- bench:name -->`` section of ``doc`` with ``result``."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = (
         f"<!-- bench:{name} -->\n"
@@ -42,12 +43,12 @@ def write_section(name: str, command: str, result: dict[str, Any]) -> None:
         f"```json\n{json.dumps(result, indent=2)}\n```\n"
         f"<!-- /bench:{name} -->"
     )
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: body, text)
     else:
         text = text.rstrip() + f"\n\n{body}\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text, encoding="utf-8")
-    print(f"wrote section {name!r} of {DOC}", file=sys.stderr)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text, encoding="utf-8")
+    print(f"wrote section {name!r} of {doc}", file=sys.stderr)

@@ -22,7 +22,6 @@ Used by ``tests/e2e/test_chaos.py`` (bounded) and ``bench/chaos.py`` (long runs)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -90,6 +89,7 @@ class ChaosUser:
         rng: random.Random,
         agent: str = "assistant",
         deadline: float = 300.0,
+        retry_delay: float = 0.0,
     ) -> None:
         self.ws_url = base_url.replace("http", "ws", 1) + "/api/v1/ws"
         self.token = token
@@ -99,6 +99,8 @@ class ChaosUser:
         self.rng = rng
         self.agent = agent
         self.deadline = deadline
+        self.retry_delay = retry_delay
+        """Seconds between a failed connection and the next (a server that is down)."""
         self.sent = 0
         self.unacked: dict[str, bytes] = {}  # client_id -> frame
         self.run_of: dict[str, str] = {}  # client_id -> run_id
@@ -115,8 +117,12 @@ class ChaosUser:
         """Send every message and follow every run to its end, through the chaos."""
         async with asyncio.timeout(self.deadline):
             while not self._done():
-                with contextlib.suppress(DroppedError, websockets.ConnectionClosed, OSError):
+                try:
                     await self._session()
+                except DroppedError:
+                    continue  # dropped on purpose: reconnect at once
+                except (websockets.ConnectionClosed, websockets.InvalidStatus, OSError):
+                    await asyncio.sleep(self.retry_delay)  # the server went away
         self.counters.runs = len(self.runs)
         return self.counters
 

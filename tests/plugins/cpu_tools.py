@@ -53,11 +53,12 @@ class Spinner(Agent):
     """Calls ``spin`` for as many seconds as the message says."""
 
     name = "spinner"
-    description = "Keeps the CPU busy in a tool for the given number of seconds."
+    description = "Keeps the CPU busy in a tool for the given number of seconds (default 1)."
     tools = ("spin",)
 
     async def run(self, run: AgentRunContext) -> str:
-        result = await run.tools.call("spin", {"seconds": float(run.input)})
+        seconds = float(run.input) if run.input.strip().isdecimal() else 1.0
+        result = await run.tools.call("spin", {"seconds": seconds})
         return "spun" if result.ok else f"spin failed: {(result.error or {}).get('code')}"
 
 
