@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SUMMARY = r"(\d+) generated, (?:(\d+) found \d+ unique failures|(\d+) passed)"
+SUMMARY = r"(\d+) generated, (?:(\d+) found \d+ unique failures?|(\d+) passed)"
 
 
 @dataclass(frozen=True)

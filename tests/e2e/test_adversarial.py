@@ -266,6 +266,8 @@ async def test_f5_f6_f7_metadata_is_checked_by_round_trip_and_size(url: str) -> 
         assert exact.json()["metadata"] == {"n": 2**70, "f": 1e-300}  # what is stored comes back
         chat = await http.post("/chat", content='{"message": "hi", "metadata": {"x": "\\udfff"}}')
         assert chat.status_code == 422
+        nameless = await http.post("/chat", json={"message": "hi", "agent": ""})
+        assert (nameless.status_code, nameless.json()["code"]) == (422, "unknown_agent")
         assert (await http.get("/threads")).status_code == 200
 
 

@@ -126,7 +126,7 @@ class RunService:
         there, so the ack precedes every event of the run). A resend of a
         ``client_id`` returns the run it started, restarted first if nothing runs it.
         """
-        agent_name = agent or self.default_agent
+        agent_name = agent if agent is not None else self.default_agent
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
         if self._cluster is not None and not self._cluster.healthy:
             raise UnavailableError(QUEUE_DOWN)  # nothing stored: the client may simply retry
@@ -341,11 +341,15 @@ class RunService:
         Defence in depth behind ``submit``: a stored run is always started by the
         submission that stored it, so this should find nothing.
         """
+        # Who is running what, taken *before* the database is read: a run that ends
+        # during the read is still PENDING in what the read returns (its state is
+        # written as it ends), but it is in this snapshot.
+        known = set(self._tasks) | self._stored
         cutoff = utcnow() - timedelta(seconds=older_than)
         started = 0
         for stalled in await self._chat.stalled_runs(queued_before=cutoff):
             run = stalled.run
-            if run.id in self._tasks or run.id in self._stored:
+            if run.id in known or run.id in self._tasks or run.id in self._stored:
                 continue
             logger.warning("run %s was stored but never started; starting it now", run.id)
             self._start(

@@ -7,7 +7,9 @@ processes (started by ``forkserver``, so they share nothing with the server:
 no sockets, no database connections). The tool's timeout and the run's
 cancellation reach it for real: the worker process is killed (SIGKILL) and a
 fresh one takes its place on the next call. Each worker may also be capped in
-address space (``memory_mb``), so a tool cannot exhaust the machine's memory.
+address space (``memory_mb``), so a tool cannot exhaust the machine's memory,
+and runs at a lower CPU priority (``niceness``), so that the server's event loop
+— every other user's requests and streams — is scheduled before a busy tool.
 
 Fair share: at most ``per_user`` workers run one user's calls at once, and a
 freed worker goes to the users waiting in turn (round robin), so one user's
@@ -49,9 +51,13 @@ def _resolve(module_name: str, qualname: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
-def _serve(connection: Connection, memory_mb: int | None) -> None:  # pragma: no cover - child
+def _serve(
+    connection: Connection, memory_mb: int | None, niceness: int
+) -> None:
     """The worker process: run one call at a time until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    if niceness:
+        os.nice(niceness)  # the event loops of the server come first
     if memory_mb is not None:
         import resource
 
@@ -83,10 +89,13 @@ def _serve(connection: Connection, memory_mb: int | None) -> None:  # pragma: no
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    def __init__(self, context: Any, memory_mb: int | None) -> None:
+    def __init__(self, context: Any, memory_mb: int | None, niceness: int) -> None:
         parent, child = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(child, memory_mb), daemon=True, name="atoll-tool-worker"
+            target=_serve,
+            args=(child, memory_mb, niceness),
+            daemon=True,
+            name="atoll-tool-worker",
         )
         self.process.start()
         child.close()
@@ -144,6 +153,7 @@ class ToolProcessPool:
         *,
         per_user: int | None = None,
         memory_mb: int | None = 1024,
+        niceness: int = 10,
         start_method: str = "forkserver",
     ) -> None:
         if size < 1:
@@ -151,6 +161,7 @@ class ToolProcessPool:
         self.size = size
         self.per_user = per_user if per_user is not None else max(1, size // 2)
         self._memory_mb = memory_mb
+        self._niceness = niceness
         self._context = multiprocessing.get_context(start_method)
         self._idle: list[_Worker] = []
         self._workers = 0
@@ -203,7 +214,7 @@ class ToolProcessPool:
             return self._idle.pop()
         self._workers += 1
         try:
-            return _Worker(self._context, self._memory_mb)
+            return _Worker(self._context, self._memory_mb, self._niceness)
         except BaseException:
             self._workers -= 1
             self._in_use[user_id] -= 1
