@@ -44,7 +44,6 @@ from report import RELIABILITY, write_section
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from chaos import ChaosUser, Counters, Verdict, verify  # noqa: E402
-
 from ports import free_port  # noqa: E402
 
 PASSWORD = "correct horse battery"

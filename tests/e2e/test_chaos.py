@@ -13,11 +13,11 @@ import random
 from pathlib import Path
 
 import pytest
-from chaos import ChaosUser, Counters, verify
 
 from atoll.client import AtollClient
 from atoll.server.serve import running_server
 
+from chaos import ChaosUser, Counters, verify
 from serving import PASSWORD, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multi_user]
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.multi_user]
 
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_exactly_once_for_every_run_through_random_disconnects(
-    tmp_path: Path, seed: int
+    tmp_path: Path, seed: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(
         tmp_path / "data", messages_per_minute=100_000, offline_token_delay=0.004
@@ -51,3 +51,5 @@ async def test_exactly_once_for_every_run_through_random_disconnects(
             assert verdict.runs == 10, verdict  # one run per message, resends included
             assert (verdict.lost, verdict.stuck, verdict.mismatched) == (0, 0, 0), verdict
             assert verdict.extra_runs == 0, verdict
+    errors = [r for r in caplog.records if r.name.startswith("atoll") and r.levelno >= 40]
+    assert not errors, [r.getMessage() for r in errors]  # e.g. a run started twice

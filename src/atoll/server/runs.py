@@ -219,9 +219,10 @@ class RunService:
         multitask: str,
         acknowledge: Acknowledge | None,
     ) -> Submitted:
+        known = self._here()  # before the write's read: see start_stalled
         submitted, alive = await self._chat.db.write(store)
         if not submitted.created:
-            await self._restart_if_stuck(principal, submitted)
+            await self._restart_if_stuck(principal, submitted, known)
         else:
             self._stored.add(submitted.run.id)
             try:
@@ -254,14 +255,24 @@ class RunService:
         if error is not None and not isinstance(error, AtollError):
             logger.error("storing or starting a run failed", exc_info=error)
 
-    async def _restart_if_stuck(self, principal: Principal, submitted: Submitted) -> None:
-        """A resend found its run: make sure something will run it if it is still PENDING."""
+    def _here(self) -> set[str]:
+        """The runs this process is storing, about to start, or executing right now."""
+        return set(self._tasks) | self._stored
+
+    async def _restart_if_stuck(
+        self, principal: Principal, submitted: Submitted, known: set[str]
+    ) -> None:
+        """A resend found its run: make sure something will run it if it is still PENDING.
+
+        ``known`` is what ran here before the run was read: one process writes a run's
+        state as it ends, so a run that ended meanwhile was read as PENDING.
+        """
         run = submitted.run
         if run.state != ExecutionState.PENDING.value:
             return
         if self._cluster is not None:  # claiming is conditional: a second entry is harmless
             await self._enqueue(self._cluster, run, end_on_failure=False)
-        elif run.id not in self._tasks and run.id not in self._stored:
+        elif run.id not in known and run.id not in self._here():
             logger.warning("run %s was stored but never started; starting it now", run.id)
             history = await self._chat.history(run.thread_id, before_pk=submitted.message.pk)
             self._start(run, submitted.message, history, plan=principal.plan, roles=principal.roles)
@@ -344,12 +355,12 @@ class RunService:
         # Who is running what, taken *before* the database is read: a run that ends
         # during the read is still PENDING in what the read returns (its state is
         # written as it ends), but it is in this snapshot.
-        known = set(self._tasks) | self._stored
+        known = self._here()
         cutoff = utcnow() - timedelta(seconds=older_than)
         started = 0
         for stalled in await self._chat.stalled_runs(queued_before=cutoff):
             run = stalled.run
-            if run.id in known or run.id in self._tasks or run.id in self._stored:
+            if run.id in known or run.id in self._here():
                 continue
             logger.warning("run %s was stored but never started; starting it now", run.id)
             self._start(

@@ -51,9 +51,7 @@ def _resolve(module_name: str, qualname: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
-def _serve(
-    connection: Connection, memory_mb: int | None, niceness: int
-) -> None:
+def _serve(connection: Connection, memory_mb: int | None, niceness: int) -> None:
     """The worker process: run one call at a time until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     if niceness:
