@@ -4,7 +4,7 @@ Each part starts its own `atoll serve` (fresh SQLite data dir, offline model):
 
 1. ``disconnects``: users with 5 runs in flight each, sockets aborted or closed at
    random (after sends, after acks, mid-run) until at least ``--disconnects`` drops;
-   every run is then checked against the server's log (scripts/chaos.py).
+   every run is then checked against the server's log (scripts/chaos_client.py).
 2. ``kill9``: the same load while the server is killed with SIGKILL and restarted
    ``--kills`` times; every acknowledged message must have its run, every run must end
    (those alive at a crash: ``dead``), every client's runs must equal the log.
@@ -43,7 +43,7 @@ from report import RELIABILITY, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from chaos import ChaosUser, Counters, Verdict, verify  # noqa: E402
+from chaos_client import ChaosUser, Counters, Verdict, verify  # noqa: E402
 from ports import free_port  # noqa: E402
 
 PASSWORD = "correct horse battery"

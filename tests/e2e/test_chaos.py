@@ -2,7 +2,7 @@
 
 Every run a client assembled must equal the server's log (seq 1..N, nothing twice,
 nothing missing), every event must follow its run's ack on its socket, and no run
-may be left pending or running once the load drains (see scripts/chaos.py).
+may be left pending or running once the load drains (see scripts/chaos_client.py).
 Bounded for CI; ``bench/chaos.py`` runs the long version.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from atoll.client import AtollClient
 from atoll.server.serve import running_server
 
-from chaos import ChaosUser, Counters, verify
+from chaos_client import ChaosUser, Counters, verify
 from serving import PASSWORD, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multi_user]
