@@ -216,6 +216,9 @@ async def test_f3_f4_out_of_range_integers_get_422_never_500(url: str) -> None:
             f"/threads?cursor={negative}",
             f"/threads/{thread}/messages?cursor={big_cursor}",
             "/threads?limit=99999999999999999999",
+            "/threads?limit=10.0",
+            f"/runs/{run}/events?after=0.0",
+            f"/runs/{run}/events?after=1&after=2",
         ):
             answer = await http.get(path)
             assert answer.status_code == 422, path

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from atoll import __version__
 from atoll.config import Settings
+from atoll.server.deps import single_valued_query
 from atoll.server.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from atoll.server.problems import install_openapi, install_problem_handlers
 from atoll.server.routes import auth, ops, runs, threads
@@ -46,9 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     install_problem_handlers(app)
     install_openapi(app)
-    app.include_router(auth.router, prefix=API)
-    app.include_router(threads.router, prefix=API)
-    app.include_router(runs.router, prefix=API)
+    once = [Depends(single_valued_query)]
+    app.include_router(auth.router, prefix=API, dependencies=once)
+    app.include_router(threads.router, prefix=API, dependencies=once)
+    app.include_router(runs.router, prefix=API, dependencies=once)
     app.include_router(ops.router)
     app.add_api_websocket_route(f"{API}/ws", websocket_endpoint)
     app.mount("/static", StaticFiles(directory=WEB), name="static")

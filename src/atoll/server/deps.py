@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from atoll.auth.service import Principal
-from atoll.errors import AuthenticationError, UnavailableError
+from atoll.errors import AuthenticationError, UnavailableError, ValidationFailedError
 from atoll.server.services import Services
 
 bearer = HTTPBearer(auto_error=False, description="The access token from /auth/login")
@@ -42,6 +42,18 @@ async def get_principal(
                 "access_denied", key=client_address(request), reason=exc.code, path=request.url.path
             )
         raise
+
+
+def single_valued_query(request: Request) -> None:
+    """Every query parameter of the API is a single value: a repeated one is a 422, not
+    whichever copy the framework happens to read."""
+    keys = [key for key, _ in request.query_params.multi_items()]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValidationFailedError(
+            "repeated query parameter",
+            [{"loc": ["query", key], "msg": "given more than once"} for key in repeated],
+        )
 
 
 def get_address(request: Request) -> str:

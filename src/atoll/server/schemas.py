@@ -6,10 +6,11 @@ without is required.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from atoll.auth.service import EMAIL_SHAPE
 from atoll.store.bounds import check_metadata, check_text
@@ -17,6 +18,19 @@ from atoll.store.bounds import check_metadata, check_text
 Multitask = Literal["reject", "enqueue", "interrupt"]
 EMAIL_PATTERN = rf"^[ \t]*{EMAIL_SHAPE}[ \t]*$"
 """What ``normalise_email`` accepts (surrounding spaces are trimmed)."""
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _integer_text(value: object) -> object:
+    """A query integer as written in a URL: digits, maybe a minus — not "0.0", "+3", "1_0"
+    (which the lax integer parsing would take, though the schema says integer)."""
+    if isinstance(value, str) and not _INTEGER.fullmatch(value):
+        raise ValueError("must be an integer")
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_integer_text)]
+"""An integer query parameter, parsed exactly as its OpenAPI type says."""
 
 
 class Body(BaseModel):

@@ -19,6 +19,7 @@ from atoll.server.schemas import (
     ChatAccepted,
     ChatBody,
     EventPage,
+    QueryInt,
     RunAccepted,
     RunCreate,
     RunOut,
@@ -107,7 +108,7 @@ async def run_events(
     run_id: str,
     principal: PrincipalDep,
     services: ServicesDep,
-    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    after: Annotated[QueryInt, Query(ge=0, le=MAX_SEQ)] = 0,
 ) -> EventPage:
     """The run's logged events with ``seq > after``."""
     await services.chat.run(principal.user_id, run_id)

@@ -11,6 +11,7 @@ from atoll.server.problems import problems
 from atoll.server.schemas import (
     MessageOut,
     MessagePage,
+    QueryInt,
     ThreadCreate,
     ThreadOut,
     ThreadPage,
@@ -21,7 +22,7 @@ from atoll.store.models import Message, Thread
 
 router = APIRouter(tags=["threads"])
 
-Limit = Annotated[int, Query(ge=1, le=100)]
+Limit = Annotated[QueryInt, Query(ge=1, le=100)]
 Cursor = Annotated[
     str | None,
     Query(pattern=CURSOR_PATTERN, description="The next_cursor of the previous page"),
