@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -29,8 +29,9 @@ def _integer_text(value: object) -> object:
     return value
 
 
-QueryInt = Annotated[int, BeforeValidator(_integer_text)]
-"""An integer query parameter, parsed exactly as its OpenAPI type says."""
+INTEGER_TEXT = BeforeValidator(_integer_text)
+"""Put after a query integer's ``Field(ge=, le=)`` (then the schema shows the bounds):
+the value is parsed exactly as its OpenAPI type says."""
 
 
 class Body(BaseModel):

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
+from pydantic import Field
 
 from atoll.errors import ValidationFailedError
 from atoll.runtime.context import UserExecutionContext
@@ -15,11 +16,11 @@ from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.routes.threads import message_out
 from atoll.server.schemas import (
+    INTEGER_TEXT,
     AgentOut,
     ChatAccepted,
     ChatBody,
     EventPage,
-    QueryInt,
     RunAccepted,
     RunCreate,
     RunOut,
@@ -108,7 +109,7 @@ async def run_events(
     run_id: str,
     principal: PrincipalDep,
     services: ServicesDep,
-    after: Annotated[QueryInt, Query(ge=0, le=MAX_SEQ)] = 0,
+    after: Annotated[int, Field(ge=0, le=MAX_SEQ), INTEGER_TEXT, Query()] = 0,
 ) -> EventPage:
     """The run's logged events with ``seq > after``."""
     await services.chat.run(principal.user_id, run_id)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from pydantic import Field
 
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.schemas import (
+    INTEGER_TEXT,
     MessageOut,
     MessagePage,
-    QueryInt,
     ThreadCreate,
     ThreadOut,
     ThreadPage,
@@ -22,7 +23,7 @@ from atoll.store.models import Message, Thread
 
 router = APIRouter(tags=["threads"])
 
-Limit = Annotated[QueryInt, Query(ge=1, le=100)]
+Limit = Annotated[int, Field(ge=1, le=100), INTEGER_TEXT, Query()]
 Cursor = Annotated[
     str | None,
     Query(pattern=CURSOR_PATTERN, description="The next_cursor of the previous page"),
