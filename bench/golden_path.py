@@ -160,6 +160,7 @@ def run(users: int, messages: int, agent: str) -> dict[str, Any]:
         env = {
             **os.environ,
             "ATOLL_MESSAGES_PER_MINUTE": "1000000",
+            "ATOLL_SIGNUPS_PER_HOUR": "1000000",
             "ATOLL_DATA_DIR": data,
         }
         command = [sys.executable, "-m", "atoll.cli", "serve", "--port", str(port)]

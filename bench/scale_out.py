@@ -88,7 +88,11 @@ def measure(nodes: list[tuple[list[str], dict[str, str], int]], users: int, mess
 def run(
     users: int, messages: int, agent: str, node_count: int, worker_count: int
 ) -> dict[str, Any]:
-    base = {**os.environ, "ATOLL_MESSAGES_PER_MINUTE": "1000000"}
+    base = {
+        **os.environ,
+        "ATOLL_MESSAGES_PER_MINUTE": "1000000",
+        "ATOLL_SIGNUPS_PER_HOUR": "1000000",
+    }
     results: dict[str, Any] = {"users": users, "messages_per_user": messages, "agent": agent}
     with tempfile.TemporaryDirectory(prefix="atoll-bench-") as tmp:
         root = Path(tmp)
