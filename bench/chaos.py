@@ -263,6 +263,8 @@ async def sse_ending(url: str, token: str, run_id: str) -> str:
             httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http,
             http.stream("GET", f"/api/v1/runs/{run_id}/stream") as answer,
         ):
+            if answer.status_code != 200:
+                return f"status {answer.status_code}"
             async for line in answer.aiter_lines():
                 if line.startswith("event: "):
                     last = line.removeprefix("event: ")
@@ -319,5 +321,7 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     outcome = asyncio.run(main(arguments))
     print(json.dumps(outcome, indent=2))
-    if arguments.write:
-        write_section("chaos", "python " + " ".join(sys.argv), outcome, doc=RELIABILITY)
+    if arguments.write:  # one section per part, so parts can be re-run alone
+        for part, figures in outcome.items():
+            command = "python " + " ".join(sys.argv)
+            write_section(f"chaos-{part}", command, figures, doc=RELIABILITY)

@@ -121,8 +121,10 @@ class ChaosUser:
                     await self._session()
                 except DroppedError:
                     continue  # dropped on purpose: reconnect at once
-                except (websockets.ConnectionClosed, websockets.InvalidStatus, OSError):
-                    await asyncio.sleep(self.retry_delay)  # the server went away
+                except (websockets.ConnectionClosed, websockets.InvalidHandshake, OSError):
+                    await asyncio.sleep(self.retry_delay)  # the server went away (or is starting)
+                except TimeoutError:  # no answer from a server being killed or restarted
+                    await asyncio.sleep(self.retry_delay)
         self.counters.runs = len(self.runs)
         return self.counters
 
