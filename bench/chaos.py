@@ -254,15 +254,15 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def sse_ending(url: str, token: str, run_id: str) -> str:
+async def sse_ending(
+    http: httpx.AsyncClient, token: str, run_id: str, opened: asyncio.Queue[str]
+) -> str:
     """Follow a run over SSE until the server ends the stream; how it ended."""
     headers = {"authorization": f"Bearer {token}"}
     last = "none"
     try:
-        async with (
-            httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http,
-            http.stream("GET", f"/api/v1/runs/{run_id}/stream") as answer,
-        ):
+        async with http.stream("GET", f"/api/v1/runs/{run_id}/stream", headers=headers) as answer:
+            opened.put_nowait(run_id)
             if answer.status_code != 200:
                 return f"status {answer.status_code}"
             async for line in answer.aiter_lines():
@@ -271,6 +271,7 @@ async def sse_ending(url: str, token: str, run_id: str) -> str:
                 elif line.startswith("retry:"):
                     last = "retry hint"
     except httpx.HTTPError:
+        opened.put_nowait(run_id)
         last = "cut"
     return last
 
@@ -280,19 +281,23 @@ async def sigterm(args: argparse.Namespace) -> dict[str, Any]:
     with server(ATOLL_SHUTDOWN_GRACE=str(grace), ATOLL_OFFLINE_TOKEN_DELAY="1.0") as running:
         keys = await tokens(running.url, 20, "term")
         runs: list[tuple[str, str]] = []
-        for token in keys:  # three long runs per user (the concurrency limit)
-            headers = {"authorization": f"Bearer {token}"}
-            async with httpx.AsyncClient(base_url=running.url, headers=headers) as http:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=running.url, timeout=60, limits=limits) as http:
+            for token in keys:  # three long runs per user (the concurrency limit)
+                headers = {"authorization": f"Bearer {token}"}
                 for _ in range(3):
                     body = {"message": "hello", "agent": "assistant"}
-                    accepted = (await http.post("/api/v1/chat", json=body)).json()
+                    accepted = (await http.post("/api/v1/chat", json=body, headers=headers)).json()
                     runs.append((token, accepted["run"]["id"]))
-        streams = [asyncio.create_task(sse_ending(running.url, t, r)) for t, r in runs]
-        await asyncio.sleep(2.0)  # every stream is open, every run is streaming
-        elapsed = await asyncio.to_thread(running.signal, signal.SIGTERM)
-        endings: dict[str, int] = {}
-        for ending in await asyncio.gather(*streams):
-            endings[ending] = endings.get(ending, 0) + 1
+            opened: asyncio.Queue[str] = asyncio.Queue()
+            streams = [asyncio.create_task(sse_ending(http, t, r, opened)) for t, r in runs]
+            async with asyncio.timeout(60):  # every stream has its answer head before the signal
+                for _ in runs:
+                    await opened.get()
+            elapsed = await asyncio.to_thread(running.signal, signal.SIGTERM)
+            endings: dict[str, int] = {}
+            for ending in await asyncio.gather(*streams):
+                endings[ending] = endings.get(ending, 0) + 1
         log = running.log.read_text(errors="replace")
     return {"grace_seconds": grace, "exit_seconds": round(elapsed, 2), "sse_streams": len(runs),
             "sse_endings": endings, "tracebacks": log.count("Traceback"),
