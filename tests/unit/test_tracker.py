@@ -182,6 +182,36 @@ async def test_monitor_task_detects_timeout() -> None:
     assert tracker.get("run_a").state is S.TIMEOUT
 
 
+async def test_finished_records_do_not_outlive_the_retention_by_more_than_a_tenth() -> None:
+    """Cleanup runs every tenth of the retention: a record finished just after one
+    cleanup is gone at 1.1 x the retention, not kept until the cleanup after next
+    (which made the tracker hold twice the retention's worth of runs)."""
+    tracker, clock = tracker_with_clock(heartbeat_timeout=10_000, run_timeout=10_000)
+    ticked = asyncio.Event()
+
+    def pulse() -> list[str]:
+        ticked.set()
+        return []
+
+    async def two_ticks() -> None:  # the monitor has looked at the new time
+        for _ in range(2):
+            ticked.clear()
+            await asyncio.wait_for(ticked.wait(), 5)
+
+    async with tracker.monitoring(0.001, pulse=pulse, retention=10.0):
+        start(tracker)
+        clock.now += 1
+        tracker.transition("run_a", S.COMPLETING)
+        tracker.transition("run_a", S.COMPLETED)
+        clock.now += 9  # a cleanup 10 s after the start: the record is 9 s old, kept
+        await two_ticks()
+        assert len(tracker) == 1
+        clock.now += 1.5  # 10.5 s old: the next cleanup (a tenth later) forgets it
+        await two_ticks()
+        assert len(tracker) == 0
+    assert tracker.finished_totals()[S.COMPLETED] == 1
+
+
 def test_invalid_timeouts_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         AgentExecutionTracker(heartbeat_timeout=0)

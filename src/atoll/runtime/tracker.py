@@ -202,7 +202,9 @@ class AgentExecutionTracker:
         that ``pulse`` names (the runs alive in this process). Checking first is
         what lets a blocked event loop be detected: after the block, the stale
         heartbeats are seen before they are refreshed. Terminal records older than
-        ``retention`` seconds are forgotten.
+        ``retention`` seconds are forgotten, checked every tenth of the retention (at
+        most every minute) so that none outlives it by more than that: the tracker's size
+        is about ``retention`` x the run rate, not twice it.
         """
         task = asyncio.create_task(
             self._monitor(interval, pulse, retention), name="atoll-tracker-monitor"
@@ -224,7 +226,7 @@ class AgentExecutionTracker:
             if pulse is not None:
                 for run_id in pulse():
                     self.heartbeat(run_id)
-            if self._clock() - last_cleanup >= min(retention, 60.0):
+            if self._clock() - last_cleanup >= min(retention / 10, 60.0):
                 self.cleanup(retention)
                 last_cleanup = self._clock()
 
