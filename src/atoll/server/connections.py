@@ -37,9 +37,14 @@ from atoll.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-ENDED_MEMORY = 1024
-"""How many ended runs a connection remembers (to drop late duplicates of their events)."""
-FOLLOWED_MEMORY = 4096
+ENDED_MEMORY = 256
+"""How many ended runs a connection remembers, so that a late ``resume`` or resent
+message of a run that already ended here replays nothing twice. What a client can
+still have in flight about runs that end under it is its unfinished runs (its
+concurrent and queued ones), far fewer; each entry costs ~160 bytes, so the bound is
+~40 KB per socket once full (it was 1,024: 160 KB per socket, most of a soak's RSS
+growth)."""
+FOLLOWED_MEMORY = 1024
 """How many unfinished runs a connection follows at most (the oldest is dropped first)."""
 
 
