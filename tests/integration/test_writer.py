@@ -63,7 +63,7 @@ async def test_a_failing_job_is_rolled_back_alone_and_the_batch_commits(
             database.write(add_user("b@x.io")),  # type: ignore[arg-type]
             return_exceptions=True,
         )
-    assert writer.batches == batches + 1  # one transaction for all five
+    assert writer.batches == batches + 1  # one batch: one committed transaction for all five
     assert outcomes[0] == "usr_a" and outcomes[4] == "usr_b"
     assert isinstance(outcomes[1], NotFoundError)
     assert isinstance(outcomes[2], IntegrityError)

@@ -4,11 +4,12 @@ Every write in Atoll is a *job*: a synchronous function that receives an ORM
 ``Session`` bound to the batch's transaction and returns a value. The writer
 takes every job that arrived while the previous batch was committing, runs
 them one after another in one transaction, commits once, and only then
-answers each caller. Each job of a batch runs in its own SAVEPOINT: a job that
-raises (an expected 404 or 409 as much as a constraint violation) is rolled
-back alone and its caller gets the exception, while the rest of the batch
-commits. A job's exception is its caller's to handle and is not logged here;
-only a batch the database could not commit is.
+answers each caller. A job that raises (an expected 404 or 409 as much as a
+constraint violation) is rolled back alone and its caller gets the exception,
+while the rest of the batch commits: such a batch runs again with each job in
+its own SAVEPOINT (see ``BatchWriter._execute``). A job's exception is its
+caller's to handle and is not logged here; only a batch the database could not
+commit is.
 
 On SQLite the writer has its own synchronous connection and runs each batch on
 the event loop: a batch is one short WAL transaction (typically well under a
@@ -68,17 +69,19 @@ def execute_core(session: Session, statement: Executable) -> None:
     session.connection().execute(statement)
 
 
-def _run_jobs(connection: Connection, jobs: list[WriteJob[Any]]) -> list[Any]:
+def _run_jobs(connection: Connection, jobs: list[WriteJob[Any]], *, isolate: bool) -> list[Any]:
     """Run ``jobs`` in one session on ``connection``: the results, or each job's exception.
 
-    Each job runs in a SAVEPOINT (a lone job needs none: its error rolls back the
-    transaction) and is flushed before the next one starts, so an error is its own.
+    Not ``isolate``: the jobs run one after another and are flushed once (one INSERT per
+    table for the whole batch); any error propagates. ``isolate``: each job runs in its
+    own SAVEPOINT and is flushed before the next one starts, so an error is its job's
+    alone (a lone job needs no SAVEPOINT: its error rolls back the transaction).
     """
     with Session(bind=connection, expire_on_commit=False, autoflush=True) as session:
-        if len(jobs) == 1:
-            result = jobs[0](session)
+        if not isolate or len(jobs) == 1:
+            results = [job(session) for job in jobs]
             session.flush()
-            return [result]
+            return results
         outcomes: list[Any] = []
         for job in jobs:
             savepoint = session.begin_nested()
@@ -167,19 +170,29 @@ class BatchWriter:
             self.jobs += len(batch)
 
     async def _execute(self, jobs: list[WriteJob[Any]]) -> list[Any]:
-        """Run one batch in one transaction: each job's result or exception.
+        """Run one batch in one committed transaction: each job's result or exception.
 
-        Raises only when the database failed the batch as a whole (a lone job's
-        failure is that job's outcome).
+        The batch first runs as a whole (no SAVEPOINTs, one flush: what nearly every
+        batch is). If anything in it raised, that transaction is rolled back and the
+        batch runs once more with a SAVEPOINT per job, so the failing job fails alone
+        and the rest commits together. SAVEPOINTs for every batch cost ~20 % of the
+        Golden Path's throughput (docs/benchmarks.md). Raises only when the database
+        failed the batch as a whole (a lone job's failure is that job's outcome).
         """
+        if len(jobs) > 1:
+            with contextlib.suppress(Exception):  # a job failed: isolate them, below
+                return await self._transaction(jobs, isolate=False)
         try:
-            if self._sync_engine is not None:
-                with self._sync_engine.begin() as connection:
-                    return _run_jobs(connection, jobs)
-            assert self._async_engine is not None
-            async with self._async_engine.begin() as connection:
-                return await connection.run_sync(_run_jobs, jobs)
+            return await self._transaction(jobs, isolate=True)
         except Exception as exc:
             if len(jobs) == 1:
                 return [exc]
             raise
+
+    async def _transaction(self, jobs: list[WriteJob[Any]], *, isolate: bool) -> list[Any]:
+        if self._sync_engine is not None:
+            with self._sync_engine.begin() as connection:
+                return _run_jobs(connection, jobs, isolate=isolate)
+        assert self._async_engine is not None
+        async with self._async_engine.begin() as connection:
+            return await connection.run_sync(_run_jobs, jobs, isolate=isolate)
