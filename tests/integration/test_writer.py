@@ -95,3 +95,24 @@ async def test_pruning_deletes_in_bounded_chunks_and_keeps_recent_events(
     async with database.session() as session:
         count = select(RunEventRow.run_id, func.count()).group_by(RunEventRow.run_id)
         assert dict((await session.execute(count)).all()) == {"run_new": 10}
+
+
+async def test_an_object_added_by_a_job_is_stored_when_its_batch_runs_again(
+    database: Database,
+) -> None:
+    """A batch in which a job failed runs again (each job in a SAVEPOINT); an ORM object
+    another job added — and the first attempt already flushed — must be inserted then,
+    not taken for a row that exists (auth adds pre-built objects this way)."""
+    user = User(id="usr_prebuilt", email="prebuilt@x.io", password_hash="x", roles=[])
+
+    def flush_then_fail(session: Session) -> None:
+        session.execute(select(User.id))  # autoflush: the prebuilt user is INSERTed here
+        raise ThreadBusyError("busy")
+
+    added, failed = await asyncio.gather(
+        database.write(lambda session: session.add(user)),
+        database.write(flush_then_fail),
+        return_exceptions=True,
+    )
+    assert added is None and isinstance(failed, ThreadBusyError)
+    assert "prebuilt@x.io" in await emails(database)

@@ -79,8 +79,15 @@ def _run_jobs(connection: Connection, jobs: list[WriteJob[Any]], *, isolate: boo
     """
     with Session(bind=connection, expire_on_commit=False, autoflush=True) as session:
         if not isolate or len(jobs) == 1:
-            results = [job(session) for job in jobs]
-            session.flush()
+            try:
+                results = [job(session) for job in jobs]
+                session.flush()
+            except BaseException:
+                # Roll back through the session, not only the connection: objects the
+                # jobs added (and maybe flushed) turn transient again, so that running
+                # the batch again INSERTs them instead of taking them for stored rows.
+                session.rollback()
+                raise
             return results
         outcomes: list[Any] = []
         for job in jobs:
