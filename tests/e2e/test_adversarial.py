@@ -245,6 +245,21 @@ def nested(depth: int) -> dict[str, Any]:
     return value
 
 
+async def test_repeated_query_parameters_get_422_naming_them(url: str) -> None:
+    """A repeated parameter is refused, not read as whichever copy comes first; a URL
+    made of thousands of them (as long as the header limit allows) is answered at once."""
+    client = await registered(url, "repeats@example.com")
+    headers = {"authorization": f"Bearer {client.access_token}"}
+    async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers) as http:
+        answer = await http.get("/threads?limit=1&limit=100")
+        assert answer.status_code == 422
+        assert [e["loc"] for e in answer.json()["errors"]] == [["query", "limit"]]
+        many = "&".join(f"k{n % 1000}=1" for n in range(2000))  # ~14 KB, 1,000 repeated keys
+        answer = await http.get(f"/threads?{many}")
+        assert answer.status_code == 422
+        assert len(answer.json()["errors"]) == 1000
+
+
 async def test_f5_f6_f7_metadata_is_checked_by_round_trip_and_size(url: str) -> None:
     client = await registered(url, "meta@example.com")
     headers = {"authorization": f"Bearer {client.access_token}", "content-type": "application/json"}

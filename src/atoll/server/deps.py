@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -47,8 +48,8 @@ async def get_principal(
 def single_valued_query(request: Request) -> None:
     """Every query parameter of the API is a single value: a repeated one is a 422, not
     whichever copy the framework happens to read."""
-    keys = [key for key, _ in request.query_params.multi_items()]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    counts = Counter(key for key, _ in request.query_params.multi_items())
+    repeated = sorted(key for key, count in counts.items() if count > 1)
     if repeated:
         raise ValidationFailedError(
             "repeated query parameter",
