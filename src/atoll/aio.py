@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -36,3 +40,20 @@ async def settle_task(task: asyncio.Task[None], grace: float) -> None:
         logger.warning("task %s did not stop; abandoned", task.get_name())
     elif not task.cancelled() and task.exception() is not None:
         logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def resolved_loop(choice: Literal["auto", "asyncio", "uvloop"]) -> Literal["asyncio", "uvloop"]:
+    """The event loop ``choice`` stands for: ``auto`` is uvloop when it is installed."""
+    if choice == "auto":
+        return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    return choice
+
+
+def run_in_loop(main: Coroutine[Any, Any, T], choice: Literal["auto", "asyncio", "uvloop"]) -> T:
+    """``asyncio.run(main)`` on the event loop ``choice`` stands for."""
+    if resolved_loop(choice) == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)

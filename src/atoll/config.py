@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a connection has to send a request's headers (408)"
     )
     http_keepalive_timeout: float = Field(5.0, gt=0, description="Idle keep-alive connections")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="The event loop of serve and worker: auto is uvloop where installed"
+    )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins (scheme://host[:port]) whose pages may open the WebSocket, besides "

@@ -116,3 +116,31 @@ async def test_an_object_added_by_a_job_is_stored_when_its_batch_runs_again(
     )
     assert added is None and isinstance(failed, ThreadBusyError)
     assert "prebuilt@x.io" in await emails(database)
+
+
+async def test_events_appended_in_a_batch_store_created_at_as_the_orm_does(
+    database: Database,
+) -> None:
+    """The SQLite hot path inserts events without SQLAlchemy's binding: their ``created_at``
+    must still read back as an aware UTC time, be stored in the ORM's own format (pruning
+    compares it with the ORM's cutoff), and prune like any other row."""
+    log = DatabaseRunEventLog(database)
+    before = datetime.now(UTC)
+    await asyncio.gather(*(log.append(event("run_fmt", seq, "y")) for seq in range(1, 4)))
+    orm_row = RunEventRow(
+        run_id="run_orm", seq=1, user_id="y", type="agent_started", payload=b"{}",
+        created_at=datetime.now(UTC),
+    )  # fmt: skip
+    await database.write(lambda session: session.add(orm_row))
+    async with database.session() as session:
+        stamps = (await session.execute(select(RunEventRow.created_at))).scalars().all()
+    assert len(stamps) == 4
+    for stamp in stamps:
+        assert stamp.tzinfo is not None
+        assert before - timedelta(seconds=1) <= stamp <= datetime.now(UTC)
+    if database.is_sqlite:
+        async with database.engine.connect() as connection:
+            raw = (await connection.exec_driver_sql("SELECT created_at FROM run_events")).all()
+        shapes = {len(text) for (text,) in raw}
+        assert shapes == {len("2026-12-01 14:46:08.374564")}, raw
+    assert await log.prune(timedelta(seconds=0)) == 4

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 
+from atoll.aio import resolved_loop, run_in_loop
 from atoll.config import Settings
 from atoll.server.app import create_app
 from atoll.server.http11 import guarded_h11, install_log_redaction
@@ -80,6 +81,7 @@ def uvicorn_config(settings: Settings, *, host: str, port: int, log_level: str) 
         log_level=log_level,
         http=guarded_h11(settings.http_header_timeout),
         ws="websockets-sansio",
+        loop=resolved_loop(settings.event_loop),
         ws_per_message_deflate=False,
         ws_max_size=max(settings.max_ws_frame_bytes * 4, 1 << 20),
         proxy_headers=settings.forwarded_allow_ips is not None,
@@ -112,7 +114,7 @@ def run_worker(settings: Settings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(_work(settings))
+    run_in_loop(_work(settings), settings.event_loop)
 
 
 async def _work(settings: Settings) -> None:

@@ -13,11 +13,11 @@ alone with ``EventConflictError``, never the batch it shares.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from atoll.errors import EventConflictError
@@ -41,8 +41,12 @@ def event_row(event: RunEvent) -> dict[str, object]:
     }
 
 
-def _key(row: dict[str, object]) -> tuple[str, int]:
-    return str(row["run_id"]), int(str(row["seq"]))
+SQLITE_INSERT = (
+    "INSERT INTO run_events (run_id, seq, user_id, type, payload, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+"""The hot path's INSERT on SQLite, handed to the driver as it is: compiling the
+statement and binding every row through SQLAlchemy cost more than the insert itself."""
 
 
 class DatabaseRunEventLog:
@@ -50,14 +54,18 @@ class DatabaseRunEventLog:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._pending: list[dict[str, object]] = []
+        self._pending: list[RunEvent] = []
         self._flush: asyncio.Future[set[tuple[str, int]]] | None = None
         self._sqlite = db.engine.dialect.name == "sqlite"
+        dialect = db.engine.dialect
+        created = RunEventRow.__table__.c.created_at.type.dialect_impl(dialect)
+        self._stamp: Callable[[datetime], object] = created.bind_processor(dialect) or str
+        """How SQLAlchemy stores a ``created_at`` (the raw SQLite insert stores the same)."""
         self._fenced: set[str] = set()
         """Runs another process ended (seen as a conflict): no more events for them."""
 
-    def _store(self, session: Session, rows: list[dict[str, object]]) -> set[tuple[str, int]]:
-        """Insert ``rows`` and return the keys stored; a run's events stop at its first conflict.
+    def _store(self, session: Session, events: list[RunEvent]) -> set[tuple[str, int]]:
+        """Insert ``events`` and return the keys stored; a run's events stop at its first conflict.
 
         A conflict means another process ended the run (its terminal event took the
         ``seq``): the run is *fenced* in this log for good, and whatever this batch
@@ -65,17 +73,17 @@ class DatabaseRunEventLog:
         transaction, so nothing of it can follow the run's end.
         """
         if self._fenced:
-            rows = [row for row in rows if row["run_id"] not in self._fenced]
-        if not rows:
+            events = [event for event in events if event.run_id not in self._fenced]
+        if not events:
             return set()
-        stored = self._insert(session, rows)
-        if len(stored) == len(rows):
+        stored = self._insert(session, events)
+        if len(stored) == len(events):
             return stored  # no conflict: the hot path
         first_conflict: dict[str, int] = {}
-        for row in rows:
-            key = _key(row)
-            if key not in stored:
-                first_conflict[key[0]] = min(key[1], first_conflict.get(key[0], key[1]))
+        for event in events:
+            if (event.run_id, event.seq) not in stored:
+                first = first_conflict.get(event.run_id, event.seq)
+                first_conflict[event.run_id] = min(event.seq, first)
         for run_id, seq in first_conflict.items():
             self._fenced.add(run_id)
             late = [key for key in stored if key[0] == run_id and key[1] > seq]
@@ -88,27 +96,30 @@ class DatabaseRunEventLog:
                 stored.discard(key)
         return stored
 
-    def _insert(self, session: Session, rows: list[dict[str, object]]) -> set[tuple[str, int]]:
-        """Insert ``rows``, skipping taken ``(run_id, seq)``; the keys actually stored."""
+    def _insert(self, session: Session, events: list[RunEvent]) -> set[tuple[str, int]]:
+        """Insert ``events``, skipping taken ``(run_id, seq)``; the keys actually stored."""
         if not self._sqlite:  # PostgreSQL: one multi-row INSERT … RETURNING
             returning = (
                 pg_insert(RunEventRow)
                 .on_conflict_do_nothing(index_elements=["run_id", "seq"])
                 .returning(RunEventRow.run_id, RunEventRow.seq)
             )
-            return {(run_id, seq) for run_id, seq in session.execute(returning, rows).all()}
+            mapped = [event_row(event) for event in events]
+            return {(run_id, seq) for run_id, seq in session.execute(returning, mapped).all()}
         # SQLite: executemany (fast) and its exact row count; look closer only on a conflict.
-        statement = sqlite_insert(RunEventRow).on_conflict_do_nothing()
-        result = session.connection().execute(statement, rows)
+        # One created_at for the batch: its rows are committed together.
+        created = self._stamp(datetime.now(UTC))
+        rows = [(e.run_id, e.seq, e.user_id, e.type.value, e.payload, created) for e in events]
+        result = session.connection().exec_driver_sql(SQLITE_INSERT, rows)
         if int(getattr(result, "rowcount", -1)) == len(rows):
-            return {_key(row) for row in rows}
+            return {(event.run_id, event.seq) for event in events}
         stored = set()
-        for row in rows:
+        for event in events:
             query = select(RunEventRow.payload).where(
-                RunEventRow.run_id == row["run_id"], RunEventRow.seq == row["seq"]
+                RunEventRow.run_id == event.run_id, RunEventRow.seq == event.seq
             )
-            if bytes(session.execute(query).scalar_one()) == row["payload"]:
-                stored.add(_key(row))
+            if bytes(session.execute(query).scalar_one()) == event.payload:
+                stored.add((event.run_id, event.seq))
         return stored
 
     async def append(self, event: RunEvent) -> None:
@@ -117,10 +128,10 @@ class DatabaseRunEventLog:
         Events appended while a write is waiting share one job and one INSERT.
         Cancelling the caller does not withdraw the event: it is still written.
         """
-        self._pending.append(event_row(event))
+        self._pending.append(event)
         flush = self._flush
         if flush is None:
-            sealed: list[list[dict[str, object]]] = []
+            sealed: list[list[RunEvent]] = []
 
             def seal() -> None:  # on the event loop, just before the writer takes the job
                 sealed.append(self._pending)
