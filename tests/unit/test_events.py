@@ -9,7 +9,13 @@ import pytest
 
 from atoll.bus.memory import InMemoryEventBus, InMemoryRunEventLog, SubscriptionOverflowError
 from atoll.errors import RunClosedError
-from atoll.runtime.events import EventRecorder, EventType, RunEmitter, RunEvent
+from atoll.runtime.events import (
+    MAX_QUEUED_DELTA,
+    EventRecorder,
+    EventType,
+    RunEmitter,
+    RunEvent,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -142,3 +148,89 @@ async def test_log_refuses_gaps_and_prunes_after_retention() -> None:
     now[0] = 11
     assert log.prune() == 1
     assert await log.read("run_a", user_id="usr_a") == []
+
+
+class GatedLog(InMemoryRunEventLog):
+    """Holds the first append until ``gate`` is set (an event still being logged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def append(self, event: RunEvent) -> None:
+        if not self.gate.is_set():
+            self.entered.set()
+            await self.gate.wait()
+        await super().append(event)
+
+
+async def test_deltas_queued_while_an_event_is_being_logged_become_one_event() -> None:
+    log = GatedLog()
+    emitter = emitter_for(EventRecorder(log, InMemoryEventBus()))
+    agent = emitter.for_agent("assistant", None)
+    await agent.delta("Hel")  # returns at once: the flusher logs it
+    await log.entered.wait()
+    await agent.delta("lo, ")
+    await agent.delta("world")
+    log.gate.set()
+    await agent.flush()
+    events = await log.read("run_a", user_id="usr_a")
+    assert [e.seq for e in events] == [1, 2]
+    assert [e.data["delta"] for e in events] == ["Hel", "lo, world"]
+    assert agent.streamed_text == "Hello, world"
+
+
+async def test_an_event_emitted_after_deltas_comes_after_their_text() -> None:
+    log = InMemoryRunEventLog()
+    agent = emitter_for(EventRecorder(log, InMemoryEventBus())).for_agent("assistant", None)
+    await agent.delta("first ")
+    await agent.thinking("then a thought")
+    await agent.delta("and more")
+    await agent.emit(EventType.AGENT_COMPLETED, {})
+    events = await log.read("run_a", user_id="usr_a")
+    assert [e.type for e in events] == [
+        EventType.MESSAGE_DELTA, EventType.AGENT_THINKING,
+        EventType.MESSAGE_DELTA, EventType.AGENT_COMPLETED,
+    ]  # fmt: skip
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+
+
+class DeltaFailingLog(InMemoryRunEventLog):
+    async def append(self, event: RunEvent) -> None:
+        if event.type is EventType.MESSAGE_DELTA:
+            raise OSError("disk full")
+        await super().append(event)
+
+
+async def test_text_that_could_not_be_logged_fails_the_run_but_not_its_ending() -> None:
+    log = DeltaFailingLog()
+    emitter = emitter_for(EventRecorder(log, InMemoryEventBus()))
+    agent = emitter.for_agent("assistant", None)
+    await agent.delta("lost")
+    with pytest.raises(OSError, match="disk full"):
+        await agent.flush()
+    with pytest.raises(OSError, match="disk full"):
+        await agent.delta("more")
+    with pytest.raises(OSError, match="disk full"):
+        await agent.emit(EventType.AGENT_COMPLETED, {})  # the answer was not all logged
+    await agent.emit(EventType.AGENT_ERROR, {"state": "failed"})
+    events = await log.read("run_a", user_id="usr_a")
+    assert [(e.seq, e.type) for e in events] == [(1, EventType.AGENT_ERROR)]
+    assert emitter.closed
+
+
+async def test_a_run_with_too_much_text_queued_waits_for_the_flusher() -> None:
+    log = GatedLog()
+    agent = emitter_for(EventRecorder(log, InMemoryEventBus())).for_agent("assistant", None)
+    await agent.delta("a")
+    await log.entered.wait()
+    blocked = asyncio.create_task(agent.delta("x" * (MAX_QUEUED_DELTA + 1)))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not blocked.done()
+    log.gate.set()
+    await blocked
+    await agent.flush()
+    events = await log.read("run_a", user_id="usr_a")
+    assert "".join(e.data["delta"] for e in events) == "a" + "x" * (MAX_QUEUED_DELTA + 1)

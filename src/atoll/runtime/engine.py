@@ -355,17 +355,19 @@ class UserExecutionEngine:
     # -- endings -------------------------------------------------------------
 
     async def _finish_answer(self, top: AgentEmitter, answer: str) -> str:
-        """Make the streamed text and the stored answer the same text."""
+        """Make the streamed text and the stored answer the same text, all of it logged."""
         streamed = top.streamed_text
         if answer.startswith(streamed):
             rest = answer[len(streamed) :]
             if rest:
                 await top.delta(rest)
-            return answer
-        logger.warning(
-            "run %s: agent returned text that differs from what it streamed", self.run_id
-        )
-        return streamed
+        else:
+            logger.warning(
+                "run %s: agent returned text that differs from what it streamed", self.run_id
+            )
+            answer = streamed
+        await top.flush()  # a delta that could not be logged fails the run here
+        return answer
 
     async def _end_interrupted(self, top: AgentEmitter, started: float) -> RunOutcome:
         record = self._tracker.get(self.run_id)

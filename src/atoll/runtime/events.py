@@ -5,6 +5,14 @@ and only then published on the bus; the same bytes go to every socket. ``seq``
 is assigned by the run's emitter under a lock, so it starts at 1 and has no
 gaps, and the bus sees a run's events in ``seq`` order.
 
+Answer text is *coalesced*: an agent's ``delta`` queues its text and returns; one
+flusher per run logs and publishes what is queued as one ``message_delta``. On an
+idle server that is every delta as it comes (the flusher runs on the next loop
+turn); while the run's previous event is still being logged, the text that
+arrives meanwhile becomes one event. So under load a run sends fewer, larger
+deltas instead of falling behind, the text is the same (the stored answer is the
+concatenation of the deltas), and a run's other events never overtake its text.
+
 The log and bus are interfaces (``RunEventLog``, ``RunEventBus``): the in-process
 implementations live in ``atoll.bus.memory``; the database-backed log and the
 Redis bus (``atoll.bus.redis``) plug in without any change here.
@@ -49,6 +57,7 @@ class EventType(StrEnum):
 _TERMINAL_TYPES = frozenset(
     {EventType.AGENT_COMPLETED, EventType.AGENT_ERROR, EventType.AGENT_CANCELLED}
 )
+_FAILED_ENDINGS = frozenset({EventType.AGENT_ERROR, EventType.AGENT_CANCELLED})
 
 
 def utc_timestamp() -> str:
@@ -75,6 +84,10 @@ class Timestamper:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+
+MAX_QUEUED_DELTA = 16_384
+"""Characters of answer text a run may have queued; past it ``delta`` waits for the flusher."""
 
 
 def _compact(payload: bytes) -> bytes:
@@ -222,6 +235,7 @@ class RunEmitter:
 
     After the run's terminal event the emitter is closed: any further emit raises
     ``RunClosedError``, which is how "exactly one terminal event" is enforced.
+    Answer text goes through ``queue_delta`` (coalesced, see the module docstring).
     """
 
     def __init__(
@@ -241,6 +255,12 @@ class RunEmitter:
         self._seq = 0
         self._lock = asyncio.Lock()
         self._closed = False
+        self._queued: list[str] = []
+        self._queued_chars = 0
+        self._delta_agent = ""
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None
+        """Why logging queued text failed; raised at the run's next delta or event."""
 
     @property
     def closed(self) -> bool:
@@ -260,31 +280,98 @@ class RunEmitter:
         agent: str,
         parent_agent: str | None = None,
     ) -> RunEvent:
-        """Number, log and publish one event of ``agent`` (sub-agents name their parent)."""
+        """Number, log and publish one event of ``agent`` (sub-agents name their parent).
+
+        Queued answer text is emitted first. If logging it failed, that error is
+        raised here instead — except for an ``agent_error`` or ``agent_cancelled``
+        ending the run, which can always be emitted.
+        """
         async with self._lock:
-            if self._closed:
-                raise RunClosedError(f"run {self.run_id} already ended; {type.value} dropped")
-            event = RunEvent.build(
-                type=type,
-                run_id=self.run_id,
-                thread_id=self.thread_id,
-                user_id=self.user_id,
-                seq=self._seq + 1,
-                agent=agent,
-                parent_agent=parent_agent,
-                data=data,
-                ts=self._recorder.clock.now(),
-            )
+            await self._drain()
+            ending = parent_agent is None and type in _FAILED_ENDINGS
+            if self._failure is not None and not ending:
+                raise self._failure
+            return await self._emit(type, data, agent=agent, parent_agent=parent_agent)
+
+    async def queue_delta(self, text: str, *, agent: str) -> None:
+        """Queue answer text of the top-level ``agent``; the flusher emits it.
+
+        Returns at once (it waits only while more than ``MAX_QUEUED_DELTA``
+        characters are queued); an earlier failure to log queued text is raised.
+        """
+        if self._closed:
+            raise RunClosedError(f"run {self.run_id} already ended; message_delta dropped")
+        if self._failure is not None:
+            raise self._failure
+        self._queued.append(text)
+        self._queued_chars += len(text)
+        self._delta_agent = agent
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name=f"deltas {self.run_id}")
+        if self._queued_chars > MAX_QUEUED_DELTA:
+            await asyncio.shield(self._flusher)
+            if self._failure is not None:
+                raise self._failure
+
+    async def flush(self) -> None:
+        """Wait until every queued delta is logged and published (raise if that failed)."""
+        async with self._lock:
+            await self._drain()
+            if self._failure is not None:
+                raise self._failure
+
+    async def _flush(self) -> None:
+        try:
+            async with self._lock:
+                await self._drain()
+        finally:
+            self._flusher = None
+
+    async def _drain(self) -> None:
+        """Under the lock: emit the queued text as ``message_delta`` events."""
+        while self._queued:
+            text = "".join(self._queued)
+            self._queued.clear()
+            self._queued_chars = 0
+            if self._failure is not None or self._closed:
+                continue  # the run already failed to log its text: it will not complete
+            data = {"message_id": self.message_id, "delta": text}
             try:
-                await self._recorder.record(event)
-            except asyncio.CancelledError:
-                # A log never withdraws an append it accepted (see RunEventLog.append):
-                # the event will be stored, so its seq is used.
-                self._seq = event.seq
-                self._closed = event.ends_run
-                raise
+                await self._emit(EventType.MESSAGE_DELTA, data, agent=self._delta_agent)
+            except Exception as exc:
+                self._failure = exc
+
+    async def _emit(
+        self,
+        type: EventType,
+        data: Mapping[str, Any],
+        *,
+        agent: str,
+        parent_agent: str | None = None,
+    ) -> RunEvent:
+        if self._closed:
+            raise RunClosedError(f"run {self.run_id} already ended; {type.value} dropped")
+        event = RunEvent.build(
+            type=type,
+            run_id=self.run_id,
+            thread_id=self.thread_id,
+            user_id=self.user_id,
+            seq=self._seq + 1,
+            agent=agent,
+            parent_agent=parent_agent,
+            data=data,
+            ts=self._recorder.clock.now(),
+        )
+        try:
+            await self._recorder.record(event)
+        except asyncio.CancelledError:
+            # A log never withdraws an append it accepted (see RunEventLog.append):
+            # the event will be stored, so its seq is used.
             self._seq = event.seq
             self._closed = event.ends_run
+            raise
+        self._seq = event.seq
+        self._closed = event.ends_run
         return event
 
     def for_agent(self, agent: str, parent_agent: str | None) -> AgentEmitter:
@@ -330,9 +417,11 @@ class AgentEmitter:
         await self.emit(EventType.AGENT_THINKING, {"text": text, "step": step})
 
     async def delta(self, text: str) -> None:
-        """Emit a ``message_delta`` of the run's answer (top-level agent only)."""
+        """Stream ``text`` of the run's answer (top-level agent only; coalesced, see above)."""
         if text and self.streams_answer:
-            await self.emit(
-                EventType.MESSAGE_DELTA, {"message_id": self._run.message_id, "delta": text}
-            )
+            await self._run.queue_delta(text, agent=self.agent)
             self._streamed.append(text)
+
+    async def flush(self) -> None:
+        """Wait until the streamed text is logged and published."""
+        await self._run.flush()
