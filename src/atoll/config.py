@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         100, ge=1, description="Failed logins for one email from all addresses, per window"
     )
     login_failures_window: float = Field(15 * 60, gt=0)
+    session_cache_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long a verified session is reused without a database read (revocations "
+        "in Atoll apply at once; other changes to the database within this time); 0: never",
+    )
     signups_per_hour: int = Field(20, ge=1, description="Sign-ups per client address per hour")
     forwarded_allow_ips: str | None = Field(
         None,

@@ -107,3 +107,51 @@ async def test_without_workers_a_queued_run_can_be_cancelled_or_times_out(
         assert [(e["seq"], e["type"], e["data"]["code"]) for e in events] == [
             (1, "agent_error", "queue_timeout")
         ]
+
+
+def services_of(server: Any) -> Any:
+    """The ``Services`` of a running server (to look at its session cache)."""
+    app = server.config.loaded_app
+    while getattr(getattr(app, "state", None), "services", None) is None:
+        app = app.app
+    return app.state.services
+
+
+async def test_a_logout_on_one_node_is_refused_at_once_by_the_other(
+    servers: tuple[str, str], tmp_path: Path
+) -> None:
+    """Node B caches the verified session (no database read per request); a logout on
+    node A reaches B's cache through Redis well before the cache's own lifetime ends."""
+    postgres, redis_url = servers
+    database_url = await asyncio.to_thread(create_database, postgres)
+    shared = {"database_url": database_url, "redis_url": redis_url,
+              "secret_key": secrets.token_urlsafe(48), "session_cache_seconds": 600.0}  # fmt: skip
+    async with (
+        running_server(make_settings(tmp_path / "a", **shared)) as (node_a, _),
+        running_server(make_settings(tmp_path / "b", **shared)) as (node_b, server_b),
+        AtollClient(node_a) as on_a,
+        AtollClient(node_b) as on_b,
+    ):
+        cache = services_of(server_b).auth.sessions
+        for _ in range(100):  # B subscribes to revocations in the background
+            if cache.trusted:
+                break
+            await asyncio.sleep(0.05)
+        assert cache.trusted
+        await on_a.register("revoked@example.com", PASSWORD)
+        on_b.access_token = on_a.access_token
+        await on_b.request("GET", "/me")
+        hits = cache.hits
+        assert (await on_b.request("GET", "/me"))["email"] == "revoked@example.com"
+        assert cache.hits == hits + 1  # served from B's cache
+        await on_a.logout()
+        refused = None
+        for _ in range(50):  # 5 s at most, against a cache lifetime of 600 s
+            try:
+                await on_b.request("GET", "/me")
+            except ApiError as exc:
+                refused = exc
+                break
+            await asyncio.sleep(0.1)
+        assert refused is not None
+        assert (refused.status, refused.code) == (401, "session_revoked")

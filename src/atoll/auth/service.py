@@ -7,6 +7,7 @@ from a request body or query.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from atoll.auth.passwords import Passwords
+from atoll.auth.principal import Principal
+from atoll.auth.sessions import RevocationNotifier, SessionCache
 from atoll.auth.tokens import TokenCodec
 from atoll.errors import (
     AuthenticationError,
@@ -32,6 +35,8 @@ from atoll.store.audit import AuditLog
 from atoll.store.db import Database
 from atoll.store.models import AuthSession, User, utcnow
 
+logger = logging.getLogger(__name__)
+
 _NOT_IN_ADDRESS = r"@\x00-\x20\x7f"
 EMAIL_SHAPE = rf"[^{_NOT_IN_ADDRESS}]{{1,64}}@[^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}]+"
 """What an email address must look like (after trimming): no spaces or control characters.
@@ -42,19 +47,6 @@ _EMAIL = re.compile(f"^{EMAIL_SHAPE}$")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The verified identity behind a request."""
-
-    user_id: str
-    session_id: str
-    email: str
-    name: str | None
-    plan: str
-    roles: frozenset[str]
-    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +125,8 @@ class AuthService:
         failures: FailureCounter,
         limits: LoginLimits,
         signups: RateLimiter,
+        sessions: SessionCache | None = None,
+        revocations: RevocationNotifier | None = None,
     ) -> None:
         self._db = db
         self._codec = codec
@@ -141,6 +135,8 @@ class AuthService:
         self._failures = failures
         self._limits = limits
         self._signups = signups
+        self.sessions = sessions if sessions is not None else SessionCache(ttl=0)
+        self._revocations = revocations
 
     async def create_user(
         self,
@@ -238,6 +234,7 @@ class AuthService:
 
         reused, new_jti, user = await self._db.write(rotate)
         if reused:
+            await self._revoked(claims.session_id)
             await self._audit.record(
                 "refresh_reuse", user_id=claims.user_id, session_id=claims.session_id
             )
@@ -256,15 +253,39 @@ class AuthService:
                 row.revoked_reason = "logout"
 
         await self._db.write(revoke)
+        await self._revoked(principal.session_id)
         await self._audit.record(
             "logout", user_id=principal.user_id, session_id=principal.session_id
         )
 
+    async def _revoked(self, session_id: str) -> None:
+        """Forget a revoked session here at once, and tell the other processes."""
+        self.sessions.invalidate(session_id)
+        if self._revocations is not None:
+            try:
+                await self._revocations.publish(session_id)
+            except Exception:
+                logger.warning(
+                    "could not announce a revoked session to the other processes; they "
+                    "refuse it within %gs (their session cache's lifetime)",
+                    self.sessions.ttl,
+                )
+
     async def authenticate(self, token: str | None) -> Principal:
-        """The one token validation: signature, claims, then a live session and user."""
+        """The one token validation: signature, claims, then a live session and user.
+
+        The session and user come from the session cache when they were read in the
+        last few seconds and not revoked since (``atoll.auth.sessions``).
+        """
         if not token:
             raise AuthenticationError("authentication required")
         claims = self._codec.decode(token, expected="access")
+        cached = self.sessions.get(claims.session_id)
+        if cached is not None:
+            if cached.user_id != claims.user_id:
+                raise AuthenticationError("the token is invalid")
+            return cached
+        epoch = self.sessions.epoch  # before the read: see atoll.auth.sessions
         query = (
             select(AuthSession, User)
             .join(User, User.id == AuthSession.user_id)
@@ -279,7 +300,7 @@ class AuthService:
             raise AuthenticationError("the token is invalid")
         if row.revoked_at is not None:
             raise SessionRevokedError("this session has ended; log in again")
-        return Principal(
+        principal = Principal(
             user_id=user.id,
             session_id=row.id,
             email=user.email,
@@ -288,6 +309,8 @@ class AuthService:
             roles=frozenset(user.roles or ()),
             created_at=user.created_at,
         )
+        self.sessions.put(principal, epoch=epoch)
+        return principal
 
     async def _start_session(self, user: User) -> IssuedTokens:
         now = datetime.now(UTC)

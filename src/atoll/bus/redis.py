@@ -24,7 +24,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -403,3 +403,55 @@ class RedisFailureCounter:
     async def reset(self, key: str) -> None:
         """Forget every attempt counted under ``key``."""
         await self._redis.delete(self._key(key))
+
+
+REVOKED_CHANNEL = "atoll:sessions:revoked"
+
+
+class RedisSessionRevocations:
+    """Revoked sessions, announced to every process on a pub/sub channel.
+
+    ``publish`` is the ``RevocationNotifier`` of ``AuthService``; ``listen`` runs in
+    every API node and calls ``revoked(session_id)`` for each announcement. It
+    calls ``subscribed()`` once it receives announcements, and ``lost()`` as soon as
+    it may not (an outage, a dropped connection): pub/sub keeps nothing for a
+    subscriber that was away, so the session cache must not be trusted meanwhile.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def publish(self, session_id: str) -> None:
+        """Announce that ``session_id`` was revoked."""
+        await self._redis.publish(REVOKED_CHANNEL, session_id)
+
+    async def listen(
+        self,
+        stop: asyncio.Event,
+        *,
+        revoked: Callable[[str], None],
+        subscribed: Callable[[], None],
+        lost: Callable[[], None],
+    ) -> None:
+        """Deliver announcements until ``stop`` is set (outages retried with backoff)."""
+        backoff = 0.2
+        while not stop.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(REVOKED_CHANNEL)
+                subscribed()
+                backoff = 0.2
+                while not stop.is_set():
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        revoked(data.decode() if isinstance(data, bytes) else str(data))
+            except (TimeoutError, RedisError, OSError) as exc:
+                lost()
+                logger.warning("session revocations: redis unavailable (%s)", type(exc).__name__)
+                await asyncio.sleep(jittered(backoff))
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                lost()
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -24,7 +24,13 @@ from redis.exceptions import RedisError
 
 from atoll.aio import run_every, settle_task
 from atoll.bus.queue import CancelSignals, RunQueue, WorkerPresence
-from atoll.bus.redis import RedisEventBus, RedisFailureCounter, RedisRateLimiter, RedisRunSlots
+from atoll.bus.redis import (
+    RedisEventBus,
+    RedisFailureCounter,
+    RedisRateLimiter,
+    RedisRunSlots,
+    RedisSessionRevocations,
+)
 from atoll.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -74,6 +80,7 @@ class Cluster:
         self.login_failures = RedisFailureCounter(
             redis, settings.login_failures_window, prefix="login"
         )
+        self.revocations = RedisSessionRevocations(redis)
         self.healthy = True
 
     async def ping(self) -> bool:

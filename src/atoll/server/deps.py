@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
-from atoll.auth.service import Principal
+from atoll.auth.principal import Principal
 from atoll.errors import AuthenticationError, UnavailableError, ValidationFailedError
 from atoll.server.services import Services
 

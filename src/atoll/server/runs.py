@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from atoll.auth.service import Principal
+from atoll.auth.principal import Principal
 from atoll.errors import (
     AgentNotFoundError,
     AtollError,

@@ -14,6 +14,7 @@ from typing import Any
 from atoll.aio import run_every, settle_task
 from atoll.auth.passwords import Passwords
 from atoll.auth.service import AuthService, LoginLimits
+from atoll.auth.sessions import SessionCache
 from atoll.auth.tokens import TokenCodec, load_or_create_secret
 from atoll.bus.memory import InMemoryEventBus, MemorySubscription
 from atoll.bus.redis import RedisEventRelay
@@ -202,6 +203,8 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             signups=cluster.signup_limiter
             if cluster is not None
             else LocalRateLimiter(settings.signups_per_hour, 3600.0),
+            sessions=SessionCache(settings.session_cache_seconds),
+            revocations=cluster.revocations if cluster is not None else None,
         )
         chat = ChatStore(db, audit)
         local_bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
@@ -225,6 +228,15 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             stalled = partial(run_every, STALL_AFTER, step=runs.start_stalled)
             background(stack, stalled, "atoll-stalled-runs")
         else:
+            sessions = auth.sessions
+            sessions.distrust()  # until the revocation channel is subscribed
+            listen = partial(
+                cluster.revocations.listen,
+                revoked=sessions.invalidate,
+                subscribed=sessions.trust,
+                lost=sessions.distrust,
+            )
+            background(stack, listen, "atoll-session-revocations")
             relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
             relay.start()
             stack.push_async_callback(relay.aclose)

@@ -18,7 +18,7 @@ import orjson
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
-from atoll.auth.service import Principal
+from atoll.auth.principal import Principal
 from atoll.bus.memory import MemorySubscription, SubscriptionOverflowError
 from atoll.errors import AtollError, AuthenticationError
 from atoll.runtime.ids import new_id

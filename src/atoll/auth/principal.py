@@ -1,0 +1,19 @@
+"""``Principal``: who a verified token stands for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The verified identity behind a request."""
+
+    user_id: str
+    session_id: str
+    email: str
+    name: str | None
+    plan: str
+    roles: frozenset[str]
+    created_at: datetime
