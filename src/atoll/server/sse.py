@@ -49,14 +49,60 @@ def sse_frame(event: RunEvent) -> bytes:
     )
 
 
+def accepts_event_stream(accept: str | None) -> bool:
+    """Whether an ``Accept`` header asks for Server-Sent Events rather than JSON.
+
+    Only an explicit ``text/event-stream`` (with a q-value above 0, and not below the
+    one of ``application/json``) does; ``*/*`` and absent headers get JSON.
+    """
+    if not accept:
+        return False
+    weights: dict[str, float] = {}
+    for part in accept.split(","):
+        media, *params = (item.strip() for item in part.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights[media.lower()] = max(weight, weights.get(media.lower(), 0.0))
+    stream = weights.get("text/event-stream", 0.0)
+    return stream > 0 and stream >= weights.get("application/json", 0.0)
+
+
+def sse_preface(kind: str, body: bytes) -> bytes:
+    """A message that is not a run event (no ``id``), e.g. the ``ack`` of a streamed POST."""
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), body)
+
+
 async def run_stream(
-    services: Services, *, run_id: str, user_id: str, after: int
+    services: Services,
+    *,
+    run_id: str,
+    user_id: str,
+    after: int,
+    subscription: MemorySubscription | None = None,
+    preface: bytes = b"",
 ) -> AsyncIterator[bytes]:
-    """The run's events after ``after``, live until its terminal event."""
-    subscription: MemorySubscription = await services.subscribe(user_id)
+    """The run's events after ``after``, live until its terminal event.
+
+    A ``subscription`` made before the run was stored has seen every event of it, so
+    the log is not read first (it still fills any gap); ``preface`` is sent first.
+    """
+    replay = subscription is None
+    if subscription is None:
+        subscription = await services.subscribe(user_id)
     try:
+        if preface:
+            yield preface
         last = after
-        for logged in await services.event_log.read(run_id, user_id=user_id, after=after):
+        logged_events = (
+            await services.event_log.read(run_id, user_id=user_id, after=after) if replay else []
+        )
+        for logged in logged_events:
             yield sse_frame(logged)
             last = logged.seq
             if logged.ends_run:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
+from atoll.auth.principal import Principal
 from atoll.errors import ValidationFailedError
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.events import EventType
@@ -15,6 +17,7 @@ from atoll.runtime.ids import new_id
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.routes.threads import message_out
+from atoll.server.runs import Submitted
 from atoll.server.schemas import (
     INTEGER_TEXT,
     AgentOut,
@@ -27,10 +30,11 @@ from atoll.server.schemas import (
     ToolOut,
 )
 from atoll.server.services import Services
-from atoll.server.sse import RunStreamResponse, run_stream
+from atoll.server.sse import RunStreamResponse, accepts_event_stream, run_stream, sse_preface
 from atoll.store.bounds import MAX_SEQ, SEQ_PATTERN
 
 router = APIRouter(tags=["runs"])
+Accepted = TypeVar("Accepted", bound=RunAccepted)
 SSE_EVENT = {
     "type": "object",
     "description": "One Server-Sent Event; `data` is the run event's envelope as JSON",
@@ -54,46 +58,119 @@ def check_message_length(services: Services, message: str) -> None:
         )
 
 
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "With `Accept: text/event-stream`: the run's events as Server-Sent Events "
+        "in this response, after an `ack` event whose data is the 202 body (see "
+        "docs/protocol.md)",
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
+    }
+}
+
+
+async def submit_and_answer(
+    services: Services,
+    principal: Principal,
+    request: Request,
+    *,
+    body: RunCreate,
+    thread_id: str | None,
+    accepted: Callable[[Submitted], Accepted],
+) -> Accepted | StreamingResponse:
+    """Submit the message; answer 202 with ``accepted(...)``, or stream the run's events.
+
+    Streaming (``Accept: text/event-stream``) takes one of the user's stream slots
+    and subscribes to their events *before* the message is stored, so a refused
+    stream stores nothing and no event of the run can be missed.
+    """
+    check_message_length(services, body.message)
+    if not accepts_event_stream(request.headers.get("accept")):
+        submitted = await services.runs.submit(
+            principal,
+            content=body.message,
+            thread_id=thread_id,
+            agent=body.agent,
+            multitask=body.multitask,
+            metadata=body.metadata,
+        )
+        return accepted(submitted)
+    user_id = principal.user_id
+    services.streams.acquire(user_id)
+    try:
+        subscription = await services.subscribe(user_id)
+        try:
+            submitted = await services.runs.submit(
+                principal,
+                content=body.message,
+                thread_id=thread_id,
+                agent=body.agent,
+                multitask=body.multitask,
+                metadata=body.metadata,
+            )
+        except BaseException:
+            await subscription.aclose()
+            raise
+    except BaseException:
+        services.streams.release(user_id)
+        raise
+    ack = sse_preface("ack", accepted(submitted).model_dump_json().encode())
+    events = run_stream(
+        services,
+        run_id=submitted.run.id,
+        user_id=user_id,
+        after=0,
+        subscription=subscription,
+        preface=ack,
+    )
+    return RunStreamResponse(events, release=lambda: services.streams.release(user_id))
+
+
 @router.post(
     "/threads/{thread_id}/runs",
     status_code=202,
-    responses=problems(401, 404, 409, 413, 422, 429, 503),
+    response_model=RunAccepted,
+    responses={**STREAMED, **problems(401, 404, 409, 413, 422, 429, 503)},
 )
 async def start_run(
-    thread_id: str, body: RunCreate, principal: PrincipalDep, services: ServicesDep
-) -> RunAccepted:
-    """Store the message and start a run on the thread."""
-    check_message_length(services, body.message)
-    submitted = await services.runs.submit(
-        principal,
-        content=body.message,
-        thread_id=thread_id,
-        agent=body.agent,
-        multitask=body.multitask,
-        metadata=body.metadata,
-    )
-    return RunAccepted(
-        run=RunOut(**services.runs.live_state(submitted.run)),
-        message=message_out(submitted.message),
+    thread_id: str,
+    body: RunCreate,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    request: Request,
+) -> RunAccepted | StreamingResponse:
+    """Store the message and start a run on the thread; streamed with Accept: text/event-stream."""
+
+    def accepted(submitted: Submitted) -> RunAccepted:
+        return RunAccepted(
+            run=RunOut(**services.runs.live_state(submitted.run)),
+            message=message_out(submitted.message),
+        )
+
+    return await submit_and_answer(
+        services, principal, request, body=body, thread_id=thread_id, accepted=accepted
     )
 
 
-@router.post("/chat", status_code=202, responses=problems(401, 404, 409, 413, 422, 429, 503))
-async def chat(body: ChatBody, principal: PrincipalDep, services: ServicesDep) -> ChatAccepted:
-    """Send a message, creating the thread when none is named."""
-    check_message_length(services, body.message)
-    submitted = await services.runs.submit(
-        principal,
-        content=body.message,
-        thread_id=body.thread_id,
-        agent=body.agent,
-        multitask=body.multitask,
-        metadata=body.metadata,
-    )
-    return ChatAccepted(
-        thread_id=submitted.thread.id,
-        run=RunOut(**services.runs.live_state(submitted.run)),
-        message=message_out(submitted.message),
+@router.post(
+    "/chat",
+    status_code=202,
+    response_model=ChatAccepted,
+    responses={**STREAMED, **problems(401, 404, 409, 413, 422, 429, 503)},
+)
+async def chat(
+    body: ChatBody, principal: PrincipalDep, services: ServicesDep, request: Request
+) -> ChatAccepted | StreamingResponse:
+    """Send a message (a new thread when none is named); streamed with Accept: text/event-stream."""
+
+    def accepted(submitted: Submitted) -> ChatAccepted:
+        return ChatAccepted(
+            thread_id=submitted.thread.id,
+            run=RunOut(**services.runs.live_state(submitted.run)),
+            message=message_out(submitted.message),
+        )
+
+    return await submit_and_answer(
+        services, principal, request, body=body, thread_id=body.thread_id, accepted=accepted
     )
 
 
