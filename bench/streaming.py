@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -342,18 +343,39 @@ async def peer_phase(port: int, users: int, go: asyncio.Event, traces: list[Trac
 # -- running it ---------------------------------------------------------------------------
 
 
+def start_profile(pid: int, output: Path | None) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of the server into ``output`` (raw collapsed stacks), if asked."""
+    if output is None:
+        return None
+    command = ["py-spy", "record", "-p", str(pid), "-r", "200", "--nonblocking",
+               "--format", "raw", "-o", str(output)]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(timeout=60)
+
+
 async def measured(
-    pid: int, phase: Callable[[asyncio.Event, list[Trace]], Awaitable[None]], n: int, lone: float
+    pid: int,
+    phase: Callable[[asyncio.Event, list[Trace]], Awaitable[None]],
+    n: int,
+    lone: float,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     traces = [Trace() for _ in range(n)]
     go = asyncio.Event()
     server: Usage | None = None
     client: Usage | None = None
+    profiler: subprocess.Popen[bytes] | None = None
 
     async def start_clock() -> None:
-        nonlocal server, client
+        nonlocal server, client, profiler
         await go.wait()
         server, client = Usage(pid), Usage(None)
+        profiler = start_profile(pid, profile)
 
     clock = asyncio.create_task(start_clock())
     started = 0.0
@@ -364,6 +386,7 @@ async def measured(
         await runner
     finally:
         clock.cancel()
+        stop_profile(profiler)
     ended = max((t.done or 0.0) for t in traces) or time.perf_counter()
     result = summarise(traces, started, ended, lone)
     if server is None or client is None:
@@ -387,7 +410,9 @@ async def lone_run(phase: Callable[[asyncio.Event, list[Trace]], Awaitable[None]
     return sorted(times)[1]
 
 
-def run_atoll(users: int, doors: list[str], delay: float, sse_requests: int) -> dict[str, Any]:
+def run_atoll(
+    users: int, doors: list[str], delay: float, sse_requests: int, profile: Path | None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="atoll-bench-") as data:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -415,7 +440,8 @@ def run_atoll(users: int, doors: list[str], delay: float, sse_requests: int) -> 
                     return sse_phase(port, chosen, go, traces, sse_requests)
 
                 lone = asyncio.run(lone_run(lambda go, t, phase=phase: phase(go, t, lone=True)))
-                result = asyncio.run(measured(pid, phase, users, lone))
+                output = profile.with_name(f"{profile.name}-{door}.txt") if profile else None
+                result = asyncio.run(measured(pid, phase, users, lone, output))
                 results[door] = {"lone_run_ms": round(lone, 1), **result}
         return results
 
@@ -450,9 +476,12 @@ def main() -> None:
     parser.add_argument("--peer", action="store_true", help="also run langgraph dev")
     parser.add_argument("--peer-venv", type=Path, default=HERE / ".peer-venv")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the server during each phase into PROFILE-<door>.txt"
+    )
     args = parser.parse_args()
     doors = [d.strip() for d in args.doors.split(",") if d.strip()]
-    atoll = run_atoll(args.users, doors, args.token_delay, args.sse_requests)
+    atoll = run_atoll(args.users, doors, args.token_delay, args.sse_requests, args.profile)
     output: dict[str, Any] = {
         "users": args.users,
         "token_delay_s": args.token_delay,

@@ -169,7 +169,7 @@ class AgentNotFoundError(AtollError):
     status = 422
 
 
-class AgentDepthError(AtollError):
+class AgentDepthError(InvalidContextError):
     """Raised when sub-agent calls nest deeper than the context allows."""
 
     code = "agent_depth_exceeded"
@@ -229,6 +229,27 @@ class RunDeadError(AtollError):
 
     code = "run_dead"
     status = 500
+
+
+class RunInterruptedError(AtollError):
+    """Describes a run stopped in a state from which it could not end as asked."""
+
+    code = "interrupted"
+    status = 500
+
+
+class WorkerLostError(AtollError):
+    """Describes a run whose worker died after the run had begun."""
+
+    code = "worker_lost"
+    status = 500
+
+
+class QueueTimeoutError(AtollError):
+    """Describes a queued run that no worker took within the queue timeout."""
+
+    code = "queue_timeout"
+    status = 504
 
 
 class SubAgentError(AtollError):

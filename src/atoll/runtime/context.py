@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from atoll.errors import InvalidContextError
+from atoll.errors import AgentDepthError, InvalidContextError
 from atoll.runtime.ids import new_id
 
 PLACEHOLDER_VALUES = frozenset(
@@ -150,7 +150,7 @@ class UserExecutionContext:
         if not isinstance(operation, str) or not operation:
             raise InvalidContextError("operation must be a non-empty string")
         if self.depth >= MAX_CONTEXT_DEPTH:
-            raise InvalidContextError(
+            raise AgentDepthError(
                 f"sub-agent depth limit of {MAX_CONTEXT_DEPTH} reached", details={"field": "depth"}
             )
         return replace(

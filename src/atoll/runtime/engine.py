@@ -13,17 +13,21 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from atoll.errors import (
     AtollError,
     InvalidContextError,
     RunClosedError,
+    RunInterruptedError,
+    RunTimeoutError,
     SubAgentError,
 )
 from atoll.ratelimit import RateLimiter
 from atoll.runtime.agents.base import AgentFactory, AgentRunContext
 from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.endings import INTERNAL_ERROR, INTERRUPTED, Ending
 from atoll.runtime.events import AgentEmitter, EventType, RunEmitter
 from atoll.runtime.ids import new_id
 from atoll.runtime.limits import RunSlots, RuntimeLimits
@@ -45,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 CompletionHook = Callable[[UserExecutionContext, str, str], Awaitable[None]]
 """``hook(context, message_id, content)``: stores the answer before ``agent_completed``."""
+StartHook = Callable[[UserExecutionContext, datetime], Awaitable[None]]
+"""``hook(context, started_at)``: the run has begun (called before ``agent_started``); a
+failure is logged, not fatal (the run's end is recorded anyway)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,7 @@ class EngineServices:
     tool_rate_limiter: RateLimiter | None = None
     resources: Mapping[type, object] = field(default_factory=dict)
     completion_hook: CompletionHook | None = None
+    start_hook: StartHook | None = None
     processes: ToolProcessPool | None = None
 
 
@@ -237,7 +245,9 @@ class UserExecutionEngine:
             if not holding:
                 await services.slots.acquire(ctx.user_id, ctx.run_id)
                 holding = True
-            self._tracker.transition(ctx.run_id, ExecutionState.STARTING)
+            record = self._tracker.transition(ctx.run_id, ExecutionState.STARTING)
+            if services.start_hook is not None:
+                await self._started(services.start_hook, record.started_wall)
             await top.emit(EventType.AGENT_STARTED, {"input_message_id": request.input_message_id})
             self._tracker.transition(ctx.run_id, ExecutionState.RUNNING)
             async with asyncio.timeout(self._tracker.run_timeout) as deadline:
@@ -267,10 +277,8 @@ class UserExecutionEngine:
             return outcome
         except TimeoutError as exc:
             if deadline is not None and deadline.expired():
-                error = {
-                    "code": "run_timeout",
-                    "message": f"run exceeded the run timeout of {self._tracker.run_timeout:g}s",
-                }
+                message = f"run exceeded the run timeout of {self._tracker.run_timeout:g}s"
+                error = RunTimeoutError(message).to_dict()
                 return await self._end(top, ExecutionState.TIMEOUT, started, error=error)
             return await self._end_failed(top, started, exc)
         except Exception as exc:
@@ -278,6 +286,12 @@ class UserExecutionEngine:
         finally:
             if holding:
                 await services.slots.release(ctx.user_id, ctx.run_id)
+
+    async def _started(self, hook: StartHook, started: datetime | None) -> None:
+        try:
+            await hook(self.context, started or datetime.now(UTC))
+        except Exception:
+            logger.warning("run %s: its start could not be recorded", self.run_id, exc_info=True)
 
     async def _invoke(
         self,
@@ -377,7 +391,7 @@ class UserExecutionEngine:
             return await self._end(
                 top, ExecutionState.CANCELLED, started, reason=self._cancel_reason
             )
-        return await self._end(top, ExecutionState.CANCELLED, started, reason="interrupted")
+        return await self._end(top, ExecutionState.CANCELLED, started, reason=INTERRUPTED)
 
     async def _end_failed(self, top: AgentEmitter, started: float, exc: Exception) -> RunOutcome:
         if not isinstance(exc, AtollError):
@@ -397,33 +411,22 @@ class UserExecutionEngine:
         record = self._tracker.get(self.run_id)
         if record.state.is_alive:
             if not record.state.can_transition_to(state):
-                error = {
-                    "code": "interrupted",
-                    "message": f"run interrupted while {record.state.value}",
-                }
+                error = RunInterruptedError(f"run interrupted while {record.state.value}").to_dict()
                 state = ExecutionState.FAILED
             self._tracker.transition(self.run_id, state, error=dict(error) if error else None)
         else:
             state = record.state
             error = record.error or error
         if state is ExecutionState.CANCELLED:
-            event_type, data = EventType.AGENT_CANCELLED, {"reason": reason or "cancelled"}
+            ending = Ending.cancelled(reason or "cancelled")
         else:
-            details = dict(error or {"code": state.value, "message": f"run {state.value}"})
-            event_type = EventType.AGENT_ERROR
-            data = {
-                "state": state.value,
-                "code": details.get("code", state.value),
-                "message": details.get("message", ""),
-            }
+            ending = Ending.of_error(state, error)
         if not self._emitter.closed:
             try:
-                await asyncio.shield(top.emit(event_type, data))
+                await asyncio.shield(top.emit(ending.event_type, ending.data))
             except Exception:
                 logger.exception("run %s: could not emit its terminal event", self.run_id)
-        return self._outcome(
-            state, started, error=error if event_type is EventType.AGENT_ERROR else None
-        )
+        return self._outcome(state, started, error=error if ending.error is not None else None)
 
     def _outcome(
         self,
@@ -455,6 +458,6 @@ def _error_dict(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, AtollError):
         return {"code": exc.code, "message": exc.message}
     return {
-        "code": "internal_error",
+        "code": INTERNAL_ERROR,
         "message": f"the agent failed unexpectedly ({type(exc).__name__})",
     }

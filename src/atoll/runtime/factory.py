@@ -24,6 +24,7 @@ from atoll.runtime.engine import (
     EngineServices,
     RunOutcome,
     RunRequest,
+    StartHook,
     UserExecutionEngine,
 )
 from atoll.runtime.events import EventRecorder, RunEmitter
@@ -51,6 +52,7 @@ class ExecutionEngineFactory:
         tool_rate_limiter: RateLimiter | None = None,
         resources: Mapping[type, object] | None = None,
         completion_hook: CompletionHook | None = None,
+        start_hook: StartHook | None = None,
         processes: ToolProcessPool | None = None,
     ) -> None:
         self.limits = limits or RuntimeLimits()
@@ -72,6 +74,7 @@ class ExecutionEngineFactory:
             or LocalRateLimiter(self.limits.tool_calls_per_minute, 60.0),
             resources=dict(resources or {}),
             completion_hook=completion_hook,
+            start_hook=start_hook,
             processes=self.processes,
         )
         self._engines: dict[str, UserExecutionEngine] = {}

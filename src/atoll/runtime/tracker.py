@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from atoll.errors import RunNotFoundError
+from atoll.errors import RunDeadError, RunNotFoundError, RunTimeoutError
 from atoll.runtime.state import ExecutionState, check_transition
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class AgentExecutionTracker:
             if now - record.last_heartbeat > self.heartbeat_timeout:
                 target = ExecutionState.DEAD
                 error = {
-                    "code": "run_dead",
+                    "code": RunDeadError.code,
                     "message": f"no heartbeat for {now - record.last_heartbeat:.1f}s",
                 }
             elif (
@@ -172,7 +172,7 @@ class AgentExecutionTracker:
             ):
                 target = ExecutionState.TIMEOUT
                 error = {
-                    "code": "run_timeout",
+                    "code": RunTimeoutError.code,
                     "message": f"run exceeded the run timeout of {self.run_timeout:g}s",
                 }
             else:

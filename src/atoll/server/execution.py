@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 
 from atoll.errors import RunLimitError
 from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.endings import Ending
 from atoll.runtime.engine import RunOutcome, RunRequest
 from atoll.runtime.events import RunEventBus
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.llm.base import ChatMessage
 from atoll.runtime.state import ExecutionState
-from atoll.store.chat import ChatStore, Ending
 from atoll.store.models import Message
+from atoll.store.runs import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def chat_history(rows: Sequence[Message]) -> list[ChatMessage]:
 
 async def execute_run(
     factory: ExecutionEngineFactory,
-    chat: ChatStore,
+    store: RunStore,
     context: UserExecutionContext,
     *,
     agent: str,
@@ -56,10 +57,12 @@ async def execute_run(
             outcome = await engine.run(request)
         except RunLimitError as exc:  # ATOLL_RUN_OVERFLOW=reject: the run ends before it began
             ending = Ending.failure(ExecutionState.FAILED, exc.code, exc.message)
-            await end_outside(chat, factory.recorder.bus, context.run_id, ending, held_by=worker_id)
+            await end_outside(
+                store, factory.recorder.bus, context.run_id, ending, held_by=worker_id
+            )
             return None
     record = factory.tracker.find(context.run_id)
-    await chat.finish_run(
+    await store.finish(
         context.run_id,
         state=outcome.state.value,
         error=dict(outcome.error) if outcome.error else None,
@@ -72,7 +75,7 @@ async def execute_run(
 
 
 async def end_outside(
-    chat: ChatStore,
+    store: RunStore,
     bus: RunEventBus,
     run_id: str,
     ending: Ending,
@@ -82,11 +85,11 @@ async def end_outside(
 ) -> bool:
     """End a run no engine is executing, then publish its terminal event.
 
-    The end and its event are one transaction (``ChatStore.end_run``); False when
+    The end and its event are one transaction (``RunStore.end``); False when
     the run was not alive (or not queued, or not held by ``held_by``). A failed
     publish is only logged: the event is in the log, and readers catch up from it.
     """
-    event = await chat.end_run(run_id, ending, held_by=held_by, queued_only=queued_only)
+    event = await store.end(run_id, ending, held_by=held_by, queued_only=queued_only)
     if event is None:
         return False
     try:

@@ -1,8 +1,9 @@
 """Accepting messages, and executing their runs here or queueing them for workers.
 
 ``RunService.submit`` stores the user's message and the PENDING run in one
-transaction *before* anything is acknowledged, then hands the run to the
-engine factory (one process) or to the Redis run queue (scale-out: a worker
+transaction (``RunStore.submit``; every database step of a run is in
+``atoll.store.runs``) *before* anything is acknowledged, then hands the run to
+the engine factory (one process) or to the Redis run queue (scale-out: a worker
 claims it; see ``atoll.server.worker``). The answer is stored by the completion hook before
 ``agent_completed`` is emitted; the run's final state is written when it ends.
 On start, a single process marks runs that a crash left alive DEAD, with an
@@ -14,41 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
-
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from atoll.auth.principal import Principal
 from atoll.errors import (
     AgentNotFoundError,
     AtollError,
     RateLimitedError,
-    ThreadBusyError,
     UnavailableError,
 )
 from atoll.ratelimit import RateLimiter
 from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.endings import RUN_DEAD, Ending
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.ids import new_id
 from atoll.runtime.state import ExecutionState
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.execution import end_outside, execute_run
-from atoll.store.audit import AuditLog, audit_entry
-from atoll.store.chat import (
-    ChatStore,
-    Ending,
-    alive_runs_query,
-    history_in,
-    new_thread,
-    thread_in,
-)
-from atoll.store.models import Message, Run, Thread, utcnow
-from atoll.store.writer import WriteJob, execute_core, insert_rows
+from atoll.store.audit import AuditLog
+from atoll.store.chat import ChatStore
+from atoll.store.models import Message, Run, utcnow
+from atoll.store.runs import RunStore, Submitted
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +48,6 @@ QUEUE_TIMEOUT = 5.0
 """Seconds a Redis call on the request path may take before the request fails (503)."""
 STALL_AFTER = 5.0
 """Seconds after which a PENDING run nothing in this process runs counts as stalled."""
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    """What ``submit`` stored: the thread, the user's message and the run."""
-
-    thread: Thread
-    message: Message
-    run: Run
-    created: bool
-    history: list[Message]
-    """The thread's messages before this one, when it was stored."""
 
 
 Acknowledge = Callable[[Submitted], None]
@@ -83,6 +61,7 @@ class RunService:
         self,
         *,
         chat: ChatStore,
+        store: RunStore,
         factory: ExecutionEngineFactory,
         audit: AuditLog,
         message_limiter: RateLimiter,
@@ -90,6 +69,7 @@ class RunService:
         cluster: Cluster | None = None,
     ) -> None:
         self._chat = chat
+        self._store = store
         self._cluster = cluster
         self._factory = factory
         self._bus = factory.recorder.bus
@@ -143,68 +123,16 @@ class RunService:
                 retry_after=retry_after,
             )
 
-        def store(session: Session) -> tuple[Submitted, list[str]]:
-            if client_id is not None:
-                query = select(Message).where(
-                    Message.user_id == principal.user_id, Message.client_id == client_id
-                )
-                existing = session.execute(query).scalar()
-                if existing is not None and existing.run_id is not None:
-                    thread = thread_in(session, principal.user_id, existing.thread_id)
-                    run = session.execute(select(Run).where(Run.id == existing.run_id)).scalar_one()
-                    return Submitted(thread, existing, run, created=False, history=[]), []
-            if thread_id is None:
-                thread = new_thread(principal.user_id, title=content[:80], meta={})
-                insert_rows(session, thread)
-                alive: list[str] = []
-                history: list[Message] = []
-            else:
-                thread = thread_in(session, principal.user_id, thread_id)
-                alive = [r.id for r in session.execute(alive_runs_query(thread.id)).scalars()]
-                history = history_in(session, thread.id)
-            if alive and multitask == "reject":
-                raise ThreadBusyError(
-                    "this thread already has a run in progress", details={"run_id": alive[0]}
-                )
-            now = utcnow()
-            run_id = new_id("run")
-            message = Message(
-                id=new_id("msg"),
-                thread_id=thread.id,
-                user_id=principal.user_id,
-                role="user",
-                content=content,
-                run_id=run_id,
-                client_id=client_id,
-                created_at=now,
-            )
-            run = Run(
-                id=run_id,
-                thread_id=thread.id,
-                user_id=principal.user_id,
-                agent=agent_name,
-                state=ExecutionState.PENDING.value,
-                input_message_id=message.id,
-                meta=metadata or {},
-                created_at=now,
-            )
-            if thread_id is not None:
-                execute_core(
-                    session, update(Thread).where(Thread.id == thread.id).values(updated_at=now)
-                )
-                set_committed_value(thread, "updated_at", now)  # not dirty: no second UPDATE
-            else:
-                thread.updated_at = now
-            audit = audit_entry(
-                "run_start",
-                user_id=principal.user_id,
-                run_id=run_id,
-                thread_id=thread.id,
-                agent=agent_name,
-            )
-            insert_rows(session, message, run, audit)
-            return Submitted(thread, message, run, created=True, history=history), alive
-
+        store = partial(
+            self._store.submit,
+            principal.user_id,
+            content=content,
+            thread_id=thread_id,
+            agent=agent_name,
+            multitask=multitask,
+            metadata=metadata,
+            client_id=client_id,
+        )
         job = asyncio.create_task(
             self._store_and_start(principal, store, multitask, acknowledge), name="atoll-submit"
         )
@@ -215,12 +143,12 @@ class RunService:
     async def _store_and_start(
         self,
         principal: Principal,
-        store: WriteJob[tuple[Submitted, list[str]]],
+        store: Callable[[], Awaitable[tuple[Submitted, list[str]]]],
         multitask: str,
         acknowledge: Acknowledge | None,
     ) -> Submitted:
         known = self._here()  # before the write's read: see start_stalled
-        submitted, alive = await self._chat.db.write(store)
+        submitted, alive = await store()
         if not submitted.created:
             await self._restart_if_stuck(principal, submitted, known)
         else:
@@ -274,7 +202,7 @@ class RunService:
             await self._enqueue(self._cluster, run, end_on_failure=False)
         elif run.id not in known and run.id not in self._here():
             logger.warning("run %s was stored but never started; starting it now", run.id)
-            history = await self._chat.history(run.thread_id, before_pk=submitted.message.pk)
+            history = await self._store.history(run.thread_id, before_pk=submitted.message.pk)
             self._start(run, submitted.message, history, plan=principal.plan, roles=principal.roles)
 
     async def _enqueue(self, cluster: Cluster, run: Run, *, end_on_failure: bool = True) -> None:
@@ -285,7 +213,7 @@ class RunService:
             cluster.failed(exc)
             if end_on_failure:
                 ending = Ending.failure(ExecutionState.FAILED, UnavailableError.code, QUEUE_DOWN)
-                await end_outside(self._chat, self._bus, run.id, ending, queued_only=True)
+                await end_outside(self._store, self._bus, run.id, ending, queued_only=True)
             raise UnavailableError(QUEUE_DOWN, details={"run_id": run.id}) from None
 
     def _start(
@@ -331,10 +259,10 @@ class RunService:
         try:
             if previous is not None:  # queued behind the thread's earlier run, and its answer
                 await asyncio.wait([previous])
-                history = await self._chat.history(context.thread_id, before_pk=message.pk)
+                history = await self._store.history(context.thread_id, before_pk=message.pk)
             await execute_run(
                 self._factory,
-                self._chat,
+                self._store,
                 context,
                 agent=agent,
                 message=message,
@@ -358,7 +286,7 @@ class RunService:
         known = self._here()
         cutoff = utcnow() - timedelta(seconds=older_than)
         started = 0
-        for stalled in await self._chat.stalled_runs(queued_before=cutoff):
+        for stalled in await self._store.stalled(queued_before=cutoff):
             run = stalled.run
             if run.id in known or run.id in self._here():
                 continue
@@ -386,7 +314,7 @@ class RunService:
             self.cancel_local(run_id, user_id, reason=reason)
             return
         cancelled = Ending.cancelled(reason)
-        if await end_outside(self._chat, self._bus, run_id, cancelled, queued_only=True):
+        if await end_outside(self._store, self._bus, run_id, cancelled, queued_only=True):
             return  # still queued: ended here, and the worker's claim will find it ended
         try:
             await asyncio.wait_for(self._cluster.signals.send(run_id, reason), QUEUE_TIMEOUT)
@@ -412,7 +340,7 @@ class RunService:
         if self._cluster is not None:
             deadline = asyncio.get_running_loop().time() + 10
             while run_ids and asyncio.get_running_loop().time() < deadline:
-                alive = {r.id for r in await self._chat.alive_runs_of(user_id, run_ids)}
+                alive = {r.id for r in await self._store.alive_of(user_id, run_ids)}
                 run_ids = [r for r in run_ids if r in alive]
                 if run_ids:
                     await asyncio.sleep(0.1)
@@ -458,12 +386,12 @@ class RunService:
 
     async def recover(self) -> int:
         """Mark runs left alive by a crash of this (single) process DEAD and tell their users."""
-        runs = await self._chat.alive_runs()
+        runs = await self._store.alive()
         ending = Ending.failure(
-            ExecutionState.DEAD, "run_dead", "the server stopped while this run was in progress"
+            ExecutionState.DEAD, RUN_DEAD, "the server stopped while this run was in progress"
         )
         for run in runs:
-            await self._chat.end_run(run.id, ending)
+            await self._store.end(run.id, ending)
         if runs:
             logger.warning("marked %d run(s) left alive by a previous process", len(runs))
         return len(runs)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -24,6 +24,7 @@ from atoll.ratelimit import LocalRateLimiter, SlidingWindowCounter
 from atoll.runtime.agents.base import AgentRegistry
 from atoll.runtime.builtins import builtin_registry
 from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.engine import StartHook
 from atoll.runtime.events import EventRecorder, RunEventBus
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.limits import RuntimeLimits
@@ -36,11 +37,12 @@ from atoll.server.connections import ConnectionRegistry, StreamSlots
 from atoll.server.metrics import Metrics
 from atoll.server.runs import STALL_AFTER, RunService
 from atoll.server.sweeper import Sweeper
-from atoll.server.worker import RunningMarker, Worker
+from atoll.server.worker import Worker
 from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.db import Database, sqlite_url
 from atoll.store.event_log import DatabaseRunEventLog
+from atoll.store.runs import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +135,8 @@ def engine_factory(
     recorder: EventRecorder,
     llm: LLMProvider,
     cluster: Cluster | None,
+    *,
+    start_hook: StartHook | None = None,
 ) -> ExecutionEngineFactory:
     """The process's engine factory; scaled out, its limits live in Redis."""
 
@@ -154,6 +158,7 @@ def engine_factory(
         tool_rate_limiter=cluster.tool_limiter if cluster is not None else None,
         resources={KnowledgeBase: KnowledgeBase(settings.knowledge_dirs)},
         completion_hook=store_answer,
+        start_hook=start_hook,
     )
 
 
@@ -213,8 +218,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         event_log = DatabaseRunEventLog(db)
         bus: RunEventBus = cluster.bus if cluster is not None else local_bus
         factory = engine_factory(settings, chat, EventRecorder(event_log, bus), llm, cluster)
+        run_store = RunStore(db)
         runs = RunService(
             chat=chat,
+            store=run_store,
             factory=factory,
             audit=audit,
             message_limiter=cluster.message_limiter
@@ -240,7 +247,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
             relay.start()
             stack.push_async_callback(relay.aclose)
-            sweeper = build_sweeper(settings, cluster, chat)
+            sweeper = build_sweeper(settings, cluster, run_store)
             background(
                 stack, partial(sweeper.run_forever, settings.sweep_interval), "atoll-sweeper"
             )
@@ -272,11 +279,11 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             await services.stop()
 
 
-def build_sweeper(settings: Settings, cluster: Cluster, chat: ChatStore) -> Sweeper:
+def build_sweeper(settings: Settings, cluster: Cluster, store: RunStore) -> Sweeper:
     """The dead-worker sweeper every scaled-out process runs."""
     return Sweeper(
         cluster=cluster,
-        chat=chat,
+        store=store,
         bus=cluster.bus,
         retries=settings.run_retries,
         queue_timeout=settings.queue_timeout,
@@ -309,17 +316,22 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
         worker_id = settings.worker_id or process_id("worker")
         cluster = await stack.enter_async_context(connected_cluster(settings, node_id=worker_id))
         chat = ChatStore(db, AuditLog(db))
+        store = RunStore(db)
         llm = build_llm_provider(settings)
         stack.push_async_callback(llm.aclose)
         event_log = DatabaseRunEventLog(db)
-        marker = RunningMarker(cluster.bus, chat, worker_id)
-        factory = engine_factory(settings, chat, EventRecorder(event_log, marker), llm, cluster)
+
+        async def mark_running(context: UserExecutionContext, started: datetime) -> None:
+            await store.start(context.run_id, worker_id, started)
+
+        recorder = EventRecorder(event_log, cluster.bus)
+        factory = engine_factory(settings, chat, recorder, llm, cluster, start_hook=mark_running)
         await stack.enter_async_context(factory)
         yield Worker(
             settings=settings,
             cluster=cluster,
-            chat=chat,
+            store=store,
             factory=factory,
-            sweeper=build_sweeper(settings, cluster, chat),
+            sweeper=build_sweeper(settings, cluster, store),
             worker_id=worker_id,
         )

@@ -25,16 +25,17 @@ from datetime import UTC, datetime, timedelta
 
 from atoll.aio import run_every
 from atoll.bus.queue import QueuedRun
+from atoll.runtime.endings import QUEUE_TIMEOUT, WORKER_LOST, Ending
 from atoll.runtime.events import RunEventBus
 from atoll.runtime.state import ExecutionState
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.execution import end_outside
-from atoll.store.chat import ChatStore, Ending
 from atoll.store.models import Run
+from atoll.store.runs import RunStore
 
 logger = logging.getLogger(__name__)
 
-WORKER_LOST = "the worker executing this run stopped"
+WORKER_LOST_MESSAGE = "the worker executing this run stopped"
 CLAIM_IDLE_MS = 1000
 """Entries idle this long can be taken over; a sweeper that just took one resets it."""
 
@@ -46,14 +47,14 @@ class Sweeper:
         self,
         *,
         cluster: Cluster,
-        chat: ChatStore,
+        store: RunStore,
         bus: RunEventBus,
         retries: int,
         queue_timeout: float,
         grace: float = 2.0,
     ) -> None:
         self._cluster = cluster
-        self._chat = chat
+        self._store = store
         self._bus = bus
         self.retries = retries
         self.queue_timeout = queue_timeout
@@ -83,7 +84,7 @@ class Sweeper:
         if self._epoch is not None and epoch != self._epoch:
             await self._requeue_waiting()
         self._epoch = epoch
-        runs = list(await self._chat.alive_runs(claimed=True))
+        runs = list(await self._store.alive(claimed=True))
         pending = await self._cluster.queue.pending()
         holders = {run.worker_id for run in runs if run.worker_id is not None}
         holders |= {p.consumer for p in pending if not p.consumer.startswith("sweeper-")}
@@ -114,19 +115,19 @@ class Sweeper:
 
     async def _settle(self, run: Run, worker_id: str) -> None:
         """Re-queue or end one alive run of a dead worker."""
-        if await self._chat.requeue_run(run.id, worker_id, max_attempts=self.retries):
+        if await self._store.requeue(run.id, worker_id, max_attempts=self.retries):
             await self._cluster.queue.put(run.id, run.user_id)
             self.requeued += 1
             logger.warning("run %s: worker %s died before it began; re-queued", run.id, worker_id)
             return
-        ending = Ending.failure(ExecutionState.DEAD, "worker_lost", WORKER_LOST)
-        if await end_outside(self._chat, self._bus, run.id, ending, held_by=worker_id):
+        ending = Ending.failure(ExecutionState.DEAD, WORKER_LOST, WORKER_LOST_MESSAGE)
+        if await end_outside(self._store, self._bus, run.id, ending, held_by=worker_id):
             self.dead += 1
             logger.warning("run %s: worker %s died; marked dead", run.id, worker_id)
 
     async def _settle_entry(self, entry: QueuedRun) -> None:
         """A queue entry taken over from a dead consumer."""
-        run = await self._chat.find_run(entry.run_id)
+        run = await self._store.find(entry.run_id)
         if run is not None and run.state == ExecutionState.PENDING.value and run.worker_id is None:
             await self._cluster.queue.put(run.id, run.user_id)  # delivered, never claimed
         await self._cluster.queue.ack(entry.entry_id)
@@ -135,16 +136,16 @@ class Sweeper:
         """End runs no worker claimed within the queue timeout (no worker running?)."""
         cutoff = datetime.now(UTC) - timedelta(seconds=self.queue_timeout)
         message = f"no worker took this run within {self.queue_timeout:g}s"
-        ending = Ending.failure(ExecutionState.TIMEOUT, "queue_timeout", message)
-        for run in await self._chat.alive_runs(claimed=False, queued_before=cutoff):
-            if await end_outside(self._chat, self._bus, run.id, ending, queued_only=True):
+        ending = Ending.failure(ExecutionState.TIMEOUT, QUEUE_TIMEOUT, message)
+        for run in await self._store.alive(claimed=False, queued_before=cutoff):
+            if await end_outside(self._store, self._bus, run.id, ending, queued_only=True):
                 logger.warning("run %s: %s", run.id, message)
 
     async def _requeue_waiting(self) -> None:
         """Redis lost its data: queue again every run still waiting in the database."""
         waiting = [
             run
-            for run in await self._chat.alive_runs(claimed=False)
+            for run in await self._store.alive(claimed=False)
             if run.state == ExecutionState.PENDING.value
         ]
         for run in waiting:

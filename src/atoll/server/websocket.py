@@ -30,10 +30,10 @@ from atoll.server.connections import (
     TooManyConnectionsError,
 )
 from atoll.server.deps import client_address
-from atoll.server.runs import Submitted
 from atoll.server.services import Services
 from atoll.store.bounds import MAX_SEQ
 from atoll.store.models import Message
+from atoll.store.runs import Submitted
 
 logger = logging.getLogger(__name__)
 

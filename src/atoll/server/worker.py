@@ -3,8 +3,10 @@
 A worker reads the run queue as one consumer of the ``workers`` group, up to
 ``worker_concurrency`` runs at a time. For each entry it *claims* the run in the
 database (PENDING -> STARTING, with its id), waits for earlier runs of the same
-thread, and executes it with a fresh engine from its factory; events are logged
-in the database, then published to the user's Redis stream. Every heartbeat
+thread, and executes it with a fresh engine from its factory, whose start hook
+marks the run RUNNING in the database (API nodes read a worker's run state
+there); events are logged in the database, then published to the user's Redis
+stream. Every heartbeat
 (at most a second) it refreshes its presence key, renews its run-slot leases and
 picks up cancel flags; pub/sub delivers cancels sooner. It also runs a sweeper.
 
@@ -20,7 +22,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -34,15 +35,15 @@ from atoll.bus.queue import CANCEL_CHANNEL, QueuedRun
 from atoll.bus.redis import jittered
 from atoll.config import Settings
 from atoll.runtime.context import UserExecutionContext
-from atoll.runtime.events import EventType, RunEvent, RunEventBus
+from atoll.runtime.endings import Ending
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.ids import new_id
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.execution import end_outside, execute_run
 from atoll.server.metrics import WorkerMetrics
 from atoll.server.sweeper import Sweeper
-from atoll.store.chat import ChatStore, Ending
 from atoll.store.models import Run
+from atoll.store.runs import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -62,26 +63,6 @@ class LocalRun:
     """Whether its engine exists (it can no longer be handed back)."""
 
 
-class RunningMarker:
-    """A ``RunEventBus`` wrapper for workers: a run's ``agent_started`` also marks it RUNNING.
-
-    Nodes read a worker's run state from the database, so without this a run
-    would show STARTING there until it ended.
-    """
-
-    def __init__(self, bus: RunEventBus, chat: ChatStore, worker_id: str) -> None:
-        self._bus = bus
-        self._chat = chat
-        self._worker_id = worker_id
-
-    async def publish(self, event: RunEvent) -> None:
-        """Mark the run RUNNING on its top-level ``agent_started``, then publish."""
-        if event.type is EventType.AGENT_STARTED and event.parent_agent is None:
-            started = datetime.fromisoformat(event.ts.replace("Z", "+00:00"))
-            await self._chat.mark_running(event.run_id, self._worker_id, started)
-        await self._bus.publish(event)
-
-
 class Worker:
     """One worker process's loop (see the module docstring)."""
 
@@ -90,14 +71,14 @@ class Worker:
         *,
         settings: Settings,
         cluster: Cluster,
-        chat: ChatStore,
+        store: RunStore,
         factory: ExecutionEngineFactory,
         sweeper: Sweeper,
         worker_id: str,
     ) -> None:
         self._settings = settings
         self._cluster = cluster
-        self._chat = chat
+        self._store = store
         self._factory = factory
         self._sweeper = sweeper
         self.worker_id = worker_id
@@ -222,7 +203,7 @@ class Worker:
             return JSONResponse({"status": "ok"})
 
         async def readyz(request: Request) -> JSONResponse:
-            database = await self._chat.db.ping()
+            database = await self._store.db.ping()
             redis = await self._cluster.ping()
             ready = database and redis and not self._stopping
             body = {
@@ -272,7 +253,7 @@ class Worker:
                 await self._cluster.queue.ack(entry.entry_id)  # else the sweeper acks it
 
     async def _execute(self, entry: QueuedRun) -> None:
-        claim = await self._chat.claim_run(entry.run_id, self.worker_id)
+        claim = await self._store.claim(entry.run_id, self.worker_id)
         if claim is None:
             return  # cancelled while queued, or a duplicate entry
         run, message = claim.run, claim.message
@@ -280,7 +261,7 @@ class Worker:
         try:
             if claim.waits:
                 await self._wait_for_thread(run)
-                history = await self._chat.history(run.thread_id, before_pk=message.pk)
+                history = await self._store.history(run.thread_id, before_pk=message.pk)
             if self._settings.run_overflow == "wait":
                 # Taking the user's slot here, under the run's id, lets the engine's own
                 # acquire succeed at once; until then the run can be handed back or
@@ -308,7 +289,7 @@ class Worker:
             local.began = True
         await execute_run(
             self._factory,
-            self._chat,
+            self._store,
             context,
             agent=run.agent,
             message=message,
@@ -321,14 +302,14 @@ class Worker:
     async def _wait_for_thread(self, run: Run) -> None:
         """Wait until the thread's earlier runs have ended (their answers come first)."""
         while True:
-            if not await self._chat.earlier_alive_run(run):
+            if not await self._store.earlier_alive(run):
                 return
             await asyncio.sleep(THREAD_POLL)
 
     async def _end_waiting(self, run_id: str, reason: str) -> None:
         """End a run cancelled while it waited (it has no event yet)."""
         ending = Ending.cancelled(reason)
-        await end_outside(self._chat, self._cluster.bus, run_id, ending, held_by=self.worker_id)
+        await end_outside(self._store, self._cluster.bus, run_id, ending, held_by=self.worker_id)
 
     # -- stopping ------------------------------------------------------------------
 
@@ -338,8 +319,8 @@ class Worker:
             if local.began:
                 continue
             await settle_task(local.task, 0)  # cancel it (bounded: see atoll.aio)
-            await self._chat.requeue_run(run_id, self.worker_id)
-            run = await self._chat.find_run(run_id)
+            await self._store.requeue(run_id, self.worker_id)
+            run = await self._store.find(run_id)
             if run is not None and run.state == "pending" and run.worker_id is None:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self._cluster.queue.put(run_id, local.entry.user_id)

@@ -7,23 +7,19 @@ one: both raise ``NotFoundError``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from atoll.errors import NotFoundError, ValidationFailedError
-from atoll.runtime.events import EventType, RunEvent
 from atoll.runtime.ids import new_id
-from atoll.runtime.state import ALIVE_STATES, ExecutionState
+from atoll.runtime.state import ALIVE_STATES
 from atoll.store.audit import AuditLog
 from atoll.store.bounds import CURSOR_PATTERN
 from atoll.store.db import Database
-from atoll.store.event_log import event_row
-from atoll.store.models import Message, Run, RunEventRow, Thread, User, utcnow
+from atoll.store.models import Message, Run, RunEventRow, Thread, utcnow
 from atoll.store.writer import execute_core, insert_rows
 
 ALIVE = [s.value for s in ALIVE_STATES]
@@ -219,13 +215,6 @@ class ChatStore:
         rows = rows[:limit]
         return Page(rows, encode_cursor(rows[-1].pk) if more and rows else None)
 
-    async def history(self, thread_id: str, *, before_pk: int) -> list[Message]:
-        """The last ``HISTORY_LIMIT`` messages of the thread before ``before_pk``, oldest first."""
-        query = history_query(thread_id).where(Message.pk < before_pk)
-        async with self.db.session() as session:
-            rows = list((await session.execute(query)).scalars().all())
-        return rows[::-1]
-
     async def add_assistant_message(
         self, *, message_id: str, thread_id: str, user_id: str, run_id: str, content: str
     ) -> None:
@@ -261,24 +250,6 @@ class ChatStore:
         assert run is not None
         return run
 
-    async def alive_runs(
-        self, *, claimed: bool | None = None, queued_before: datetime | None = None
-    ) -> Sequence[Run]:
-        """Every run not terminal (after a crash: runs that will never finish).
-
-        Only claimed (``worker_id`` set) or unclaimed ones if asked, and only those
-        (last) queued before ``queued_before``.
-        """
-        query = select(Run).where(Run.state.in_(ALIVE))
-        if claimed is True:
-            query = query.where(Run.worker_id.is_not(None))
-        elif claimed is False:
-            query = query.where(Run.worker_id.is_(None))
-        if queued_before is not None:
-            query = query.where(func.coalesce(Run.queued_at, Run.created_at) < queued_before)
-        async with self.db.session() as session:
-            return (await session.execute(query)).scalars().all()
-
     async def input_message(self, user_id: str, run_id: str) -> Message | None:
         """The user's message that started run ``run_id`` (None if no such run of theirs)."""
         query = select(Message).where(
@@ -286,251 +257,3 @@ class ChatStore:
         )
         async with self.db.session() as session:
             return (await session.execute(query.limit(1))).scalar()
-
-    async def stalled_runs(self, *, queued_before: datetime) -> list[Claim]:
-        """PENDING runs (last) queued before ``queued_before``, ready to start.
-
-        Each comes with its message, its user's plan and roles and the thread's
-        history before it (single process: nothing but this process runs them).
-        """
-        query = (
-            select(Run, Message, User.plan, User.roles)
-            .join(Message, Message.id == Run.input_message_id)
-            .join(User, User.id == Run.user_id)
-            .where(
-                Run.state == ExecutionState.PENDING.value,
-                func.coalesce(Run.queued_at, Run.created_at) < queued_before,
-            )
-            .order_by(Run.pk)
-        )
-        async with self.db.session() as session:
-            rows = (await session.execute(query)).all()
-            stalled = []
-            for run, message, plan, roles in rows:
-                history_rows = await session.execute(
-                    history_query(run.thread_id).where(Message.pk < message.pk)
-                )
-                history = list(history_rows.scalars().all())[::-1]
-                stalled.append(Claim(run, message, plan, frozenset(roles or ()), False, history))
-        return stalled
-
-    async def find_run(self, run_id: str) -> Run | None:
-        """Run ``run_id`` whoever owns it (for the cluster's own bookkeeping, never a request)."""
-        async with self.db.session() as session:
-            return (await session.execute(select(Run).where(Run.id == run_id))).scalar()
-
-    async def alive_runs_of(self, user_id: str, run_ids: list[str]) -> Sequence[Run]:
-        """Those of the user's runs ``run_ids`` that are still alive."""
-        query = select(Run).where(Run.user_id == user_id, Run.id.in_(run_ids), Run.state.in_(ALIVE))
-        async with self.db.session() as session:
-            return (await session.execute(query)).scalars().all()
-
-    async def finish_run(
-        self,
-        run_id: str,
-        *,
-        state: str,
-        error: dict[str, Any] | None,
-        started_at: datetime | None,
-        finished_at: datetime,
-        answer_message_id: str | None,
-        worker_id: str | None = None,
-    ) -> None:
-        """Record a run's terminal state (a worker's only while it still holds the run)."""
-        condition = Run.id == run_id
-        if worker_id is not None:
-            condition = condition & (Run.worker_id == worker_id) & Run.state.in_(ALIVE)
-        statement = (
-            update(Run)
-            .where(condition)
-            .values(
-                state=state,
-                error=error,
-                started_at=started_at,
-                finished_at=finished_at,
-                answer_message_id=answer_message_id,
-            )
-        )
-        await self.db.write(lambda session: execute_core(session, statement))
-
-    # -- runs outside an engine (queue, sweeper, recovery) ----------------------
-
-    async def claim_run(self, run_id: str, worker_id: str) -> Claim | None:
-        """Take a queued run for ``worker_id`` (PENDING -> STARTING); None if not queued."""
-
-        def claim(session: Session) -> Claim | None:
-            claimed = (
-                update(Run)
-                .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value)
-                .values(
-                    state=ExecutionState.STARTING.value,
-                    worker_id=worker_id,
-                    attempts=Run.attempts + 1,
-                )
-                .returning(Run)
-            )
-            run = session.execute(claimed).scalar()
-            if run is None:
-                return None
-            earlier = alive_runs_query(run.thread_id).where(Run.pk < run.pk).exists()
-            query = (
-                select(Message, User.plan, User.roles, earlier)
-                .join(User, User.id == Message.user_id)
-                .where(Message.id == run.input_message_id)
-            )
-            message, plan, roles, waits = session.execute(query).one()
-            history = [] if waits else history_before(session, run.thread_id, message.pk)
-            return Claim(run, message, plan, frozenset(roles or ()), bool(waits), history)
-
-        return await self.db.write(claim)
-
-    async def mark_running(self, run_id: str, worker_id: str, started_at: datetime) -> None:
-        """Record that a worker's run has begun (STARTING -> RUNNING, with its start time)."""
-        statement = (
-            update(Run)
-            .where(
-                Run.id == run_id,
-                Run.worker_id == worker_id,
-                Run.state == ExecutionState.STARTING.value,
-            )
-            .values(state=ExecutionState.RUNNING.value, started_at=started_at)
-        )
-        await self.db.write(lambda session: execute_core(session, statement))
-
-    async def requeue_run(
-        self, run_id: str, worker_id: str, *, max_attempts: int | None = None
-    ) -> bool:
-        """Give a run held by ``worker_id`` back to the queue (-> PENDING), if it has not begun.
-
-        Only a run without any logged event qualifies (running it again cannot
-        repeat anything), and with ``max_attempts`` only one claimed at most that
-        often. False when it does not qualify (or another process was first).
-        """
-        begun = select(RunEventRow.seq).where(RunEventRow.run_id == run_id).exists()
-        conditions = [Run.id == run_id, Run.worker_id == worker_id, Run.state.in_(ALIVE), ~begun]
-        if max_attempts is not None:
-            conditions.append(Run.attempts <= max_attempts)
-        statement = (
-            update(Run)
-            .where(*conditions)
-            .values(state=ExecutionState.PENDING.value, worker_id=None, queued_at=utcnow())
-        )
-        return await self.db.write(
-            lambda session: bool(_rowcount(session.connection().execute(statement)))
-        )
-
-    async def earlier_alive_run(self, run: Run) -> bool:
-        """Whether the run's thread has an alive run created before it."""
-        query = alive_runs_query(run.thread_id).where(Run.pk < run.pk).limit(1)
-        async with self.db.session() as session:
-            return (await session.execute(query)).scalar() is not None
-
-    async def end_run(
-        self,
-        run_id: str,
-        ending: Ending,
-        *,
-        held_by: str | None = None,
-        queued_only: bool = False,
-    ) -> RunEvent | None:
-        """End a run that no engine is executing, with its terminal event, in one transaction.
-
-        Only an alive run is ended (only a queued one with ``queued_only``; only one
-        held by worker ``held_by`` if given), so of several processes trying, one
-        wins. If the run's log already ends with a terminal event (its process died
-        before recording the state), the state is taken from that event and nothing
-        is appended. Returns the appended event, for the caller to publish.
-        """
-
-        def end(session: Session) -> RunEvent | None:
-            conditions = [Run.id == run_id, Run.state.in_(ALIVE)]
-            if queued_only:
-                conditions.append(Run.state == ExecutionState.PENDING.value)
-            if held_by is not None:
-                conditions.append(Run.worker_id == held_by)
-            now = utcnow()
-            ended = (
-                update(Run)
-                .where(*conditions)
-                .values(state=ending.state.value, error=ending.error, finished_at=now)
-            )
-            if not _rowcount(session.connection().execute(ended)):
-                return None
-            run = session.execute(select(Run).where(Run.id == run_id)).scalar_one()
-            last_query = (
-                select(RunEventRow.seq, RunEventRow.payload)
-                .where(RunEventRow.run_id == run_id)
-                .order_by(RunEventRow.seq.desc())
-                .limit(1)
-            )
-            last_row = session.execute(last_query).first()
-            if last_row is not None:
-                last = RunEvent.from_payload(bytes(last_row.payload), user_id=run.user_id)
-                if last.ends_run:
-                    state, error = terminal_state_of(last)
-                    fix = update(Run).where(Run.id == run_id).values(state=state, error=error)
-                    session.connection().execute(fix)
-                    return None
-            event = RunEvent.build(
-                type=ending.event_type,
-                run_id=run.id,
-                thread_id=run.thread_id,
-                user_id=run.user_id,
-                seq=(last_row.seq if last_row is not None else 0) + 1,
-                agent=run.agent,
-                parent_agent=None,
-                data=ending.data,
-            )
-            session.connection().execute(insert(RunEventRow), [event_row(event)])
-            return event
-
-        return await self.db.write(end)
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A run a worker claimed, with the user's message that started it."""
-
-    run: Run
-    message: Message
-    plan: str
-    roles: frozenset[str]
-    waits: bool
-    """Whether an earlier run of the thread is still alive (then ``history`` is empty)."""
-    history: list[Message]
-    """The thread's messages before this run's, oldest first."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ending:
-    """How ``end_run`` ends a run: its state, its terminal event, the recorded error."""
-
-    state: ExecutionState
-    event_type: EventType
-    data: dict[str, Any]
-    error: dict[str, Any] | None
-
-    @classmethod
-    def failure(cls, state: ExecutionState, code: str, message: str) -> Ending:
-        """An ``agent_error`` ending (failed, timeout or dead)."""
-        error = {"code": code, "message": message}
-        return cls(state, EventType.AGENT_ERROR, {"state": state.value, **error}, error)
-
-    @classmethod
-    def cancelled(cls, reason: str) -> Ending:
-        """An ``agent_cancelled`` ending."""
-        return cls(ExecutionState.CANCELLED, EventType.AGENT_CANCELLED, {"reason": reason}, None)
-
-
-def terminal_state_of(event: RunEvent) -> tuple[str, dict[str, Any] | None]:
-    """The state and error a run's terminal ``event`` stands for."""
-    if event.type is EventType.AGENT_COMPLETED:
-        return ExecutionState.COMPLETED.value, None
-    if event.type is EventType.AGENT_CANCELLED:
-        return ExecutionState.CANCELLED.value, None
-    data = dict(event.data)
-    return str(data.get("state", ExecutionState.FAILED.value)), data
-
-
-def _rowcount(result: object) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)

@@ -54,11 +54,13 @@ def insert_rows(session: Session, *rows: object) -> None:
     for row in rows:
         mapper = sa_inspect(type(row))
         values = {
-            attribute.columns[0]: getattr(row, attribute.key)
+            attribute.columns[0].key: getattr(row, attribute.key)
             for attribute in mapper.column_attrs
             if getattr(row, attribute.key, None) is not None
         }
-        result = connection.execute(insert(mapper.local_table).values(values))
+        # Values as parameters, not ``.values()``: the statement (and its compiled form)
+        # is then the same for every row with the same columns.
+        result = connection.execute(insert(mapper.local_table), values)
         for column, key in zip(mapper.primary_key, result.inserted_primary_key or (), strict=False):
             if key is not None:
                 setattr(row, mapper.get_property_by_column(column).key, key)

@@ -238,12 +238,17 @@ class OfflineClient:
                 yield Usage(prompt_tokens, 1 + len(arguments))
                 return
             answer = direct_answer(intent, bool(tools))
-        # Like a real model, give the event loop back before answering (and between
-        # chunks when a delay is set), so one run never starves the others or the monitor.
+        # Like a real model, give the event loop back before answering and between
+        # chunks, so one run never starves the others or the monitor. With a delay, the
+        # chunks are due at a steady pace from the start, as a provider sends them: a
+        # busy server that reads one late gets the next sooner, not everything later.
         await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for piece in chunk_words(answer):
             if self._token_delay:
-                await asyncio.sleep(self._token_delay)
+                due += self._token_delay
+                await asyncio.sleep(max(0.0, due - loop.time()))
             yield TextDelta(piece)
         yield Usage(prompt_tokens, len(answer.split()))
 

@@ -17,7 +17,6 @@ from atoll.runtime.ids import new_id
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.routes.threads import message_out
-from atoll.server.runs import Submitted
 from atoll.server.schemas import (
     INTEGER_TEXT,
     AgentOut,
@@ -32,6 +31,7 @@ from atoll.server.schemas import (
 from atoll.server.services import Services
 from atoll.server.sse import RunStreamResponse, accepts_event_stream, run_stream, sse_preface
 from atoll.store.bounds import MAX_SEQ, SEQ_PATTERN
+from atoll.store.runs import Submitted
 
 router = APIRouter(tags=["runs"])
 Accepted = TypeVar("Accepted", bound=RunAccepted)
