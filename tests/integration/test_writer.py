@@ -144,3 +144,15 @@ async def test_events_appended_in_a_batch_store_created_at_as_the_orm_does(
         shapes = {len(text) for (text,) in raw}
         assert shapes == {len("2026-12-01 14:46:08.374564")}, raw
     assert await log.prune(timedelta(seconds=0)) == 4
+
+
+async def test_a_write_whose_caller_is_cancelled_still_runs(database: Database) -> None:
+    """A socket that closes mid-request cancels its handler; what it asked to store is
+    stored anyway, and the writer goes on with the next jobs."""
+    cancelled = asyncio.create_task(database.write(add_user("cancelled@x.io")))
+    await asyncio.sleep(0)  # queued
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert await database.write(add_user("after@x.io")) == "usr_after"
+    assert {"cancelled@x.io", "after@x.io"} <= await emails(database)

@@ -175,6 +175,10 @@ class UserExecutionEngine:
         """True between the start of ``run`` and its end."""
         return self._task is not None and not self._done.is_set()
 
+    def release(self) -> None:
+        """Let go of what the run holds once it is over (its emitter's flusher)."""
+        self._emitter.release()
+
     async def wait(self) -> RunOutcome | None:
         """Wait until the run has ended (returns at once if it never started)."""
         if self._task is not None:

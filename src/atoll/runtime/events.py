@@ -259,6 +259,7 @@ class RunEmitter:
         self._queued_chars = 0
         self._delta_agent = ""
         self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._failure: Exception | None = None
         """Why logging queued text failed; raised at the run's next delta or event."""
 
@@ -306,12 +307,12 @@ class RunEmitter:
         self._queued.append(text)
         self._queued_chars += len(text)
         self._delta_agent = agent
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush(), name=f"deltas {self.run_id}")
         if self._queued_chars > MAX_QUEUED_DELTA:
-            await asyncio.shield(self._flusher)
-            if self._failure is not None:
-                raise self._failure
+            await self.flush()  # the agent waits, and drains the queue itself
+            return
+        if self._flusher is None:  # one per run, woken for every delta (no task per delta)
+            self._flusher = asyncio.create_task(self._flush(), name=f"deltas {self.run_id}")
+        self._wake.set()
 
     async def flush(self) -> None:
         """Wait until every queued delta is logged and published (raise if that failed)."""
@@ -321,11 +322,16 @@ class RunEmitter:
                 raise self._failure
 
     async def _flush(self) -> None:
-        try:
+        while not self._closed:
+            await self._wake.wait()
+            self._wake.clear()
             async with self._lock:
                 await self._drain()
-        finally:
-            self._flusher = None
+
+    def release(self) -> None:
+        """The run is over: stop its flusher (it stops by itself after the terminal event)."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
 
     async def _drain(self) -> None:
         """Under the lock: emit the queued text as ``message_delta`` events."""
@@ -372,6 +378,8 @@ class RunEmitter:
             raise
         self._seq = event.seq
         self._closed = event.ends_run
+        if self._closed:
+            self._wake.set()  # the flusher sees the end and stops
         return event
 
     def for_agent(self, agent: str, parent_agent: str | None) -> AgentEmitter:

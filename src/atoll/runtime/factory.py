@@ -150,6 +150,7 @@ class ExecutionEngineFactory:
             if engine.is_running:
                 engine.cancel("scope_closed")
                 await engine.wait()
+            engine.release()
             self._engines.pop(context.run_id, None)
 
     async def run(self, context: UserExecutionContext, request: RunRequest) -> RunOutcome:

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
@@ -24,6 +25,12 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 def sqlite_url(data_dir: Path) -> str:
     """The URL of the default SQLite file in ``data_dir``."""
     return f"sqlite+aiosqlite:///{(data_dir / 'atoll.db').resolve()}"
+
+
+def json_text(value: Any) -> str:
+    """How JSON columns are written: orjson (several times faster than ``json.dumps`` on the
+    hot path); reading stays with the standard library, which also reads older rows."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -48,7 +55,7 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        options: dict[str, Any] = {"echo": echo}
+        options: dict[str, Any] = {"echo": echo, "json_serializer": json_text}
         if not self.is_sqlite:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **options)
@@ -56,7 +63,9 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             # SQLite has one writer: a dedicated thread with its own connection.
-            sync_engine = create_engine(url.replace("+aiosqlite", ""), echo=echo)
+            sync_engine = create_engine(
+                url.replace("+aiosqlite", ""), echo=echo, json_serializer=json_text
+            )
             event.listen(sync_engine, "connect", _sqlite_pragmas)
             self.writer = BatchWriter(sync_engine=sync_engine)
         else:

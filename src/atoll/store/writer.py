@@ -153,7 +153,9 @@ class BatchWriter:
             raise RuntimeError("the database writer is not running")
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(job, done, prepare))
-        return await asyncio.shield(done)
+        # Awaited without a shield: a cancelled caller cancels only its own future, which
+        # the writer then leaves alone; the job stays queued and runs all the same.
+        return await done
 
     async def _loop(self) -> None:
         while True:
