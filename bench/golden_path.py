@@ -35,7 +35,7 @@ import websockets
 
 from atoll.client import AtollClient
 
-from report import percentile
+from report import percentile, start_profile, stop_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from ports import free_port
@@ -153,7 +153,7 @@ async def register_users(url: str, users: int) -> list[str]:
     return await asyncio.gather(*(one(i) for i in range(users)))
 
 
-def run(users: int, messages: int, agent: str) -> dict[str, Any]:
+def run(users: int, messages: int, agent: str, profile: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="atoll-bench-") as data:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -166,7 +166,12 @@ def run(users: int, messages: int, agent: str) -> dict[str, Any]:
         command = [sys.executable, "-m", "atoll.cli", "serve", "--port", str(port)]
         with process(command, env, url, "/readyz") as pid:
             tokens = asyncio.run(register_users(url, users))
-            atoll = asyncio.run(drive(f"ws://127.0.0.1:{port}/api/v1/ws", tokens, messages, agent))
+            profiler = start_profile(pid, profile)
+            try:
+                ws_url = f"ws://127.0.0.1:{port}/api/v1/ws"
+                atoll = asyncio.run(drive(ws_url, tokens, messages, agent))
+            finally:
+                stop_profile(profiler)
             atoll["server_peak_rss_mib"] = peak_rss_mib(pid)
         frames = 14 if agent == "supervisor" else 10
         echo_port = free_port()
@@ -192,8 +197,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--agent", default="supervisor", choices=["assistant", "supervisor"])
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--profile", type=Path, help="py-spy the server during the load")
     args = parser.parse_args()
-    output = run(args.users, args.messages, args.agent)
+    output = run(args.users, args.messages, args.agent, args.profile)
     print(json.dumps(output, indent=2))
     if args.write:
         from report import write_section

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import platform
 import re
+import signal
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,3 +54,18 @@ def write_section(name: str, command: str, result: dict[str, Any], *, doc: Path 
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text, encoding="utf-8")
     print(f"wrote section {name!r} of {doc}", file=sys.stderr)
+
+
+def start_profile(pid: int, output: Path | None) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of the server into ``output`` (raw collapsed stacks), if asked."""
+    if output is None:
+        return None
+    command = ["py-spy", "record", "-p", str(pid), "-r", "200", "--nonblocking",
+               "--format", "raw", "-o", str(output)]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(timeout=60)

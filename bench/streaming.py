@@ -11,9 +11,11 @@ uncontended run time), then by every user at once:
   (``POST /chat``, then ``GET /runs/{id}/stream``).
 
 Reports per door: run time p50/p99 (send to terminal event) and the slowdown
-against the lone run, first event p50/p99, the gap between consecutive deltas
-of a run p50/p99, deltas/s over the phase, failures, server CPU (cores used
-during the phase) and RSS, and the client's own CPU (it shares the 2 cores).
+against the lone run, first event p50/p99, the gap between consecutive delta
+events of a run p50/p99, delta events/s and answer chunks/s (the model's 50
+chunks per completed run: Atoll coalesces chunks into fewer delta events under
+load, so chunks/s is the throughput to compare), failures, server CPU (cores
+used during the phase) and RSS, and the client's own CPU (it shares the 2 cores).
 
 ``--peer`` runs the same load against ``langgraph dev`` (a graph whose node
 streams 50 custom events at the same delay), from the venv named by
@@ -31,7 +33,6 @@ import contextlib
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,7 @@ import orjson
 import websockets
 
 from golden_path import process, register_users
-from report import percentile
+from report import percentile, start_profile, stop_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from ports import free_port
@@ -99,7 +100,8 @@ def summarise(traces: list[Trace], started: float, ended: float, lone: float) ->
         "first_event_ms_p99": percentile(firsts, 0.99),
         "delta_gap_ms_p50": percentile(gaps, 0.5),
         "delta_gap_ms_p99": percentile(gaps, 0.99),
-        "deltas_per_s": round(deltas / max(ended - started, 1e-9), 1),
+        "delta_events_per_s": round(deltas / max(ended - started, 1e-9), 1),
+        "chunks_per_s": round(len(runs) * DELTAS / max(ended - started, 1e-9), 1),
         "seconds": round(ended - started, 3),
     }
 
@@ -343,21 +345,6 @@ async def peer_phase(port: int, users: int, go: asyncio.Event, traces: list[Trac
 # -- running it ---------------------------------------------------------------------------
 
 
-def start_profile(pid: int, output: Path | None) -> subprocess.Popen[bytes] | None:
-    """``py-spy record`` of the server into ``output`` (raw collapsed stacks), if asked."""
-    if output is None:
-        return None
-    command = ["py-spy", "record", "-p", str(pid), "-r", "200", "--nonblocking",
-               "--format", "raw", "-o", str(output)]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
-    if profiler is not None:
-        profiler.send_signal(signal.SIGINT)
-        profiler.wait(timeout=60)
-
-
 async def measured(
     pid: int,
     phase: Callable[[asyncio.Event, list[Trace]], Awaitable[None]],
@@ -497,8 +484,11 @@ def main() -> None:
         peer = run_peer(args.users, args.token_delay, args.peer_venv)
         output["langgraph_dev"] = peer
         for door, result in atoll.items():
-            output[f"{door}_deltas_per_s_to_langgraph"] = round(
-                result["deltas_per_s"] / max(peer["deltas_per_s"], 1e-9), 2
+            output[f"{door}_chunks_per_s_to_langgraph"] = round(
+                result["chunks_per_s"] / max(peer["chunks_per_s"], 1e-9), 2
+            )
+            output[f"{door}_run_p50_to_langgraph"] = round(
+                result["run_ms_p50"] / max(peer["run_ms_p50"], 1e-9), 2
             )
     print(json.dumps(output, indent=2))
     if args.write:
