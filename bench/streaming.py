@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,10 @@ DELTAS = 50
 TERMINAL = (b"agent_completed", b"agent_error", b"agent_cancelled")
 PHASE_TIMEOUT = 300.0
 """No phase waits longer than this for its runs (bounded load)."""
+
+
+Runs = list[list["Trace"]]
+"""Per user, the traces of its runs (asked one after another)."""
 
 
 @dataclass
@@ -139,13 +144,34 @@ def memory_mib(pid: int) -> dict[str, float]:
 # -- Atoll over WebSockets -------------------------------------------------------------
 
 
-async def ws_phase(port: int, tokens: list[str], go: asyncio.Event, traces: list[Trace]) -> None:
-    """Connect every user, then (on ``go``) each asks once and reads until its run ends."""
+async def ws_phase(port: int, tokens: list[str], go: asyncio.Event, traces: Runs) -> None:
+    """Connect every user, then (on ``go``) each asks its questions one after another."""
     url = f"ws://127.0.0.1:{port}/api/v1/ws"
     connecting = asyncio.Semaphore(50)
     ready = asyncio.Semaphore(0)
 
-    async def user(token: str, trace: Trace) -> None:
+    async def one(ws: Any, trace: Trace) -> None:
+        trace.sent = time.perf_counter()
+        message = {"type": "message", "content": QUESTION, "agent": AGENT}
+        await ws.send(orjson.dumps(message).decode())
+        while True:
+            raw = await ws.recv(decode=False)
+            now = time.perf_counter()
+            if trace.first is None and b'"seq"' in raw:
+                trace.first = now
+            if b'"type":"message_delta"' in raw:
+                trace.deltas.append(now)
+                continue
+            if b'"type":"error"' in raw[:20]:
+                trace.failed = orjson.loads(raw).get("code", "error")
+                return
+            if any(t in raw[:40] for t in TERMINAL) and b'"parent_agent":null' in raw:
+                trace.done = now
+                if not raw.startswith(b'{"type":"agent_completed"'):
+                    trace.failed = "run_failed"
+                return
+
+    async def user(token: str, runs: list[Trace]) -> None:
         async with connecting:
             ws = await websockets.connect(url, compression=None, max_size=2**22, open_timeout=60)
             await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
@@ -153,29 +179,12 @@ async def ws_phase(port: int, tokens: list[str], go: asyncio.Event, traces: list
         ready.release()
         try:
             await go.wait()
-            trace.sent = time.perf_counter()
-            message = {"type": "message", "content": QUESTION, "agent": AGENT}
-            await ws.send(orjson.dumps(message).decode())
-            while True:
-                raw = await ws.recv(decode=False)
-                now = time.perf_counter()
-                if trace.first is None and b'"seq"' in raw:
-                    trace.first = now
-                if b'"type":"message_delta"' in raw:
-                    trace.deltas.append(now)
-                    continue
-                if b'"type":"error"' in raw[:20]:
-                    trace.failed = orjson.loads(raw).get("code", "error")
-                    return
-                if any(t in raw[:40] for t in TERMINAL) and b'"parent_agent":null' in raw:
-                    trace.done = now
-                    if not raw.startswith(b'{"type":"agent_completed"'):
-                        trace.failed = "run_failed"
-                    return
+            for trace in runs:
+                await one(ws, trace)
         finally:
             await ws.close()
 
-    tasks = [asyncio.create_task(user(t, trace)) for t, trace in zip(tokens, traces, strict=True)]
+    tasks = [asyncio.create_task(user(t, runs)) for t, runs in zip(tokens, traces, strict=True)]
     for _ in tokens:
         await ready.acquire()
     await asyncio.sleep(0.5)  # let the server settle after the connection burst
@@ -222,18 +231,16 @@ def atoll_terminal(message: bytes) -> bool:
 
 
 async def sse_phase(
-    port: int, tokens: list[str], go: asyncio.Event, traces: list[Trace], requests: int
+    port: int, tokens: list[str], go: asyncio.Event, traces: Runs, requests: int
 ) -> None:
-    """Each user asks once over HTTP and reads the run's SSE stream to its end."""
+    """Each user asks its questions over HTTP, reading each run's SSE stream to its end."""
     base = f"http://127.0.0.1:{port}/api/v1"
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     timeout = httpx.Timeout(PHASE_TIMEOUT, connect=60)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
 
-        async def user(token: str, trace: Trace) -> None:
-            auth = {"Authorization": f"Bearer {token}"}
+        async def one(auth: dict[str, str], trace: Trace) -> None:
             body = {"message": QUESTION, "agent": AGENT}
-            await go.wait()
             trace.sent = time.perf_counter()
             if requests == 1:
                 headers = {**auth, "Accept": "text/event-stream"}
@@ -255,6 +262,11 @@ async def sse_phase(
                     trace.failed = f"http_{r.status_code}"
                     return
                 await read_sse(r, trace, end=atoll_terminal)
+
+        async def user(token: str, runs: list[Trace]) -> None:
+            await go.wait()
+            for trace in runs:
+                await one({"Authorization": f"Bearer {token}"}, trace)
 
         tasks = [asyncio.create_task(user(t, x)) for t, x in zip(tokens, traces, strict=True)]
         await asyncio.sleep(0.5)
@@ -305,16 +317,15 @@ def peer_venv(path: Path) -> Path:
     return binary
 
 
-async def peer_phase(port: int, users: int, go: asyncio.Event, traces: list[Trace]) -> None:
-    """Each user creates a thread, then streams one run of the graph (custom events)."""
+async def peer_phase(port: int, go: asyncio.Event, traces: Runs) -> None:
+    """Each user creates a thread, then streams its runs of the graph (custom events)."""
     base = f"http://127.0.0.1:{port}"
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     timeout = httpx.Timeout(PHASE_TIMEOUT, connect=60)
+    created = asyncio.Semaphore(0)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
 
-        async def user(trace: Trace) -> None:
-            thread = (await client.post(f"{base}/threads", json={})).json()["thread_id"]
-            await go.wait()
+        async def one(thread: str, trace: Trace) -> None:
             trace.sent = time.perf_counter()
             body = {"assistant_id": "stream", "input": {"question": QUESTION},
                     "stream_mode": ["custom"]}  # fmt: skip
@@ -336,8 +347,16 @@ async def peer_phase(port: int, users: int, go: asyncio.Event, traces: list[Trac
                             trace.failed = "run_failed"
                 trace.done = time.perf_counter()
 
-        tasks = [asyncio.create_task(user(trace)) for trace in traces]
-        await asyncio.sleep(min(30.0, 1.0 + users / 100))  # threads created
+        async def user(runs: list[Trace]) -> None:
+            thread = (await client.post(f"{base}/threads", json={})).json()["thread_id"]
+            created.release()
+            await go.wait()
+            for trace in runs:
+                await one(thread, trace)
+
+        tasks = [asyncio.create_task(user(runs)) for runs in traces]
+        for _ in traces:
+            await created.acquire()
         go.set()
         await asyncio.wait_for(asyncio.gather(*tasks), PHASE_TIMEOUT)
 
@@ -347,12 +366,14 @@ async def peer_phase(port: int, users: int, go: asyncio.Event, traces: list[Trac
 
 async def measured(
     pid: int,
-    phase: Callable[[asyncio.Event, list[Trace]], Awaitable[None]],
+    phase: Callable[[asyncio.Event, Runs], Awaitable[None]],
     n: int,
     lone: float,
     profile: Path | None = None,
+    *,
+    runs_per_user: int = 1,
 ) -> dict[str, Any]:
-    traces = [Trace() for _ in range(n)]
+    traces = [[Trace() for _ in range(runs_per_user)] for _ in range(n)]
     go = asyncio.Event()
     server: Usage | None = None
     client: Usage | None = None
@@ -374,8 +395,9 @@ async def measured(
     finally:
         clock.cancel()
         stop_profile(profiler)
-    ended = max((t.done or 0.0) for t in traces) or time.perf_counter()
-    result = summarise(traces, started, ended, lone)
+    flat = [trace for runs in traces for trace in runs]
+    ended = max((t.done or 0.0) for t in flat) or time.perf_counter()
+    result = summarise(flat, started, ended, lone)
     if server is None or client is None:
         raise RuntimeError("the phase never started")
     result["server_cpu_cores"] = server.cores()
@@ -384,13 +406,13 @@ async def measured(
     return result
 
 
-async def lone_run(phase: Callable[[asyncio.Event, list[Trace]], Awaitable[None]]) -> float:
+async def lone_run(phase: Callable[[asyncio.Event, Runs], Awaitable[None]]) -> float:
     """The median of three uncontended runs, ms."""
     times = []
     for _ in range(3):
-        traces = [Trace()]
+        traces = [[Trace()]]
         await phase(asyncio.Event(), traces)
-        trace = traces[0]
+        trace = traces[0][0]
         if trace.done is None or trace.failed:
             raise RuntimeError(f"the lone run failed: {trace.failed}")
         times.append((trace.done - trace.sent) * 1000)
@@ -398,7 +420,12 @@ async def lone_run(phase: Callable[[asyncio.Event, list[Trace]], Awaitable[None]
 
 
 def run_atoll(
-    users: int, doors: list[str], delay: float, sse_requests: int, profile: Path | None
+    users: int,
+    doors: list[str],
+    delay: float,
+    sse_requests: int,
+    profile: Path | None,
+    runs_per_user: int,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="atoll-bench-") as data:
         port = free_port()
@@ -419,7 +446,7 @@ def run_atoll(
             for door in doors:
 
                 def phase(
-                    go: asyncio.Event, traces: list[Trace], *, lone: bool = False, door: str = door
+                    go: asyncio.Event, traces: Runs, *, lone: bool = False, door: str = door
                 ) -> Awaitable[None]:
                     chosen = [lone_token] if lone else tokens
                     if door == "ws":
@@ -428,12 +455,14 @@ def run_atoll(
 
                 lone = asyncio.run(lone_run(lambda go, t, phase=phase: phase(go, t, lone=True)))
                 output = profile.with_name(f"{profile.name}-{door}.txt") if profile else None
-                result = asyncio.run(measured(pid, phase, users, lone, output))
+                result = asyncio.run(
+                    measured(pid, phase, users, lone, output, runs_per_user=runs_per_user)
+                )
                 results[door] = {"lone_run_ms": round(lone, 1), **result}
         return results
 
 
-def run_peer(users: int, delay: float, venv: Path) -> dict[str, Any]:
+def run_peer(users: int, delay: float, venv: Path, runs_per_user: int) -> dict[str, Any]:
     binary = peer_venv(venv)
     with tempfile.TemporaryDirectory(prefix="atoll-peer-") as work:
         Path(work, "graph.py").write_text(PEER_GRAPH)
@@ -448,9 +477,9 @@ def run_peer(users: int, delay: float, venv: Path) -> dict[str, Any]:
         log = Path(work, "peer.log")
         with contextlib.chdir(work), process(command, env, f"http://127.0.0.1:{port}", "/ok",
                                              log=log) as pid:  # fmt: skip
-            lone = asyncio.run(lone_run(lambda go, t: peer_phase(port, 1, go, t)))
-            result = asyncio.run(measured(pid, lambda g, t: peer_phase(port, users, g, t), users,
-                                          lone))  # fmt: skip
+            lone = asyncio.run(lone_run(lambda go, t: peer_phase(port, go, t)))
+            phase = partial(peer_phase, port)
+            result = asyncio.run(measured(pid, phase, users, lone, runs_per_user=runs_per_user))
         return {"lone_run_ms": round(lone, 1), **result}
 
 
@@ -459,6 +488,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--doors", default="ws,sse", help="comma-separated: ws, sse")
     parser.add_argument("--token-delay", type=float, default=0.033)
+    parser.add_argument("--runs-per-user", type=int, default=1, help="asked one after another")
     parser.add_argument("--sse-requests", type=int, default=1, choices=[1, 2])
     parser.add_argument("--peer", action="store_true", help="also run langgraph dev")
     parser.add_argument("--peer-venv", type=Path, default=HERE / ".peer-venv")
@@ -468,9 +498,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     doors = [d.strip() for d in args.doors.split(",") if d.strip()]
-    atoll = run_atoll(args.users, doors, args.token_delay, args.sse_requests, args.profile)
+    atoll = run_atoll(
+        args.users, doors, args.token_delay, args.sse_requests, args.profile, args.runs_per_user
+    )
     output: dict[str, Any] = {
         "users": args.users,
+        "runs_per_user": args.runs_per_user,
         "token_delay_s": args.token_delay,
         "nominal_run_ms": round(DELTAS * args.token_delay * 1000, 1),
         "sse_requests_per_run": args.sse_requests,
@@ -481,7 +514,7 @@ def main() -> None:
             atoll["sse"]["run_ms_p50"] / max(atoll["ws"]["run_ms_p50"], 1e-9), 2
         )
     if args.peer:
-        peer = run_peer(args.users, args.token_delay, args.peer_venv)
+        peer = run_peer(args.users, args.token_delay, args.peer_venv, args.runs_per_user)
         output["langgraph_dev"] = peer
         for door, result in atoll.items():
             output[f"{door}_chunks_per_s_to_langgraph"] = round(
@@ -495,7 +528,10 @@ def main() -> None:
         from report import write_section
 
         command = "python " + " ".join(["bench/streaming.py", *sys.argv[1:]])
-        write_section(f"streaming-{args.users}", command, output)
+        name = f"streaming-{args.users}" + (
+            f"x{args.runs_per_user}" if args.runs_per_user > 1 else ""
+        )
+        write_section(name + ("-delay0" if not args.token_delay else ""), command, output)
 
 
 if __name__ == "__main__":
