@@ -16,7 +16,7 @@ from atoll.server.services import Services
 bearer = HTTPBearer(auto_error=False, description="The access token from /auth/login")
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: HTTPConnection) -> Services:
     """The services of the app serving this request."""
     services: Services = request.app.state.services
     if not services.accepting:
@@ -34,7 +34,7 @@ async def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """The caller, from ``Authorization: Bearer`` only, through ``AuthService.authenticate``."""
-    services = get_services(request)
+    services = services_of(request)
     try:
         return await services.auth.authenticate(credentials.credentials if credentials else None)
     except AuthenticationError as exc:
@@ -45,7 +45,13 @@ async def get_principal(
         raise
 
 
-def single_valued_query(request: Request) -> None:
+async def get_services(request: Request) -> Services:
+    """``services_of`` as a dependency (``async``: FastAPI runs plain ``def`` dependencies in
+    its thread pool, a thread hop per request)."""
+    return services_of(request)
+
+
+async def single_valued_query(request: Request) -> None:
     """Every query parameter of the API is a single value: a repeated one is a 422, not
     whichever copy the framework happens to read."""
     counts = Counter(key for key, _ in request.query_params.multi_items())
@@ -57,7 +63,7 @@ def single_valued_query(request: Request) -> None:
         )
 
 
-def get_address(request: Request) -> str:
+async def get_address(request: Request) -> str:
     """The client address of the request (for per-address limits)."""
     return client_address(request)
 

@@ -109,32 +109,36 @@ async def run_stream(
                 return
         while True:
             try:
-                event: RunEvent | Resync | Closing = await asyncio.wait_for(
-                    subscription.get(), KEEPALIVE_SECONDS
-                )
+                async with asyncio.timeout(KEEPALIVE_SECONDS):  # no task per wait (wait_for)
+                    first = await subscription.get()
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
-            if isinstance(event, Closing):
-                yield RECONNECT
-                return
-            if isinstance(event, Resync):  # events may have been missed: catch up from the log
-                for item in await services.event_log.read(run_id, user_id=user_id, after=last):
-                    yield sse_frame(item)
+            # Everything queued meanwhile goes out in the same chunk: one write, not one each.
+            out = bytearray()
+            for event in [first, *subscription.drain()]:
+                if isinstance(event, Closing):
+                    yield bytes(out + RECONNECT)
+                    return
+                if isinstance(event, Resync):  # events may have been missed: catch up from the log
+                    items = await services.event_log.read(run_id, user_id=user_id, after=last)
+                elif event.run_id != run_id or event.user_id != user_id or event.seq <= last:
+                    continue
+                elif event.seq > last + 1:  # a gap: fill it from the log
+                    missed = await services.event_log.read(run_id, user_id=user_id, after=last)
+                    items = [*(m for m in missed if m.seq < event.seq), event]
+                else:
+                    items = [event]
+                for item in items:
+                    if item.seq <= last:
+                        continue
+                    out += sse_frame(item)
                     last = item.seq
                     if item.ends_run:
+                        yield bytes(out)
                         return
-                continue
-            if event.run_id != run_id or event.user_id != user_id or event.seq <= last:
-                continue
-            missed: list[RunEvent] = []
-            if event.seq > last + 1:
-                missed = await services.event_log.read(run_id, user_id=user_id, after=last)
-            for item in [*(m for m in missed if m.seq < event.seq), event]:
-                yield sse_frame(item)
-                last = item.seq
-                if item.ends_run:
-                    return
+            if out:
+                yield bytes(out)
     finally:
         with contextlib.suppress(Exception):
             await subscription.aclose()

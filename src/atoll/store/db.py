@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,8 +30,12 @@ def sqlite_url(data_dir: Path) -> str:
 
 def json_text(value: Any) -> str:
     """How JSON columns are written: orjson (several times faster than ``json.dumps`` on the
-    hot path); reading stays with the standard library, which also reads older rows."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    hot path), or the standard library for what orjson refuses (integers beyond 64 bits,
+    which metadata may hold); reading stays with the standard library."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
