@@ -33,10 +33,12 @@ async def test_finished_runs_leave_no_trace_in_memory(tmp_path: Path) -> None:
                 assert [e async for e in socket.run_events(ack["run_id"])][-1]["data"]
             runs, factory = services.runs, services.factory
             await until(lambda: len(factory.tracker) == 0, 10, "the tracker forgot the runs")
-            await until(lambda: not runs._tasks, 5, "the run tasks are gone")
+            consumer = runs._consumer
+            assert consumer is not None
+            await until(lambda: not consumer.runs, 5, "the run tasks are gone")
             totals = factory.tracker.finished_totals()  # the counts outlive the records
             assert totals[ExecutionState.COMPLETED] == 30
-            assert not runs._thread_tail and not runs._cancel_requests
+            assert not consumer._prepared_runs and not consumer._cancel_requests
             assert not runs._submissions and not runs._stored
             assert not factory._engines
             assert factory.slots.active(client.user["id"]) == 0  # type: ignore[attr-defined,index]

@@ -15,6 +15,7 @@ from atoll.client import ApiError, AtollClient
 from atoll.server.serve import running_server
 
 from serving import PASSWORD, make_settings
+from support import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multi_user]
 
@@ -52,10 +53,10 @@ async def test_multitask_reject_enqueue_interrupt(slow_server: str) -> None:
     )
     assert queued["run"]["state"] == "pending"
     assert await final_state(client, first["run"]["id"]) == "agent_completed"
+    assert await final_state(client, queued["run"]["id"]) == "agent_completed"
     queued_events = await client.events(queued["run"]["id"])
     first_events = await client.events(first["run"]["id"])
     assert queued_events[0]["ts"] >= first_events[-1]["ts"]  # it ran after the first
-    assert await final_state(client, queued["run"]["id"]) == "agent_completed"
 
     running = await client.request("POST", f"/threads/{thread}/runs", json={"message": "hey"})
     interrupting = await client.request(
@@ -185,3 +186,50 @@ async def test_a_run_over_the_limit_in_reject_mode_ends_with_run_limit(tmp_path:
         assert (run["state"], run["error"]["code"]) == ("failed", "run_limit")
         assert await final_state(client, first["run"]["id"]) == "agent_completed"
         await client.aclose()
+
+
+async def test_a_cancel_right_after_the_send_always_ends_the_run(slow_server: str) -> None:
+    """The cancel reaches the run while its claim is still being written: the run must
+    end (cancelled) all the same, never stay ``starting`` with no terminal event."""
+    client = await user(slow_server, "quickcancel@example.com")
+    run_ids = []
+    for n in range(6):
+        accepted = await client.chat(f"cancel me {n}", agent="assistant")
+        run_ids.append(accepted["run"]["id"])
+        await client.request("POST", f"/runs/{accepted['run']['id']}/cancel")
+    for run_id in run_ids:
+        assert await final_state(client, run_id) == "agent_cancelled"
+        assert (await client.request("GET", f"/runs/{run_id}"))["state"] == "cancelled"
+        events = await client.events(run_id)
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert [e["type"] for e in events if e["parent_agent"] is None][-1] == "agent_cancelled"
+    await client.aclose()
+
+
+async def test_a_cancel_that_reaches_a_run_during_its_claim_or_before_ends_it(
+    tmp_path: Path,
+) -> None:
+    """In one process a run is handed to the consumer as it is stored. A cancel in the
+    same moment finds it claiming (the claim is being written) or not even started; either
+    way the run must end cancelled with its terminal event, not stay ``starting``."""
+    settings = make_settings(tmp_path / "data", offline_token_delay=0.05)
+    async with running_server(settings) as (url, server), AtollClient(url) as client:
+        services = server.config.app.state.services
+        await client.register("claiming@example.com", PASSWORD)
+        principal = await services.auth.authenticate(client.access_token)
+        during = await services.runs.submit(
+            principal, content="one", thread_id=None, agent="assistant", multitask="reject"
+        )
+        assert services.runs.cancel_local(during.run.id, principal.user_id, reason="user")
+        store, consumer = services.runs._store, services.runs._consumer
+        before, _ = await store.submit(
+            principal.user_id, content="two", thread_id=None, agent="assistant",
+            multitask="reject", metadata=None, client_id=None,
+        )  # fmt: skip
+        consumer.put(before.run.id, principal.user_id)
+        assert consumer.cancel(before.run.id, "user")
+        for run_id in (during.run.id, before.run.id):
+            events = [e async for e in client.stream(run_id)]
+            assert [e["type"] for e in events] == ["agent_cancelled"]
+            assert (await client.request("GET", f"/runs/{run_id}"))["state"] == "cancelled"
+        await until(lambda: not consumer.runs, 5, "the consumer let go of both runs")

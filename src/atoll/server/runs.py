@@ -22,23 +22,21 @@ from typing import Any
 
 from atoll.auth.principal import Principal
 from atoll.errors import (
-    AgentNotFoundError,
     AtollError,
     RateLimitedError,
     UnavailableError,
 )
 from atoll.ratelimit import RateLimiter
-from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.endings import RUN_DEAD, Ending
 from atoll.runtime.factory import ExecutionEngineFactory
-from atoll.runtime.ids import new_id
 from atoll.runtime.state import ExecutionState
 from atoll.server.cluster import REDIS_ERRORS, Cluster
-from atoll.server.execution import end_outside, execute_run
+from atoll.server.consumer import RunConsumer
+from atoll.server.execution import end_outside
 from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
-from atoll.store.models import Message, Run, utcnow
-from atoll.store.runs import RunStore, Submitted
+from atoll.store.models import Run, utcnow
+from atoll.store.runs import Claim, RunStore, Submitted
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +65,10 @@ class RunService:
         message_limiter: RateLimiter,
         default_agent: str = DEFAULT_AGENT,
         cluster: Cluster | None = None,
+        consumer: RunConsumer | None = None,
     ) -> None:
         self._chat = chat
+        self._consumer = consumer
         self._store = store
         self._cluster = cluster
         self._factory = factory
@@ -76,9 +76,6 @@ class RunService:
         self._audit = audit
         self._limiter = message_limiter
         self.default_agent = default_agent
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._thread_tail: dict[str, asyncio.Task[None]] = {}
-        self._cancel_requests: dict[str, str] = {}
         self._submissions: set[asyncio.Task[Submitted]] = set()
         self._stored: set[str] = set()
         """Runs stored by a submission that has not started (or queued) them yet."""
@@ -150,7 +147,7 @@ class RunService:
         known = self._here()  # before the write's read: see start_stalled
         submitted, alive = await store()
         if not submitted.created:
-            await self._restart_if_stuck(principal, submitted, known)
+            await self._restart_if_stuck(submitted, known)
         else:
             self._stored.add(submitted.run.id)
             try:
@@ -165,14 +162,18 @@ class RunService:
                 self._stored.discard(submitted.run.id)
         if acknowledge is not None:
             acknowledge(submitted)
-        if submitted.created and self._cluster is None:
-            self._start(
+        if submitted.created and self._consumer is not None:
+            # The in-process queue: handed to this process's consumer, with what the
+            # submit already read (the claim is then a bare conditional UPDATE).
+            prepared = Claim(
                 submitted.run,
                 submitted.message,
-                submitted.history,
-                plan=principal.plan,
-                roles=principal.roles,
+                principal.plan,
+                principal.roles,
+                waits=bool(alive),
+                history=submitted.history,
             )
+            self._consumer.put(submitted.run.id, submitted.run.user_id, prepared=prepared)
         return submitted
 
     def _submission_done(self, job: asyncio.Task[Submitted]) -> None:
@@ -184,26 +185,25 @@ class RunService:
             logger.error("storing or starting a run failed", exc_info=error)
 
     def _here(self) -> set[str]:
-        """The runs this process is storing, about to start, or executing right now."""
-        return set(self._tasks) | self._stored
+        """The runs this process is storing, about to queue, or holding in its consumer."""
+        held = self._consumer.known() if self._consumer is not None else set()
+        return held | self._stored
 
-    async def _restart_if_stuck(
-        self, principal: Principal, submitted: Submitted, known: set[str]
-    ) -> None:
+    async def _restart_if_stuck(self, submitted: Submitted, known: set[str]) -> None:
         """A resend found its run: make sure something will run it if it is still PENDING.
 
         ``known`` is what ran here before the run was read: one process writes a run's
-        state as it ends, so a run that ended meanwhile was read as PENDING.
+        state as it ends, so a run that ended meanwhile was read as PENDING. Queueing a
+        run twice is harmless: the claim is conditional.
         """
         run = submitted.run
         if run.state != ExecutionState.PENDING.value:
             return
-        if self._cluster is not None:  # claiming is conditional: a second entry is harmless
+        if self._cluster is not None:
             await self._enqueue(self._cluster, run, end_on_failure=False)
-        elif run.id not in known and run.id not in self._here():
+        elif self._consumer is not None and run.id not in known and run.id not in self._here():
             logger.warning("run %s was stored but never started; starting it now", run.id)
-            history = await self._store.history(run.thread_id, before_pk=submitted.message.pk)
-            self._start(run, submitted.message, history, plan=principal.plan, roles=principal.roles)
+            self._consumer.put(run.id, run.user_id)
 
     async def _enqueue(self, cluster: Cluster, run: Run, *, end_on_failure: bool = True) -> None:
         """Put a stored run on the queue; if Redis fails, end it (if asked) and answer 503."""
@@ -216,106 +216,48 @@ class RunService:
                 await end_outside(self._store, self._bus, run.id, ending, queued_only=True)
             raise UnavailableError(QUEUE_DOWN, details={"run_id": run.id}) from None
 
-    def _start(
-        self,
-        run: Run,
-        message: Message,
-        history: list[Message],
-        *,
-        plan: str,
-        roles: frozenset[str],
-    ) -> None:
-        previous = self._thread_tail.get(run.thread_id)
-        context = UserExecutionContext(
-            user_id=run.user_id,
-            thread_id=run.thread_id,
-            run_id=run.id,
-            request_id=new_id("req"),
-            plan=plan,
-            roles=roles,
-        )
-        task = asyncio.create_task(
-            self._execute(context, run.agent, message, history, previous), name=f"run {run.id}"
-        )
-        self._tasks[run.id] = task
-        self._thread_tail[run.thread_id] = task
-        task.add_done_callback(lambda _: self._forget(run.id, run.thread_id, task))
-
-    def _forget(self, run_id: str, thread_id: str, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(run_id, None)
-        self._cancel_requests.pop(run_id, None)
-        if self._thread_tail.get(thread_id) is task:
-            del self._thread_tail[thread_id]
-
-    async def _execute(
-        self,
-        context: UserExecutionContext,
-        agent: str,
-        message: Message,
-        history: list[Message],
-        previous: asyncio.Task[None] | None,
-    ) -> None:
-        run_id = context.run_id
-        try:
-            if previous is not None:  # queued behind the thread's earlier run, and its answer
-                await asyncio.wait([previous])
-                history = await self._store.history(context.thread_id, before_pk=message.pk)
-            await execute_run(
-                self._factory,
-                self._store,
-                context,
-                agent=agent,
-                message=message,
-                history=history,
-                cancel_reason=lambda: self._cancel_requests.pop(run_id, None),
-            )
-        except AgentNotFoundError:
-            logger.error("run %s names an agent that is no longer registered", run_id)
-        except Exception:
-            logger.exception("run %s could not be executed", run_id)
-
     async def start_stalled(self, *, older_than: float = STALL_AFTER) -> int:
-        """Start PENDING runs that nothing in this (single) process runs; how many.
+        """Queue again PENDING runs that nothing in this (single) process holds; how many.
 
-        Defence in depth behind ``submit``: a stored run is always started by the
+        Defence in depth behind ``submit``: a stored run is always queued by the
         submission that stored it, so this should find nothing.
         """
-        # Who is running what, taken *before* the database is read: a run that ends
-        # during the read is still PENDING in what the read returns (its state is
-        # written as it ends), but it is in this snapshot.
+        if self._consumer is None:
+            return 0
+        # Who holds what, taken *before* the database is read: a run that ends during
+        # the read is still PENDING in what the read returns (its state is written as
+        # it ends), but it is in this snapshot.
         known = self._here()
         cutoff = utcnow() - timedelta(seconds=older_than)
         started = 0
-        for stalled in await self._store.stalled(queued_before=cutoff):
-            run = stalled.run
+        for run in await self._store.alive(claimed=False, queued_before=cutoff):
+            if run.state != ExecutionState.PENDING.value:
+                continue
             if run.id in known or run.id in self._here():
                 continue
             logger.warning("run %s was stored but never started; starting it now", run.id)
-            self._start(
-                run, stalled.message, stalled.history, plan=stalled.plan, roles=stalled.roles
-            )
+            self._consumer.put(run.id, run.user_id)
             started += 1
         return started
 
     # -- cancelling ----------------------------------------------------------------
 
     def cancel_local(self, run_id: str, user_id: str, *, reason: str) -> bool:
-        """Cancel a run executing (or about to execute) in this process."""
+        """Cancel a run this process executes (or holds, waiting to execute it)."""
         if self._factory.cancel(run_id, user_id=user_id, reason=reason):
             return True
-        if run_id in self._tasks and self._factory.engine(run_id, user_id=user_id) is None:
-            self._cancel_requests[run_id] = reason
-            return True
-        return False
+        return self._consumer is not None and self._consumer.cancel(run_id, reason, user_id=user_id)
 
     async def _cancel_anywhere(self, run_id: str, user_id: str, *, reason: str) -> None:
-        """Cancel a run here, or wherever in the cluster it is queued or executing."""
+        """Cancel a run wherever it is: still queued, held here, or on a worker."""
+        cancelled = Ending.cancelled(reason)
+        if await end_outside(self._store, self._bus, run_id, cancelled, queued_only=True):
+            if self._consumer is not None:
+                self._consumer.turns.ended()
+            return  # still queued: ended here, and the consumer's claim will find it ended
         if self._cluster is None:
             self.cancel_local(run_id, user_id, reason=reason)
             return
-        cancelled = Ending.cancelled(reason)
-        if await end_outside(self._store, self._bus, run_id, cancelled, queued_only=True):
-            return  # still queued: ended here, and the worker's claim will find it ended
         try:
             await asyncio.wait_for(self._cluster.signals.send(run_id, reason), QUEUE_TIMEOUT)
         except REDIS_ERRORS as exc:
@@ -332,18 +274,17 @@ class RunService:
 
     async def cancel_thread_runs(self, user_id: str, run_ids: list[str]) -> None:
         """Cancel every live run in ``run_ids`` and wait (up to 10 s) for them to end."""
-        tasks = [self._tasks[r] for r in run_ids if r in self._tasks]
         for run_id in run_ids:
             await self._cancel_anywhere(run_id, user_id, reason="thread_deleted")
+        tasks = self._consumer.tasks(run_ids) if self._consumer is not None else []
         if tasks:
             await asyncio.wait(tasks, timeout=10)
-        if self._cluster is not None:
-            deadline = asyncio.get_running_loop().time() + 10
-            while run_ids and asyncio.get_running_loop().time() < deadline:
-                alive = {r.id for r in await self._store.alive_of(user_id, run_ids)}
-                run_ids = [r for r in run_ids if r in alive]
-                if run_ids:
-                    await asyncio.sleep(0.1)
+        deadline = asyncio.get_running_loop().time() + 10
+        while run_ids and asyncio.get_running_loop().time() < deadline:
+            alive = {r.id for r in await self._store.alive_of(user_id, run_ids)}
+            run_ids = [r for r in run_ids if r in alive]
+            if run_ids:
+                await asyncio.sleep(0.1)
 
     # -- state -------------------------------------------------------------------
 
@@ -369,16 +310,20 @@ class RunService:
         }
 
     async def drain(self, grace: float) -> None:
-        """Let live runs finish for up to ``grace`` seconds (shutdown)."""
-        tasks = list(self._tasks.values())
+        """Let live runs finish for up to ``grace`` seconds (shutdown), then end those that
+        are still waiting for their turn (cancelled: ``shutdown``)."""
+        if self._consumer is None:
+            return
+        tasks = self._consumer.tasks()
         if tasks and grace > 0:
             await asyncio.wait(tasks, timeout=grace)
+        self._consumer.cancel_waiting("shutdown")
 
     async def wait_all(self) -> None:
         """Wait until every submission and run task has recorded its end."""
         if self._submissions:
             await asyncio.wait(list(self._submissions))
-        tasks = list(self._tasks.values())
+        tasks = self._consumer.tasks() if self._consumer is not None else []
         if tasks:
             await asyncio.wait(tasks)
 

@@ -34,6 +34,7 @@ from atoll.runtime.plugins import load_plugins
 from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
 from atoll.server.connections import ConnectionRegistry, StreamSlots
+from atoll.server.consumer import RunConsumer, ThreadTurns
 from atoll.server.metrics import Metrics
 from atoll.server.runs import STALL_AFTER, RunService
 from atoll.server.sweeper import Sweeper
@@ -45,6 +46,10 @@ from atoll.store.event_log import DatabaseRunEventLog
 from atoll.store.runs import RunStore
 
 logger = logging.getLogger(__name__)
+
+LOCAL_CAPACITY = 1_000_000
+"""Runs one ``atoll serve`` holds at once: no bound of its own (each user's is
+``ATOLL_MAX_CONCURRENT_RUNS``, and ``ATOLL_MESSAGES_PER_MINUTE`` bounds the rate)."""
 
 
 @dataclass
@@ -219,9 +224,22 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         bus: RunEventBus = cluster.bus if cluster is not None else local_bus
         factory = engine_factory(settings, chat, EventRecorder(event_log, bus), llm, cluster)
         run_store = RunStore(db)
+        consumer = (
+            RunConsumer(
+                store=run_store,
+                factory=factory,
+                bus=local_bus,
+                consumer_id=node_id,
+                capacity=LOCAL_CAPACITY,
+                turns=ThreadTurns(run_store),
+            )
+            if cluster is None
+            else None
+        )
         runs = RunService(
             chat=chat,
             store=run_store,
+            consumer=consumer,
             factory=factory,
             audit=audit,
             message_limiter=cluster.message_limiter

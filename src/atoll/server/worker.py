@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -34,12 +33,9 @@ from atoll.aio import run_every, settle_task
 from atoll.bus.queue import CANCEL_CHANNEL, QueuedRun
 from atoll.bus.redis import jittered
 from atoll.config import Settings
-from atoll.runtime.context import UserExecutionContext
-from atoll.runtime.endings import Ending
 from atoll.runtime.factory import ExecutionEngineFactory
-from atoll.runtime.ids import new_id
 from atoll.server.cluster import REDIS_ERRORS, Cluster
-from atoll.server.execution import end_outside, execute_run
+from atoll.server.consumer import RunConsumer, ThreadTurns
 from atoll.server.metrics import WorkerMetrics
 from atoll.server.sweeper import Sweeper
 from atoll.store.models import Run
@@ -47,20 +43,8 @@ from atoll.store.runs import RunStore
 
 logger = logging.getLogger(__name__)
 
-THREAD_POLL = 0.1
-"""Seconds between checks whether a thread's earlier run has ended."""
 TAKE_BLOCK_MS = 1000
 """How long one read of the queue blocks (the consume loop checks for SIGTERM between reads)."""
-
-
-@dataclass
-class LocalRun:
-    """A queue entry this worker is handling."""
-
-    entry: QueuedRun
-    task: asyncio.Task[None]
-    began: bool = False
-    """Whether its engine exists (it can no longer be handed back)."""
 
 
 class Worker:
@@ -83,13 +67,27 @@ class Worker:
         self._sweeper = sweeper
         self.worker_id = worker_id
         self.capacity = settings.worker_concurrency
-        self._runs: dict[str, LocalRun] = {}
-        self._cancel_requests: dict[str, str] = {}
-        self._room = asyncio.Event()
+        self.consumer = RunConsumer(
+            source=cluster.queue,
+            store=store,
+            factory=factory,
+            bus=cluster.bus,
+            consumer_id=worker_id,
+            capacity=settings.worker_concurrency,
+            turns=ThreadTurns(store),
+            before_engine=self._take_slot if settings.run_overflow == "wait" else None,
+            release=self._release_entry,
+        )
+        self._runs = self.consumer.runs
         self._stopping = False
         self._last_beat = time.monotonic()
         self.beat_interval = min(1.0, settings.heartbeat_timeout / 3)
-        self.executed = 0
+        self._take_backoff = 0.2
+
+    @property
+    def executed(self) -> int:
+        """Runs this worker executed."""
+        return self.consumer.executed
 
     # -- the loops ---------------------------------------------------------------
 
@@ -110,7 +108,7 @@ class Worker:
             await stop.wait()
         finally:
             self._stopping = True
-            self._room.set()
+            self.consumer.stop()
             await settle_task(consumer, TAKE_BLOCK_MS / 1000 + 2)
             await self._shutdown()
             done.set()
@@ -123,24 +121,14 @@ class Worker:
                     await self._cluster.queue.forget_consumer(self.worker_id)
 
     async def _consume(self) -> None:
-        backoff = 0.2
-        while not self._stopping:
-            free = self.capacity - len(self._runs)
-            if free <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            try:
-                entries = await self._cluster.queue.take(self.worker_id, free, TAKE_BLOCK_MS)
-                backoff = 0.2
-            except REDIS_ERRORS as exc:
-                self._cluster.failed(exc)
-                await asyncio.sleep(jittered(backoff))
-                backoff = min(backoff * 2, 5.0)
-                continue
-            for entry in entries:
-                task = asyncio.create_task(self._handle(entry), name=f"run {entry.run_id}")
-                self._runs[entry.run_id] = LocalRun(entry, task)
+        await self.consumer.consume(block_ms=TAKE_BLOCK_MS, on_error=self._take_failed)
+
+    async def _take_failed(self, exc: Exception) -> None:
+        if not isinstance(exc, REDIS_ERRORS):
+            raise exc
+        self._cluster.failed(exc)
+        await asyncio.sleep(jittered(self._take_backoff))
+        self._take_backoff = min(self._take_backoff * 2, 5.0)
 
     async def _beat(self) -> None:
         info = orjson.dumps({"runs": len(self._runs), "capacity": self.capacity}).decode()
@@ -157,6 +145,7 @@ class Worker:
                 )
             return
         self._last_beat = time.monotonic()
+        self._take_backoff = 0.2  # Redis answers: a failed take starts backing off afresh
         for run_id, reason in requested.items():
             self._cancel(run_id, reason)
 
@@ -226,90 +215,20 @@ class Worker:
     # -- one run -------------------------------------------------------------------
 
     def _cancel(self, run_id: str, reason: str) -> None:
-        local = self._runs.get(run_id)
-        if local is None:
-            return
-        if self._factory.cancel(run_id, user_id=local.entry.user_id, reason=reason):
-            return
-        self._cancel_requests.setdefault(run_id, reason)
-        if not local.began:  # still waiting for its thread or a slot: stop waiting
-            local.task.cancel()
+        self.consumer.cancel(run_id, reason)
 
-    async def _handle(self, entry: QueuedRun) -> None:
-        try:
-            await self._execute(entry)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("run %s could not be executed", entry.run_id)
-        finally:
-            self._runs.pop(entry.run_id, None)
-            self._cancel_requests.pop(entry.run_id, None)
-            self._room.set()
-            if entry.run_id in self._cluster.slots.held:  # taken, but the run never began
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await self._cluster.slots.release(entry.user_id, entry.run_id)
+    async def _take_slot(self, run: Run) -> None:
+        """Take the user's slot under the run's id before the engine exists, so that the
+        engine's own acquire succeeds at once; until then the run can be handed back or
+        cancelled without any event."""
+        await self._cluster.slots.acquire(run.user_id, run.id)
+
+    async def _release_entry(self, entry: QueuedRun) -> None:
+        if entry.run_id in self._cluster.slots.held:  # taken, but the run never began
             with contextlib.suppress(*REDIS_ERRORS):
-                await self._cluster.queue.ack(entry.entry_id)  # else the sweeper acks it
-
-    async def _execute(self, entry: QueuedRun) -> None:
-        claim = await self._store.claim(entry.run_id, self.worker_id)
-        if claim is None:
-            return  # cancelled while queued, or a duplicate entry
-        run, message = claim.run, claim.message
-        history = claim.history
-        try:
-            if claim.waits:
-                await self._wait_for_thread(run)
-                history = await self._store.history(run.thread_id, before_pk=message.pk)
-            if self._settings.run_overflow == "wait":
-                # Taking the user's slot here, under the run's id, lets the engine's own
-                # acquire succeed at once; until then the run can be handed back or
-                # cancelled without any event.
-                await self._cluster.slots.acquire(run.user_id, run.id)
-        except asyncio.CancelledError:
-            reason = self._cancel_requests.get(run.id)
-            if reason is None or self._stopping:
-                raise  # shutting down: handed back by _shutdown
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            await self._end_waiting(run.id, reason)
-            return
-        context = UserExecutionContext(
-            user_id=run.user_id,
-            thread_id=run.thread_id,
-            run_id=run.id,
-            request_id=new_id("req"),
-            plan=claim.plan,
-            roles=claim.roles,
-        )
-        local = self._runs.get(entry.run_id)
-        if local is not None:
-            local.began = True
-        await execute_run(
-            self._factory,
-            self._store,
-            context,
-            agent=run.agent,
-            message=message,
-            history=history,
-            cancel_reason=lambda: self._cancel_requests.pop(run.id, None),
-            worker_id=self.worker_id,
-        )
-        self.executed += 1
-
-    async def _wait_for_thread(self, run: Run) -> None:
-        """Wait until the thread's earlier runs have ended (their answers come first)."""
-        while True:
-            if not await self._store.earlier_alive(run):
-                return
-            await asyncio.sleep(THREAD_POLL)
-
-    async def _end_waiting(self, run_id: str, reason: str) -> None:
-        """End a run cancelled while it waited (it has no event yet)."""
-        ending = Ending.cancelled(reason)
-        await end_outside(self._store, self._cluster.bus, run_id, ending, held_by=self.worker_id)
+                await self._cluster.slots.release(entry.user_id, entry.run_id)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._cluster.queue.ack(entry.entry_id)  # else the sweeper acks it
 
     # -- stopping ------------------------------------------------------------------
 

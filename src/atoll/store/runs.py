@@ -202,6 +202,21 @@ class RunStore:
 
         return await self.db.write(claim)
 
+    async def take(self, run_id: str, worker_id: str) -> bool:
+        """``claim`` without its reads, for a consumer that has the message already."""
+        statement = (
+            update(Run)
+            .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value)
+            .values(
+                state=ExecutionState.STARTING.value,
+                worker_id=worker_id,
+                attempts=Run.attempts + 1,
+            )
+        )
+        return await self.db.write(
+            lambda session: bool(_rowcount(session.connection().execute(statement)))
+        )
+
     async def start(self, run_id: str, worker_id: str, started_at: datetime) -> None:
         """Record that a worker's run has begun (STARTING -> RUNNING, with its start time)."""
         statement = (

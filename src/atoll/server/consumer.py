@@ -1,0 +1,281 @@
+"""Executing queued runs: the one execution strategy of every process that runs agents.
+
+A run is stored PENDING and put on a queue. A consumer takes the entry, claims
+the run in the database (PENDING -> STARTING; conditional, so a duplicate entry
+or a run cancelled while queued is skipped), waits for the thread's earlier runs
+(``ThreadTurns``), executes it with a fresh engine and records how it ended.
+``atoll serve`` on its own is its own queue: ``put`` hands a stored run straight
+to its consumer (a run is never waiting in memory, so nothing is lost on a
+stop); scaled out, every ``atoll worker`` takes from the Redis queue
+(``atoll.bus.queue.RunQueue``). Both then run this same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from atoll.bus.queue import QueuedRun
+from atoll.runtime.context import UserExecutionContext
+from atoll.runtime.endings import Ending
+from atoll.runtime.events import RunEventBus
+from atoll.runtime.factory import ExecutionEngineFactory
+from atoll.runtime.ids import new_id
+from atoll.server.execution import end_outside, execute_run
+from atoll.store.models import Run
+from atoll.store.runs import Claim, RunStore
+
+logger = logging.getLogger(__name__)
+
+THREAD_POLL = 0.1
+"""Seconds between checks of the database for a thread's earlier run executing elsewhere."""
+
+
+class RunSource(Protocol):
+    """Where a consumer takes runs from: the in-process queue or the Redis one."""
+
+    async def take(self, consumer: str, count: int, block_ms: int) -> list[QueuedRun]:
+        """Up to ``count`` entries, waiting up to ``block_ms`` for the first."""
+
+    async def ack(self, *entry_ids: str) -> None:
+        """The entries are handled."""
+
+
+class ThreadTurns:
+    """Waits until a thread's earlier runs have ended: their answers come first.
+
+    The database says whether an earlier run is alive; a run that ends in this
+    process wakes the waiters at once, one that ends elsewhere is seen within
+    ``THREAD_POLL`` seconds.
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+        self._changed = asyncio.Event()
+
+    def ended(self) -> None:
+        """A run ended here: waiting runs look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, run: Run) -> None:
+        """Return once no run of ``run``'s thread created before it is alive."""
+        while await self._store.earlier_alive(run):
+            changed = self._changed
+            try:
+                async with asyncio.timeout(THREAD_POLL):
+                    await changed.wait()
+            except TimeoutError:
+                pass
+
+
+@dataclass
+class LocalRun:
+    """A queue entry this consumer is handling."""
+
+    entry: QueuedRun
+    task: asyncio.Task[None]
+    started: bool = False
+    """Whether its task runs (a task cancelled before it starts skips its ``finally``)."""
+    began: bool = False
+    """Whether its engine exists (it can no longer be handed back)."""
+
+
+BeforeEngine = Callable[[Run], Awaitable[None]]
+"""Called after the thread's turn and before the engine (a worker takes the user's slot)."""
+
+
+class RunConsumer:
+    """Takes runs from a ``RunSource`` and executes them, up to ``capacity`` at once."""
+
+    def __init__(
+        self,
+        *,
+        source: RunSource | None = None,
+        store: RunStore,
+        factory: ExecutionEngineFactory,
+        bus: RunEventBus,
+        consumer_id: str,
+        capacity: int,
+        turns: ThreadTurns,
+        before_engine: BeforeEngine | None = None,
+        release: Callable[[QueuedRun], Awaitable[None]] | None = None,
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._factory = factory
+        self._bus = bus
+        self.consumer_id = consumer_id
+        self.capacity = capacity
+        self.turns = turns
+        self._prepared_runs: dict[str, Claim] = {}
+        self._ids = itertools.count(1)
+        self._before_engine = before_engine
+        self._release = release
+        self.runs: dict[str, LocalRun] = {}
+        self._cancel_requests: dict[str, str] = {}
+        self._room = asyncio.Event()
+        self.stopping = False
+        self.executed = 0
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def consume(
+        self, *, block_ms: int, on_error: Callable[[Exception], Awaitable[None]]
+    ) -> None:
+        """Take and start entries until ``stop()``; ``on_error`` handles a failed take."""
+        if self._source is None:
+            raise RuntimeError("this consumer has no queue to take from (runs are put)")
+        while not self.stopping:
+            free = self.capacity - len(self.runs)
+            if free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                entries = await self._source.take(self.consumer_id, free, block_ms)
+            except Exception as exc:
+                await on_error(exc)
+                continue
+            for entry in entries:
+                self.start(entry)
+
+    def start(self, entry: QueuedRun) -> None:
+        """Handle ``entry`` in a task of its own."""
+        task = asyncio.create_task(self._handle(entry), name=f"run {entry.run_id}")
+        self.runs[entry.run_id] = LocalRun(entry, task)
+
+    def put(self, run_id: str, user_id: str, *, prepared: Claim | None = None) -> None:
+        """The in-process queue: handle a stored run now, with what ``submit`` already read
+        (``prepared``: the claim is then a bare conditional UPDATE). A run put twice (a
+        resend, the stall sweep) is claimed once."""
+        if run_id in self.runs:
+            return
+        if prepared is not None:
+            self._prepared_runs[run_id] = prepared
+        self.start(QueuedRun(f"local-{next(self._ids)}", run_id, user_id))
+
+    def tasks(self, run_ids: list[str] | None = None) -> list[asyncio.Task[None]]:
+        """The tasks of the runs held (of ``run_ids`` only, if given)."""
+        if run_ids is None:
+            return [local.task for local in self.runs.values()]
+        return [self.runs[r].task for r in run_ids if r in self.runs]
+
+    def cancel_waiting(self, reason: str) -> None:
+        """Cancel every run held that has not begun (each ends with ``agent_cancelled``)."""
+        for run_id, local in list(self.runs.items()):
+            if not local.began:
+                self.cancel(run_id, reason)
+
+    def stop(self) -> None:
+        """Take no more entries (the runs taken go on)."""
+        self.stopping = True
+        self._room.set()
+
+    def known(self) -> set[str]:
+        """The runs this consumer holds right now."""
+        return set(self.runs)
+
+    # -- cancelling ------------------------------------------------------------------
+
+    def cancel(self, run_id: str, reason: str, *, user_id: str | None = None) -> bool:
+        """Cancel a run this consumer holds (executing, or waiting to); False if it holds none
+        (or, with ``user_id``, none of that user's)."""
+        local = self.runs.get(run_id)
+        if local is None or (user_id is not None and local.entry.user_id != user_id):
+            return False
+        if self._factory.cancel(run_id, user_id=local.entry.user_id, reason=reason):
+            return True
+        self._cancel_requests.setdefault(run_id, reason)
+        if local.started and not local.began:  # waiting for its claim, thread or slot
+            local.task.cancel()
+        return True  # not started yet: it sees the request once it has claimed the run
+
+    # -- one run -------------------------------------------------------------------------
+
+    async def _handle(self, entry: QueuedRun) -> None:
+        local = self.runs.get(entry.run_id)
+        if local is not None:
+            local.started = True
+        try:
+            await self._execute(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("run %s could not be executed", entry.run_id)
+        finally:
+            self.runs.pop(entry.run_id, None)
+            self._prepared_runs.pop(entry.run_id, None)
+            self._cancel_requests.pop(entry.run_id, None)
+            self._room.set()
+            self.turns.ended()
+            if self._release is not None:
+                await self._release(entry)
+
+    async def _claim(self, entry: QueuedRun) -> Claim | None:
+        prepared = self._prepared_runs.pop(entry.run_id, None)
+        if prepared is not None:
+            taken = await self._store.take(entry.run_id, self.consumer_id)
+            return prepared if taken else None
+        return await self._store.claim(entry.run_id, self.consumer_id)
+
+    async def _execute(self, entry: QueuedRun) -> None:
+        # The claim is shielded: a cancel that arrives while it is being written must
+        # still learn whether it took the run (then the run is ended, not left STARTING).
+        claiming = asyncio.ensure_future(self._claim(entry))
+        claim: Claim | None = None
+        try:
+            claim = await asyncio.shield(claiming)
+            if claim is None:
+                return  # cancelled while queued, or a duplicate entry
+            reason = self._cancel_requests.get(entry.run_id)
+            if reason is not None:  # cancelled before its task started
+                await self._end_waiting(entry.run_id, reason)
+                return
+            run, message, history = claim.run, claim.message, claim.history
+            if claim.waits:
+                await self.turns.wait(run)
+                history = await self._store.history(run.thread_id, before_pk=message.pk)
+            if self._before_engine is not None:
+                await self._before_engine(run)
+        except asyncio.CancelledError:
+            reason = self._cancel_requests.get(entry.run_id)
+            if reason is None or self.stopping:
+                raise  # shutting down: the owner hands it back
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            if await claiming is not None:
+                await self._end_waiting(entry.run_id, reason)
+            return
+        context = UserExecutionContext(
+            user_id=run.user_id,
+            thread_id=run.thread_id,
+            run_id=run.id,
+            request_id=new_id("req"),
+            plan=claim.plan,
+            roles=claim.roles,
+        )
+        local = self.runs.get(entry.run_id)
+        if local is not None:
+            local.began = True
+        await execute_run(
+            self._factory,
+            self._store,
+            context,
+            agent=run.agent,
+            message=message,
+            history=history,
+            cancel_reason=lambda: self._cancel_requests.pop(run.id, None),
+            worker_id=self.consumer_id,
+        )
+        self.executed += 1
+
+    async def _end_waiting(self, run_id: str, reason: str) -> None:
+        """End a run cancelled while it waited (it has no event yet)."""
+        ending = Ending.cancelled(reason)
+        await end_outside(self._store, self._bus, run_id, ending, held_by=self.consumer_id)
