@@ -79,8 +79,9 @@ class LocalRun:
 
     entry: QueuedRun
     task: asyncio.Task[None]
-    started: bool = False
-    """Whether its task runs (a task cancelled before it starts skips its ``finally``)."""
+    claimed: bool = False
+    """Whether its claim is done (before, a cancel is only recorded: the claim finishes,
+    then the request is seen; cancelling mid-claim could leave the run STARTING)."""
     began: bool = False
     """Whether its engine exists (it can no longer be handed back)."""
 
@@ -191,16 +192,13 @@ class RunConsumer:
         if self._factory.cancel(run_id, user_id=local.entry.user_id, reason=reason):
             return True
         self._cancel_requests.setdefault(run_id, reason)
-        if local.started and not local.began:  # waiting for its claim, thread or slot
+        if local.claimed and not local.began:  # waiting for its thread or a slot: stop waiting
             local.task.cancel()
-        return True  # not started yet: it sees the request once it has claimed the run
+        return True  # not claimed yet: the request is seen once the claim is done
 
     # -- one run -------------------------------------------------------------------------
 
     async def _handle(self, entry: QueuedRun) -> None:
-        local = self.runs.get(entry.run_id)
-        if local is not None:
-            local.started = True
         try:
             await self._execute(entry)
         except asyncio.CancelledError:
@@ -224,19 +222,18 @@ class RunConsumer:
         return await self._store.claim(entry.run_id, self.consumer_id)
 
     async def _execute(self, entry: QueuedRun) -> None:
-        # The claim is shielded: a cancel that arrives while it is being written must
-        # still learn whether it took the run (then the run is ended, not left STARTING).
-        claiming = asyncio.ensure_future(self._claim(entry))
-        claim: Claim | None = None
+        claim = await self._claim(entry)
+        if claim is None:
+            return  # cancelled while queued, or a duplicate entry
+        local = self.runs.get(entry.run_id)
+        if local is not None:
+            local.claimed = True
+        reason = self._cancel_requests.get(entry.run_id)
+        if reason is not None:  # cancelled while it was being claimed
+            await self._end_waiting(entry.run_id, reason)
+            return
+        run, message, history = claim.run, claim.message, claim.history
         try:
-            claim = await asyncio.shield(claiming)
-            if claim is None:
-                return  # cancelled while queued, or a duplicate entry
-            reason = self._cancel_requests.get(entry.run_id)
-            if reason is not None:  # cancelled before its task started
-                await self._end_waiting(entry.run_id, reason)
-                return
-            run, message, history = claim.run, claim.message, claim.history
             if claim.waits:
                 await self.turns.wait(run)
                 history = await self._store.history(run.thread_id, before_pk=message.pk)
@@ -249,8 +246,7 @@ class RunConsumer:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            if await claiming is not None:
-                await self._end_waiting(entry.run_id, reason)
+            await self._end_waiting(entry.run_id, reason)
             return
         context = UserExecutionContext(
             user_id=run.user_id,
