@@ -244,7 +244,9 @@ class Worker:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self._cluster.queue.put(run_id, local.entry.user_id)
                     logger.info("run %s handed back to the queue", run_id)
-        running = [local.task for local in self._runs.values()]
+        # The grace is for the runs that began; the others were handed back (a task whose
+        # cancel waits on a Redis call to return may still be listed: it is not counted).
+        running = [local.task for local in self._runs.values() if local.began]
         if running and self._settings.shutdown_grace > 0:
             logger.info(
                 "waiting up to %gs for %d run(s)", self._settings.shutdown_grace, len(running)
