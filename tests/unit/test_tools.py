@@ -297,7 +297,8 @@ def test_calculator_evaluates(expression: str, value: float) -> None:
      ("1/0", "division by zero"), ("9**9**9", "exponent"), ("2**9999 * 2**9999 * 2**9999",
      "too large"), ("abc", "unsupported"), ("", "empty"), ("1 +", "not an arithmetic"),
      ("True + 1", "unsupported"), ("'a' * 3", "unsupported"), ("1" * 600, "longer than"),
-     ("(lambda: 1)()", "unsupported"), ("sqrt(-1)", "sqrt")],
+     ("(lambda: 1)()", "unsupported"), ("sqrt(-1)", "sqrt"),
+     ("(-8)**0.5", "not a real number"), ("(-8)**0.5 * 0", "not a real number")],
 )  # fmt: skip
 def test_calculator_refuses(expression: str, message: str) -> None:
     with pytest.raises(ToolError, match=message):

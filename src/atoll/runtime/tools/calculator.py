@@ -135,7 +135,10 @@ def evaluate(expression: str) -> Number:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         raise ToolError(f"not an arithmetic expression: {expression!r}") from None
-    return _evaluate(tree)
+    value = _evaluate(tree)
+    if isinstance(value, complex):  # (-8)**0.5: Python answers with a complex number
+        raise ToolError("the result is not a real number")
+    return value
 
 
 @tool(name="calculator", timeout=5.0)
