@@ -336,3 +336,16 @@ def test_severity_override_and_cache(project: Path, capsys: pytest.CaptureFixtur
     assert [f.to_dict() for f in warm.findings] == [f.to_dict() for f in cold.findings]
     assert not any(f.rule == "SSOT004" for f in cold.findings)
     assert {f.severity for f in cold.findings if f.rule == "SSOT001"} == {"warning"}
+
+
+def test_a_module_level_instance_of_a_class_of_the_same_file_is_shared_state(
+    tmp_path: Path,
+) -> None:
+    """Issue 15's three-line reproduction: ``class A`` then ``a = A()`` in one file. The
+    call used to resolve to a bare ``A``, which no rule knew as a project class."""
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    package = tmp_path / "src" / "legacy"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "registry.py").write_text("class A:\n    pass\n\n\na = A()\n")
+    assert found(tmp_path) == {("SSOT004", "registry.py", "a")}

@@ -329,6 +329,9 @@ class _Collector(ast.NodeVisitor):
             self.facts.definitions.append(
                 Definition(node.name, kind, node.lineno, node.col_offset + 1, sorted(members))
             )
+            # A module-level ``A()`` after ``class A`` names this module's A (it used to
+            # resolve to a bare "A", which no rule recognised as a project class).
+            self.aliases.setdefault(node.name, f"{self.facts.module}.{node.name}")
         self._singleton(node)
         self.scope.append(node.name)
         self.generic_visit(node)
