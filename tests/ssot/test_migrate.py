@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -209,3 +211,30 @@ def test_audit_tests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     (tests / "test_other.py").unlink()
     assert main(["audit-tests", "--root", str(tmp_path), "tests"]) == 0
     assert "1 test file(s); 1 collected; 2 test(s)" in capsys.readouterr().out
+
+
+def test_the_dry_run_is_a_patch_git_applies_even_without_final_newlines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: a file without a trailing newline made the printed diff an invalid patch
+    (``git apply --check`` failed). The patch must apply, and give what migrate writes."""
+    (tmp_path / "dry").mkdir()
+    root = build(tmp_path / "dry")
+    orders = root / "src/shop/orders.py"
+    # No newline at the end, and a form feed inside a line (git does not split there).
+    orders.write_text(orders.read_text().rstrip("\n") + "  # \x0c kept")
+    written = tmp_path / "real"
+    shutil.copytree(root, written)
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "before"], cwd=root, check=True)
+    assert main(["migrate", "--root", str(root), "--dry-run"]) == 0
+    diff = capsys.readouterr().out
+    assert "\\ No newline at end of file" in diff
+    (tmp_path / "migration.patch").write_text(diff)
+    check = subprocess.run([*git, "apply", "--check", str(tmp_path / "migration.patch")], cwd=root)
+    assert check.returncode == 0
+    subprocess.run([*git, "apply", str(tmp_path / "migration.patch")], cwd=root, check=True)
+    assert main(["migrate", "--root", str(written), "--validate", "syntax"]) == 0
+    assert (written / "src/shop/orders.py").read_bytes() == orders.read_bytes()

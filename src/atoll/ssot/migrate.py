@@ -140,16 +140,7 @@ def migrate(
             planned.append((path, original, new_source.encode("utf-8"), list(changes)))
     for path, original, updated, _ in planned:
         relative = path.relative_to(config.root).as_posix()
-        report.diffs.append(
-            "".join(
-                difflib.unified_diff(
-                    original.decode().splitlines(keepends=True),
-                    updated.decode().splitlines(keepends=True),
-                    fromfile=f"a/{relative}",
-                    tofile=f"b/{relative}",
-                )
-            )
-        )
+        report.diffs.append(patch(original.decode(), updated.decode(), relative))
     if dry_run or not planned:
         return report
     checkpoint_id = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
@@ -269,3 +260,28 @@ def rollback(config: SsotConfig, checkpoint: str | None, *, force: bool = False)
         else:
             report.unverified.append(entry["path"])
     return report
+
+
+def patch(original: str, updated: str, relative: str) -> str:
+    """A unified diff of one file that ``git apply`` and ``patch`` accept.
+
+    ``difflib`` leaves the last line of a file without a trailing newline
+    unterminated, which runs it into the next line of the patch; like ``diff``,
+    such a line is ended and followed by ``\\ No newline at end of file``.
+    """
+    lines = difflib.unified_diff(
+        _lines(original),
+        _lines(updated),
+        fromfile=f"a/{relative}",
+        tofile=f"b/{relative}",
+    )
+    return "".join(
+        line if line.endswith("\n") else f"{line}\n\\ No newline at end of file\n" for line in lines
+    )
+
+
+def _lines(text: str) -> list[str]:
+    """``text`` split after each ``\\n`` only (``str.splitlines`` also splits on form
+    feeds and other separators that git keeps inside a line)."""
+    parts = text.split("\n")
+    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
