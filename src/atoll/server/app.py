@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 from atoll import __version__
 from atoll.config import Settings
@@ -21,6 +23,17 @@ from atoll.server.websocket import websocket_endpoint
 
 API = "/api/v1"
 WEB = Path(__file__).resolve().parent / "web"
+
+
+class RevalidatedStaticFiles(StaticFiles):
+    """The page's static files, revalidated on every use (``no-cache`` with the ETag and
+    Last-Modified Starlette sends: a 304 when unchanged), so a new release is never mixed
+    with a cached older script."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.setdefault("Cache-Control", "no-cache")
+        return response
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -53,11 +66,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router, prefix=API, dependencies=once)
     app.include_router(ops.router)
     app.add_api_websocket_route(f"{API}/ws", websocket_endpoint)
-    app.mount("/static", StaticFiles(directory=WEB), name="static")
+    app.mount("/static", RevalidatedStaticFiles(directory=WEB), name="static")
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         """The chat page."""
         return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        """The icon, for clients that ask for it without reading the page's link."""
+        return FileResponse(
+            WEB / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "no-cache"}
+        )
 
     return app
