@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, bindparam, func, insert, select, update
+from sqlalchemy import JSON, Update, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -177,17 +177,7 @@ class RunStore:
         """Take a queued run for ``worker_id`` (PENDING -> STARTING); None if not queued."""
 
         def claim(session: Session) -> Claim | None:
-            claimed = (
-                update(Run)
-                .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value)
-                .values(
-                    state=ExecutionState.STARTING.value,
-                    worker_id=worker_id,
-                    attempts=Run.attempts + 1,
-                )
-                .returning(Run)
-            )
-            run = session.execute(claimed).scalar()
+            run = session.execute(_claiming(run_id, worker_id).returning(Run)).scalar()
             if run is None:
                 return None
             earlier = alive_runs_query(run.thread_id).where(Run.pk < run.pk).exists()
@@ -204,15 +194,7 @@ class RunStore:
 
     async def take(self, run_id: str, worker_id: str) -> bool:
         """``claim`` without its reads, for a consumer that has the message already."""
-        statement = (
-            update(Run)
-            .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value)
-            .values(
-                state=ExecutionState.STARTING.value,
-                worker_id=worker_id,
-                attempts=Run.attempts + 1,
-            )
-        )
+        statement = _claiming(run_id, worker_id)
         return await self.db.write(
             lambda session: bool(_rowcount(session.connection().execute(statement)))
         )
@@ -410,6 +392,15 @@ class RunStore:
         """Run ``run_id`` whoever owns it (for the cluster's own bookkeeping, never a request)."""
         async with self.db.session() as session:
             return (await session.execute(select(Run).where(Run.id == run_id))).scalar()
+
+
+def _claiming(run_id: str, worker_id: str) -> Update:
+    """The conditional UPDATE of a claim: PENDING -> STARTING for ``worker_id``."""
+    return (
+        update(Run)
+        .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value)
+        .values(state=ExecutionState.STARTING.value, worker_id=worker_id, attempts=Run.attempts + 1)
+    )
 
 
 def _rowcount(result: object) -> int:

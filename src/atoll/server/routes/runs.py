@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request
@@ -84,29 +85,23 @@ async def submit_and_answer(
     stream stores nothing and no event of the run can be missed.
     """
     check_message_length(services, body.message)
+    submit = partial(
+        services.runs.submit,
+        principal,
+        content=body.message,
+        thread_id=thread_id,
+        agent=body.agent,
+        multitask=body.multitask,
+        metadata=body.metadata,
+    )
     if not accepts_event_stream(request.headers.get("accept")):
-        submitted = await services.runs.submit(
-            principal,
-            content=body.message,
-            thread_id=thread_id,
-            agent=body.agent,
-            multitask=body.multitask,
-            metadata=body.metadata,
-        )
-        return accepted(submitted)
+        return accepted(await submit())
     user_id = principal.user_id
     services.streams.acquire(user_id)
     try:
         subscription = await services.subscribe(user_id)
         try:
-            submitted = await services.runs.submit(
-                principal,
-                content=body.message,
-                thread_id=thread_id,
-                agent=body.agent,
-                multitask=body.multitask,
-                metadata=body.metadata,
-            )
+            submitted = await submit()
         except BaseException:
             await subscription.aclose()
             raise
