@@ -155,3 +155,21 @@ async def test_a_logout_on_one_node_is_refused_at_once_by_the_other(
             await asyncio.sleep(0.1)
         assert refused is not None
         assert (refused.status, refused.code) == (401, "session_revoked")
+
+
+async def test_a_rename_on_one_node_reaches_the_user_s_socket_on_the_other(
+    servers: tuple[str, str], tmp_path: Path
+) -> None:
+    """Thread notices go through the user's Redis stream like run events do."""
+    async with two_nodes(servers, tmp_path) as (on_a, on_b):
+        await on_a.register("tabs@example.com", PASSWORD)
+        on_b.access_token = on_a.access_token
+        thread = await on_a.request("POST", "/threads", json={"title": "before"})
+        async with on_b.connect() as socket:
+            await socket.ping()  # subscribed on B from here on
+            await on_a.request("PATCH", f"/threads/{thread['id']}", json={"title": "after"})
+            async with asyncio.timeout(10):
+                frame = await socket.receive()
+                while frame["type"] != "thread_updated":
+                    frame = await socket.receive()
+        assert frame["thread"] == {**frame["thread"], "id": thread["id"], "title": "after"}

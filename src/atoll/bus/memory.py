@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from atoll.runtime.events import RunEvent
 
@@ -21,6 +22,17 @@ class Resync:
 
     Whoever follows runs re-reads the log from the last ``seq`` it has.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A change to one user's threads or messages (``thread_created``, ``thread_updated``,
+    ``thread_deleted``, ``message_created``), pushed to that user's sockets so their other
+    tabs follow. Best effort and not logged: a client that reconnects re-reads what it shows.
+    """
+
+    user_id: str
+    frame: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,36 +87,36 @@ class MemorySubscription:
     def __init__(self, bus: InMemoryEventBus, user_id: str, max_queue: int) -> None:
         self._bus = bus
         self.user_id = user_id
-        self._queue: asyncio.Queue[RunEvent | Resync | Closing] = asyncio.Queue(max_queue)
+        self._queue: asyncio.Queue[RunEvent | Notice | Resync | Closing] = asyncio.Queue(max_queue)
         self.overflowed = False
         self.closed = False
 
-    def offer(self, event: RunEvent | Resync | Closing) -> None:
+    def offer(self, event: RunEvent | Notice | Resync | Closing) -> None:
         """Queue ``event``, or mark the subscription overflowed when it is full."""
-        if isinstance(event, RunEvent) and event.user_id != self.user_id:
+        if isinstance(event, RunEvent | Notice) and event.user_id != self.user_id:
             return
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed = True
 
-    async def get(self) -> RunEvent | Resync | Closing:
+    async def get(self) -> RunEvent | Notice | Resync | Closing:
         """The next event (or ``Resync``); ``SubscriptionOverflowError`` if events were dropped."""
         if self.overflowed:
             raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
         event = await self._queue.get()
         return event
 
-    def drain(self) -> list[RunEvent | Resync | Closing]:
+    def drain(self) -> list[RunEvent | Notice | Resync | Closing]:
         """Every event queued right now, without waiting."""
         if self.overflowed:
             raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
-        events: list[RunEvent | Resync | Closing] = []
+        events: list[RunEvent | Notice | Resync | Closing] = []
         while not self._queue.empty():
             events.append(self._queue.get_nowait())
         return events
 
-    async def __aiter__(self) -> AsyncIterator[RunEvent | Resync | Closing]:
+    async def __aiter__(self) -> AsyncIterator[RunEvent | Notice | Resync | Closing]:
         while not self.closed:
             yield await self.get()
 
@@ -125,6 +137,11 @@ class InMemoryEventBus:
         """Deliver ``event`` to every subscription of ``event.user_id`` (none else)."""
         for subscription in self._subscribers.get(event.user_id, ()):
             subscription.offer(event)
+
+    def notify(self, notice: Notice) -> None:
+        """Deliver ``notice`` to every subscription of ``notice.user_id`` (none else)."""
+        for subscription in self._subscribers.get(notice.user_id, ()):
+            subscription.offer(notice)
 
     def resync(self) -> None:
         """Tell every subscription that events may have been missed."""

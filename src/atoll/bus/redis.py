@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from atoll.aio import settle_task
-from atoll.bus.memory import InMemoryEventBus, MemorySubscription
+from atoll.bus.memory import InMemoryEventBus, MemorySubscription, Notice
 from atoll.ratelimit import Reservation
 from atoll.runtime.events import RunEvent
 from atoll.runtime.limits import run_limit_error
@@ -81,6 +82,15 @@ class RedisEventBus:
                           approximate=True)  # fmt: skip
             for key in {user_stream(event.user_id) for event in events}:
                 pipe.pexpire(key, self.retention_ms)
+            await pipe.execute()
+
+    async def notify(self, notice: Notice) -> None:
+        """Append ``notice`` to its user's stream (field ``n``: the frame as JSON)."""
+        key = user_stream(notice.user_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"n": orjson.dumps(notice.frame)}, minid=_minid(self.retention_ms),
+                      approximate=True)  # fmt: skip
+            pipe.pexpire(key, self.retention_ms)
             await pipe.execute()
 
 
@@ -193,12 +203,25 @@ class RedisEventRelay:
                 continue
             for entry_id, fields in entries:
                 self._positions[user_id] = entry_id.decode()
+                if b"n" in fields:
+                    self._notice(user_id, fields[b"n"], entry_id)
+                    continue
                 try:
                     event = RunEvent.from_payload(fields[b"p"], user_id=user_id)
                 except (KeyError, ValueError):
                     logger.error("event relay: malformed entry %s in %s", entry_id, key)
                     continue
                 await self._local.publish(event)
+
+    def _notice(self, user_id: str, raw: bytes, entry_id: bytes) -> None:
+        try:
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            frame = None
+        if not isinstance(frame, dict):
+            logger.error("event relay: malformed notice %s of %s", entry_id, user_id)
+            return
+        self._local.notify(Notice(user_id, frame))
 
 
 _GCRA = """

@@ -33,6 +33,7 @@ from atoll.runtime.state import ExecutionState
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.consumer import RunConsumer
 from atoll.server.execution import end_outside
+from atoll.server.notices import UserNotices
 from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.models import Run, utcnow
@@ -64,10 +65,12 @@ class RunService:
         audit: AuditLog,
         message_limiter: RateLimiter,
         default_agent: str = DEFAULT_AGENT,
+        notices: UserNotices,
         cluster: Cluster | None = None,
         consumer: RunConsumer | None = None,
     ) -> None:
         self._chat = chat
+        self._notices = notices
         self._consumer = consumer
         self._store = store
         self._cluster = cluster
@@ -151,6 +154,8 @@ class RunService:
         else:
             self._stored.add(submitted.run.id)
             try:
+                # Before the run can emit: the user's other tabs get the question first.
+                await self._notices.message(submitted.message, submitted.thread)
                 if alive and multitask == "interrupt":
                     for previous in alive:
                         await self._cancel_anywhere(

@@ -13,7 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from atoll.auth.service import EMAIL_SHAPE
-from atoll.store.bounds import check_metadata, check_text
+from atoll.store.bounds import UnstorableError, check_metadata, check_text
+from atoll.store.models import Feedback, Message, Thread
 
 Multitask = Literal["reject", "enqueue", "interrupt"]
 EMAIL_PATTERN = rf"^[ \t]*{EMAIL_SHAPE}[ \t]*$"
@@ -110,6 +111,20 @@ class ThreadPage(BaseModel):
     next_cursor: str | None
 
 
+class FeedbackBody(Body):
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=2000)
+
+
+class FeedbackOut(BaseModel):
+    message_id: str
+    thread_id: str
+    rating: Literal["up", "down"]
+    comment: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
 class MessageOut(BaseModel):
     id: str
     thread_id: str
@@ -117,6 +132,7 @@ class MessageOut(BaseModel):
     content: str
     run_id: str | None
     created_at: datetime
+    feedback: FeedbackOut | None = None
 
 
 class MessagePage(BaseModel):
@@ -169,3 +185,61 @@ class ToolOut(BaseModel):
     name: str
     description: str
     parameters: dict[str, Any]
+
+
+class FeedbackPage(BaseModel):
+    items: list[FeedbackOut]
+    next_cursor: str | None
+
+
+class RunEventsOut(BaseModel):
+    runs: dict[str, list[dict[str, Any]]]
+    """run_id -> its logged events (envelopes), oldest first."""
+
+
+def thread_out(thread: Thread) -> ThreadOut:
+    """The public view of a thread.
+
+    Metadata stored before it was checked (by an older version) and that cannot be
+    sent back is left out and named, so the listing still works and the user can
+    find the thread and replace (PATCH) or delete it.
+    """
+    metadata = thread.meta or {}
+    problem = None
+    try:
+        check_metadata(metadata)
+    except UnstorableError as exc:
+        metadata, problem = {}, f"the stored metadata cannot be shown ({exc}); replace it"
+    return ThreadOut(
+        id=thread.id,
+        title=thread.title,
+        metadata=metadata,
+        metadata_error=problem,
+        created_at=thread.created_at,
+        updated_at=thread.updated_at,
+    )
+
+
+def message_out(message: Message, feedback: Feedback | None = None) -> MessageOut:
+    """The public view of a message (with the owner's feedback on it, if any)."""
+    return MessageOut(
+        id=message.id,
+        thread_id=message.thread_id,
+        role=message.role,
+        content=message.content,
+        run_id=message.run_id,
+        created_at=message.created_at,
+        feedback=feedback_out(feedback) if feedback is not None else None,
+    )
+
+
+def feedback_out(feedback: Feedback) -> FeedbackOut:
+    """The public view of feedback on an answer."""
+    return FeedbackOut(
+        message_id=feedback.message_id,
+        thread_id=feedback.thread_id,
+        rating=feedback.rating,  # stored from FeedbackBody only
+        comment=feedback.comment,
+        created_at=feedback.created_at,
+        updated_at=feedback.updated_at,
+    )

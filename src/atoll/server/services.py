@@ -36,6 +36,7 @@ from atoll.server.cluster import Cluster, connected_cluster, process_id
 from atoll.server.connections import ConnectionRegistry, StreamSlots
 from atoll.server.consumer import RunConsumer, ThreadTurns
 from atoll.server.metrics import Metrics
+from atoll.server.notices import UserNotices
 from atoll.server.runs import STALL_AFTER, RunService
 from atoll.server.sweeper import Sweeper
 from atoll.server.worker import Worker
@@ -69,6 +70,7 @@ class Services:
     connections: ConnectionRegistry
     metrics: Metrics
     streams: StreamSlots
+    notices: UserNotices
     cluster: Cluster | None = None
     relay: RedisEventRelay | None = None
     accepting: bool = True
@@ -236,8 +238,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             if cluster is None
             else None
         )
+        notices = UserNotices(local_bus, cluster.bus if cluster is not None else None)
         runs = RunService(
             chat=chat,
+            notices=notices,
             store=run_store,
             consumer=consumer,
             factory=factory,
@@ -284,6 +288,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             connections=ConnectionRegistry(settings.max_ws_connections, metrics),
             metrics=metrics,
             streams=StreamSlots(settings.max_sse_streams),
+            notices=notices,
             cluster=cluster,
             relay=relay,
         )

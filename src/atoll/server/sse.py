@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from atoll.bus.memory import Closing, MemorySubscription, Resync
+from atoll.bus.memory import Closing, MemorySubscription, Notice, Resync
 from atoll.runtime.events import RunEvent
 from atoll.server.services import Services
 
@@ -122,6 +122,8 @@ async def run_stream(
                     return
                 if isinstance(event, Resync):  # events may have been missed: catch up from the log
                     items = await services.event_log.read(run_id, user_id=user_id, after=last)
+                elif isinstance(event, Notice):
+                    continue  # a thread or message change: the WebSocket's business
                 elif event.run_id != run_id or event.user_id != user_id or event.seq <= last:
                     continue
                 elif event.seq > last + 1:  # a gap: fill it from the log

@@ -19,7 +19,7 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from atoll.auth.principal import Principal
-from atoll.bus.memory import MemorySubscription, SubscriptionOverflowError
+from atoll.bus.memory import MemorySubscription, Notice, SubscriptionOverflowError
 from atoll.errors import AtollError, AuthenticationError
 from atoll.runtime.ids import new_id
 from atoll.server.connections import (
@@ -249,7 +249,12 @@ async def run_ack(services: Services, user_id: str, run_id: str) -> dict[str, An
 
 async def _pump(subscription: MemorySubscription, connection: Connection) -> None:
     while True:
-        connection.send(await subscription.get())
+        item = await subscription.get()
+        if isinstance(item, Notice):
+            if item.user_id == connection.user_id:
+                connection.send(item.frame)
+        else:
+            connection.send(item)
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:

@@ -47,6 +47,10 @@ SEQ_PATTERN = decimal_pattern(MAX_SEQ)
 """A ``seq`` as text (``Last-Event-ID``)."""
 CURSOR_PATTERN = "^[1-9][0-9]{0,17}$"
 """A page cursor: a row key below 10**18 (well inside ``MAX_ROW_KEY``)."""
+ACTIVITY_CURSOR_PATTERN = r"^[0-9]{1,17}\.[1-9][0-9]{0,17}$"
+"""A cursor of the threads listed by last activity: ``<microseconds since 1970>.<row key>``."""
+MAX_SEARCH_CHARS = 200
+"""The longest thread search (``GET /threads?q=``)."""
 
 
 class UnstorableError(ValueError):

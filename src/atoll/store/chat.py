@@ -7,24 +7,31 @@ one: both raise ``NotFoundError``.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from atoll.errors import NotFoundError, ValidationFailedError
 from atoll.runtime.ids import new_id
 from atoll.runtime.state import ALIVE_STATES
 from atoll.store.audit import AuditLog
-from atoll.store.bounds import CURSOR_PATTERN
+from atoll.store.bounds import ACTIVITY_CURSOR_PATTERN, CURSOR_PATTERN
 from atoll.store.db import Database
-from atoll.store.models import Message, Run, RunEventRow, Thread, utcnow
+from atoll.store.models import Feedback, Message, Run, RunEventRow, Thread, utcnow
 from atoll.store.writer import execute_core, insert_rows
 
 ALIVE = [s.value for s in ALIVE_STATES]
 _CURSOR = re.compile(CURSOR_PATTERN)
+_ACTIVITY_CURSOR = re.compile(ACTIVITY_CURSOR_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
+Rating = Literal["up", "down"]
+EXPORT_CHUNK = 500
+"""Messages an export reads per query."""
 
 
 def encode_cursor(pk: int) -> str:
@@ -37,10 +44,36 @@ def decode_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
     if not _CURSOR.fullmatch(cursor):
-        raise ValidationFailedError(
-            "invalid cursor", [{"loc": ["query", "cursor"], "msg": "not a valid cursor"}]
-        )
+        raise _invalid_cursor()
     return int(cursor)
+
+
+def _invalid_cursor() -> ValidationFailedError:
+    return ValidationFailedError(
+        "invalid cursor", [{"loc": ["query", "cursor"], "msg": "not a valid cursor"}]
+    )
+
+
+def encode_activity_cursor(thread: Thread) -> str:
+    """The cursor after ``thread`` in the list by last activity: its time and row key."""
+    micros = (thread.updated_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{thread.pk}"
+
+
+def decode_activity_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    """The (last activity, row key) inside a threads cursor."""
+    if cursor is None:
+        return None
+    if not _ACTIVITY_CURSOR.fullmatch(cursor):
+        raise _invalid_cursor()
+    micros, pk = cursor.split(".")
+    return _EPOCH + timedelta(microseconds=int(micros)), int(pk)
+
+
+def like_pattern(text: str) -> str:
+    """``text`` as a LIKE pattern that matches it anywhere, wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +124,17 @@ def thread_in(session: Session, user_id: str, thread_id: str) -> Thread:
     if thread is None:
         raise NotFoundError("thread not found")
     return thread
+
+
+def _answer_in(session: Session, user_id: str, message_id: str) -> Message:
+    """Inside a write job: the user's answer ``message_id`` (an agent's message in one of
+    their threads), or ``NotFoundError``."""
+    message = session.execute(
+        select(Message).where(Message.id == message_id, Message.user_id == user_id)
+    ).scalar()
+    if message is None or message.role != "assistant":
+        raise NotFoundError("message not found")
+    return message
 
 
 def new_thread(user_id: str, *, title: str | None, meta: dict[str, Any]) -> Thread:
@@ -161,18 +205,34 @@ class ChatStore:
 
         return await self.db.write(update_job)
 
-    async def list_threads(self, user_id: str, *, limit: int, cursor: str | None) -> Page[Thread]:
-        """The user's threads, newest first."""
-        before = decode_cursor(cursor)
+    async def list_threads(
+        self, user_id: str, *, limit: int, cursor: str | None, search: str | None = None
+    ) -> Page[Thread]:
+        """The user's threads, most recently active first (a new message, an answer or a
+        rename is activity); with ``search``, only those whose title or any message
+        contains it (case-insensitive for ASCII letters on SQLite, all letters on PostgreSQL).
+        """
+        after = decode_activity_cursor(cursor)
         query = select(Thread).where(Thread.user_id == user_id)
-        if before is not None:
-            query = query.where(Thread.pk < before)
-        query = query.order_by(Thread.pk.desc()).limit(limit + 1)
+        if after is not None:
+            at, pk = after
+            query = query.where(
+                or_(Thread.updated_at < at, and_(Thread.updated_at == at, Thread.pk < pk))
+            )
+        if search:
+            pattern = like_pattern(search)
+            in_messages = exists().where(
+                Message.thread_id == Thread.id,
+                Message.user_id == user_id,
+                Message.content.ilike(pattern, escape="\\"),
+            )
+            query = query.where(or_(Thread.title.ilike(pattern, escape="\\"), in_messages))
+        query = query.order_by(Thread.updated_at.desc(), Thread.pk.desc()).limit(limit + 1)
         async with self.db.session() as session:
             rows = list((await session.execute(query)).scalars().all())
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page(rows, encode_cursor(rows[-1].pk) if more and rows else None)
+        return Page(rows, encode_activity_cursor(rows[-1]) if more and rows else None)
 
     async def alive_run_ids(self, user_id: str, thread_id: str) -> list[str]:
         """Ids of the user's thread's alive runs (``NotFoundError`` for no such thread)."""
@@ -180,6 +240,13 @@ class ChatStore:
         async with self.db.session() as session:
             runs = (await session.execute(alive_runs_query(thread.id))).scalars().all()
         return [run.id for run in runs]
+
+    async def runs_of_thread(self, thread_id: str, run_ids: list[str]) -> list[str]:
+        """Those of ``run_ids`` that are runs of ``thread_id`` (in the order given)."""
+        query = select(Run.id).where(Run.thread_id == thread_id, Run.id.in_(run_ids))
+        async with self.db.session() as session:
+            found = set((await session.execute(query)).scalars().all())
+        return [run_id for run_id in run_ids if run_id in found]
 
     async def delete_thread(self, user_id: str, thread_id: str) -> None:
         """Delete the thread, its messages, runs and events."""
@@ -192,6 +259,7 @@ class ChatStore:
             if run_ids:
                 session.execute(delete(RunEventRow).where(RunEventRow.run_id.in_(run_ids)))
             session.execute(delete(Run).where(Run.thread_id == thread.id))
+            session.execute(delete(Feedback).where(Feedback.thread_id == thread.id))
             session.execute(delete(Message).where(Message.thread_id == thread.id))
             session.delete(thread)
 
@@ -200,15 +268,118 @@ class ChatStore:
     # -- messages ------------------------------------------------------------
 
     async def list_messages(
-        self, user_id: str, thread_id: str, *, limit: int, cursor: str | None
+        self,
+        user_id: str,
+        thread_id: str,
+        *,
+        limit: int,
+        cursor: str | None,
+        newest_first: bool = False,
     ) -> Page[Message]:
-        """The thread's messages, oldest first."""
-        after = decode_cursor(cursor)
+        """The thread's messages, oldest first (or newest first, to page back from the end)."""
+        key = decode_cursor(cursor)
         await self.thread(user_id, thread_id)
         query = select(Message).where(Message.thread_id == thread_id)
-        if after is not None:
-            query = query.where(Message.pk > after)
-        query = query.order_by(Message.pk).limit(limit + 1)
+        if key is not None:
+            query = query.where(Message.pk < key if newest_first else Message.pk > key)
+        order = Message.pk.desc() if newest_first else Message.pk
+        query = query.order_by(order).limit(limit + 1)
+        async with self.db.session() as session:
+            rows = list((await session.execute(query)).scalars().all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, encode_cursor(rows[-1].pk) if more and rows else None)
+
+    async def all_messages(self, user_id: str, thread_id: str) -> AsyncIterator[list[Message]]:
+        """Every message of the user's thread, oldest first, in chunks (for an export)."""
+        await self.thread(user_id, thread_id)
+        after = 0
+        while True:
+            query = (
+                select(Message)
+                .where(Message.thread_id == thread_id, Message.pk > after)
+                .order_by(Message.pk)
+                .limit(EXPORT_CHUNK)
+            )
+            async with self.db.session() as session:
+                rows = list((await session.execute(query)).scalars().all())
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].pk
+
+    # -- feedback ------------------------------------------------------------
+
+    async def feedback_of(self, user_id: str, message_ids: list[str]) -> dict[str, Feedback]:
+        """The user's feedback on each of ``message_ids`` that has some."""
+        if not message_ids:
+            return {}
+        query = select(Feedback).where(
+            Feedback.user_id == user_id, Feedback.message_id.in_(message_ids)
+        )
+        async with self.db.session() as session:
+            rows = (await session.execute(query)).scalars().all()
+        return {row.message_id: row for row in rows}
+
+    async def rate(
+        self, user_id: str, message_id: str, *, rating: Rating, comment: str | None
+    ) -> Feedback:
+        """Set the user's feedback on their thread's answer ``message_id`` (replacing any)."""
+
+        def rate_job(session: Session) -> Feedback:
+            message = _answer_in(session, user_id, message_id)
+            now = utcnow()
+            row = session.execute(
+                select(Feedback).where(Feedback.message_id == message.id)
+            ).scalar()
+            if row is None:
+                row = Feedback(
+                    message_id=message.id,
+                    thread_id=message.thread_id,
+                    user_id=user_id,
+                    rating=rating,
+                    comment=comment,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(row)
+            else:
+                row.rating, row.comment, row.updated_at = rating, comment, now
+            session.flush()
+            return row
+
+        return await self.db.write(rate_job)
+
+    async def feedback(self, user_id: str, message_id: str) -> Feedback:
+        """The user's feedback on ``message_id``; ``NotFoundError`` when there is none."""
+        found = await self.feedback_of(user_id, [message_id])
+        if message_id not in found:
+            raise NotFoundError("feedback not found")
+        return found[message_id]
+
+    async def unrate(self, user_id: str, message_id: str) -> None:
+        """Remove the user's feedback on ``message_id`` (none: ``NotFoundError``)."""
+
+        def unrate_job(session: Session) -> None:
+            deleted = session.execute(
+                delete(Feedback).where(
+                    Feedback.message_id == message_id, Feedback.user_id == user_id
+                )
+            )
+            if not deleted.rowcount:  # type: ignore[attr-defined]
+                raise NotFoundError("feedback not found")
+
+        await self.db.write(unrate_job)
+
+    async def list_feedback(
+        self, user_id: str, *, limit: int, cursor: str | None
+    ) -> Page[Feedback]:
+        """The user's feedback, newest first."""
+        before = decode_cursor(cursor)
+        query = select(Feedback).where(Feedback.user_id == user_id)
+        if before is not None:
+            query = query.where(Feedback.pk < before)
+        query = query.order_by(Feedback.pk.desc()).limit(limit + 1)
         async with self.db.session() as session:
             rows = list((await session.execute(query)).scalars().all())
         more = len(rows) > limit

@@ -104,7 +104,10 @@ class Thread(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (Index("ix_threads_user_pk", "user_id", "pk"),)
+    __table_args__ = (
+        Index("ix_threads_user_pk", "user_id", "pk"),
+        Index("ix_threads_user_updated", "user_id", "updated_at", "pk"),
+    )
 
 
 class Message(Base):
@@ -167,6 +170,25 @@ class RunEventRow(Base):
     type: Mapped[str] = mapped_column(String(32))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Feedback(Base):
+    """A user's rating of one answer (thumbs up or down, with an optional comment)."""
+
+    __tablename__ = "feedback"
+
+    pk: Mapped[int] = mapped_column(AutoKey, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), unique=True
+    )
+    thread_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(64))
+    rating: Mapped[str] = mapped_column(String(8))
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_feedback_user_pk", "user_id", "pk"),)
 
 
 class AuditEntry(Base):

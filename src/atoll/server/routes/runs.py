@@ -17,7 +17,6 @@ from atoll.runtime.events import EventType
 from atoll.runtime.ids import new_id
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
-from atoll.server.routes.threads import message_out
 from atoll.server.schemas import (
     INTEGER_TEXT,
     AgentOut,
@@ -28,6 +27,7 @@ from atoll.server.schemas import (
     RunCreate,
     RunOut,
     ToolOut,
+    message_out,
 )
 from atoll.server.services import Services
 from atoll.server.sse import RunStreamResponse, accepts_event_stream, run_stream, sse_preface
