@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from chromium import CHROMIUM_ARGS, chromium_path
+from serving import PASSWORD
 
 
 @pytest.fixture
@@ -18,3 +19,26 @@ async def browser() -> AsyncIterator[Browser]:
         )
         yield browser
         await browser.close()
+
+
+async def sign_up(page: Page, url: str, email: str, *, path: str = "") -> None:
+    """Open the page, sign up as ``email`` and wait until the socket is online."""
+    await page.goto(url + path)
+    await page.get_by_role("button", name="No account? Sign up").click()
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign up").click()
+    await expect(page.locator("#connection")).to_have_text("online")
+
+
+async def ask(page: Page, text: str) -> None:
+    """Type ``text`` into the message box and press Enter."""
+    await page.get_by_label("Message", exact=True).fill(text)
+    await page.get_by_label("Message", exact=True).press("Enter")
+
+
+def watch_errors(page: Page) -> list[str]:
+    """Every uncaught exception of the page's scripts, as it happens."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors

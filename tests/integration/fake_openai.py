@@ -66,6 +66,8 @@ class FakeOpenAI:
         if last["role"] == "tool":
             value = json.loads(last["content"])["result"]["value"]
             return self.stream(self.text(f"The result is {value}."))
+        if question.startswith("say:"):  # the answer is exactly what follows
+            return self.stream(self.verbatim(question.removeprefix("say:").strip()))
         if "slow" in question:
             return self.stream(self.slow())
         if body.get("tools") and "calculate" in question:
@@ -79,6 +81,14 @@ class FakeOpenAI:
         yield self.chunk({"role": "assistant", "content": ""})
         for word in answer.split(" "):
             yield self.chunk({"content": word + " " if not word.endswith(".") else word})
+        yield self.chunk({}, finish="stop")
+        yield self.usage()
+        yield "data: [DONE]\n\n"
+
+    async def verbatim(self, answer: str) -> AsyncIterator[str]:
+        yield self.chunk({"role": "assistant", "content": ""})
+        for start in range(0, len(answer), 7):
+            yield self.chunk({"content": answer[start : start + 7]})
         yield self.chunk({}, finish="stop")
         yield self.usage()
         yield "data: [DONE]\n\n"

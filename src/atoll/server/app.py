@@ -16,6 +16,7 @@ from atoll import __version__
 from atoll.config import Settings
 from atoll.server.deps import single_valued_query
 from atoll.server.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from atoll.server.page import PageAssets
 from atoll.server.problems import install_openapi, install_problem_handlers
 from atoll.server.routes import auth, ops, runs, threads
 from atoll.server.services import running_services
@@ -66,12 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router, prefix=API, dependencies=once)
     app.include_router(ops.router)
     app.add_api_websocket_route(f"{API}/ws", websocket_endpoint)
+    assets = PageAssets(WEB)
+    app.add_route("/", assets.page, include_in_schema=False)
+    app.add_route("/t/{thread_id}", assets.page, include_in_schema=False)
+    app.add_route("/static/{version:str}/{path:path}", assets.versioned, include_in_schema=False)
     app.mount("/static", RevalidatedStaticFiles(directory=WEB), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        """The chat page."""
-        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> FileResponse:

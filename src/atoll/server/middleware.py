@@ -41,7 +41,7 @@ def policy_for(path: str) -> str:
     """The Content-Security-Policy of the answer at ``path``."""
     if path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
         return DOCS_POLICY
-    if path == "/" or path.startswith("/static/"):
+    if path == "/" or path.startswith(("/static/", "/t/")):
         return PAGE_POLICY
     return API_POLICY
 

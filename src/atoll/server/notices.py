@@ -48,9 +48,11 @@ class UserNotices:
         await self.send(user_id, {"type": "thread_deleted", "thread_id": thread_id})
 
     async def message(self, message: Message, thread: Thread) -> None:
-        """``message_created``: a user's message, with its thread (now most recently active)."""
+        """``message_created``: a user's message, with its thread (now most recently active)
+        and the ``client_id`` it was sent with (so the tab that sent it knows it)."""
         frame = {
             "type": "message_created",
+            "client_id": message.client_id,
             "message": message_out(message).model_dump(mode="json"),
             "thread": thread_out(thread).model_dump(mode="json"),
         }

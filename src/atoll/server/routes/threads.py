@@ -50,7 +50,7 @@ Search = Annotated[
         description="Only threads whose title or any message contains this text",
     ),
 ]
-RUN_IDS_PATTERN = r"^[A-Za-z0-9_]{1,64}(,[A-Za-z0-9_]{1,64}){0,99}$"
+RUN_IDS_PATTERN = r"^[A-Za-z0-9_-]{1,64}(,[A-Za-z0-9_-]{1,64}){0,99}$"
 """Up to 100 run ids, comma-separated."""
 EXPORT_FORMATS = ("markdown", "json")
 

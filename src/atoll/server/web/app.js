@@ -1,79 +1,95 @@
-// Atoll's chat page: plain ES modules, no build step. The token lives in sessionStorage
-// (never in a URL); the WebSocket authenticates with its first frame.
-const API = "/api/v1";
+// Atoll's chat page: plain ES modules, no build step. See docs/page.md.
+import {
+  ApiError, NetworkError, authenticate, refreshTokens, request, session, signOut, whenSignedOut,
+} from "./session.js";
+import { copyButton, renderMarkdown } from "./markdown.js";
+
+const API_WS = "/api/v1/ws";
 const TERMINAL = new Set(["agent_completed", "agent_error", "agent_cancelled"]);
+const MAX_CHARS = 32000;
+const PAGE = 30; // messages per page of history
+const NEAR_BOTTOM = 48; // px: closer than this to the end counts as "at the bottom"
+const ACK_PATIENCE = 10000; // ms before a message that is not acknowledged says so
 const $ = (id) => document.getElementById(id);
-
-class ApiError extends Error {
-  constructor(status, problem) {
-    const reasons = (problem.errors || []).map((error) => error.msg).join("; ");
-    super((problem.detail || `HTTP ${status}`) + (reasons ? ` (${reasons})` : ""));
-    this.status = status;
-    this.code = problem.code || "http_error";
-  }
-}
-
-const session = {
-  get access() { return sessionStorage.getItem("atoll.access"); },
-  get refresh() { return sessionStorage.getItem("atoll.refresh"); },
-  save(answer) {
-    sessionStorage.setItem("atoll.access", answer.access_token);
-    sessionStorage.setItem("atoll.refresh", answer.refresh_token);
-  },
-  clear() { sessionStorage.removeItem("atoll.access"); sessionStorage.removeItem("atoll.refresh"); },
-};
 
 const state = {
   user: null,
-  threads: [],
+  threads: [], // the loaded list, most recently active first
+  threadsCursor: null,
+  search: "",
   threadId: null,
   runs: new Map(), // run_id -> run view
-  unacked: new Map(), // client_id -> message frame sent but not yet acknowledged
+  messages: new Set(), // ids of messages shown in the timeline
+  pending: new Map(), // client_id -> pending message {frame, bubble, timer}
+  olderCursor: null, // next page of older messages, null when the start is shown
+  loadingOlder: false,
+  opening: 0, // generation of the thread being opened
   ws: null,
   connected: false,
   backoff: 1000,
   reconnectTimer: null,
+  reconnectAt: 0,
   signingUp: false,
+  stickToBottom: true,
+  agents: [],
 };
 
-// ---------------------------------------------------------------- HTTP
+// ---------------------------------------------------------------- small helpers
 
-async function api(method, path, body, retry = true) {
-  const headers = { "content-type": "application/json" };
-  if (session.access) headers.authorization = `Bearer ${session.access}`;
-  const response = await fetch(API + path, {
-    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  if (response.status === 401 && retry && session.refresh && !path.startsWith("/auth/")) {
-    if (await refreshTokens()) return api(method, path, body, false);
-    signedOut();
-  }
-  if (!response.ok) {
-    const problem = await response.json().catch(() => ({ detail: response.statusText }));
-    throw new ApiError(response.status, problem);
-  }
-  return response.status === 204 ? null : response.json();
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
 }
 
-async function refreshTokens() {
-  try {
-    session.save(await api("POST", "/auth/refresh", { refresh_token: session.refresh }, false));
-    return true;
-  } catch {
-    return false;
-  }
+function button(text, onClick, className = "link small") {
+  const node = element("button", className, text);
+  node.type = "button";
+  node.addEventListener("click", onClick);
+  return node;
 }
 
-function showError(element, error) {
-  element.textContent = error ? (error.message || String(error)) : "";
-  element.hidden = !error;
+/** Words a person understands for what went wrong. */
+function explain(error) {
+  if (error instanceof NetworkError) return error.message;
+  const code = error.code || "";
+  const words = {
+    thread_busy: "The agent is still answering in this thread.",
+    rate_limited: "You are sending messages too fast. Wait a moment and try again.",
+    run_limit: "You already have the most runs allowed at once. Wait for one to finish.",
+    too_large: "That message is too long.",
+    not_found: "This thread no longer exists (it may have been deleted in another tab).",
+    unknown_agent: "That agent is not available.",
+    unavailable: "The server is busy or restarting. Try again in a moment.",
+    too_many_streams: "Too many open streams. Close another tab and try again.",
+    validation_error: error.message,
+    internal_error: "Something went wrong on the server. Try again.",
+  };
+  return words[code] || error.message || String(error);
+}
+
+function showError(target, error) {
+  target.textContent = error ? explain(error) : "";
+  target.hidden = !error;
+}
+
+function threadPath(threadId) {
+  return threadId ? `/t/${encodeURIComponent(threadId)}` : "/";
+}
+
+function threadFromLocation() {
+  const match = location.pathname.match(/^\/t\/([A-Za-z0-9_-]{1,64})$/);
+  return match ? match[1] : null;
 }
 
 // ---------------------------------------------------------------- auth view
 
-function showAuth() {
+function showAuth(reason) {
+  closeSocket();
   $("app-view").hidden = true;
   $("auth-view").hidden = false;
+  showError($("auth-error"), reason ? new Error(reason) : null);
   $("auth-email").focus();
 }
 
@@ -90,34 +106,59 @@ async function submitAuth(event) {
   event.preventDefault();
   const body = { email: $("auth-email").value.trim(), password: $("auth-password").value };
   if (state.signingUp && $("auth-name").value.trim()) body.name = $("auth-name").value.trim();
+  $("auth-submit").disabled = true;
   try {
-    const answer = await api("POST", state.signingUp ? "/auth/register" : "/auth/login", body, false);
-    session.save(answer);
+    await authenticate(state.signingUp ? "/auth/register" : "/auth/login", body);
     $("auth-password").value = "";
     await start();
   } catch (error) {
     showError($("auth-error"), error);
+    $("auth-password").select();
+  } finally {
+    $("auth-submit").disabled = false;
   }
 }
 
-function signedOut() {
-  session.clear();
-  closeSocket();
+function signedOut(reason) {
   state.user = null;
   state.runs.clear();
-  showAuth();
+  state.pending.clear();
+  showAuth(reason);
 }
 
 async function logout() {
-  try { await api("POST", "/auth/logout", undefined, false); } catch { /* already gone */ }
-  signedOut();
+  try { await request("POST", "/auth/logout"); } catch { /* already gone */ }
+  signOut();
 }
 
 // ---------------------------------------------------------------- threads
 
-async function loadThreads() {
-  const page = await api("GET", "/threads?limit=100");
-  state.threads = page.items;
+async function loadThreads({ more = false } = {}) {
+  const params = new URLSearchParams({ limit: "50" });
+  if (more && state.threadsCursor) params.set("cursor", state.threadsCursor);
+  if (state.search) params.set("q", state.search);
+  const search = state.search;
+  try {
+    const page = await request("GET", `/threads?${params}`);
+    if (search !== state.search) return; // a newer search is on its way
+    state.threads = more ? [...state.threads, ...page.items.filter((t) => !knownThread(t.id))] : page.items;
+    state.threadsCursor = page.next_cursor;
+    $("threads-status").textContent = state.search && !state.threads.length ? "No thread matches." : "";
+  } catch (error) {
+    $("threads-status").textContent = explain(error);
+  }
+  renderThreads();
+}
+
+function knownThread(threadId) {
+  return state.threads.find((t) => t.id === threadId);
+}
+
+/** Put ``thread`` (new or changed) in its place: the list is by last activity. */
+function upsertThread(thread) {
+  if (state.search) return; // a search result list is left alone; clearing it reloads
+  state.threads = [thread, ...state.threads.filter((t) => t.id !== thread.id)];
+  state.threads.sort((a, b) => (a.updated_at < b.updated_at ? 1 : a.updated_at > b.updated_at ? -1 : 0));
   renderThreads();
 }
 
@@ -125,210 +166,554 @@ function renderThreads() {
   const list = $("threads");
   list.replaceChildren(...state.threads.map((thread) => {
     const item = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = thread.title || "Untitled";
-    button.dataset.threadId = thread.id;
-    button.setAttribute("aria-current", String(thread.id === state.threadId));
-    button.addEventListener("click", () => openThread(thread.id));
-    item.append(button);
+    const link = element("a", "thread-link", thread.title || "Untitled");
+    link.href = threadPath(thread.id);
+    link.dataset.threadId = thread.id;
+    if (thread.id === state.threadId) link.setAttribute("aria-current", "page");
+    link.addEventListener("click", (event) => {
+      if (event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;
+      event.preventDefault();
+      openThread(thread.id, { push: true });
+    });
+    item.append(link);
     return item;
   }));
-  const current = state.threads.find((t) => t.id === state.threadId);
-  $("thread-title").textContent = current ? (current.title || "Untitled") : "New thread";
-  $("rename-thread").hidden = $("delete-thread").hidden = !current;
+  $("more-threads").hidden = !state.threadsCursor;
+  const current = knownThread(state.threadId);
+  const title = state.threadId ? (current?.title || "Untitled") : "New thread";
+  $("thread-title").textContent = title;
+  document.title = state.threadId ? `${title} · Atoll` : "Atoll";
+  $("thread-actions").hidden = !state.threadId;
 }
 
-function newThread() {
+function newThread({ push = true } = {}) {
+  state.opening += 1;
   state.threadId = null;
-  state.runs.clear();
-  $("timeline").replaceChildren();
+  resetTimeline();
+  showWelcome();
+  if (push && location.pathname !== "/") history.pushState({}, "", "/");
   renderThreads();
-  updateCancel();
+  updateComposer();
+  closeDrawer();
   $("message").focus();
-  document.querySelector(".app").classList.remove("show-sidebar");
 }
 
-async function openThread(threadId) {
-  state.threadId = threadId;
+function resetTimeline() {
   state.runs.clear();
+  state.messages.clear();
+  state.olderCursor = null;
+  state.stickToBottom = true;
+  $("timeline").replaceChildren();
+  $("jump").hidden = true;
+  $("notice").hidden = true;
+  $("confirm-delete").hidden = true;
+  cancelRename();
+  for (const pending of state.pending.values()) {
+    if (pending.frame.thread_id) pending.bubble = null; // it belongs to another thread's view
+  }
+}
+
+function showWelcome() {
+  const welcome = element("section", "welcome");
+  const name = state.user?.name || state.user?.email?.split("@")[0] || "";
+  welcome.append(element("h3", "", name ? `Hello, ${name}. What can I help with?` : "What can I help with?"));
+  welcome.append(element("p", "muted", "Pick an agent below and ask. You can watch it think and use its tools."));
+  const examples = element("div", "examples");
+  for (const text of ["What is 17*23?", "What is sqrt(2) * pi + 10**20?", "Explain what a thread is here."]) {
+    examples.append(button(text, () => { $("message").value = text; updateComposer(); $("message").focus(); }, "example"));
+  }
+  welcome.append(examples);
+  $("timeline").append(welcome);
+}
+
+async function openThread(threadId, { push = false } = {}) {
+  const generation = ++state.opening;
+  state.threadId = threadId;
+  resetTimeline();
+  if (push && location.pathname !== threadPath(threadId)) history.pushState({}, "", threadPath(threadId));
   renderThreads();
-  document.querySelector(".app").classList.remove("show-sidebar");
+  closeDrawer();
+  updateComposer();
+  if (!knownThread(threadId)) {
+    try {
+      const thread = await request("GET", `/threads/${threadId}`);
+      if (generation !== state.opening) return;
+      upsertThread(thread);
+    } catch (error) {
+      if (generation !== state.opening) return;
+      threadGone(error);
+      return;
+    }
+  }
+  await loadOlder(generation);
+  if (generation !== state.opening) return;
+  scrollToBottom();
+  updateComposer();
+}
+
+function threadGone(error) {
+  state.threadId = null;
+  if (location.pathname !== "/") history.replaceState({}, "", "/");
+  renderThreads();
+  showWelcome();
+  showNotice(error instanceof ApiError && error.status === 404
+    ? "That thread does not exist or was deleted." : explain(error));
+}
+
+function showNotice(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = !text;
+}
+
+/** Load the page of messages before those shown (the newest page first). */
+async function loadOlder(generation = state.opening) {
+  if (state.loadingOlder || !state.threadId) return;
+  const first = !state.messages.size;
+  if (!first && !state.olderCursor) return;
+  state.loadingOlder = true;
   const timeline = $("timeline");
-  timeline.replaceChildren();
+  const params = new URLSearchParams({ order: "desc", limit: String(PAGE) });
+  if (state.olderCursor) params.set("cursor", state.olderCursor);
   try {
-    const page = await api("GET", `/threads/${threadId}/messages?limit=100`);
-    for (const message of page.items) {
-      if (state.threadId !== threadId) return;
+    const page = await request("GET", `/threads/${state.threadId}/messages?${params}`);
+    if (generation !== state.opening) return;
+    state.olderCursor = page.next_cursor;
+    const messages = page.items.reverse(); // oldest first
+    const runIds = messages.filter((m) => m.role === "user" && m.run_id).map((m) => m.run_id);
+    const steps = runIds.length
+      ? (await request("GET", `/threads/${state.threadId}/events?runs=${runIds.join(",")}&deltas=false`)).runs
+      : {};
+    if (generation !== state.opening) return;
+    const before = timeline.scrollHeight - timeline.scrollTop;
+    const block = document.createDocumentFragment();
+    const answers = new Map(messages.filter((m) => m.role === "assistant" && m.run_id).map((m) => [m.run_id, m]));
+    for (const message of messages) {
+      if (state.messages.has(message.id)) continue;
       if (message.role === "user") {
-        addUserMessage(message.content);
-        if (message.run_id) await loadRun(message.run_id);
+        block.append(userBubble(message.content, message.id));
+        if (message.run_id) {
+          const run = runView(message.run_id, { into: block });
+          for (const event of steps[message.run_id] || []) applyEvent(event, { replay: true });
+          const answer = answers.get(message.run_id);
+          if (answer) showAnswer(run, answer);
+          if (!run.done) { // still going: follow it from its first event
+            resetRun(run);
+            resume(run);
+          }
+        }
       } else if (!message.run_id || !state.runs.has(message.run_id)) {
-        const run = runView(message.run_id || `answer-${message.id}`);
-        run.answer.textContent = message.content;
+        const run = runView(message.run_id || `answer-${message.id}`, { into: block });
+        showAnswer(run, message);
+        run.done = true;
       }
     }
+    const marker = timeline.querySelector(".history-start");
+    marker?.remove();
+    timeline.prepend(block);
+    if (!state.olderCursor && state.messages.size) {
+      timeline.prepend(element("p", "history-start muted small", "This is the start of the thread."));
+    }
+    if (!first) timeline.scrollTop = timeline.scrollHeight - before; // keep what you were reading in place
+    markLastRun();
   } catch (error) {
-    showError($("chat-error"), error);
+    if (generation === state.opening) {
+      if (error instanceof ApiError && error.status === 404) threadGone(error);
+      else showError($("chat-error"), error);
+    }
+  } finally {
+    state.loadingOlder = false;
   }
-  updateCancel();
-  scrollDown();
 }
 
-async function loadRun(runId) {
-  const run = runView(runId);
-  const page = await api("GET", `/runs/${runId}/events`);
-  for (const event of page.items) applyEvent(event);
-  if (!run.done) resume(run);
-}
+// ---------------------------------------------------------------- rename / delete / export
 
-async function renameThread() {
-  const current = state.threads.find((t) => t.id === state.threadId);
+function startRename() {
+  const current = knownThread(state.threadId);
   if (!current) return;
-  const title = prompt("Rename thread", current.title || "");
-  if (title === null) return;
+  $("thread-title").hidden = true;
+  $("rename-form").hidden = false;
+  $("rename-input").value = current.title || "";
+  $("rename-input").select();
+  $("rename-input").focus();
+}
+
+function cancelRename() {
+  $("rename-form").hidden = true;
+  $("thread-title").hidden = false;
+}
+
+async function saveRename(event) {
+  event.preventDefault();
+  const title = $("rename-input").value.trim();
   try {
-    await api("PATCH", `/threads/${current.id}`, { title: title.trim() || null });
-    await loadThreads();
+    upsertThread(await request("PATCH", `/threads/${state.threadId}`, { title: title || null }));
+    cancelRename();
+    $("rename-thread").focus();
   } catch (error) { showError($("chat-error"), error); }
 }
 
-async function deleteThread() {
-  if (!state.threadId || !confirm("Delete this thread and its messages?")) return;
+async function confirmDelete() {
+  const threadId = state.threadId;
+  $("confirm-delete").hidden = true;
   try {
-    await api("DELETE", `/threads/${state.threadId}`);
-    state.threadId = null;
-    await loadThreads();
+    await request("DELETE", `/threads/${threadId}`);
+    forgetThread(threadId);
     newThread();
+  } catch (error) { showError($("chat-error"), error); }
+}
+
+function forgetThread(threadId) {
+  state.threads = state.threads.filter((t) => t.id !== threadId);
+  renderThreads();
+}
+
+async function exportThread(format) {
+  try {
+    const response = await request("GET", `/threads/${state.threadId}/export?format=${format}`, undefined, { raw: true });
+    const blob = await response.blob();
+    const link = element("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `${(knownThread(state.threadId)?.title || state.threadId).slice(0, 60)}.${format === "json" ? "json" : "md"}`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
   } catch (error) { showError($("chat-error"), error); }
 }
 
 // ---------------------------------------------------------------- timeline
 
-function scrollDown() {
+function atBottom() {
+  const timeline = $("timeline");
+  return timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < NEAR_BOTTOM;
+}
+
+function scrollToBottom() {
   const timeline = $("timeline");
   timeline.scrollTop = timeline.scrollHeight;
+  state.stickToBottom = true;
+  $("jump").hidden = true;
 }
 
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
+/** After new content: follow it only if the reader was at the bottom. */
+function followNew() {
+  if (state.stickToBottom) scrollToBottom();
+  else $("jump").hidden = false;
 }
 
-function addUserMessage(text) {
-  $("timeline").append(element("div", "msg user", text));
-  scrollDown();
+function onScroll() {
+  state.stickToBottom = atBottom();
+  if (state.stickToBottom) $("jump").hidden = true;
+  if ($("timeline").scrollTop < 200) loadOlder();
 }
 
-function runView(runId) {
-  let run = state.runs.get(runId);
-  if (!run) {
-    const root = element("div", "run");
-    root.dataset.runId = runId;
-    const answer = element("div", "answer");
-    const badge = element("div", "state");
-    root.append(answer, badge);
-    $("timeline").append(root);
-    run = { id: runId, root, answer, badge, lastSeq: 0, done: false, tools: new Map() };
-    state.runs.set(runId, run);
+function userBubble(text, messageId) {
+  const bubble = element("div", "msg user");
+  bubble.append(element("div", "text", text));
+  if (messageId) {
+    bubble.dataset.messageId = messageId;
+    state.messages.add(messageId);
   }
+  return bubble;
+}
+
+function runView(runId, { into = null, after = null } = {}) {
+  let run = state.runs.get(runId);
+  if (run) return run;
+  const root = element("article", "run");
+  root.dataset.runId = runId;
+  const steps = element("details", "steps");
+  const summary = element("summary", "summary", "Working…");
+  const cards = element("div", "cards");
+  steps.append(summary, cards);
+  steps.hidden = true;
+  const answer = element("div", "answer markdown");
+  const foot = element("div", "run-foot");
+  const badge = element("span", "state");
+  foot.append(badge);
+  root.append(steps, answer, foot);
+  if (after) after.after(root);
+  else (into || $("timeline")).append(root);
+  run = {
+    id: runId, root, steps, summary, cards, answer, foot, badge, text: "", lastSeq: 0, done: false,
+    tools: new Map(), used: [], asked: [], started: null, ended: null, messageId: null, agent: null,
+    renderPending: false,
+  };
+  state.runs.set(runId, run);
   return run;
 }
 
-function insertStep(run, node, event) {
-  if (event.parent_agent) node.classList.add("sub");
-  run.root.insertBefore(node, run.answer);
-}
-
-function who(event) {
-  return event.parent_agent ? `${event.agent} (for ${event.parent_agent})` : event.agent;
+function resetRun(run) {
+  run.lastSeq = 0;
+  run.text = "";
+  run.tools.clear();
+  run.used = [];
+  run.asked = [];
+  run.cards.replaceChildren();
+  run.answer.replaceChildren();
+  run.steps.hidden = true;
 }
 
 function pretty(value) {
-  return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+  if (typeof value === "string") return value;
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    const entries = Object.entries(value);
+    if (entries.every(([, v]) => v === null || ["string", "number", "boolean"].includes(typeof v))) {
+      return entries.map(([k, v]) => `${k}: ${v}`).join("\n");
+    }
+  }
+  return JSON.stringify(value, null, 2);
 }
 
-function applyEvent(event) {
+function card(run, kind, title, body, event) {
+  const node = element("div", `step-card ${kind}`);
+  if (event?.parent_agent) node.classList.add("sub");
+  node.append(element("div", "step-title", title));
+  if (body) node.append(element("pre", "step-body", body));
+  run.cards.append(node);
+  run.steps.hidden = false;
+  return node;
+}
+
+function seconds(run) {
+  if (!run.started || !run.ended) return "";
+  const ms = Date.parse(run.ended) - Date.parse(run.started);
+  return Number.isFinite(ms) ? ` · ${(ms / 1000).toFixed(1)} s` : "";
+}
+
+function summarize(run) {
+  const parts = [];
+  if (run.used.length) parts.push(`Used ${[...new Set(run.used)].join(", ")}`);
+  if (run.asked.length) parts.push(`asked ${[...new Set(run.asked)].join(", ")}`);
+  if (!run.done) {
+    run.summary.textContent = parts.length ? `${parts.join(", ")}…` : "Thinking…";
+    return;
+  }
+  const text = parts.length ? parts.join(", ") : "Steps";
+  run.summary.textContent = (text[0].toUpperCase() + text.slice(1)) + seconds(run);
+}
+
+function who(event) {
+  return event.parent_agent ? `${event.agent} (asked by ${event.parent_agent})` : event.agent;
+}
+
+function applyEvent(event, { replay = false } = {}) {
   const run = runView(event.run_id);
   if (event.seq <= run.lastSeq) return; // already shown: never twice
   run.lastSeq = event.seq;
   const data = event.data || {};
   switch (event.type) {
     case "agent_started":
-      insertStep(run, element("div", "step", `${who(event)} started`), event);
+      if (event.parent_agent) {
+        run.asked.push(event.agent);
+        card(run, "step", `${who(event)} started`, "", event);
+      } else {
+        run.started = run.started || event.ts;
+        run.agent = event.agent;
+      }
       break;
     case "agent_thinking":
-      insertStep(run, element("div", "thinking", `${who(event)} is thinking: ${data.text}`), event);
+      card(run, "thinking", `${who(event)} is thinking`, data.text, event);
       break;
     case "tool_executing": {
-      const card = element("div", "tool");
-      card.dataset.tool = data.tool;
-      card.append(element("div", "name", `tool · ${data.tool}`), element("pre", "args", pretty(data.args)),
-        element("pre", "result", "running…"));
-      run.tools.set(data.call_id, card);
-      insertStep(run, card, event);
+      run.used.push(data.tool);
+      const node = card(run, "tool", `${data.tool}`, pretty(data.args), event);
+      node.append(element("pre", "step-result", "running…"));
+      run.tools.set(data.call_id, node);
       break;
     }
     case "tool_completed": {
-      const card = run.tools.get(data.call_id);
-      if (card) {
-        const result = card.querySelector(".result");
+      const node = run.tools.get(data.call_id);
+      if (node) {
+        const result = node.querySelector(".step-result");
+        const took = `${Math.round(data.duration_ms)} ms`;
         result.textContent = data.ok
-          ? `→ ${pretty(data.result)}  (${Math.round(data.duration_ms)} ms)`
-          : `✗ ${data.error?.message || data.error?.code}  (${Math.round(data.duration_ms)} ms)`;
-        card.classList.toggle("failed", !data.ok);
+          ? `${pretty(data.result)}\n(${took})`
+          : `Failed: ${data.error?.message || data.error?.code} (${took})`;
+        node.classList.toggle("failed", !data.ok);
       }
       break;
     }
     case "message_delta":
-      if (!event.parent_agent) run.answer.textContent += data.delta;
+      if (!event.parent_agent) {
+        run.text += data.delta;
+        run.messageId = data.message_id || run.messageId;
+        scheduleRender(run);
+      }
       break;
     case "agent_completed":
       if (event.parent_agent) {
-        insertStep(run, element("div", "step", `${who(event)} finished`), event);
+        card(run, "step", `${who(event)} finished`, "", event);
       } else {
-        run.answer.textContent = data.message?.content ?? run.answer.textContent;
-        finish(run, "completed", "completed");
+        run.ended = event.ts;
+        if (data.message) showAnswer(run, data.message);
+        finish(run, "completed", "");
       }
       break;
     case "agent_error":
-      if (event.parent_agent) insertStep(run, element("div", "step", `${who(event)} failed: ${data.message}`), event);
-      else finish(run, data.state || "failed", `${data.state || "failed"}: ${data.message}`);
+      if (event.parent_agent) card(run, "step failed", `${who(event)} failed: ${data.message}`, "", event);
+      else { run.ended = event.ts; finish(run, data.state || "failed", failure(data)); }
       break;
     case "agent_cancelled":
-      if (!event.parent_agent) finish(run, "cancelled", `cancelled (${data.reason})`);
+      if (!event.parent_agent) { run.ended = event.ts; finish(run, "cancelled", cancelled(data.reason)); }
       break;
   }
-  scrollDown();
+  summarize(run);
+  if (!replay) followNew();
+}
+
+function failure(data) {
+  if (data.state === "timeout") return "This took too long and was stopped. Try again, or ask something smaller.";
+  if (data.state === "dead") return "The server lost this run (it restarted or a worker stopped). Send your message again.";
+  return `Something went wrong: ${data.message || "the run failed"}.`;
+}
+
+function cancelled(reason) {
+  const words = {
+    user: "Stopped.", interrupted: "Stopped: you sent a new message.",
+    shutdown: "Stopped: the server restarted. Send your message again.",
+  };
+  return words[reason] || `Stopped (${reason}).`;
+}
+
+function scheduleRender(run) {
+  if (run.renderPending) return;
+  run.renderPending = true;
+  requestAnimationFrame(() => {
+    run.renderPending = false;
+    renderMarkdown(run.answer, run.text, { final: false });
+    followNew();
+  });
+}
+
+function showAnswer(run, message) {
+  run.text = message.content;
+  run.messageId = message.id;
+  renderMarkdown(run.answer, run.text);
+  if (message.feedback) run.feedback = message.feedback;
+  if (message.id) state.messages.add(message.id);
 }
 
 function finish(run, stateName, text) {
   run.done = true;
+  run.root.classList.add(`ended-${stateName}`);
+  if (run.text && stateName === "completed") renderMarkdown(run.answer, run.text);
   run.badge.className = `state ${stateName}`;
   run.badge.textContent = text;
-  updateCancel();
+  addRunActions(run, stateName);
+  markLastRun();
+  updateComposer();
+}
+
+function addRunActions(run, stateName) {
+  run.foot.querySelectorAll(".action").forEach((node) => node.remove());
+  const actions = element("span", "actions action");
+  if (run.text && stateName === "completed") actions.append(copyButton(() => run.text, "Copy answer"));
+  if (run.messageId && stateName === "completed") actions.append(...feedbackButtons(run));
+  actions.append(button("Regenerate", () => regenerate(run), "link small regenerate"));
+  run.foot.append(actions);
+}
+
+function feedbackButtons(run) {
+  const up = button("👍", () => rate(run, "up"), "link small rate");
+  const down = button("👎", () => rate(run, "down"), "link small rate");
+  up.setAttribute("aria-label", "Good answer");
+  down.setAttribute("aria-label", "Bad answer");
+  run.rateButtons = { up, down };
+  showRating(run);
+  return [up, down];
+}
+
+function showRating(run) {
+  if (!run.rateButtons) return;
+  const rating = run.feedback?.rating;
+  run.rateButtons.up.setAttribute("aria-pressed", String(rating === "up"));
+  run.rateButtons.down.setAttribute("aria-pressed", String(rating === "down"));
+}
+
+async function rate(run, rating) {
+  const path = `/messages/${run.messageId}/feedback`;
+  try {
+    if (run.feedback?.rating === rating) {
+      await request("DELETE", path);
+      run.feedback = null;
+      run.foot.querySelector(".comment-form")?.remove();
+    } else {
+      run.feedback = await request("PUT", path, { rating });
+      if (rating === "down") askComment(run);
+    }
+    showRating(run);
+  } catch (error) { showError($("chat-error"), error); }
+}
+
+function askComment(run) {
+  run.foot.querySelector(".comment-form")?.remove();
+  const form = element("form", "comment-form");
+  const label = element("label", "", "What was wrong? (optional)");
+  const input = element("input");
+  input.maxLength = 2000;
+  label.append(input);
+  const save = element("button", "small", "Send feedback");
+  save.type = "submit";
+  form.append(label, save);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      run.feedback = await request("PUT", `/messages/${run.messageId}/feedback`, { rating: "down", comment: input.value });
+      form.replaceChildren(element("span", "muted small", "Thanks for the feedback."));
+    } catch (error) { showError($("chat-error"), error); }
+  });
+  run.foot.append(form);
+  input.focus();
+}
+
+/** Only the last run of the thread offers to regenerate; only the last question to edit. */
+function markLastRun() {
+  const runs = [...$("timeline").querySelectorAll("article.run")];
+  runs.forEach((node, index) => node.classList.toggle("last", index === runs.length - 1));
+  const bubbles = [...$("timeline").querySelectorAll(".msg.user:not(.failed)")];
+  bubbles.forEach((bubble, index) => {
+    bubble.querySelector(".edit")?.remove();
+    if (index === bubbles.length - 1 && !aliveRun()) {
+      const text = bubble.querySelector(".text").textContent;
+      bubble.append(button("Edit and resend", () => editLast(text), "link small edit"));
+    }
+  });
+}
+
+function questionOf(run) {
+  let node = run.root.previousElementSibling;
+  while (node && !node.classList.contains("user")) node = node.previousElementSibling;
+  return node?.querySelector(".text")?.textContent || "";
+}
+
+function regenerate(run) {
+  const text = questionOf(run);
+  if (text) sendText(text, { agent: run.agent || $("agent").value });
+}
+
+function editLast(text) {
+  $("message").value = text;
+  updateComposer();
+  $("message").focus();
 }
 
 function aliveRun() {
   return [...state.runs.values()].find((run) => !run.done && !run.id.startsWith("answer-"));
 }
 
-function updateCancel() {
-  $("cancel").hidden = !aliveRun();
-}
-
 // ---------------------------------------------------------------- WebSocket
 
-function setConnection(kind) {
+function setConnection(kind, text = kind) {
   const badge = $("connection");
   badge.className = `connection ${kind}`;
-  badge.textContent = kind;
+  badge.textContent = text;
+  $("reconnect-now").hidden = kind !== "reconnecting";
 }
 
 function closeSocket() {
   clearTimeout(state.reconnectTimer);
+  clearInterval(state.countdown);
   if (state.ws) {
     state.ws.onclose = null;
     state.ws.close(1000);
@@ -341,32 +726,52 @@ function closeSocket() {
 function connect() {
   closeSocket();
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}${API}/ws`);
+  const ws = new WebSocket(`${scheme}://${location.host}${API_WS}`);
   state.ws = ws;
+  setConnection("connecting", "connecting…");
   ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: session.access }));
   ws.onmessage = (message) => onFrame(JSON.parse(message.data));
   ws.onclose = async (close) => {
     state.connected = false;
     state.ws = null;
     if (close.code === 4401) {
-      if (await refreshTokens()) { connect(); return; }
-      signedOut();
-      return;
+      try {
+        if (await refreshTokens()) { connect(); return; }
+      } catch { /* offline: retry below */ }
+      if (!session.refresh) { signOut("Your session ended. Please log in again."); return; }
     }
-    setConnection("reconnecting");
-    state.reconnectTimer = setTimeout(connect, state.backoff);
-    state.backoff = Math.min(state.backoff * 2, 15000);
+    scheduleReconnect();
   };
 }
 
-function send(frame) {
+function scheduleReconnect() {
+  clearTimeout(state.reconnectTimer);
+  clearInterval(state.countdown);
+  const delay = state.backoff;
+  state.backoff = Math.min(state.backoff * 2, 15000);
+  state.reconnectAt = Date.now() + delay;
+  const tick = () => {
+    const left = Math.max(0, Math.ceil((state.reconnectAt - Date.now()) / 1000));
+    setConnection("reconnecting", `offline · retrying in ${left} s`);
+  };
+  tick();
+  state.countdown = setInterval(tick, 1000);
+  state.reconnectTimer = setTimeout(connect, delay);
+}
+
+function reconnectNow() {
+  state.backoff = 1000;
+  connect();
+}
+
+function sendFrame(frame) {
   if (!state.connected) return false;
   state.ws.send(JSON.stringify(frame));
   return true;
 }
 
 function resume(run) {
-  send({ type: "resume", run_id: run.id, after: run.lastSeq });
+  sendFrame({ type: "resume", run_id: run.id, after: run.lastSeq });
 }
 
 function onFrame(frame) {
@@ -374,81 +779,210 @@ function onFrame(frame) {
     case "connection_established":
       state.connected = true;
       state.backoff = 1000;
+      clearInterval(state.countdown);
       setConnection("online");
+      showError($("chat-error"), null);
       for (const run of state.runs.values()) if (!run.done && !run.id.startsWith("answer-")) resume(run);
       // A message whose ack was lost with the old socket: the resend (same client_id)
       // is acknowledged with the run it started, never a second run.
-      for (const pending of state.unacked.values()) send(pending);
+      for (const pending of state.pending.values()) if (pending.sent) sendFrame(pending.frame);
+      loadThreads();
       break;
     case "ack":
       onAck(frame);
       break;
     case "error":
-      if (frame.ref) state.unacked.delete(frame.ref);
-      showError($("chat-error"), new Error(frame.detail));
+      if (frame.ref && state.pending.has(frame.ref)) failPending(frame.ref, new ApiError(0, frame));
+      else showError($("chat-error"), new ApiError(0, frame));
+      break;
+    case "thread_created":
+    case "thread_updated":
+      upsertThread(frame.thread);
+      break;
+    case "thread_deleted":
+      forgetThread(frame.thread_id);
+      if (frame.thread_id === state.threadId) {
+        newThread({ push: false });
+        history.replaceState({}, "", "/");
+        showNotice("This thread was deleted in another tab.");
+      }
+      break;
+    case "message_created":
+      upsertThread(frame.thread);
+      // This tab's own message (acknowledged or not yet) is already shown.
+      if (frame.message.thread_id === state.threadId && !state.messages.has(frame.message.id)
+          && !state.pending.has(frame.client_id)) {
+        placeForeignQuestion(frame.message);
+      }
       break;
     case "pong":
       break;
     default:
-      if (frame.run_id && (frame.thread_id === state.threadId || state.runs.has(frame.run_id))) {
+      if (frame.run_id && state.runs.has(frame.run_id)) {
         applyEvent(frame);
-        updateCancel();
-      } else if (frame.seq === 1 && !state.threads.some((t) => t.id === frame.thread_id)) {
-        loadThreads(); // a thread started elsewhere (another tab)
+        updateComposer();
       }
   }
 }
 
-function onAck(frame, own = false) {
+/** A question asked in another tab, shown before its run (which may already be here). */
+function placeForeignQuestion(message) {
+  const bubble = userBubble(message.content, message.id);
+  const run = message.run_id && state.runs.get(message.run_id);
+  if (run) run.root.before(bubble);
+  else $("timeline").append(bubble);
+  $("timeline").querySelector(".welcome")?.remove();
+  markLastRun();
+  followNew();
+}
+
+function onAck(frame) {
   if (!frame.message_id) return; // a cancel's ack
-  // The server acknowledges every run before its first event on this socket, also
-  // runs started elsewhere (another tab): only our own messages switch the thread.
-  own = own || state.unacked.delete(frame.client_id);
-  if (!own) {
-    if (frame.thread_id === state.threadId) runView(frame.run_id);
-    else if (!state.threads.some((t) => t.id === frame.thread_id)) loadThreads();
+  const pending = state.pending.get(frame.client_id);
+  if (!pending) { // a run started elsewhere (another tab)
+    if (frame.thread_id === state.threadId && !state.runs.has(frame.run_id)) {
+      const question = $("timeline").querySelector(`[data-message-id="${frame.message_id}"]`);
+      runView(frame.run_id, { after: question });
+      markLastRun();
+    }
     return;
   }
-  if (state.threadId !== frame.thread_id) {
-    state.threadId = frame.thread_id;
-    loadThreads();
+  acknowledged(pending, { threadId: frame.thread_id, runId: frame.run_id, messageId: frame.message_id });
+}
+
+function acknowledged(pending, { threadId, runId, messageId }) {
+  state.pending.delete(pending.frame.client_id);
+  clearTimeout(pending.timer);
+  pending.messageId = messageId;
+  state.messages.add(messageId);
+  const bubble = pending.bubble;
+  if (bubble) {
+    bubble.classList.remove("pending");
+    bubble.dataset.messageId = messageId;
+    bubble.querySelector(".status")?.remove();
   }
-  runView(frame.run_id);
-  updateCancel();
+  if (!pending.frame.thread_id && state.threadId === null && bubble?.isConnected) {
+    state.threadId = threadId; // the first message made the thread: it is this view's now
+    history.pushState({}, "", threadPath(threadId));
+    if (!knownThread(threadId)) loadThreads();
+  }
+  if (threadId === state.threadId && bubble?.isConnected) {
+    const run = runView(runId, { after: bubble });
+    if (pending.frame.agent) run.agent = pending.frame.agent;
+  }
+  renderThreads();
+  markLastRun();
+  updateComposer();
+  followNew();
 }
 
 // ---------------------------------------------------------------- composer
 
-async function submitMessage(event) {
+function updateComposer() {
+  const text = $("message").value;
+  const length = text.length;
+  const counter = $("counter");
+  counter.hidden = length < MAX_CHARS * 0.8;
+  counter.textContent = `${length.toLocaleString()} / ${MAX_CHARS.toLocaleString()}`;
+  counter.classList.toggle("over", length > MAX_CHARS);
+  $("send").disabled = !text.trim() || length > MAX_CHARS;
+  const alive = aliveRun();
+  $("cancel").hidden = !alive;
+  if (!alive) $("busy-choice").hidden = true;
+}
+
+function submitMessage(event) {
   event.preventDefault();
-  const text = $("message").value.trim();
-  if (!text) return;
+  const text = $("message").value;
+  if (!text.trim() || text.length > MAX_CHARS) return;
+  if (aliveRun() && state.threadId) {
+    $("busy-choice").hidden = false; // ask: queue it, or stop the run and send
+    $("send-queue").focus();
+    return;
+  }
+  sendText(text);
+}
+
+function sendText(text, { multitask = "reject", agent = $("agent").value } = {}) {
+  $("busy-choice").hidden = true;
   showError($("chat-error"), null);
-  const frame = {
-    type: "message", content: text, agent: $("agent").value,
-    client_id: crypto.randomUUID(),
-  };
+  $("timeline").querySelector(".welcome")?.remove();
+  $("notice").hidden = true;
+  const frame = { type: "message", content: text, agent, client_id: crypto.randomUUID(), multitask };
   if (state.threadId) frame.thread_id = state.threadId;
-  addUserMessage(text);
+  const bubble = userBubble(text);
+  bubble.classList.add("pending");
+  bubble.append(element("span", "status muted small", "Sending…"));
+  $("timeline").append(bubble);
+  const pending = { frame, bubble, sent: false, timer: null, messageId: null };
+  state.pending.set(frame.client_id, pending);
   $("message").value = "";
-  state.unacked.set(frame.client_id, frame);
-  if (send(frame)) return;
-  state.unacked.delete(frame.client_id);
-  try { // offline: send over HTTP, the socket resumes the run when it is back
-    const body = { message: text, agent: frame.agent };
-    if (state.threadId) body.thread_id = state.threadId;
-    const accepted = await api("POST", "/chat", body);
-    onAck({ thread_id: accepted.thread_id, run_id: accepted.run.id, message_id: accepted.message.id }, true);
+  updateComposer();
+  scrollToBottom();
+  deliver(pending);
+}
+
+async function deliver(pending) {
+  const frame = pending.frame;
+  if (sendFrame(frame)) {
+    pending.sent = true;
+    pending.timer = setTimeout(() => {
+      const status = pending.bubble?.querySelector(".status");
+      if (status) status.textContent = "Waiting for the server… (it will be sent when the connection is back)";
+    }, ACK_PATIENCE);
+    return;
+  }
+  // No socket: send over HTTP; the socket follows the run when it is back.
+  const body = { message: frame.content, agent: frame.agent, multitask: frame.multitask, client_id: frame.client_id };
+  if (frame.thread_id) body.thread_id = frame.thread_id;
+  try {
+    const accepted = await request("POST", "/chat", body);
+    if (!state.pending.has(frame.client_id)) return;
+    acknowledged(pending, { threadId: accepted.thread_id, runId: accepted.run.id, messageId: accepted.message.id });
   } catch (error) {
-    showError($("chat-error"), error);
+    failPending(frame.client_id, error);
+  }
+}
+
+/** The message was refused or could not be sent: it stays, with retry and edit. */
+function failPending(clientId, error) {
+  const pending = state.pending.get(clientId);
+  if (!pending) return;
+  state.pending.delete(clientId);
+  clearTimeout(pending.timer);
+  const bubble = pending.bubble;
+  if (!bubble) { showError($("chat-error"), error); return; }
+  bubble.classList.remove("pending");
+  bubble.classList.add("failed");
+  bubble.querySelector(".status")?.remove();
+  const status = element("div", "status");
+  status.append(element("span", "error", `Not sent: ${explain(error)}`));
+  const retry = () => {
+    bubble.remove();
+    if (error.code === "not_found") { state.threadId = null; history.replaceState({}, "", "/"); renderThreads(); }
+    if (error.code === "thread_busy") { $("message").value = pending.frame.content; updateComposer(); submitMessage(new Event("submit")); return; }
+    sendText(pending.frame.content, { agent: pending.frame.agent });
+  };
+  const edit = () => {
+    bubble.remove();
+    $("message").value = pending.frame.content;
+    updateComposer();
+    $("message").focus();
+  };
+  status.append(button("Retry", retry, "link small retry"), button("Edit", edit, "link small edit-failed"));
+  bubble.append(status);
+  markLastRun();
+  if (!$("message").value) { // the text is never lost: it is back in the box too
+    $("message").value = pending.frame.content;
+    updateComposer();
   }
 }
 
 function cancelRun() {
   const run = aliveRun();
   if (!run) return;
-  if (!send({ type: "cancel", run_id: run.id })) {
-    api("POST", `/runs/${run.id}/cancel`).catch((error) => showError($("chat-error"), error));
+  if (!sendFrame({ type: "cancel", run_id: run.id })) {
+    request("POST", `/runs/${run.id}/cancel`).catch((error) => showError($("chat-error"), error));
   }
 }
 
@@ -459,24 +993,44 @@ function onKey(event) {
   }
 }
 
+// ---------------------------------------------------------------- drawer (phones)
+
+function openDrawer() {
+  document.querySelector(".app").classList.add("show-sidebar");
+  $("backdrop").hidden = false;
+  $("toggle-sidebar").setAttribute("aria-expanded", "true");
+  $("new-thread").focus();
+}
+
+function closeDrawer() {
+  const app = document.querySelector(".app");
+  if (!app.classList.contains("show-sidebar")) return;
+  app.classList.remove("show-sidebar");
+  $("backdrop").hidden = true;
+  $("toggle-sidebar").setAttribute("aria-expanded", "false");
+}
+
 // ---------------------------------------------------------------- start
 
 async function loadAgents() {
-  const agents = await api("GET", "/agents");
-  $("agent").replaceChildren(...agents.map((agent) => {
+  state.agents = await request("GET", "/agents");
+  const saved = localStorage.getItem("atoll.agent");
+  const chosen = state.agents.some((a) => a.name === saved) ? saved : "supervisor";
+  $("agent").replaceChildren(...state.agents.map((agent) => {
     const option = element("option", "", agent.name);
     option.value = agent.name;
     option.title = agent.description;
-    option.selected = agent.name === "supervisor";
+    option.selected = agent.name === chosen;
     return option;
   }));
 }
 
 async function start() {
   try {
-    state.user = await api("GET", "/me");
-  } catch {
-    signedOut();
+    state.user = await request("GET", "/me");
+  } catch (error) {
+    if (error instanceof NetworkError) { showAuth(explain(error)); return; }
+    signOut();
     return;
   }
   $("auth-view").hidden = true;
@@ -484,23 +1038,65 @@ async function start() {
   $("me").textContent = state.user.email;
   await Promise.all([loadAgents(), loadThreads()]);
   connect();
-  if (state.threads.length) await openThread(state.threads[0].id);
-  else newThread();
+  const wanted = threadFromLocation();
+  if (wanted) await openThread(wanted);
+  else newThread({ push: false });
   $("message").focus();
+}
+
+let searchTimer = null;
+function onSearch() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    state.search = $("thread-search").value.trim();
+    state.threadsCursor = null;
+    loadThreads();
+  }, 250);
 }
 
 function wire() {
   $("auth-form").addEventListener("submit", submitAuth);
   $("auth-toggle").addEventListener("click", toggleSignUp);
   $("logout").addEventListener("click", logout);
-  $("new-thread").addEventListener("click", newThread);
-  $("rename-thread").addEventListener("click", renameThread);
-  $("delete-thread").addEventListener("click", deleteThread);
+  $("new-thread").addEventListener("click", () => newThread());
+  $("rename-thread").addEventListener("click", startRename);
+  $("rename-form").addEventListener("submit", saveRename);
+  $("rename-cancel").addEventListener("click", cancelRename);
+  $("rename-input").addEventListener("keydown", (e) => { if (e.key === "Escape") cancelRename(); });
+  $("delete-thread").addEventListener("click", () => { $("confirm-delete").hidden = false; $("confirm-delete-no").focus(); });
+  $("confirm-delete-yes").addEventListener("click", confirmDelete);
+  $("confirm-delete-no").addEventListener("click", () => { $("confirm-delete").hidden = true; });
+  $("export-md").addEventListener("click", () => exportThread("markdown"));
+  $("export-json").addEventListener("click", () => exportThread("json"));
   $("composer").addEventListener("submit", submitMessage);
   $("message").addEventListener("keydown", onKey);
+  $("message").addEventListener("input", updateComposer);
   $("cancel").addEventListener("click", cancelRun);
-  $("toggle-sidebar").addEventListener("click",
-    () => document.querySelector(".app").classList.toggle("show-sidebar"));
+  $("send-queue").addEventListener("click", () => sendText($("message").value, { multitask: "enqueue" }));
+  $("send-interrupt").addEventListener("click", () => sendText($("message").value, { multitask: "interrupt" }));
+  $("send-wait").addEventListener("click", () => { $("busy-choice").hidden = true; $("message").focus(); });
+  $("agent").addEventListener("change", () => localStorage.setItem("atoll.agent", $("agent").value));
+  $("timeline").addEventListener("scroll", onScroll, { passive: true });
+  $("jump").addEventListener("click", () => { scrollToBottom(); $("message").focus(); });
+  $("reconnect-now").addEventListener("click", reconnectNow);
+  $("more-threads").addEventListener("click", () => loadThreads({ more: true }));
+  $("thread-search").addEventListener("input", onSearch);
+  $("toggle-sidebar").addEventListener("click", openDrawer);
+  $("close-sidebar").addEventListener("click", closeDrawer);
+  $("backdrop").addEventListener("click", closeDrawer);
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeDrawer(); });
+  window.addEventListener("popstate", () => {
+    if (!state.user) return;
+    const wanted = threadFromLocation();
+    if (wanted) openThread(wanted);
+    else newThread({ push: false });
+  });
+  window.addEventListener("online", reconnectNow);
+  whenSignedOut((reason) => signedOut(reason));
+  session.onChange((signedIn) => {
+    if (!signedIn && state.user) signedOut("You logged out in another tab.");
+    else if (signedIn && !state.user) start(); // logged in in another tab
+  });
 }
 
 wire();
