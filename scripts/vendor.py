@@ -93,9 +93,9 @@ def fetch_test_package(name: str, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     if check(lock, into, test=True):
         for package in lock["packages"]:
-            if package["name"] == name and package.get("test"):
-                if extract(package, download(package), into) != package["sha256"]:
-                    raise SystemExit(f"{name}: extracted files differ from the lock")
+            wanted = package["name"] == name and package.get("test")
+            if wanted and extract(package, download(package), into) != package["sha256"]:
+                raise SystemExit(f"{name}: extracted files differ from the lock")
         if check(lock, into, test=True):
             raise SystemExit(f"{name}: not in the lock, or it does not match")
     return into

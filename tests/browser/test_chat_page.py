@@ -11,8 +11,8 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from atoll.server.serve import running_server
-
 from conftest import ask, sign_up, watch_errors
+
 from serving import make_settings
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,6 @@ import re
 
 import httpx
 import pytest
-
 from vendor import LOCK, VENDOR, check
 
 pytestmark = [pytest.mark.e2e]

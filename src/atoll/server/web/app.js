@@ -590,7 +590,10 @@ function showAnswer(run, message) {
   run.text = message.content;
   run.messageId = message.id;
   renderMarkdown(run.answer, run.text);
-  if (message.feedback) run.feedback = message.feedback;
+  if (message.feedback) {
+    run.feedback = message.feedback;
+    showRating(run);
+  }
   if (message.id) state.messages.add(message.id);
 }
 

@@ -4,7 +4,10 @@
 // is single-flight: within a tab one promise, across tabs a Web Lock — the server
 // revokes the whole session when a refresh token is spent twice, so two tabs (or two
 // concurrent 401s) must never both spend it. A tab that waited for the lock finds the
-// tokens another tab stored and uses them instead of refreshing again.
+// tokens another tab stored and uses them instead of refreshing again. Under the lock
+// the tokens are read from IndexedDB, not localStorage: a browser may show one tab
+// another tab's localStorage write only some time later, while IndexedDB transactions
+// are consistent across tabs.
 export const API = "/api/v1";
 const ACCESS = "atoll.access";
 const REFRESH = "atoll.refresh";
@@ -32,16 +35,37 @@ export class NetworkError extends Error {
 const listeners = new Set();
 let flight = null;
 
+function shared(tokens) {
+  // tokens: undefined reads the pair, null deletes it, an object writes it.
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open("atoll", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("session");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const db = open.result;
+      const transaction = db.transaction("session", tokens === undefined ? "readonly" : "readwrite");
+      const store = transaction.objectStore("session");
+      const read = tokens === undefined ? store.get("tokens")
+        : tokens === null ? store.delete("tokens") : store.put(tokens, "tokens");
+      transaction.oncomplete = () => { db.close(); resolve(read.result); };
+      transaction.onerror = () => { db.close(); reject(transaction.error); };
+    };
+  });
+}
+
 export const session = {
   get access() { return localStorage.getItem(ACCESS); },
   get refresh() { return localStorage.getItem(REFRESH); },
   save(answer) {
     localStorage.setItem(ACCESS, answer.access_token);
     localStorage.setItem(REFRESH, answer.refresh_token);
+    const tokens = { access_token: answer.access_token, refresh_token: answer.refresh_token };
+    return shared(tokens).catch(() => {}); // no IndexedDB: single-flight within a tab only
   },
   clear() {
     localStorage.removeItem(ACCESS);
     localStorage.removeItem(REFRESH);
+    shared(null).catch(() => {});
   },
   /** ``callback(signedIn)`` when another tab logs in or out. */
   onChange(callback) { listeners.add(callback); },
@@ -62,11 +86,18 @@ async function withLock(work) {
 export function refreshTokens(failedToken = session.access) {
   if (!flight) {
     flight = withLock(async () => {
-      if (session.access && session.access !== failedToken) return true; // another tab did it
-      if (!session.refresh) return false;
+      const latest = await shared().catch(() => undefined);
+      if (latest && latest.access_token !== failedToken) { // another tab refreshed already
+        localStorage.setItem(ACCESS, latest.access_token);
+        localStorage.setItem(REFRESH, latest.refresh_token);
+        return true;
+      }
+      if (latest === undefined && session.access && session.access !== failedToken) return true;
+      const refreshToken = latest?.refresh_token || session.refresh;
+      if (!refreshToken) return false;
       try {
-        const answer = await call("POST", "/auth/refresh", { refresh_token: session.refresh });
-        session.save(answer);
+        const response = await call("POST", "/auth/refresh", { refresh_token: refreshToken });
+        await session.save(await response.json()); // stored before the lock is released
         return true;
       } catch (error) {
         if (error instanceof NetworkError) throw error;
