@@ -216,7 +216,7 @@ function resetTimeline() {
 function showWelcome() {
   const welcome = element("section", "welcome");
   const name = state.user?.name || state.user?.email?.split("@")[0] || "";
-  welcome.append(element("h3", "", name ? `Hello, ${name}. What can I help with?` : "What can I help with?"));
+  welcome.append(element("h2", "", name ? `Hello, ${name}. What can I help with?` : "What can I help with?"));
   welcome.append(element("p", "muted", "Pick an agent below and ask. You can watch it think and use its tools."));
   const examples = element("div", "examples");
   for (const text of ["What is 17*23?", "What is sqrt(2) * pi + 10**20?", "Explain what a thread is here."]) {
@@ -330,7 +330,7 @@ async function loadOlder(generation = state.opening) {
 function startRename() {
   const current = knownThread(state.threadId);
   if (!current) return;
-  $("thread-title").hidden = true;
+  $("thread-title").classList.add("visually-hidden"); // still the page's heading
   $("rename-form").hidden = false;
   $("rename-input").value = current.title || "";
   $("rename-input").select();
@@ -339,7 +339,7 @@ function startRename() {
 
 function cancelRename() {
   $("rename-form").hidden = true;
-  $("thread-title").hidden = false;
+  $("thread-title").classList.remove("visually-hidden");
 }
 
 async function saveRename(event) {
