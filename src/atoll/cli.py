@@ -129,19 +129,19 @@ def _user_create(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from atoll.terminal import read_password, run_chat
+    from atoll.terminal import PASSWORD_TRIES, read_password, run_chat
 
-    email = args.email or input("Email: ")
-    password = read_password(args.password_stdin)
+    prompted = not args.password_stdin and not os.environ.get("ATOLL_PASSWORD")
     try:
         return asyncio.run(
             run_chat(
                 url=args.url,
-                email=email,
-                password=password,
+                email=args.email or (lambda: input("Email: ")),
+                password=lambda: read_password(args.password_stdin),
                 agent=args.agent,
                 thread=args.thread,
                 once=args.once,
+                password_tries=PASSWORD_TRIES if prompted else 1,
             )
         )
     except KeyboardInterrupt:
