@@ -347,3 +347,25 @@ async def test_feedback_agent_choice_search_and_export(browser: Browser, server:
     path = await (await download.value).path()
     text = await asyncio.to_thread(Path(path).read_text)
     assert text.startswith("# What is 8+8?") and "8+8 = 16" in text
+
+
+async def test_regenerate_and_edit_the_last_message(browser: Browser, server: str) -> None:
+    page = await browser.new_page()
+    await sign_up(page, server, "again@example.com")
+    await ask(page, "What is 2+2?")
+    await expect(page.locator(".run")).to_have_class(COMPLETED)
+    await expect(page.get_by_role("button", name="Regenerate")).to_have_count(1)  # the last only
+    await page.get_by_role("button", name="Regenerate").click()
+    await expect(page.locator(".run")).to_have_count(2)
+    await expect(page.locator(".run").nth(1)).to_have_class(COMPLETED)
+    await expect(page.locator(".run").nth(1).locator(".answer")).to_contain_text("2+2 = 4")
+    await expect(page.locator(".msg.user .text")).to_have_text(["What is 2+2?", "What is 2+2?"])
+    await expect(page.get_by_role("button", name="Regenerate")).to_have_count(1)
+    await expect(page.get_by_role("button", name="Edit and resend")).to_have_count(1)
+    await page.get_by_role("button", name="Edit and resend").click()
+    box = page.get_by_label("Message", exact=True)
+    await expect(box).to_have_value("What is 2+2?")
+    await expect(box).to_be_focused()
+    await box.fill("What is 2+3?")
+    await box.press("Enter")
+    await expect(page.locator(".run").nth(2).locator(".answer")).to_contain_text("2+3 = 5")

@@ -618,8 +618,8 @@ function addRunActions(run, stateName) {
 }
 
 function feedbackButtons(run) {
-  const up = button("👍", () => rate(run, "up"), "link small rate");
-  const down = button("👎", () => rate(run, "down"), "link small rate");
+  const up = button("Good", () => rate(run, "up"), "link small rate");
+  const down = button("Bad", () => rate(run, "down"), "link small rate");
   up.setAttribute("aria-label", "Good answer");
   down.setAttribute("aria-label", "Bad answer");
   run.rateButtons = { up, down };
