@@ -3,8 +3,8 @@ docs/screenshot-phone.png (a 390 px phone), the chat page in the middle of a run
 
 Starts Atoll in-process (fresh data directory, the offline model streaming slowly
 so the run is caught mid-answer), signs up in Debian's Chromium through
-Playwright, asks one question, then a second one, and
-photographs the page while that answer streams (steps folded, as a reader sees them). Rerun any time:
+Playwright, asks one question, then a second one, and photographs the page while
+that answer streams (steps folded, as a reader sees them). Rerun any time:
 
     .venv/bin/python scripts/screenshot.py [--dark] [--output docs/screenshot.png]
 """

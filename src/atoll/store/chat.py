@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import Select, and_, delete, exists, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from atoll.errors import NotFoundError, ValidationFailedError
@@ -348,7 +349,10 @@ class ChatStore:
             session.flush()
             return row
 
-        return await self.db.write(rate_job)
+        try:
+            return await self.db.write(rate_job)
+        except IntegrityError:  # rated at the same moment elsewhere: now it is an update
+            return await self.db.write(rate_job)
 
     async def feedback(self, user_id: str, message_id: str) -> Feedback:
         """The user's feedback on ``message_id``; ``NotFoundError`` when there is none."""
