@@ -415,7 +415,7 @@ def read_password(password_stdin: bool) -> str:
     return os.environ.get("ATOLL_PASSWORD") or getpass.getpass("Password: ")
 
 
-async def log_in(
+async def sign_in_asking_again(
     client: AtollClient, console: Console, email: str, password: Callable[[], str], *, tries: int
 ) -> bool:
     """Log in, asking again after a wrong password (``tries`` times in all)."""
@@ -450,7 +450,9 @@ async def run_chat(
             return 2
         address = email if isinstance(email, str) else await asyncio.to_thread(email)
         try:
-            if not await log_in(client, console, address, password, tries=password_tries):
+            if not await sign_in_asking_again(
+                client, console, address, password, tries=password_tries
+            ):
                 return 1
         except NETWORK_ERRORS as exc:
             console.print(f"[red]{escape(friendly(exc, url))}[/]")
