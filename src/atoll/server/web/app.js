@@ -581,6 +581,7 @@ function scheduleRender(run) {
   run.renderPending = true;
   requestAnimationFrame(() => {
     run.renderPending = false;
+    if (run.done) return; // the end rendered it already, highlighted
     renderMarkdown(run.answer, run.text, { final: false });
     followNew();
   });
@@ -954,7 +955,11 @@ function failPending(clientId, error) {
   state.pending.delete(clientId);
   clearTimeout(pending.timer);
   const bubble = pending.bubble;
-  if (!bubble) { showError($("chat-error"), error); return; }
+  if (!bubble?.isConnected) { // sent from a view that is no longer shown
+    showError($("chat-error"), new Error(`Not sent: ${explain(error)}`));
+    if (!$("message").value) { $("message").value = pending.frame.content; updateComposer(); }
+    return;
+  }
   bubble.classList.remove("pending");
   bubble.classList.add("failed");
   bubble.querySelector(".status")?.remove();
@@ -1094,7 +1099,7 @@ function wire() {
     if (wanted) openThread(wanted);
     else newThread({ push: false });
   });
-  window.addEventListener("online", reconnectNow);
+  window.addEventListener("online", () => { if (state.user && !state.connected) reconnectNow(); });
   whenSignedOut((reason) => signedOut(reason));
   session.onChange((signedIn) => {
     if (!signedIn && state.user) signedOut("You logged out in another tab.");
