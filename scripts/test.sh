@@ -38,6 +38,19 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 
+# Node and npm for the OpenID Provider of the sign-in tests (tests/oidc: node-oidc-provider,
+# installed with `npm ci` from its lock file, integrity-checked, by the tests themselves).
+if ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "== installing Node.js and npm (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    else
+        echo "Node.js and npm are needed for the sign-in tests: install the Debian packages 'nodejs' and 'npm'." >&2
+        exit 2
+    fi
+fi
+(cd tests/oidc && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+
 echo "== ruff"
 .venv/bin/ruff check src tests bench scripts
 .venv/bin/ruff format --check src tests bench scripts

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -14,6 +15,24 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+class OIDCProviderSettings(BaseModel):
+    """One OpenID Provider people may sign in with (see docs/auth.md)."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="In URLs: /oidc/{name}")
+    display_name: str = Field(min_length=1, max_length=100, description='"Sign in with …"')
+    issuer: str = Field(pattern=r"^https?://[^\s?#]+$", description="Its discovery base URL")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    scopes: str = "openid email profile"
+    allow_linking: bool = Field(
+        False,
+        description="Link a first sign-in to an existing password account with the same "
+        "verified email (only for providers that own their users' email addresses)",
+    )
 
 
 class Settings(BaseSettings):
@@ -76,6 +95,23 @@ class Settings(BaseSettings):
         description="Origins (scheme://host[:port]) whose pages may open the WebSocket, besides "
         "the server's own; comma-separated",
     )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+$",
+        description="How users reach this server (scheme://host[:port]): the base of the OpenID "
+        "Connect redirect URI; unset: taken from each request",
+    )
+    oidc_providers: list[OIDCProviderSettings] = Field(
+        default_factory=list, description="OpenID Providers, as a JSON list"
+    )
+    oidc_config_file: Path | None = Field(
+        None, description='A JSON file {"providers": [...]} with more OpenID Providers'
+    )
+    login_redirect_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other origins a sign-in may return to (comma-separated); by default only "
+        "paths of this server",
+    )
     docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json")
     metrics_enabled: bool = Field(True, description="Serve /metrics")
     metrics_token: SecretStr | None = Field(
@@ -131,7 +167,28 @@ class Settings(BaseSettings):
         """``ATOLL_REDIS_URL=`` (empty) means "not set", like leaving it out."""
         return None if value == "" else value
 
-    @field_validator("knowledge_dirs", "plugins", "allowed_origins", mode="before")
+    @model_validator(mode="after")
+    def _providers_from_file(self) -> Settings:
+        """Add the providers of ``oidc_config_file``; names must be unique."""
+        if self.oidc_config_file is not None:
+            try:
+                document = json.loads(self.oidc_config_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"oidc_config_file: {exc}") from None
+            providers = document.get("providers") if isinstance(document, dict) else None
+            if not isinstance(providers, list):
+                raise ValueError('oidc_config_file: expected {"providers": [...]}')
+            self.oidc_providers = [
+                *self.oidc_providers,
+                *(OIDCProviderSettings.model_validate(p) for p in providers),
+            ]
+        names = [p.name for p in self.oidc_providers]
+        if len(names) != len(set(names)):
+            raise ValueError("oidc providers: each name may be used once")
+        return self
+
+    @field_validator("knowledge_dirs", "plugins", "allowed_origins", "login_redirect_origins",
+                     mode="before")  # fmt: skip
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """Accept comma-separated lists from the environment."""

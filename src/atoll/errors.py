@@ -113,6 +113,39 @@ class RefreshReuseError(AuthenticationError):
     code = "refresh_reused"
 
 
+class SignInError(AtollError):
+    """A sign-in with an OpenID Provider that cannot complete; ``reason`` says why, in a
+    stable word (``state_invalid``, ``invalid_id_token``, ``email_unverified``, …)."""
+
+    code = "sign_in_failed"
+    status = 401
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, details={"reason": reason})
+        self.reason = reason
+
+
+class DomainTakenError(AtollError):
+    """An email domain another organisation owns already."""
+
+    code = "domain_taken"
+    status = 409
+
+
+class LastSignInError(AtollError):
+    """Removing what would leave an account no way to sign in."""
+
+    code = "last_sign_in"
+    status = 409
+
+
+class SSORequiredError(AtollError):
+    """Password sign-in for an email whose organisation requires its identity provider."""
+
+    code = "sso_required"
+    status = 403
+
+
 class UnavailableError(AtollError):
     """Raised when a dependency (database, bus) is unreachable; retry later."""
 

@@ -27,6 +27,7 @@ from atoll.errors import (
     RateLimitedError,
     RefreshReuseError,
     SessionRevokedError,
+    SSORequiredError,
     ValidationFailedError,
 )
 from atoll.ratelimit import FailureCounter, RateLimiter
@@ -34,8 +35,10 @@ from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
 from atoll.store.models import AuthSession, User, utcnow
+from atoll.store.orgs import OrgStore
 
 logger = logging.getLogger(__name__)
+SSO_REQUIRED = "your organisation requires signing in with its identity provider"
 
 _NOT_IN_ADDRESS = r"@\x00-\x20\x7f"
 EMAIL_SHAPE = rf"[^{_NOT_IN_ADDRESS}]{{1,64}}@[^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}]+"
@@ -127,8 +130,10 @@ class AuthService:
         signups: RateLimiter,
         sessions: SessionCache | None = None,
         revocations: RevocationNotifier | None = None,
+        orgs: OrgStore | None = None,
     ) -> None:
         self._db = db
+        self._orgs = orgs if orgs is not None else OrgStore(db)
         self._codec = codec
         self._passwords = passwords
         self._audit = audit
@@ -170,8 +175,10 @@ class AuthService:
         self, email: str, password: str, name: str | None, *, address: str
     ) -> IssuedTokens:
         """Create an account and log it in (sign-ups are rate-limited per client address)."""
-        normalise_email(email)
+        normalised = normalise_email(email)
         check_password(password)
+        if await self._orgs.requires_sso(normalised):
+            raise SSORequiredError(SSO_REQUIRED)
         retry_after = await self._signups.hit(f"signup:{address}")
         if retry_after is not None:
             raise RateLimitedError(
@@ -201,7 +208,10 @@ class AuthService:
             async with self._db.session() as session:
                 query = select(User).where(User.email == email)
                 user = (await session.execute(query)).scalar()
-            verified = await self._passwords.verify(user.password_hash if user else None, password)
+            # An account made by a sign-in has no password: the same work as an unknown one.
+            usable = user.password_hash if user and not user.password_hash.startswith("!") else None
+            verified = await self._passwords.verify(usable, password)
+            sso = verified and await self._orgs.requires_sso(email)
         except BaseException:
             await self._failures.release(keys, reservation.token)  # not a failed guess
             raise
@@ -211,6 +221,9 @@ class AuthService:
             )
             raise InvalidCredentialsError("wrong email or password")
         await self._failures.release(keys, reservation.token)
+        if sso:  # told only to whoever knows the password
+            await self._audit.record("login_refused_sso", user_id=user.id)
+            raise SSORequiredError(SSO_REQUIRED)
         await self._failures.reset(next(iter(keys)))
         await self._audit.record("login", user_id=user.id)
         return await self._start_session(user)
@@ -311,6 +324,10 @@ class AuthService:
         )
         self.sessions.put(principal, epoch=epoch)
         return principal
+
+    async def session_for(self, user: User) -> IssuedTokens:
+        """Start a session for ``user``, who proved who they are elsewhere (a sign-in)."""
+        return await self._start_session(user)
 
     async def _start_session(self, user: User) -> IssuedTokens:
         now = datetime.now(UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-ID_PREFIXES = frozenset({"usr", "thr", "msg", "run", "req", "evt", "con", "call", "ses"})
+ID_PREFIXES = frozenset({"usr", "thr", "msg", "run", "req", "evt", "con", "call", "ses", "org"})
 
 
 def new_id(prefix: str) -> str:

@@ -18,7 +18,7 @@ from atoll.server.deps import single_valued_query
 from atoll.server.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from atoll.server.page import PageAssets
 from atoll.server.problems import install_openapi, install_problem_handlers
-from atoll.server.routes import auth, ops, runs, threads
+from atoll.server.routes import auth, ops, runs, signin, threads
 from atoll.server.services import running_services
 from atoll.server.websocket import websocket_endpoint
 
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     once = [Depends(single_valued_query)]
     app.include_router(auth.router, prefix=API, dependencies=once)
+    app.include_router(signin.router, prefix=API, dependencies=once)
     app.include_router(threads.router, prefix=API, dependencies=once)
     app.include_router(runs.router, prefix=API, dependencies=once)
     app.include_router(ops.router)

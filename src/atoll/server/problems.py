@@ -47,10 +47,14 @@ class Problem(BaseModel):
     code: str
     """A stable machine code: ``validation_error``, ``not_found``, ``rate_limited`` …"""
     errors: list[ProblemField]
+    reason: str | None = None
+    """For ``sign_in_failed``: why, in a stable word (``state_invalid``, ``email_unverified`` …)."""
 
 
 PROBLEM_DESCRIPTIONS = {
-    401: "Missing, invalid, expired or revoked token (`invalid_token`, `token_expired` …)",
+    403: "Refused for this account (`sso_required`: sign in with the organisation's provider)",
+    401: "Missing, invalid, expired or revoked token (`invalid_token`, `token_expired` …), or a "
+    "sign-in that cannot complete (`sign_in_failed`; `reason` says why)",
     404: "No such resource, or another user's (`not_found`)",
     409: "Conflict (`thread_busy`, `email_taken`)",
     413: "Request body too large (`too_large`)",
@@ -123,9 +127,10 @@ def problem(
     *,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    reason: str | None = None,
 ) -> JSONResponse:
     """A problem+json response."""
-    body = {
+    body: dict[str, Any] = {
         "type": PROBLEM_TYPE + code,
         "title": HTTPStatus(status).phrase,
         "status": status,
@@ -133,6 +138,8 @@ def problem(
         "code": code,
         "errors": errors or [],
     }
+    if reason is not None:
+        body["reason"] = reason
     return JSONResponse(
         body, status_code=status, media_type="application/problem+json", headers=headers
     )
@@ -152,7 +159,11 @@ async def _atoll_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.details.get("errors") if isinstance(exc.details.get("errors"), list) else None
     if exc.status >= 500:
         logger.error("request failed: %s", exc.message)
-    return problem(exc.status, exc.code, exc.message, errors=errors, headers=headers or None)
+    reason = exc.details.get("reason")
+    return problem(
+        exc.status, exc.code, exc.message, errors=errors, headers=headers or None,
+        reason=reason if isinstance(reason, str) else None,
+    )  # fmt: skip
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

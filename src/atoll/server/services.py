@@ -12,9 +12,11 @@ from functools import partial
 from typing import Any
 
 from atoll.aio import run_every, settle_task
+from atoll.auth.oidc import OIDCProvider
 from atoll.auth.passwords import Passwords
 from atoll.auth.service import AuthService, LoginLimits
 from atoll.auth.sessions import SessionCache
+from atoll.auth.signin import SignInService
 from atoll.auth.tokens import TokenCodec, load_or_create_secret
 from atoll.bus.memory import InMemoryEventBus, MemorySubscription
 from atoll.bus.redis import RedisEventRelay
@@ -44,6 +46,7 @@ from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.db import Database, sqlite_url
 from atoll.store.event_log import DatabaseRunEventLog
+from atoll.store.orgs import OrgStore
 from atoll.store.runs import RunStore
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class Services:
     registry: AgentRegistry
     factory: ExecutionEngineFactory
     auth: AuthService
+    signin: SignInService
+    orgs: OrgStore
     audit: AuditLog
     chat: ChatStore
     runs: RunService
@@ -199,6 +204,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             else None
         )
         audit = AuditLog(db)
+        orgs = OrgStore(db)
         auth = AuthService(
             db,
             token_codec(settings),
@@ -217,6 +223,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             else LocalRateLimiter(settings.signups_per_hour, 3600.0),
             sessions=SessionCache(settings.session_cache_seconds),
             revocations=cluster.revocations if cluster is not None else None,
+            orgs=orgs,
         )
         chat = ChatStore(db, audit)
         local_bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
@@ -282,6 +289,14 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             registry=factory.registry,
             factory=factory,
             auth=auth,
+            orgs=orgs,
+            signin=SignInService(
+                db,
+                auth,
+                audit,
+                [OIDCProvider(provider) for provider in settings.oidc_providers],
+                redirect_origins=settings.login_redirect_origins,
+            ),
             audit=audit,
             chat=chat,
             runs=runs,

@@ -26,6 +26,15 @@ AUDITED_ACTIONS = frozenset(
         "run_start",
         "run_cancel",
         "access_denied",
+        "sign_in",
+        "sign_in_failed",
+        "login_refused_sso",
+        "identity_linked",
+        "identity_unlinked",
+        "org_joined",
+        "org_member_removed",
+        "org_role_changed",
+        "org_plan_changed",
     }
 )
 

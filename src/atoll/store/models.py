@@ -191,6 +191,88 @@ class Feedback(Base):
     __table_args__ = (Index("ix_feedback_user_pk", "user_id", "pk"),)
 
 
+class Identity(Base):
+    """A user's account at an OpenID Provider: the provider's issuer and subject are the
+    key (never the email, which a provider may let its users change)."""
+
+    __tablename__ = "identities"
+
+    pk: Mapped[int] = mapped_column(AutoKey, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(500))
+    subject: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_identities_issuer_subject"),)
+
+
+class OIDCLogin(Base):
+    """A sign-in in progress: what the callback must find (stored by the hash of its state)."""
+
+    __tablename__ = "oidc_logins"
+
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    nonce: Mapped[str] = mapped_column(String(128))
+    verifier: Mapped[str] = mapped_column(String(128))
+    next_path: Mapped[str] = mapped_column(String(2000))
+    browser_hash: Mapped[str] = mapped_column(String(64))
+    link_user_id: Mapped[str | None] = mapped_column(String(64))
+    """Set when a signed-in user links this provider to their account."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LoginCode(Base):
+    """The one-time code a finished sign-in hands to the page (by its hash), to trade for
+    tokens by POST: tokens never travel in a URL."""
+
+    __tablename__ = "login_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    browser_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Org(Base):
+    """An organisation: owns email domains, has members and a plan."""
+
+    __tablename__ = "orgs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    plan: Mapped[str] = mapped_column(String(32), default="free")
+    sso_required: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OrgDomain(Base):
+    """An email domain an organisation owns (IDNA, lower case)."""
+
+    __tablename__ = "org_domains"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+
+
+class OrgMember(Base):
+    """A user's membership of their (one) organisation."""
+
+    __tablename__ = "org_members"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AuditEntry(Base):
     """A security-relevant action."""
 

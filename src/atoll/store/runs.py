@@ -41,7 +41,7 @@ from atoll.store.chat import (
 from atoll.store.db import Database
 from atoll.store.event_log import event_row
 from atoll.store.models import Message, Run, RunEventRow, Thread, User, utcnow
-from atoll.store.writer import execute_core, insert_rows
+from atoll.store.writer import execute_core, insert_rows, rows_changed
 
 _RUNS = Run.__table__
 _FINISHED = (
@@ -195,9 +195,7 @@ class RunStore:
     async def take(self, run_id: str, worker_id: str) -> bool:
         """``claim`` without its reads, for a consumer that has the message already."""
         statement = _claiming(run_id, worker_id)
-        return await self.db.write(
-            lambda session: bool(_rowcount(session.connection().execute(statement)))
-        )
+        return await self.db.write(lambda session: bool(rows_changed(session, statement)))
 
     async def start(self, run_id: str, worker_id: str, started_at: datetime) -> None:
         """Record that a worker's run has begun (STARTING -> RUNNING, with its start time)."""
@@ -230,9 +228,7 @@ class RunStore:
             .where(*conditions)
             .values(state=ExecutionState.PENDING.value, worker_id=None, queued_at=utcnow())
         )
-        return await self.db.write(
-            lambda session: bool(_rowcount(session.connection().execute(statement)))
-        )
+        return await self.db.write(lambda session: bool(rows_changed(session, statement)))
 
     async def earlier_alive(self, run: Run) -> bool:
         """Whether the run's thread has an alive run created before it."""
@@ -303,7 +299,7 @@ class RunStore:
                 .where(*conditions)
                 .values(state=ending.state.value, error=ending.error, finished_at=now)
             )
-            if not _rowcount(session.connection().execute(ended)):
+            if not rows_changed(session, ended):
                 return None
             run = session.execute(select(Run).where(Run.id == run_id)).scalar_one()
             last_query = (
@@ -401,7 +397,3 @@ def _claiming(run_id: str, worker_id: str) -> Update:
         .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value)
         .values(state=ExecutionState.STARTING.value, worker_id=worker_id, attempts=Run.attempts + 1)
     )
-
-
-def _rowcount(result: object) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)

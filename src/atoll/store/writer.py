@@ -71,6 +71,13 @@ def execute_core(session: Session, statement: Executable) -> None:
     session.connection().execute(statement)
 
 
+def rows_changed(session: Session, statement: Executable) -> int:
+    """Run a Core UPDATE or DELETE on the batch's connection; how many rows it changed
+    (a conditional UPDATE that changed one row won a race no one else can win)."""
+    result = session.connection().execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _run_jobs(connection: Connection, jobs: list[WriteJob[Any]], *, isolate: bool) -> list[Any]:
     """Run ``jobs`` in one session on ``connection``: the results, or each job's exception.
 

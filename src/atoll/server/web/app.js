@@ -1,6 +1,7 @@
 // Atoll's chat page: plain ES modules, no build step. See docs/page.md.
 import {
-  ApiError, NetworkError, authenticate, refreshTokens, request, session, signOut, whenSignedOut,
+  ApiError, NetworkError, authenticate, exchangeSignInCode, refreshTokens, request, session,
+  signInProviders, signOut, whenSignedOut,
 } from "./session.js";
 import { copyButton, renderMarkdown } from "./markdown.js";
 
@@ -85,12 +86,56 @@ function threadFromLocation() {
 
 // ---------------------------------------------------------------- auth view
 
+const SIGN_IN_ERRORS = {
+  state_invalid: "That sign-in expired or was started in another browser. Try again.",
+  email_unverified: "Your identity provider did not confirm your email address, so no account was made.",
+  account_exists: "An account with your email already exists. Log in with its password; you can then link your identity provider.",
+  invalid_id_token: "The identity provider's answer could not be verified. Try again, or ask your administrator.",
+  code_rejected: "The identity provider refused the sign-in. Try again.",
+  provider_refused: "The sign-in was cancelled at the identity provider.",
+  provider_unavailable: "The identity provider cannot be reached right now. Try again later.",
+  code_invalid: "That sign-in link was already used or expired. Sign in again.",
+  identity_taken: "That identity is already linked to another account.",
+  unknown_provider: "That sign-in provider is not configured.",
+};
+
 function showAuth(reason) {
   closeSocket();
   $("app-view").hidden = true;
   $("auth-view").hidden = false;
   showError($("auth-error"), reason ? new Error(reason) : null);
+  showProviders();
   $("auth-email").focus();
+}
+
+async function showProviders() {
+  const providers = await signInProviders();
+  const box = $("providers");
+  box.querySelectorAll("a").forEach((node) => node.remove());
+  for (const provider of providers) {
+    const link = element("a", "provider-button", `Sign in with ${provider.display_name}`);
+    const next = threadFromLocation() ? location.pathname : "/";
+    link.href = `${provider.start_url}?next=${encodeURIComponent(next)}`;
+    box.append(link);
+  }
+  box.hidden = !providers.length;
+}
+
+/** A provider sign-in returns with a one-time code (or its failure) in the fragment. */
+async function finishProviderSignIn() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const code = fragment.get("signin");
+  const failed = fragment.get("signin_error");
+  if (!code && !failed) return null;
+  history.replaceState(history.state, "", location.pathname + location.search); // never kept
+  if (failed) return SIGN_IN_ERRORS[failed] || "The sign-in did not complete. Try again.";
+  try {
+    await exchangeSignInCode(code);
+  } catch (error) {
+    return error.code === "sign_in_failed"
+      ? (SIGN_IN_ERRORS[error.problem?.reason] || explain(error)) : explain(error);
+  }
+  return null;
 }
 
 function toggleSignUp() {
@@ -1108,4 +1153,8 @@ function wire() {
 }
 
 wire();
-if (session.access) start(); else showAuth();
+finishProviderSignIn().then((failure) => {
+  if (failure) showAuth(failure);
+  else if (session.access) start();
+  else showAuth();
+});

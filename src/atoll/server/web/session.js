@@ -146,6 +146,21 @@ export async function request(method, path, body, { raw = false } = {}) {
   return response.status === 204 ? null : response.json();
 }
 
+/** Trade the one-time code a provider sign-in left in the URL fragment for tokens. */
+export async function exchangeSignInCode(code) {
+  const response = await call("POST", "/auth/oidc/exchange", { code });
+  await session.save(await response.json());
+}
+
+/** The OpenID Providers offered ("Sign in with …"); none when the call fails. */
+export async function signInProviders() {
+  try {
+    return await (await call("GET", "/auth/providers")).json();
+  } catch {
+    return [];
+  }
+}
+
 /** Log in or sign up (no token needed). */
 export async function authenticate(path, body) {
   const response = await call("POST", path, body);

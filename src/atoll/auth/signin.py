@@ -1,0 +1,304 @@
+"""Signing in with an OpenID Provider: from the redirect to Atoll tokens.
+
+1. ``start``: a random ``state``, ``nonce`` and PKCE verifier are stored (by the hash
+   of the state) with where to return, and bound to the browser by an HttpOnly
+   cookie; the browser goes to the provider.
+2. ``callback``: the state is spent (once, within 10 minutes, only by the browser
+   that started it — login CSRF fails), the code is traded with the verifier, the ID
+   token verified (``atoll.auth.oidc``), and the account found or made: by the
+   provider's issuer and subject; a first sign-in creates the user only with a
+   verified email; an existing password account with that email is linked only if
+   the provider allows linking. A verified email in an organisation's domain joins
+   that organisation. The browser returns to the page with a **one-time code** in
+   the URL fragment (never sent to a server, removed by the page at once).
+3. ``exchange``: the page posts the code (single use, 60 s, same browser) and gets
+   the usual token pair. Tokens never travel in a URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from atoll.auth.oidc import OIDCProvider, ProviderIdentity
+from atoll.auth.service import AuthService, IssuedTokens
+from atoll.errors import LastSignInError, NotFoundError, SignInError
+from atoll.runtime.ids import new_id
+from atoll.store.audit import AuditLog
+from atoll.store.db import Database
+from atoll.store.models import Identity, LoginCode, OIDCLogin, OrgMember, User, utcnow
+from atoll.store.orgs import membership_in, org_of_domain_in
+from atoll.store.writer import rows_changed
+
+LOGIN_TTL = timedelta(minutes=10)
+"""How long a started sign-in may take at the provider."""
+CODE_TTL = timedelta(seconds=60)
+"""How long the page has to trade its one-time code."""
+UNUSABLE_PASSWORD = "!sso"  # noqa: S105 - a marker no password hash can equal
+"""The password hash of an account made by a sign-in: no password matches it."""
+MAX_NEXT = 2000
+
+
+def digest(secret: str) -> str:
+    """What is stored of a secret (state, code, browser binding): its SHA-256."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def safe_next(target: str | None, allowed_origins: list[str]) -> str:
+    """Where a sign-in may return: a path of this server, or a URL on one of
+    ``allowed_origins``; anything else (``//evil``, ``https://evil``, ``/\\evil``,
+    ``javascript:``) returns to ``/``."""
+    if not target or len(target) > MAX_NEXT or any(ord(c) < 0x20 or c == "\\" for c in target):
+        return "/"
+    if target.startswith("/") and not target.startswith("//"):
+        return target
+    parts = urlsplit(target)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    if parts.scheme in ("http", "https") and origin in {
+        o.rstrip("/").lower() for o in allowed_origins
+    }:
+        return target
+    return "/"
+
+
+class SignInService:
+    """The configured providers and the sign-in flow (one per app)."""
+
+    def __init__(
+        self,
+        db: Database,
+        auth: AuthService,
+        audit: AuditLog,
+        providers: list[OIDCProvider],
+        *,
+        redirect_origins: list[str],
+    ) -> None:
+        self._db = db
+        self._auth = auth
+        self._audit = audit
+        self.providers = {provider.name: provider for provider in providers}
+        self._redirect_origins = redirect_origins
+
+    def provider(self, name: str) -> OIDCProvider:
+        """The provider ``name``; ``NotFoundError`` for one that is not configured."""
+        found = self.providers.get(name)
+        if found is None:
+            raise NotFoundError("no such sign-in provider")
+        return found
+
+    async def start(
+        self, name: str, *, redirect_uri: str, next_url: str | None, link_user_id: str | None = None
+    ) -> tuple[str, str]:
+        """Begin a sign-in: the provider URL to redirect to, and the browser's secret."""
+        provider = self.provider(name)
+        state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        verifier, browser = secrets.token_urlsafe(48), secrets.token_urlsafe(32)
+        url = await provider.authorization_url(
+            redirect_uri=redirect_uri, state=state, nonce=nonce, verifier=verifier
+        )
+        row = OIDCLogin(
+            state_hash=digest(state),
+            provider=name,
+            nonce=nonce,
+            verifier=verifier,
+            next_path=safe_next(next_url, self._redirect_origins),
+            browser_hash=digest(browser),
+            link_user_id=link_user_id,
+            created_at=utcnow(),
+        )
+
+        def store(session: Session) -> None:
+            cutoff = utcnow() - LOGIN_TTL  # sign-ins nobody finished are forgotten
+            session.execute(delete(OIDCLogin).where(OIDCLogin.created_at < cutoff))
+            session.add(row)
+
+        await self._db.write(store)
+        return url, browser
+
+    async def callback(
+        self, name: str, *, code: str | None, state: str | None, browser: str | None,
+        redirect_uri: str,
+    ) -> tuple[str, str]:  # fmt: skip
+        """Finish at the provider's redirect: where to go and the one-time code."""
+        provider = self.provider(name)
+        if not code or not state or not browser:
+            raise SignInError("state_invalid", "the sign-in did not start in this browser")
+        login = await self._spend_state(name, state, browser)
+        identity = await provider.finish(
+            code=code, redirect_uri=redirect_uri, verifier=login.verifier, nonce=login.nonce
+        )
+        user = await self._account(provider, identity, login.link_user_id)
+        one_time = secrets.token_urlsafe(32)
+        row = LoginCode(
+            code_hash=digest(one_time), user_id=user.id, browser_hash=digest(browser),
+            created_at=utcnow(),
+        )  # fmt: skip
+        await self._db.write(lambda session: session.add(row))
+        return login.next_path, one_time
+
+    async def _spend_state(self, name: str, state: str, browser: str) -> OIDCLogin:
+        """The sign-in started with ``state`` by this browser, spent now (once)."""
+
+        def spend(session: Session) -> OIDCLogin | None:
+            now = utcnow()
+            spent = rows_changed(
+                session,
+                update(OIDCLogin)
+                .where(
+                    OIDCLogin.state_hash == digest(state),
+                    OIDCLogin.provider == name,
+                    OIDCLogin.browser_hash == digest(browser),
+                    OIDCLogin.used_at.is_(None),
+                    OIDCLogin.created_at > now - LOGIN_TTL,
+                )
+                .values(used_at=now),
+            )
+            if not spent:
+                return None
+            return session.get(OIDCLogin, digest(state))
+
+        login = await self._db.write(spend)
+        if login is None:
+            raise SignInError("state_invalid", "this sign-in is unknown, used or expired")
+        return login
+
+    async def _account(
+        self, provider: OIDCProvider, identity: ProviderIdentity, link_user_id: str | None
+    ) -> User:
+        """The user the identity signs in (found, linked or made), joined to its org."""
+        events: list[tuple[str, dict[str, str]]] = []
+
+        def resolve(session: Session) -> User:
+            found = session.execute(
+                select(Identity).where(
+                    Identity.issuer == identity.issuer, Identity.subject == identity.subject
+                )
+            ).scalar()
+            now = utcnow()
+            if found is not None:
+                if link_user_id is not None and found.user_id != link_user_id:
+                    raise SignInError("identity_taken", "this identity belongs to another account")
+                found.last_used_at, found.email = now, identity.email
+                user = session.get(User, found.user_id)
+                assert user is not None
+            else:
+                user = self._user_for(session, provider, identity, link_user_id, events)
+                session.add(
+                    Identity(
+                        user_id=user.id, provider=provider.name, issuer=identity.issuer,
+                        subject=identity.subject, email=identity.email, created_at=now,
+                        last_used_at=now,
+                    )
+                )  # fmt: skip
+            if (
+                identity.email
+                and identity.email_verified
+                and membership_in(session, user.id) is None
+            ):
+                org = org_of_domain_in(session, identity.email)
+                if org is not None:
+                    session.add(
+                        OrgMember(user_id=user.id, org_id=org.id, role="member", joined_at=now)
+                    )
+                    events.append(("org_joined", {"org_id": org.id}))
+            return user
+
+        user = await self._db.write(resolve)
+        for action, detail in events:
+            await self._audit.record(action, user_id=user.id, provider=provider.name, **detail)
+        await self._audit.record("sign_in", user_id=user.id, provider=provider.name)
+        return user
+
+    @staticmethod
+    def _user_for(
+        session: Session,
+        provider: OIDCProvider,
+        identity: ProviderIdentity,
+        link_user_id: str | None,
+        events: list[tuple[str, dict[str, str]]],
+    ) -> User:
+        if link_user_id is not None:  # a signed-in user links this provider to their account
+            user = session.get(User, link_user_id)
+            if user is None:
+                raise SignInError("state_invalid", "the account to link is gone")
+            events.append(("identity_linked", {"subject": identity.subject}))
+            return user
+        if not identity.email or not identity.email_verified:
+            raise SignInError("email_unverified", "the provider did not assert a verified email")
+        email = identity.email.strip().lower()
+        existing = session.execute(select(User).where(User.email == email)).scalar()
+        if existing is not None:
+            if not provider.settings.allow_linking:
+                raise SignInError(
+                    "account_exists",
+                    "an account with this email exists: log in with its password and link "
+                    "the provider from your account",
+                )
+            events.append(("identity_linked", {"subject": identity.subject}))
+            return existing
+        user = User(
+            id=new_id("usr"), email=email, name=identity.name, password_hash=UNUSABLE_PASSWORD,
+            plan="free", roles=[], created_at=utcnow(),
+        )  # fmt: skip
+        session.add(user)
+        session.flush()
+        events.append(("register", {"via": provider.name}))
+        return user
+
+    async def exchange(self, code: str, browser: str | None) -> IssuedTokens:
+        """Trade the one-time code of a finished sign-in for tokens (once, same browser)."""
+        if not browser:
+            raise SignInError("code_invalid", "this code is unknown, used or expired")
+
+        def spend(session: Session) -> User | None:
+            now = utcnow()
+            spent = rows_changed(  # one conditional UPDATE: two racing exchanges, one wins
+                session,
+                update(LoginCode)
+                .where(
+                    LoginCode.code_hash == digest(code),
+                    LoginCode.browser_hash == digest(browser),
+                    LoginCode.used_at.is_(None),
+                    LoginCode.created_at > now - CODE_TTL,
+                )
+                .values(used_at=now),
+            )
+            if not spent:
+                return None
+            row = session.get(LoginCode, digest(code))
+            return session.get(User, row.user_id) if row is not None else None
+
+        user = await self._db.write(spend)
+        if user is None:
+            raise SignInError("code_invalid", "this code is unknown, used or expired")
+        return await self._auth.session_for(user)
+
+    async def identities(self, user_id: str) -> list[Identity]:
+        """The provider accounts linked to ``user_id``'s, oldest first."""
+        query = select(Identity).where(Identity.user_id == user_id).order_by(Identity.pk)
+        async with self._db.session() as session:
+            return list((await session.execute(query)).scalars().all())
+
+    async def unlink(self, user_id: str, identity_pk: int) -> None:
+        """Remove one of the user's linked identities (never their last way to sign in)."""
+
+        def remove(session: Session) -> str:
+            row = session.get(Identity, identity_pk)
+            if row is None or row.user_id != user_id:
+                raise NotFoundError("identity not found")
+            user = session.get(User, user_id)
+            others = session.execute(
+                select(Identity.pk).where(Identity.user_id == user_id, Identity.pk != identity_pk)
+            ).first()
+            if user is not None and user.password_hash.startswith("!") and others is None:
+                raise LastSignInError("this is the only way to sign in to this account")
+            session.delete(row)
+            return row.provider
+
+        provider = await self._db.write(remove)
+        await self._audit.record("identity_unlinked", user_id=user_id, provider=provider)
