@@ -89,3 +89,33 @@ def oidc_provider(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def code_from_provider(authorization_url: str, login: str) -> str:
+    """Go through the provider's development login and consent pages with a plain HTTP
+    client (no browser, no Atoll cookie): the callback URL the provider redirects to."""
+    import re
+
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        url = authorization_url
+        for _ in range(20):
+            answer = await http.get(url)
+            if answer.status_code in (302, 303):
+                url = str(httpx.URL(url).join(answer.headers["location"]))
+                if "/callback" in url:
+                    return url
+                continue
+            action = re.search(r'action="([^"]+)"', answer.text)
+            prompt = re.search(r'name="prompt" value="([^"]+)"', answer.text)
+            assert action and prompt, answer.text[:500]
+            form = {"prompt": prompt.group(1)}
+            if prompt.group(1) == "login":
+                form |= {"login": login, "password": "any"}
+            answer = await http.post(str(httpx.URL(url).join(action.group(1))), data=form)
+            assert answer.status_code in (302, 303), answer.text[:500]
+            url = str(httpx.URL(url).join(answer.headers["location"]))
+            if "/callback" in url:
+                return url
+    raise AssertionError("the provider never redirected to the callback")
