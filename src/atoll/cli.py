@@ -56,6 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--data-dir", type=Path)
 
+    org = commands.add_parser("org", help="manage organisations (operators)").add_subparsers(
+        dest="org_command", metavar="ACTION", required=True
+    )
+    org_create = org.add_parser("create", help="create an organisation; prints its id")
+    org_create.add_argument("name")
+    org_create.add_argument("--plan", default="free")
+    org_domain = org.add_parser("add-domain", help="give an email domain to an organisation")
+    org_domain.add_argument("org_id")
+    org_domain.add_argument("domain")
+    org_plan = org.add_parser("set-plan", help="change an organisation's plan")
+    org_plan.add_argument("org_id")
+    org_plan.add_argument("plan")
+    org_sso = org.add_parser("require-sso", help="refuse passwords for the organisation's domains")
+    org_sso.add_argument("org_id")
+    org_sso.add_argument("required", choices=["on", "off"])
+    org_members = org.add_parser("members", help="list an organisation's members")
+    org_members.add_argument("org_id")
+    org_remove = org.add_parser("remove", help="remove a member and end their sessions")
+    org_remove.add_argument("org_id")
+    org_remove.add_argument("email")
+    for action in (org_create, org_domain, org_plan, org_sso, org_members, org_remove):
+        action.add_argument("--data-dir", type=Path)
+
     commands.add_parser("ssot", help="the SSOT toolkit: atoll ssot scan … (see atoll ssot -h)")
     db = commands.add_parser("db", help="database maintenance").add_subparsers(
         dest="db_command", metavar="ACTION", required=True
@@ -148,6 +171,49 @@ def _chat(args: argparse.Namespace) -> int:
         return 130
 
 
+async def _org_action(args: argparse.Namespace) -> list[str]:
+    from atoll.config import Settings
+    from atoll.server.services import running_services
+
+    settings = _settings(args)
+    assert isinstance(settings, Settings)
+    async with running_services(settings) as services:
+        orgs, audit = services.orgs, services.audit
+        if args.org_command == "create":
+            return [(await orgs.create(args.name, plan=args.plan)).id]
+        if args.org_command == "add-domain":
+            return [await orgs.add_domain(args.org_id, args.domain)]
+        if args.org_command == "set-plan":
+            previous = await orgs.set_plan(args.org_id, args.plan)
+            await audit.record("org_plan_changed", org_id=args.org_id, plan=args.plan,
+                               previous=previous, by="operator")  # fmt: skip
+            return [f"{previous} -> {args.plan}"]
+        if args.org_command == "require-sso":
+            await orgs.require_sso(args.org_id, args.required == "on")
+            return [f"sso required: {args.required}"]
+        if args.org_command == "members":
+            return [
+                f"{user.email}\t{member.role}" for user, member in await orgs.members(args.org_id)
+            ]
+        user_id = await orgs.remove_member(args.org_id, args.email)
+        ended = await services.auth.revoke_all(user_id, "removed_from_org")
+        await audit.record("org_member_removed", user_id=user_id, org_id=args.org_id, by="operator")
+        return [f"removed {args.email}; {ended} session(s) ended"]
+
+
+def _org(args: argparse.Namespace) -> int:
+    from atoll.errors import AtollError
+
+    try:
+        lines = asyncio.run(_org_action(args))
+    except AtollError as exc:
+        print(f"atoll: {exc.message}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    return 0
+
+
 def _db_upgrade(args: argparse.Namespace) -> int:
     from atoll.config import Settings
     from atoll.store.db import Database, sqlite_url
@@ -188,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _chat(args)
         if args.command == "user":
             return _user_create(args)
+        if args.command == "org":
+            return _org(args)
         if args.command == "db":
             return _db_upgrade(args)
     except ConfigurationError as exc:

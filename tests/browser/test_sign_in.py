@@ -90,6 +90,13 @@ async def test_sign_in_jit_org_join_sso_and_sign_out(browser: Browser, tmp_path:
         async with AtollClient(url) as client:
             client.access_token = await page.evaluate("() => localStorage.getItem('atoll.access')")
             assert (await client.request("GET", "/me"))["id"] == me["id"]
+            # Removed from the organisation (what `atoll org remove` does): her sessions end.
+            await services.orgs.remove_member(org.id, "ADA@acme.test")
+            assert await services.auth.revoke_all(me["id"], "removed_from_org") >= 1
+            with pytest.raises(ApiError) as removed:
+                await client.request("GET", "/me")
+            assert (removed.value.status, removed.value.code) == (401, "session_revoked")
+            assert await services.orgs.membership(me["id"]) is None
 
 
 async def test_an_unverified_email_makes_no_account(browser: Browser, tmp_path: Path) -> None:

@@ -271,6 +271,29 @@ class AuthService:
             "logout", user_id=principal.user_id, session_id=principal.session_id
         )
 
+    async def revoke_all(self, user_id: str, reason: str) -> int:
+        """End every session of ``user_id`` (removed from their organisation, …); how many."""
+
+        def revoke(session: Session) -> list[str]:
+            rows = (
+                session.execute(
+                    select(AuthSession).where(
+                        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            now = utcnow()
+            for row in rows:
+                row.revoked_at, row.revoked_reason = now, reason
+            return [row.id for row in rows]
+
+        ended = await self._db.write(revoke)
+        for session_id in ended:
+            await self._revoked(session_id)
+        return len(ended)
+
     async def _revoked(self, session_id: str) -> None:
         """Forget a revoked session here at once, and tell the other processes."""
         self.sessions.invalidate(session_id)

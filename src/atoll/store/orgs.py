@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from atoll.errors import DomainTakenError, NotFoundError, ValidationFailedError
 from atoll.runtime.ids import new_id
 from atoll.store.db import Database
-from atoll.store.models import Org, OrgDomain, OrgMember, utcnow
+from atoll.store.models import Org, OrgDomain, OrgMember, User, utcnow
 
 MAX_DOMAIN = 253
 
@@ -98,6 +98,44 @@ class OrgStore:
             org.sso_required = required
 
         await self.db.write(set_flag)
+
+    async def set_plan(self, org_id: str, plan: str) -> str:
+        """Change the organisation's plan; the plan it had."""
+
+        def change(session: Session) -> str:
+            org = session.get(Org, org_id)
+            if org is None:
+                raise NotFoundError("organisation not found")
+            previous, org.plan = org.plan, plan
+            return previous
+
+        return await self.db.write(change)
+
+    async def members(self, org_id: str) -> list[tuple[User, OrgMember]]:
+        """The organisation's members, by email."""
+        query = (
+            select(User, OrgMember)
+            .join(OrgMember, OrgMember.user_id == User.id)
+            .where(OrgMember.org_id == org_id)
+            .order_by(User.email)
+        )
+        async with self.db.session() as session:
+            if await session.get(Org, org_id) is None:
+                raise NotFoundError("organisation not found")
+            return [(user, member) for user, member in (await session.execute(query)).all()]
+
+    async def remove_member(self, org_id: str, email: str) -> str:
+        """Take the user with ``email`` out of the organisation; their user id."""
+
+        def remove(session: Session) -> str:
+            user = session.execute(select(User).where(User.email == email.strip().lower())).scalar()
+            member = session.get(OrgMember, user.id) if user is not None else None
+            if user is None or member is None or member.org_id != org_id:
+                raise NotFoundError("no such member")
+            session.delete(member)
+            return user.id
+
+        return await self.db.write(remove)
 
     async def membership(self, user_id: str) -> OrgMember | None:
         """The user's membership, if any."""
