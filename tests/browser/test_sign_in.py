@@ -127,3 +127,20 @@ async def test_a_password_account_is_linked_only_when_the_provider_may(
                     "An account with your email already exists"
                 )
             await page.close()
+
+
+async def test_a_provider_that_is_down_is_said_in_words(browser: Browser, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = {"name": "acme", "display_name": "Acme ID", "issuer": dead,
+              "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}  # fmt: skip
+    async with running_server(make_settings(tmp_path / "data", oidc_providers=[config])) as (
+        url,
+        _,
+    ):
+        page = await browser.new_page()
+        await page.goto(url)
+        await page.get_by_role("link", name="Sign in with Acme ID").click()
+        await expect(page.locator("#auth-error")).to_have_text(
+            "The identity provider cannot be reached right now. Try again later."
+        )
+        assert page.url == f"{url}/"

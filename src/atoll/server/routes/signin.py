@@ -81,10 +81,15 @@ async def start_sign_in(
     services: ServicesDep,
     next: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> Response:
-    """Send the browser to the provider (code flow with PKCE, state and nonce)."""
-    url, browser = await services.signin.start(
-        name, redirect_uri=redirect_uri(request, name), next_url=next
-    )
+    """Send the browser to the provider (code flow with PKCE, state and nonce); back to the
+    page with the reason when the provider cannot be reached."""
+    try:
+        url, browser = await services.signin.start(
+            name, redirect_uri=redirect_uri(request, name), next_url=next
+        )
+    except SignInError as exc:
+        await services.audit.record("sign_in_failed", provider=name, reason=exc.reason)
+        return RedirectResponse(f"/#signin_error={quote(exc.reason)}", status_code=303)
     return _with_cookie(RedirectResponse(url, status_code=303), request, browser)
 
 
