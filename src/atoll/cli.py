@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = user.add_parser("create", help="create a user")
     create.add_argument("email")
     create.add_argument("--name")
-    create.add_argument("--plan", default="free")
+    create.add_argument("--plan", help="their plan outside an organisation (default: the default)")
     create.add_argument("--role", action="append", default=[], dest="roles")
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     org_create = org.add_parser("create", help="create an organisation; prints its id")
     org_create.add_argument("name")
-    org_create.add_argument("--plan", default="free")
+    org_create.add_argument("--plan", help="default: the default plan")
     org_domain = org.add_parser("add-domain", help="give an email domain to an organisation")
     org_domain.add_argument("org_id")
     org_domain.add_argument("domain")
@@ -73,10 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     org_sso.add_argument("required", choices=["on", "off"])
     org_members = org.add_parser("members", help="list an organisation's members")
     org_members.add_argument("org_id")
-    org_remove = org.add_parser("remove", help="remove a member and end their sessions")
+    org_members.add_argument("--removed", action="store_true", help="those removed instead")
+    org_role = org.add_parser("set-role", help="make a member an admin, or a member again")
+    org_role.add_argument("org_id")
+    org_role.add_argument("email")
+    org_role.add_argument("role", choices=["admin", "member"])
+    org_remove = org.add_parser(
+        "remove", help="remove a member: end their sessions, keep them out until restored"
+    )
     org_remove.add_argument("org_id")
     org_remove.add_argument("email")
-    for action in (org_create, org_domain, org_plan, org_sso, org_members, org_remove):
+    org_restore = org.add_parser("restore", help="let a removed member sign in again")
+    org_restore.add_argument("org_id")
+    org_restore.add_argument("email")
+    org_actions = (org_create, org_domain, org_plan, org_sso, org_members, org_role, org_remove,
+                   org_restore)  # fmt: skip
+    for action in org_actions:
         action.add_argument("--data-dir", type=Path)
 
     commands.add_parser("ssot", help="the SSOT toolkit: atoll ssot scan … (see atoll ssot -h)")
@@ -126,6 +138,8 @@ async def _create_user(args: argparse.Namespace, password: str) -> str:
     settings = _settings(args)
     assert isinstance(settings, Settings)
     async with running_services(settings) as services:
+        if args.plan is not None:
+            services.org_admin.check_plan(args.plan)
         user = await services.auth.create_user(
             args.email, password, name=args.name, plan=args.plan, roles=frozenset(args.roles)
         )
@@ -178,26 +192,28 @@ async def _org_action(args: argparse.Namespace) -> list[str]:
     settings = _settings(args)
     assert isinstance(settings, Settings)
     async with running_services(settings) as services:
-        orgs, audit = services.orgs, services.audit
+        admin, orgs = services.org_admin, services.orgs
         if args.org_command == "create":
-            return [(await orgs.create(args.name, plan=args.plan)).id]
+            return [(await admin.create(args.name, args.plan)).id]
         if args.org_command == "add-domain":
             return [await orgs.add_domain(args.org_id, args.domain)]
         if args.org_command == "set-plan":
-            previous = await orgs.set_plan(args.org_id, args.plan)
-            await audit.record("org_plan_changed", org_id=args.org_id, plan=args.plan,
-                               previous=previous, by="operator")  # fmt: skip
+            previous = await admin.set_plan(args.org_id, args.plan, by=None)
             return [f"{previous} -> {args.plan}"]
         if args.org_command == "require-sso":
-            await orgs.require_sso(args.org_id, args.required == "on")
+            await admin.require_sso(args.org_id, args.required == "on", by=None)
             return [f"sso required: {args.required}"]
         if args.org_command == "members":
-            return [
-                f"{user.email}\t{member.role}" for user, member in await orgs.members(args.org_id)
-            ]
-        user_id = await orgs.remove_member(args.org_id, args.email)
-        ended = await services.auth.revoke_all(user_id, "removed_from_org")
-        await audit.record("org_member_removed", user_id=user_id, org_id=args.org_id, by="operator")
+            rows = await orgs.members(args.org_id, removed=args.removed)
+            return [f"{row.email}\t{row.role}" for row in rows]
+        user_id = await orgs.member_id(args.org_id, args.email)
+        if args.org_command == "set-role":
+            previous = await admin.set_role(args.org_id, user_id, args.role, by=None)
+            return [f"{args.email}: {previous} -> {args.role}"]
+        if args.org_command == "restore":
+            await admin.restore(args.org_id, user_id, by=None)
+            return [f"restored {args.email}"]
+        ended = await admin.remove(args.org_id, user_id, by=None)
         return [f"removed {args.email}; {ended} session(s) ended"]
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLAN_NAME = r"[a-z0-9][a-z0-9_-]{0,31}"
+"""What a plan may be called (it is stored in 32 characters)."""
 
 
 def _split_csv(value: object) -> object:
@@ -33,6 +37,39 @@ class OIDCProviderSettings(BaseModel):
         description="Link a first sign-in to an existing password account with the same "
         "verified email (only for providers that own their users' email addresses)",
     )
+
+
+class PlanSettings(BaseModel):
+    """What one plan allows (see docs/auth.md, "Plans"); unset limits are the server's."""
+
+    model_config = {"extra": "forbid"}
+
+    tools: list[str] | None = Field(None, description="Tools its users may call; unset: all")
+    agents: list[str] | None = Field(None, description="Agents its users may run; unset: all")
+    runs_at_once: int | None = Field(
+        None, ge=1, le=10_000, description="Runs per user at once; unset: max_concurrent_runs"
+    )
+    messages_per_minute: int | None = Field(
+        None, ge=1, le=100_000, description="Messages per user per minute; unset: the server's"
+    )
+    monthly_tokens: int | None = Field(
+        None, ge=0, le=10**15, description="Model tokens per user per calendar month; unset: no cap"
+    )
+    org_monthly_tokens: int | None = Field(
+        None,
+        ge=0,
+        le=10**15,
+        description="Model tokens per organisation (its members together) per month; unset: no cap",
+    )
+
+
+def default_plans() -> dict[str, PlanSettings]:
+    """The plans an unconfigured server offers: free has the server's limits and no cap."""
+    return {
+        "free": PlanSettings(),
+        "pro": PlanSettings(runs_at_once=10, messages_per_minute=120),
+        "enterprise": PlanSettings(runs_at_once=20, messages_per_minute=300),
+    }
 
 
 class Settings(BaseSettings):
@@ -112,6 +149,14 @@ class Settings(BaseSettings):
         description="Other origins a sign-in may return to (comma-separated); by default only "
         "paths of this server",
     )
+    plans: dict[str, PlanSettings] = Field(
+        default_factory=default_plans,
+        description="The plans by name, as a JSON object {name: {tools, agents, runs_at_once, "
+        "messages_per_minute, monthly_tokens, org_monthly_tokens}}; replaces the defaults",
+    )
+    default_plan: str = Field(
+        "free", description="The plan of users outside an organisation (must be in plans)"
+    )
     docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json")
     metrics_enabled: bool = Field(True, description="Serve /metrics")
     metrics_token: SecretStr | None = Field(
@@ -168,8 +213,8 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @model_validator(mode="after")
-    def _providers_from_file(self) -> Settings:
-        """Add the providers of ``oidc_config_file``; names must be unique."""
+    def _providers_and_plans(self) -> Settings:
+        """Add the providers of ``oidc_config_file`` (names unique); check the plans."""
         if self.oidc_config_file is not None:
             try:
                 document = json.loads(self.oidc_config_file.read_text(encoding="utf-8"))
@@ -182,6 +227,10 @@ class Settings(BaseSettings):
                 *self.oidc_providers,
                 *(OIDCProviderSettings.model_validate(p) for p in providers),
             ]
+        if self.default_plan not in self.plans:
+            raise ValueError(f"default_plan {self.default_plan!r} is not one of the plans")
+        if any(not re.fullmatch(PLAN_NAME, name) for name in self.plans):
+            raise ValueError(f"plan names must match {PLAN_NAME}")
         names = [p.name for p in self.oidc_providers]
         if len(names) != len(set(names)):
             raise ValueError("oidc providers: each name may be used once")

@@ -125,6 +125,27 @@ class SignInError(AtollError):
         self.reason = reason
 
 
+class RemovedFromOrgError(AtollError):
+    """Raised when a member an organisation removed tries to sign in again."""
+
+    code = "removed_from_org"
+    status = 403
+
+
+class OrgAdminRequiredError(AtollError):
+    """Raised when a member who is not an admin of their organisation tries to manage it."""
+
+    code = "org_admin_required"
+    status = 403
+
+
+class LastAdminError(AtollError):
+    """Raised when a change would leave an organisation without an admin."""
+
+    code = "last_admin"
+    status = 409
+
+
 class DomainTakenError(AtollError):
     """An email domain another organisation owns already."""
 
@@ -171,6 +192,17 @@ class RateLimitedError(AtollError):
         self.retry_after = retry_after
 
 
+class QuotaExceededError(RateLimitedError):
+    """Raised when the month's token budget of the user's plan (or their organisation's) is
+    spent; ``retry_after`` is the time until it renews (the first of next month, UTC)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, details: dict[str, Any]) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.details.update(details)
+
+
 class TooManyStreamsError(RateLimitedError):
     """Raised when a user already has the maximum number of open event streams."""
 
@@ -200,6 +232,13 @@ class AgentNotFoundError(AtollError):
 
     code = "unknown_agent"
     status = 422
+
+
+class AgentForbiddenError(AtollError):
+    """Raised when the user's plan does not include the agent."""
+
+    code = "agent_forbidden"
+    status = 403
 
 
 class AgentDepthError(InvalidContextError):

@@ -15,9 +15,12 @@ from typing import Protocol
 
 
 class RateLimiter(Protocol):
-    """Counts hits per key; answers None when allowed, else seconds to wait."""
+    """Counts hits per key; answers None when allowed, else seconds to wait.
 
-    async def hit(self, key: str) -> float | None:
+    ``limit`` is the hits per period for this key (a plan's); None: the limiter's own.
+    """
+
+    async def hit(self, key: str, limit: int | None = None) -> float | None:
         """Record one hit for ``key``; None if allowed, else the retry-after in seconds."""
 
 
@@ -35,23 +38,23 @@ class LocalRateLimiter:
             raise ValueError("limit must be >= 1 and period > 0")
         self.limit = limit
         self.period = period
-        self._interval = period / limit
         self._clock = clock
         self._tat: dict[str, float] = {}
         self._hits_since_prune = 0
 
-    async def hit(self, key: str) -> float | None:
+    async def hit(self, key: str, limit: int | None = None) -> float | None:
         """Record one hit for ``key``; None if allowed, else the retry-after in seconds."""
-        return self.hit_now(key)
+        return self.hit_now(key, limit)
 
-    def hit_now(self, key: str) -> float | None:
+    def hit_now(self, key: str, limit: int | None = None) -> float | None:
         """Synchronous ``hit`` for callers that are not coroutines."""
         now = self._clock()
+        interval = self.period / (limit or self.limit)
         tat = max(self._tat.get(key, now), now)
-        allow_at = tat + self._interval - self.period
+        allow_at = tat + interval - self.period
         if allow_at > now:
             return allow_at - now
-        self._tat[key] = tat + self._interval
+        self._tat[key] = tat + interval
         self._hits_since_prune += 1
         if self._hits_since_prune >= 1024:
             self._prune(now)

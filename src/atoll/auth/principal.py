@@ -17,3 +17,6 @@ class Principal:
     plan: str
     roles: frozenset[str]
     created_at: datetime
+    org_id: str | None = None
+    """The user's organisation (its plan is ``plan``), if they are in one."""
+    org_role: str | None = None

@@ -26,6 +26,7 @@ from atoll.errors import (
     InvalidCredentialsError,
     RateLimitedError,
     RefreshReuseError,
+    RemovedFromOrgError,
     SessionRevokedError,
     SSORequiredError,
     ValidationFailedError,
@@ -34,11 +35,12 @@ from atoll.ratelimit import FailureCounter, RateLimiter
 from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
-from atoll.store.models import AuthSession, User, utcnow
-from atoll.store.orgs import OrgStore
+from atoll.store.models import AuthSession, OrgMember, User, utcnow
+from atoll.store.orgs import OrgStore, effective_plan, with_org
 
 logger = logging.getLogger(__name__)
 SSO_REQUIRED = "your organisation requires signing in with its identity provider"
+REMOVED = "your organisation removed you; ask its admin"
 
 _NOT_IN_ADDRESS = r"@\x00-\x20\x7f"
 EMAIL_SHAPE = rf"[^{_NOT_IN_ADDRESS}]{{1,64}}@[^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}]+"
@@ -131,8 +133,11 @@ class AuthService:
         sessions: SessionCache | None = None,
         revocations: RevocationNotifier | None = None,
         orgs: OrgStore | None = None,
+        default_plan: str = "free",
     ) -> None:
         self._db = db
+        self.default_plan = default_plan
+        """The plan new accounts get (``ATOLL_DEFAULT_PLAN``); an organisation's overrides it."""
         self._orgs = orgs if orgs is not None else OrgStore(db)
         self._codec = codec
         self._passwords = passwords
@@ -149,7 +154,7 @@ class AuthService:
         password: str,
         *,
         name: str | None = None,
-        plan: str = "free",
+        plan: str | None = None,
         roles: frozenset[str] = frozenset(),
     ) -> User:
         """Create an account (``EmailTakenError`` if the email is used)."""
@@ -161,7 +166,7 @@ class AuthService:
             email=address,
             name=name,
             password_hash=hashed,
-            plan=plan,
+            plan=plan or self.default_plan,
             roles=sorted(roles),
             created_at=utcnow(),
         )
@@ -212,6 +217,7 @@ class AuthService:
             usable = user.password_hash if user and not user.password_hash.startswith("!") else None
             verified = await self._passwords.verify(usable, password)
             sso = verified and await self._orgs.requires_sso(email)
+            removed = verified and user is not None and await self._orgs.is_removed(user.id)
         except BaseException:
             await self._failures.release(keys, reservation.token)  # not a failed guess
             raise
@@ -224,6 +230,9 @@ class AuthService:
         if sso:  # told only to whoever knows the password
             await self._audit.record("login_refused_sso", user_id=user.id)
             raise SSORequiredError(SSO_REQUIRED)
+        if removed:
+            await self._audit.record("login_refused_removed", user_id=user.id)
+            raise RemovedFromOrgError(REMOVED)
         await self._failures.reset(next(iter(keys)))
         await self._audit.record("login", user_id=user.id)
         return await self._start_session(user)
@@ -322,8 +331,8 @@ class AuthService:
                 raise AuthenticationError("the token is invalid")
             return cached
         epoch = self.sessions.epoch  # before the read: see atoll.auth.sessions
-        query = (
-            select(AuthSession, User)
+        query = with_org(
+            select(AuthSession, User, effective_plan(), OrgMember.org_id, OrgMember.role)
             .join(User, User.id == AuthSession.user_id)
             .where(AuthSession.id == claims.session_id)
         )
@@ -331,7 +340,7 @@ class AuthService:
             found = (await session.execute(query)).first()
         if found is None:
             raise AuthenticationError("the token is invalid")
-        row, user = found
+        row, user, plan, org_id, org_role = found
         if row.user_id != claims.user_id:
             raise AuthenticationError("the token is invalid")
         if row.revoked_at is not None:
@@ -341,9 +350,11 @@ class AuthService:
             session_id=row.id,
             email=user.email,
             name=user.name,
-            plan=user.plan,
+            plan=plan,
             roles=frozenset(user.roles or ()),
             created_at=user.created_at,
+            org_id=org_id,
+            org_role=org_role,
         )
         self.sessions.put(principal, epoch=epoch)
         return principal

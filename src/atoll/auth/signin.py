@@ -32,7 +32,7 @@ from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
 from atoll.store.models import Identity, LoginCode, OIDCLogin, OrgMember, User, utcnow
-from atoll.store.orgs import membership_in, org_of_domain_in
+from atoll.store.orgs import org_of_domain_in
 from atoll.store.writer import rows_changed
 
 LOGIN_TTL = timedelta(minutes=10)
@@ -195,11 +195,12 @@ class SignInService:
                         last_used_at=now,
                     )
                 )  # fmt: skip
-            if (
-                identity.email
-                and identity.email_verified
-                and membership_in(session, user.id) is None
-            ):
+            member = session.get(OrgMember, user.id)
+            if member is not None and member.removed_at is not None:
+                raise SignInError(
+                    "removed_from_org", "your organisation removed you; ask its admin"
+                )
+            if member is None and identity.email and identity.email_verified:
                 org = org_of_domain_in(session, identity.email)
                 if org is not None:
                     session.add(
@@ -214,8 +215,8 @@ class SignInService:
         await self._audit.record("sign_in", user_id=user.id, provider=provider.name)
         return user
 
-    @staticmethod
     def _user_for(
+        self,
         session: Session,
         provider: OIDCProvider,
         identity: ProviderIdentity,
@@ -243,7 +244,7 @@ class SignInService:
             return existing
         user = User(
             id=new_id("usr"), email=email, name=identity.name, password_hash=UNUSABLE_PASSWORD,
-            plan="free", roles=[], created_at=utcnow(),
+            plan=self._auth.default_plan, roles=[], created_at=utcnow(),
         )  # fmt: skip
         session.add(user)
         session.flush()

@@ -24,7 +24,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -249,17 +249,17 @@ class RedisRateLimiter:
         self._redis = redis
         self.fail_open = fail_open
         """Allow (instead of raising) while Redis is unreachable."""
-        self._interval_ms = max(1, round(period * 1000 / limit))
+        self.limit = limit
         self._period_ms = round(period * 1000)
         self._prefix = prefix
         self._script = redis.register_script(_GCRA)
 
-    async def hit(self, key: str) -> float | None:
+    async def hit(self, key: str, limit: int | None = None) -> float | None:
         """Record one hit for ``key``; None if allowed, else the retry-after in seconds."""
+        interval_ms = max(1, round(self._period_ms / (limit or self.limit)))
         try:
             wait_ms = await self._script(
-                keys=[f"atoll:rate:{self._prefix}:{key}"],
-                args=[self._interval_ms, self._period_ms],
+                keys=[f"atoll:rate:{self._prefix}:{key}"], args=[interval_ms, self._period_ms]
             )
         except (RedisError, OSError):
             if not self.fail_open:
@@ -321,21 +321,19 @@ class RedisRunSlots:
         self.held: dict[str, str] = {}
         """run_id -> user_id of the slots this process holds."""
 
-    async def _try(self, user_id: str, run_id: str) -> bool:
-        taken = await self._take(
-            keys=[slots_key(user_id)], args=[run_id, self.limit, self._lease_ms]
-        )
+    async def _try(self, user_id: str, run_id: str, limit: int) -> bool:
+        taken = await self._take(keys=[slots_key(user_id)], args=[run_id, limit, self._lease_ms])
         if int(taken):
             self.held[run_id] = user_id
             return True
         return False
 
-    async def try_acquire(self, user_id: str, run_id: str) -> None:
+    async def try_acquire(self, user_id: str, run_id: str, limit: int | None = None) -> None:
         """Take a slot now or raise ``RunLimitError``."""
-        if not await self._try(user_id, run_id):
-            raise run_limit_error(self.limit)
+        if not await self._try(user_id, run_id, limit or self.limit):
+            raise run_limit_error(limit or self.limit)
 
-    async def acquire(self, user_id: str, run_id: str) -> None:
+    async def acquire(self, user_id: str, run_id: str, limit: int | None = None) -> None:
         """Take a slot, polling until one is free anywhere in the cluster.
 
         While Redis is unreachable the run keeps waiting (the run timeout bounds it).
@@ -343,7 +341,7 @@ class RedisRunSlots:
         delay = self._poll
         while True:
             try:
-                if await self._try(user_id, run_id):
+                if await self._try(user_id, run_id, limit or self.limit):
                     return
             except (RedisError, OSError):
                 delay = max(delay, 0.5)
@@ -452,7 +450,7 @@ class RedisSessionRevocations:
         self,
         stop: asyncio.Event,
         *,
-        revoked: Callable[[str], None],
+        revoked: Callable[[str], Awaitable[None]],
         subscribed: Callable[[], None],
         lost: Callable[[], None],
     ) -> None:
@@ -468,7 +466,7 @@ class RedisSessionRevocations:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
-                        revoked(data.decode() if isinstance(data, bytes) else str(data))
+                        await revoked(data.decode() if isinstance(data, bytes) else str(data))
             except (TimeoutError, RedisError, OSError) as exc:
                 lost()
                 logger.warning("session revocations: redis unavailable (%s)", type(exc).__name__)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from atoll.errors import (
+    AgentForbiddenError,
     AtollError,
     InvalidContextError,
     RunClosedError,
@@ -40,6 +41,7 @@ from atoll.runtime.llm.base import (
     ToolSpec,
     Usage,
 )
+from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.state import ExecutionState
 from atoll.runtime.tools.dispatcher import ToolDispatcher
 from atoll.runtime.tools.processes import ToolProcessPool
@@ -52,6 +54,9 @@ CompletionHook = Callable[[UserExecutionContext, str, str], Awaitable[None]]
 StartHook = Callable[[UserExecutionContext, datetime], Awaitable[None]]
 """``hook(context, started_at)``: the run has begun (called before ``agent_started``); a
 failure is logged, not fatal (the run's end is recorded anyway)."""
+AdmissionHook = Callable[[UserExecutionContext, Plan], Awaitable[None]]
+"""``hook(context, plan)``: may the run begin? Called once it holds its slot, before
+``agent_started``; an ``AtollError`` it raises (``quota_exceeded``) ends the run FAILED."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,9 @@ class EngineServices:
     completion_hook: CompletionHook | None = None
     start_hook: StartHook | None = None
     processes: ToolProcessPool | None = None
+    plans: PlanCatalog | None = None
+    """The plans; None: nothing is gated by plan (runs at once are ``limits``')."""
+    admission: AdmissionHook | None = None
 
 
 class UsageMeter:
@@ -152,6 +160,8 @@ class UserExecutionEngine:
         self._emitter = emitter
         self._services = services
         self._tracker = services.tracker
+        self.plan = services.plans.get(context.plan) if services.plans is not None else None
+        """The user's plan (None when the factory gates nothing by plan)."""
         self._meter = UsageMeter()
         self._task: asyncio.Task[Any] | None = None
         self._cancel_reason: str | None = None
@@ -223,11 +233,12 @@ class UserExecutionEngine:
             self._done.set()
 
     async def _run(self, request: RunRequest) -> RunOutcome:
-        services, ctx = self._services, self.context
+        services, ctx, plan = self._services, self.context, self.plan
         agent_class = self._agent_factory.registry.agent(request.agent)
+        limit = plan.runs_at_once if plan is not None else None
         holding = False
         if services.limits.overflow == "reject":
-            await services.slots.try_acquire(ctx.user_id, ctx.run_id)
+            await services.slots.try_acquire(ctx.user_id, ctx.run_id, limit)
             holding = True
         try:
             self._tracker.register(
@@ -247,8 +258,12 @@ class UserExecutionEngine:
             if self._cancel_reason is not None:
                 raise asyncio.CancelledError
             if not holding:
-                await services.slots.acquire(ctx.user_id, ctx.run_id)
+                await services.slots.acquire(ctx.user_id, ctx.run_id, limit)
                 holding = True
+            if plan is not None:
+                check_agent(plan, request.agent)
+                if services.admission is not None:
+                    await services.admission(ctx, plan)
             record = self._tracker.transition(ctx.run_id, ExecutionState.STARTING)
             if services.start_hook is not None:
                 await self._started(services.start_hook, record.started_wall)
@@ -317,6 +332,7 @@ class UserExecutionEngine:
             default_timeout=services.limits.tool_timeout,
             resources=services.resources,
             processes=services.processes,
+            plan=self.plan,
         )
 
         async def call_agent(sub_agent: str, sub_input: str) -> str:
@@ -343,6 +359,8 @@ class UserExecutionEngine:
         """Run a sub-agent under a child context; its events carry its name and parent."""
         try:
             self._agent_factory.registry.agent(name)
+            if self.plan is not None:
+                check_agent(self.plan, name)
             child = parent_context.child(f"agent:{name}")
         except (AtollError, InvalidContextError) as exc:
             raise SubAgentError(name, exc.to_dict()) from None
@@ -450,6 +468,15 @@ class UserExecutionEngine:
             duration_ms=_ms_since(started),
         )
         return self.outcome
+
+
+def check_agent(plan: Plan, name: str) -> None:
+    """Raise ``AgentForbiddenError`` unless ``plan`` includes agent ``name``."""
+    if not plan.allows_agent(name):
+        raise AgentForbiddenError(
+            f"the agent {name!r} is not included in the {plan.name} plan",
+            details={"agent": name, "plan": plan.name},
+        )
 
 
 def _ms_since(started: float) -> float:

@@ -20,6 +20,7 @@ from atoll.ratelimit import LocalRateLimiter, RateLimiter
 from atoll.runtime.agents.base import AgentFactory, AgentRegistry
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.engine import (
+    AdmissionHook,
     CompletionHook,
     EngineServices,
     RunOutcome,
@@ -31,6 +32,7 @@ from atoll.runtime.events import EventRecorder, RunEmitter
 from atoll.runtime.ids import new_id
 from atoll.runtime.limits import RunSlots, RuntimeLimits, UserRunSlots
 from atoll.runtime.llm.base import LLMProvider
+from atoll.runtime.plans import PlanCatalog
 from atoll.runtime.tools.processes import ToolProcessPool
 from atoll.runtime.tracker import AgentExecutionTracker, ExecutionRecord
 
@@ -54,8 +56,11 @@ class ExecutionEngineFactory:
         completion_hook: CompletionHook | None = None,
         start_hook: StartHook | None = None,
         processes: ToolProcessPool | None = None,
+        plans: PlanCatalog | None = None,
+        admission: AdmissionHook | None = None,
     ) -> None:
         self.limits = limits or RuntimeLimits()
+        self.plans = plans
         self.processes = processes or ToolProcessPool(
             self.limits.tool_processes, memory_mb=self.limits.tool_memory_mb
         )
@@ -76,10 +81,18 @@ class ExecutionEngineFactory:
             completion_hook=completion_hook,
             start_hook=start_hook,
             processes=self.processes,
+            plans=plans,
+            admission=admission,
         )
         self._engines: dict[str, UserExecutionEngine] = {}
         self._stack: contextlib.AsyncExitStack | None = None
         self._remove_listener = self.tracker.add_listener(self._on_expired)
+
+    def runs_at_once(self, plan: str) -> int:
+        """How many runs a user on ``plan`` may have executing at once."""
+        if self.plans is None:
+            return self.limits.max_concurrent_runs
+        return self.plans.get(plan).runs_at_once
 
     @property
     def slots(self) -> RunSlots:

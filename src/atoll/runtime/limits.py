@@ -64,12 +64,13 @@ class RunSlots(Protocol):
 
     ``run_id`` names the slot's holder: a cluster-wide implementation keeps a lease
     per run (so a dead worker's slots expire); the in-process one only counts.
+    ``limit`` is the user's (their plan's runs at once); None: the slots' own.
     """
 
-    async def try_acquire(self, user_id: str, run_id: str) -> None:
+    async def try_acquire(self, user_id: str, run_id: str, limit: int | None = None) -> None:
         """Take a slot now or raise ``RunLimitError``."""
 
-    async def acquire(self, user_id: str, run_id: str) -> None:
+    async def acquire(self, user_id: str, run_id: str, limit: int | None = None) -> None:
         """Take a slot, waiting until one is free."""
 
     async def release(self, user_id: str, run_id: str) -> None:
@@ -102,15 +103,16 @@ class UserRunSlots:
         """How many runs of ``user_id`` wait for a slot."""
         return len(self._waiters.get(user_id, ()))
 
-    async def try_acquire(self, user_id: str, run_id: str = "") -> None:
+    async def try_acquire(self, user_id: str, run_id: str = "", limit: int | None = None) -> None:
         """Take a slot now or raise ``RunLimitError``."""
-        if self.active(user_id) >= self.limit or self._waiters.get(user_id):
-            raise run_limit_error(self.limit)
+        limit = limit or self.limit
+        if self.active(user_id) >= limit or self._waiters.get(user_id):
+            raise run_limit_error(limit)
         self._active[user_id] = self.active(user_id) + 1
 
-    async def acquire(self, user_id: str, run_id: str = "") -> None:
+    async def acquire(self, user_id: str, run_id: str = "", limit: int | None = None) -> None:
         """Take a slot, waiting in line behind the user's earlier runs."""
-        if self.active(user_id) < self.limit and not self._waiters.get(user_id):
+        if self.active(user_id) < (limit or self.limit) and not self._waiters.get(user_id):
             self._active[user_id] = self.active(user_id) + 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

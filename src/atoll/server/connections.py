@@ -260,6 +260,11 @@ class ConnectionRegistry:
                 if connection.session_id == session_id:
                     await connection.close(code, reason)
 
+    async def close_user(self, user_id: str, code: int, reason: str) -> None:
+        """Close every connection of ``user_id`` (removed from their organisation: 4401)."""
+        for connection in list(self._by_user.get(user_id, ())):
+            await connection.close(code, reason)
+
     async def close_all(self, code: int, reason: str) -> None:
         """Close every connection (shutdown: 1001, clients reconnect)."""
         for connections in list(self._by_user.values()):

@@ -86,8 +86,8 @@ class LocalRun:
     """Whether its engine exists (it can no longer be handed back)."""
 
 
-BeforeEngine = Callable[[Run], Awaitable[None]]
-"""Called after the thread's turn and before the engine (a worker takes the user's slot)."""
+BeforeEngine = Callable[[Run, str], Awaitable[None]]
+"""``hook(run, plan)``: after the thread's turn, before the engine (a worker takes the slot)."""
 
 
 class RunConsumer:
@@ -238,7 +238,7 @@ class RunConsumer:
                 await self.turns.wait(run)
                 history = await self._store.history(run.thread_id, before_pk=message.pk)
             if self._before_engine is not None:
-                await self._before_engine(run)
+                await self._before_engine(run, claim.plan)
         except asyncio.CancelledError:
             reason = self._cancel_requests.get(entry.run_id)
             if reason is None or self.stopping:

@@ -28,7 +28,9 @@ from atoll.errors import (
 )
 from atoll.ratelimit import RateLimiter
 from atoll.runtime.endings import RUN_DEAD, Ending
+from atoll.runtime.engine import check_agent
 from atoll.runtime.factory import ExecutionEngineFactory
+from atoll.runtime.plans import PlanCatalog
 from atoll.runtime.state import ExecutionState
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.consumer import RunConsumer
@@ -38,6 +40,7 @@ from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.models import Run, utcnow
 from atoll.store.runs import Claim, RunStore, Submitted
+from atoll.store.usage import UsageStore
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ class RunService:
         message_limiter: RateLimiter,
         default_agent: str = DEFAULT_AGENT,
         notices: UserNotices,
+        plans: PlanCatalog,
+        usage: UsageStore,
         cluster: Cluster | None = None,
         consumer: RunConsumer | None = None,
     ) -> None:
@@ -78,6 +83,8 @@ class RunService:
         self._bus = factory.recorder.bus
         self._audit = audit
         self._limiter = message_limiter
+        self._plans = plans
+        self._usage = usage
         self.default_agent = default_agent
         self._submissions: set[asyncio.Task[Submitted]] = set()
         self._stored: set[str] = set()
@@ -108,11 +115,15 @@ class RunService:
         """
         agent_name = agent if agent is not None else self.default_agent
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
+        plan = self._plans.get(principal.plan)
+        check_agent(plan, agent_name)
         if self._cluster is not None and not self._cluster.healthy:
             raise UnavailableError(QUEUE_DOWN)  # nothing stored: the client may simply retry
         # Resends of a client_id count too: the limit is on frames, and this saves a read.
         try:
-            retry_after = await self._limiter.hit(f"messages:{principal.user_id}")
+            retry_after = await self._limiter.hit(
+                f"messages:{principal.user_id}", plan.messages_per_minute
+            )
         except REDIS_ERRORS as exc:
             if self._cluster is not None:
                 self._cluster.failed(exc)
@@ -122,6 +133,9 @@ class RunService:
                 f"message rate limit reached; retry in {retry_after:.1f}s",
                 retry_after=retry_after,
             )
+        # Spent budgets refuse the message before it is stored (and a run that was
+        # admitted here is checked again when it starts: see engine_factory).
+        await self._usage.check(principal.user_id, plan, utcnow())
 
         store = partial(
             self._store.submit,

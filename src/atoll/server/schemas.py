@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from atoll.auth.service import EMAIL_SHAPE
+from atoll.runtime.plans import Plan, Spent, month_of, next_month
 from atoll.store.bounds import UnstorableError, check_metadata, check_text
 from atoll.store.models import Feedback, Message, Thread
 
@@ -242,4 +243,80 @@ def feedback_out(feedback: Feedback) -> FeedbackOut:
         comment=feedback.comment,
         created_at=feedback.created_at,
         updated_at=feedback.updated_at,
+    )
+
+
+class PlanOut(BaseModel):
+    name: str
+    runs_at_once: int
+    messages_per_minute: int
+    tools: list[str] | None = Field(description="The tools included; null: all")
+    agents: list[str] | None = Field(description="The agents included; null: all")
+    monthly_tokens: int | None = Field(description="Per user and month; null: no cap")
+    org_monthly_tokens: int | None = Field(description="Per organisation and month; null: no cap")
+
+
+class UsageOut(BaseModel):
+    month: str = Field(description="YYYY-MM, UTC")
+    tokens: int = Field(description="Model tokens (prompt + completion) counted this month")
+    org_tokens: int | None = Field(None, description="The organisation's, when you are in one")
+    resets_at: datetime
+
+
+class OrgRef(BaseModel):
+    id: str
+    name: str
+    role: Literal["admin", "member"]
+
+
+class MeOut(UserOut):
+    org: OrgRef | None
+    limits: PlanOut = Field(description="What your plan (your organisation's) allows")
+    usage: UsageOut
+
+
+class OrgOut(BaseModel):
+    id: str
+    name: str
+    plan: PlanOut
+    sso_required: bool
+    domains: list[str]
+    members: int
+    role: Literal["admin", "member"] = Field(description="Yours")
+    usage: UsageOut
+    created_at: datetime
+
+
+class OrgPatch(Body):
+    sso_required: bool
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    email: str
+    name: str | None
+    role: Literal["admin", "member"]
+    joined_at: datetime
+    removed_at: datetime | None
+    tokens: int = Field(description="Model tokens counted this month")
+
+
+class MemberPage(BaseModel):
+    items: list[MemberOut]
+    next_cursor: str | None
+
+
+class MemberPatch(Body):
+    role: Literal["admin", "member"]
+
+
+def plan_out(plan: Plan) -> PlanOut:
+    """The public view of a plan."""
+    return PlanOut.model_validate(plan.as_dict())
+
+
+def usage_out(spent: Spent, now: datetime) -> UsageOut:
+    """This month's counted tokens."""
+    return UsageOut(
+        month=month_of(now), tokens=spent.user, org_tokens=spent.org, resets_at=next_month(now)
     )

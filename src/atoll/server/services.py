@@ -13,6 +13,7 @@ from typing import Any
 
 from atoll.aio import run_every, settle_task
 from atoll.auth.oidc import OIDCProvider
+from atoll.auth.org_admin import OrgAdmin
 from atoll.auth.passwords import Passwords
 from atoll.auth.service import AuthService, LoginLimits
 from atoll.auth.sessions import SessionCache
@@ -32,6 +33,7 @@ from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.limits import RuntimeLimits
 from atoll.runtime.llm.base import LLMProvider
 from atoll.runtime.llm.providers import build_llm_provider
+from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.plugins import load_plugins
 from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
@@ -46,8 +48,10 @@ from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.db import Database, sqlite_url
 from atoll.store.event_log import DatabaseRunEventLog
+from atoll.store.models import utcnow
 from atoll.store.orgs import OrgStore
 from atoll.store.runs import RunStore
+from atoll.store.usage import UsageStore
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,9 @@ class Services:
     auth: AuthService
     signin: SignInService
     orgs: OrgStore
+    org_admin: OrgAdmin
+    usage: UsageStore
+    plans: PlanCatalog
     audit: AuditLog
     chat: ChatStore
     runs: RunService
@@ -148,9 +155,13 @@ def engine_factory(
     llm: LLMProvider,
     cluster: Cluster | None,
     *,
+    usage: UsageStore,
     start_hook: StartHook | None = None,
 ) -> ExecutionEngineFactory:
     """The process's engine factory; scaled out, its limits live in Redis."""
+
+    async def admit(context: UserExecutionContext, plan: Plan) -> None:
+        await usage.check(context.user_id, plan, utcnow())
 
     async def store_answer(context: UserExecutionContext, message_id: str, content: str) -> None:
         await chat.add_assistant_message(
@@ -171,6 +182,8 @@ def engine_factory(
         resources={KnowledgeBase: KnowledgeBase(settings.knowledge_dirs)},
         completion_hook=store_answer,
         start_hook=start_hook,
+        plans=PlanCatalog.from_settings(settings),
+        admission=admit,
     )
 
 
@@ -224,6 +237,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             sessions=SessionCache(settings.session_cache_seconds),
             revocations=cluster.revocations if cluster is not None else None,
             orgs=orgs,
+            default_plan=settings.default_plan,
         )
         chat = ChatStore(db, audit)
         local_bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
@@ -231,7 +245,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(llm.aclose)
         event_log = DatabaseRunEventLog(db)
         bus: RunEventBus = cluster.bus if cluster is not None else local_bus
-        factory = engine_factory(settings, chat, EventRecorder(event_log, bus), llm, cluster)
+        usage = UsageStore(db)
+        recorder = EventRecorder(event_log, bus)
+        factory = engine_factory(settings, chat, recorder, llm, cluster, usage=usage)
+        assert factory.plans is not None
         run_store = RunStore(db)
         consumer = (
             RunConsumer(
@@ -257,7 +274,11 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             if cluster is not None
             else LocalRateLimiter(settings.messages_per_minute, 60.0),
             cluster=cluster,
+            plans=factory.plans,
+            usage=usage,
         )
+        metrics = Metrics(factory.tracker)
+        connections = ConnectionRegistry(settings.max_ws_connections, metrics)
         relay: RedisEventRelay | None = None
         if cluster is None:
             await runs.recover()
@@ -266,9 +287,15 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         else:
             sessions = auth.sessions
             sessions.distrust()  # until the revocation channel is subscribed
+
+            async def revoked(session_id: str) -> None:
+                """A session ended on some node: refuse its tokens, close its sockets here."""
+                sessions.invalidate(session_id)
+                await connections.close_session(session_id, 4401, "session_revoked")
+
             listen = partial(
                 cluster.revocations.listen,
-                revoked=sessions.invalidate,
+                revoked=revoked,
                 subscribed=sessions.trust,
                 lost=sessions.distrust,
             )
@@ -280,7 +307,6 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             background(
                 stack, partial(sweeper.run_forever, settings.sweep_interval), "atoll-sweeper"
             )
-        metrics = Metrics(factory.tracker)
         services = Services(
             settings=settings,
             db=db,
@@ -290,6 +316,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             factory=factory,
             auth=auth,
             orgs=orgs,
+            org_admin=OrgAdmin(orgs, auth, audit, factory.plans),
+            usage=usage,
+            plans=factory.plans,
             signin=SignInService(
                 db,
                 auth,
@@ -300,7 +329,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             audit=audit,
             chat=chat,
             runs=runs,
-            connections=ConnectionRegistry(settings.max_ws_connections, metrics),
+            connections=connections,
             metrics=metrics,
             streams=StreamSlots(settings.max_sse_streams),
             notices=notices,
@@ -363,7 +392,9 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
             await store.start(context.run_id, worker_id, started)
 
         recorder = EventRecorder(event_log, cluster.bus)
-        factory = engine_factory(settings, chat, recorder, llm, cluster, start_hook=mark_running)
+        factory = engine_factory(
+            settings, chat, recorder, llm, cluster, usage=UsageStore(db), start_hook=mark_running
+        )
         await stack.enter_async_context(factory)
         yield Worker(
             settings=settings,

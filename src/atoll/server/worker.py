@@ -217,11 +217,11 @@ class Worker:
     def _cancel(self, run_id: str, reason: str) -> None:
         self.consumer.cancel(run_id, reason)
 
-    async def _take_slot(self, run: Run) -> None:
+    async def _take_slot(self, run: Run, plan: str) -> None:
         """Take the user's slot under the run's id before the engine exists, so that the
         engine's own acquire succeeds at once; until then the run can be handed back or
         cancelled without any event."""
-        await self._cluster.slots.acquire(run.user_id, run.id)
+        await self._cluster.slots.acquire(run.user_id, run.id, self._factory.runs_at_once(plan))
 
     async def _release_entry(self, entry: QueuedRun) -> None:
         if entry.run_id in self._cluster.slots.held:  # taken, but the run never began

@@ -33,6 +33,10 @@ AUDITED_ACTIONS = frozenset(
         "identity_unlinked",
         "org_joined",
         "org_member_removed",
+        "org_member_restored",
+        "org_created",
+        "org_sso_changed",
+        "login_refused_removed",
         "org_role_changed",
         "org_plan_changed",
     }

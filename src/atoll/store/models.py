@@ -271,6 +271,22 @@ class OrgMember(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(16), default="member")
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Set when an admin removed the member: they cannot sign in until restored."""
+    removed_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class UsageCounter(Base):
+    """Model tokens (prompt + completion) counted for a user or an organisation in a month."""
+
+    __tablename__ = "usage_counters"
+
+    owner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """A user id (``usr_…``) or an organisation id (``org_…``)."""
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    """``YYYY-MM``, UTC."""
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    runs: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class AuditEntry(Base):

@@ -8,15 +8,27 @@ and ``a@example.com.evil.io`` are not in ``example.com``; subdomains are not eit
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, TypeVar
+
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
-from atoll.errors import DomainTakenError, NotFoundError, ValidationFailedError
+from atoll.errors import (
+    DomainTakenError,
+    LastAdminError,
+    NotFoundError,
+    ValidationFailedError,
+)
 from atoll.runtime.ids import new_id
 from atoll.store.db import Database
 from atoll.store.models import Org, OrgDomain, OrgMember, User, utcnow
 
 MAX_DOMAIN = 253
+ORG_ROLES = ("admin", "member")
+OrgRole = Literal["admin", "member"]
+SelectT = TypeVar("SelectT", bound=Select)  # type: ignore[type-arg]
 
 
 def normalise_domain(domain: str) -> str | None:
@@ -51,8 +63,39 @@ def org_of_domain_in(session: Session, email: str) -> Org | None:
 
 
 def membership_in(session: Session, user_id: str) -> OrgMember | None:
-    """Inside a write job: the user's membership, if they have one."""
-    return session.get(OrgMember, user_id)
+    """Inside a write job: the user's membership, if they have one (and were not removed)."""
+    member = session.get(OrgMember, user_id)
+    return member if member is not None and member.removed_at is None else None
+
+
+def with_org(query: SelectT) -> SelectT:
+    """``query``, which has ``User`` in its FROM, joined to the user's current organisation
+    (outer: users without one keep their row), for ``effective_plan`` and ``Org`` columns."""
+    current = and_(OrgMember.user_id == User.id, OrgMember.removed_at.is_(None))
+    return query.outerjoin(OrgMember, current).outerjoin(Org, Org.id == OrgMember.org_id)
+
+
+def effective_plan() -> ColumnElement[str]:
+    """The plan a user is on: their organisation's, else their own (use with ``with_org``)."""
+    return func.coalesce(Org.plan, User.plan)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    """One member as an org admin sees them."""
+
+    user_id: str
+    email: str
+    name: str | None
+    role: str
+    joined_at: datetime
+    removed_at: datetime | None
+
+
+def _member_rows() -> Select[str, str, str | None, str, datetime, datetime | None]:
+    return select(
+        User.id, User.email, User.name, OrgMember.role, OrgMember.joined_at, OrgMember.removed_at
+    ).join(OrgMember, OrgMember.user_id == User.id)
 
 
 class OrgStore:
@@ -111,36 +154,149 @@ class OrgStore:
 
         return await self.db.write(change)
 
-    async def members(self, org_id: str) -> list[tuple[User, OrgMember]]:
-        """The organisation's members, by email."""
+    async def get(self, org_id: str) -> Org:
+        """The organisation (``NotFoundError`` when there is none)."""
+        async with self.db.session() as session:
+            org = await session.get(Org, org_id)
+        if org is None:
+            raise NotFoundError("organisation not found")
+        return org
+
+    async def domains(self, org_id: str) -> list[str]:
+        """The email domains the organisation owns."""
+        query = select(OrgDomain.domain).where(OrgDomain.org_id == org_id)
+        query = query.order_by(OrgDomain.domain)
+        async with self.db.session() as session:
+            return list((await session.execute(query)).scalars().all())
+
+    async def count_members(self, org_id: str) -> int:
+        """How many members the organisation has (removed ones not counted)."""
+        query = select(func.count()).where(
+            OrgMember.org_id == org_id, OrgMember.removed_at.is_(None)
+        )
+        async with self.db.session() as session:
+            return int((await session.execute(query)).scalar_one())
+
+    async def members(
+        self,
+        org_id: str,
+        *,
+        removed: bool = False,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[MemberRow]:
+        """The organisation's members (or, with ``removed``, those removed), by email;
+        ``after`` an email: the page after it."""
         query = (
-            select(User, OrgMember)
-            .join(OrgMember, OrgMember.user_id == User.id)
-            .where(OrgMember.org_id == org_id)
+            _member_rows()
+            .where(
+                OrgMember.org_id == org_id,
+                OrgMember.removed_at.is_not(None) if removed else OrgMember.removed_at.is_(None),
+            )
             .order_by(User.email)
         )
+        if after is not None:
+            query = query.where(User.email > after)
+        if limit is not None:
+            query = query.limit(limit)
         async with self.db.session() as session:
             if await session.get(Org, org_id) is None:
                 raise NotFoundError("organisation not found")
-            return [(user, member) for user, member in (await session.execute(query)).all()]
+            return [MemberRow(*row) for row in (await session.execute(query)).tuples().all()]
 
-    async def remove_member(self, org_id: str, email: str) -> str:
-        """Take the user with ``email`` out of the organisation; their user id."""
+    async def member(self, org_id: str, user_id: str) -> MemberRow:
+        """One member (current or removed) of the organisation."""
+        query = _member_rows().where(OrgMember.org_id == org_id, OrgMember.user_id == user_id)
+        async with self.db.session() as session:
+            row = (await session.execute(query)).tuples().first()
+        if row is None:
+            raise NotFoundError("no such member")
+        return MemberRow(*row)
 
-        def remove(session: Session) -> str:
-            user = session.execute(select(User).where(User.email == email.strip().lower())).scalar()
-            member = session.get(OrgMember, user.id) if user is not None else None
-            if user is None or member is None or member.org_id != org_id:
+    async def member_id(self, org_id: str, email: str) -> str:
+        """The user id of the member (current or removed) with ``email``."""
+        query = (
+            select(User.id)
+            .join(OrgMember, OrgMember.user_id == User.id)
+            .where(OrgMember.org_id == org_id, User.email == email.strip().lower())
+        )
+        async with self.db.session() as session:
+            user_id = (await session.execute(query)).scalar()
+        if user_id is None:
+            raise NotFoundError("no such member")
+        return user_id
+
+    @staticmethod
+    def _member_in(session: Session, org_id: str, user_id: str) -> OrgMember:
+        member = session.get(OrgMember, user_id)
+        if member is None or member.org_id != org_id:
+            raise NotFoundError("no such member")
+        return member
+
+    @staticmethod
+    def _keep_an_admin(session: Session, org_id: str, member: OrgMember) -> None:
+        """Refuse to take away the organisation's last admin (when it has one)."""
+        if member.role != "admin" or member.removed_at is not None:
+            return
+        admins = select(func.count()).where(
+            OrgMember.org_id == org_id,
+            OrgMember.role == "admin",
+            OrgMember.removed_at.is_(None),
+        )
+        if session.execute(admins).scalar_one() <= 1:
+            raise LastAdminError("the organisation would have no admin left")
+
+    async def set_role(self, org_id: str, user_id: str, role: OrgRole) -> str:
+        """Give a current member ``role``; the role they had."""
+        if role not in ORG_ROLES:
+            raise ValidationFailedError(
+                "unknown role", [{"loc": ["role"], "msg": f"one of {', '.join(ORG_ROLES)}"}]
+            )
+
+        def change(session: Session) -> str:
+            member = self._member_in(session, org_id, user_id)
+            if member.removed_at is not None:
                 raise NotFoundError("no such member")
-            session.delete(member)
-            return user.id
+            if role != "admin":
+                self._keep_an_admin(session, org_id, member)
+            previous, member.role = member.role, role
+            return previous
 
-        return await self.db.write(remove)
+        return await self.db.write(change)
+
+    async def remove_member(self, org_id: str, user_id: str, *, by: str | None) -> None:
+        """Take a member out: they cannot sign in again until restored (their sessions are
+        the caller's to end). ``by``: the acting user (None: an operator)."""
+
+        def remove(session: Session) -> None:
+            member = self._member_in(session, org_id, user_id)
+            if member.removed_at is not None:
+                return
+            self._keep_an_admin(session, org_id, member)
+            member.removed_at, member.removed_by, member.role = utcnow(), by, "member"
+
+        await self.db.write(remove)
+
+    async def restore_member(self, org_id: str, user_id: str) -> None:
+        """Let a removed member sign in again (as a member)."""
+
+        def restore(session: Session) -> None:
+            member = self._member_in(session, org_id, user_id)
+            member.removed_at = member.removed_by = None
+
+        await self.db.write(restore)
+
+    async def is_removed(self, user_id: str) -> bool:
+        """Whether an organisation removed the user (and has not restored them)."""
+        query = select(OrgMember.removed_at).where(OrgMember.user_id == user_id)
+        async with self.db.session() as session:
+            return (await session.execute(query)).scalar() is not None
 
     async def membership(self, user_id: str) -> OrgMember | None:
-        """The user's membership, if any."""
+        """The user's current membership, if any."""
         async with self.db.session() as session:
-            return await session.get(OrgMember, user_id)
+            member = await session.get(OrgMember, user_id)
+        return member if member is not None and member.removed_at is None else None
 
     async def requires_sso(self, email: str) -> bool:
         """Whether ``email`` belongs to an organisation that requires its identity provider."""

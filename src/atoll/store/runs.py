@@ -41,6 +41,8 @@ from atoll.store.chat import (
 from atoll.store.db import Database
 from atoll.store.event_log import event_row
 from atoll.store.models import Message, Run, RunEventRow, Thread, User, utcnow
+from atoll.store.orgs import effective_plan, with_org
+from atoll.store.usage import add_usage_in
 from atoll.store.writer import execute_core, insert_rows, rows_changed
 
 _RUNS = Run.__table__
@@ -181,8 +183,8 @@ class RunStore:
             if run is None:
                 return None
             earlier = alive_runs_query(run.thread_id).where(Run.pk < run.pk).exists()
-            query = (
-                select(Message, User.plan, User.roles, earlier)
+            query = with_org(
+                select(Message, effective_plan(), User.roles, earlier)
                 .join(User, User.id == Message.user_id)
                 .where(Message.id == run.input_message_id)
             )
@@ -255,8 +257,11 @@ class RunStore:
         finished_at: datetime,
         answer_message_id: str | None,
         worker_id: str | None = None,
+        user_id: str | None = None,
+        tokens: int = 0,
     ) -> None:
-        """Record how a run an engine executed ended (a worker's only while it holds it)."""
+        """Record how a run an engine executed ended (a worker's only while it holds it),
+        and count the model ``tokens`` it spent for ``user_id`` (held or not: they were spent)."""
         values: dict[str, Any] = {
             "key_id": run_id,
             "new_state": state,
@@ -268,7 +273,13 @@ class RunStore:
         statement = _FINISHED
         if worker_id is not None:
             statement, values["key_worker"] = _FINISHED_HELD, worker_id
-        await self.db.write(lambda session: session.connection().execute(statement, values))
+
+        def finish(session: Session) -> None:
+            session.connection().execute(statement, values)
+            if user_id is not None:
+                add_usage_in(session, user_id, tokens, finished_at)
+
+        await self.db.write(finish)
 
     async def end(
         self,
@@ -363,8 +374,8 @@ class RunStore:
         Each comes with its message, its user's plan and roles and the thread's
         history before it (single process: nothing but this process runs them).
         """
-        query = (
-            select(Run, Message, User.plan, User.roles)
+        query = with_org(
+            select(Run, Message, effective_plan(), User.roles)
             .join(Message, Message.id == Run.input_message_id)
             .join(User, User.id == Run.user_id)
             .where(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from atoll.errors import ToolValidationError
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.llm.base import ToolSpec
+from atoll.runtime.plans import Plan
 
 R = TypeVar("R")
 ToolFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
@@ -82,9 +83,11 @@ class Tool:
     cpu_bound: bool = False
     """A plain ``def``: runs in a worker process that its timeout can kill."""
 
-    def allows(self, context: UserExecutionContext) -> bool:
-        """Whether the user's plan and roles permit this tool."""
+    def allows(self, context: UserExecutionContext, plan: Plan | None = None) -> bool:
+        """Whether the user's plan (its name, and ``plan``'s tools) and roles permit this tool."""
         if self.plans is not None and context.plan not in self.plans:
+            return False
+        if plan is not None and not plan.allows_tool(self.name):
             return False
         return self.roles is None or bool(self.roles & context.roles)
 

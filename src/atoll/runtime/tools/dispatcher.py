@@ -32,6 +32,7 @@ from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.events import AgentEmitter, EventType
 from atoll.runtime.ids import new_id
 from atoll.runtime.llm.base import ToolSpec
+from atoll.runtime.plans import Plan
 from atoll.runtime.tools.base import Tool, ToolContext, ToolResult
 from atoll.runtime.tools.processes import ToolProcessPool
 
@@ -51,8 +52,10 @@ class ToolDispatcher:
         default_timeout: float = 30.0,
         resources: Mapping[type, object] | None = None,
         processes: ToolProcessPool | None = None,
+        plan: Plan | None = None,
     ) -> None:
         self._context = context
+        self._plan = plan
         self._tools = dict(tools)
         self._emitter = emitter
         self._rate_limiter = rate_limiter
@@ -62,11 +65,11 @@ class ToolDispatcher:
 
     def specs(self) -> list[ToolSpec]:
         """The tools this user may call, as model-facing specs."""
-        return [t.spec() for t in self._tools.values() if t.allows(self._context)]
+        return [t.spec() for t in self._tools.values() if t.allows(self._context, self._plan)]
 
     def names(self) -> list[str]:
         """Names of the tools this user may call."""
-        return [t.name for t in self._tools.values() if t.allows(self._context)]
+        return [t.name for t in self._tools.values() if t.allows(self._context, self._plan)]
 
     async def call(
         self, name: str, arguments: Mapping[str, Any] | str, *, call_id: str | None = None
@@ -131,7 +134,7 @@ class ToolDispatcher:
         tool = self._tools.get(name)
         if tool is None:
             raise ToolNotFoundError(f"there is no tool named {name!r}")
-        if not tool.allows(self._context):
+        if not tool.allows(self._context, self._plan):
             raise ToolPermissionError(f"your plan or roles do not allow the tool {name!r}")
         if self._rate_limiter is not None:
             retry_after = await self._rate_limiter.hit(self._context.scoped_key("tools"))

@@ -7,8 +7,18 @@ from fastapi import APIRouter, Response
 from atoll.auth.service import IssuedTokens
 from atoll.server.deps import AddressDep, PrincipalDep, ServicesDep
 from atoll.server.problems import problems
-from atoll.server.schemas import LoginBody, RefreshBody, RegisterBody, TokenOut, UserOut
-from atoll.store.models import User
+from atoll.server.schemas import (
+    LoginBody,
+    MeOut,
+    OrgRef,
+    RefreshBody,
+    RegisterBody,
+    TokenOut,
+    UserOut,
+    plan_out,
+    usage_out,
+)
+from atoll.store.models import User, utcnow
 
 router = APIRouter(tags=["auth"])
 
@@ -65,13 +75,21 @@ async def log_out(principal: PrincipalDep, services: ServicesDep) -> Response:
 
 
 @router.get("/me", responses=problems(401, 503))
-async def me(principal: PrincipalDep) -> UserOut:
-    """The caller."""
-    return UserOut(
+async def me(principal: PrincipalDep, services: ServicesDep) -> MeOut:
+    """The caller: their organisation, what their plan allows, and this month's usage."""
+    now = utcnow()
+    plan = services.plans.get(principal.plan)
+    org = await services.orgs.get(principal.org_id) if principal.org_id is not None else None
+    return MeOut(
         id=principal.user_id,
         email=principal.email,
         name=principal.name,
-        plan=principal.plan,
+        plan=plan.name,
         roles=sorted(principal.roles),
         created_at=principal.created_at,
+        org=OrgRef(id=org.id, name=org.name, role=principal.org_role or "member")
+        if org is not None
+        else None,
+        limits=plan_out(plan),
+        usage=usage_out(await services.usage.spent(principal.user_id, now), now),
     )

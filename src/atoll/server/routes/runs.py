@@ -230,8 +230,13 @@ async def cancel_run(run_id: str, principal: PrincipalDep, services: ServicesDep
 
 @router.get("/agents", responses=problems(401, 503))
 async def list_agents(principal: PrincipalDep, services: ServicesDep) -> list[AgentOut]:
-    """The agents a run may name."""
-    return [AgentOut(**agent) for agent in services.registry.describe_agents()]
+    """The agents the caller's plan includes."""
+    plan = services.plans.get(principal.plan)
+    return [
+        AgentOut(**agent)
+        for agent in services.registry.describe_agents()
+        if plan.allows_agent(agent["name"])
+    ]
 
 
 @router.get("/tools", responses=problems(401, 503))
@@ -248,5 +253,5 @@ async def list_tools(principal: PrincipalDep, services: ServicesDep) -> list[Too
     return [
         ToolOut(name=t.name, description=t.description, parameters=dict(t.parameters))
         for t in services.registry.tools.values()
-        if t.allows(context)
+        if t.allows(context, services.plans.get(principal.plan))
     ]

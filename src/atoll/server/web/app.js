@@ -97,6 +97,7 @@ const SIGN_IN_ERRORS = {
   code_invalid: "That sign-in link was already used or expired. Sign in again.",
   identity_taken: "That identity is already linked to another account.",
   unknown_provider: "That sign-in provider is not configured.",
+  removed_from_org: "Your organisation removed you from Atoll. Ask its admin to restore you.",
 };
 
 function showAuth(reason) {
