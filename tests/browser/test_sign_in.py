@@ -91,12 +91,18 @@ async def test_sign_in_jit_org_join_sso_and_sign_out(browser: Browser, tmp_path:
             client.access_token = await page.evaluate("() => localStorage.getItem('atoll.access')")
             assert (await client.request("GET", "/me"))["id"] == me["id"]
             # Removed from the organisation (what `atoll org remove` does): her sessions end.
-            await services.orgs.remove_member(org.id, "ADA@acme.test")
-            assert await services.auth.revoke_all(me["id"], "removed_from_org") >= 1
+            assert await services.org_admin.remove(org.id, me["id"], by=None) >= 1
             with pytest.raises(ApiError) as removed:
                 await client.request("GET", "/me")
             assert (removed.value.status, removed.value.code) == (401, "session_revoked")
             assert await services.orgs.membership(me["id"]) is None
+        # ... and kept out: her provider still signs her in, Atoll refuses, in words.
+        await page.reload()
+        await page.get_by_role("link", name="Sign in with Acme ID").click()
+        await expect(page.locator("#auth-error")).to_contain_text("Your organisation removed you")
+        await services.org_admin.restore(org.id, me["id"], by=None)
+        await page.get_by_role("link", name="Sign in with Acme ID").click()
+        await expect(page.locator("#me")).to_have_text("ada@acme.test")
 
 
 async def test_an_unverified_email_makes_no_account(browser: Browser, tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ class FakeOpenAI:
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     slow_chunks_sent: int = 0
     base_url: str = ""
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    """A question with "gate" streams one word, then waits for this before it ends."""
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
         body = {
@@ -70,6 +72,8 @@ class FakeOpenAI:
             return self.stream(self.verbatim(question.removeprefix("say:").strip()))
         if "slow" in question:
             return self.stream(self.slow())
+        if "gate" in question:
+            return self.stream(self.gated())
         if body.get("tools") and "calculate" in question:
             return self.stream(self.tool_call())
         return self.stream(self.text("Hello from the fake model."))
@@ -89,6 +93,14 @@ class FakeOpenAI:
         yield self.chunk({"role": "assistant", "content": ""})
         for start in range(0, len(answer), 7):
             yield self.chunk({"content": answer[start : start + 7]})
+        yield self.chunk({}, finish="stop")
+        yield self.usage()
+        yield "data: [DONE]\n\n"
+
+    async def gated(self) -> AsyncIterator[str]:
+        yield self.chunk({"role": "assistant", "content": "Waiting "})
+        await self.gate.wait()
+        yield self.chunk({"content": "done."})
         yield self.chunk({}, finish="stop")
         yield self.usage()
         yield "data: [DONE]\n\n"

@@ -345,7 +345,9 @@ class UserExecutionEngine:
             llm=self._meter.wrap(services.llm.client(context)),
             tools=dispatcher,
             emitter=emitter,
-            agents=registry.agents,
+            agents=registry.agents
+            if self.plan is None
+            else {n: cls for n, cls in registry.agents.items() if self.plan.allows_agent(n)},
             call_agent_fn=call_agent,
         )
         answer = await agent.run(run_context)

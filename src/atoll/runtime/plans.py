@@ -85,7 +85,7 @@ class Plan:
                 "plan": self.name,
                 "used": used,
                 "budget": budget,
-                "resets_at": renews.isoformat(),
+                "resets_at": renews.isoformat().replace("+00:00", "Z"),
             },
         )
 

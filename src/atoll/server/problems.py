@@ -127,9 +127,10 @@ def problem(
     *,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
-    reason: str | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    """A problem+json response."""
+    """A problem+json response; ``extensions`` are the error's details (RFC 9457 extension
+    members: ``reason``, ``retry_after``, ``limit``, ``scope`` …), never replacing a member."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE + code,
         "title": HTTPStatus(status).phrase,
@@ -138,8 +139,8 @@ def problem(
         "code": code,
         "errors": errors or [],
     }
-    if reason is not None:
-        body["reason"] = reason
+    for key, value in (extensions or {}).items():
+        body.setdefault(key, value)
     return JSONResponse(
         body, status_code=status, media_type="application/problem+json", headers=headers
     )
@@ -159,10 +160,9 @@ async def _atoll_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.details.get("errors") if isinstance(exc.details.get("errors"), list) else None
     if exc.status >= 500:
         logger.error("request failed: %s", exc.message)
-    reason = exc.details.get("reason")
     return problem(
         exc.status, exc.code, exc.message, errors=errors, headers=headers or None,
-        reason=reason if isinstance(reason, str) else None,
+        extensions=exc.details,
     )  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from atoll.ratelimit import RateLimiter
 from atoll.runtime.endings import RUN_DEAD, Ending
 from atoll.runtime.engine import check_agent
 from atoll.runtime.factory import ExecutionEngineFactory
-from atoll.runtime.plans import PlanCatalog
+from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.state import ExecutionState
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.consumer import RunConsumer
@@ -113,9 +113,9 @@ class RunService:
         there, so the ack precedes every event of the run). A resend of a
         ``client_id`` returns the run it started, restarted first if nothing runs it.
         """
-        agent_name = agent if agent is not None else self.default_agent
-        self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
         plan = self._plans.get(principal.plan)
+        agent_name = agent if agent is not None else self.default_agent_of(plan)
+        self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
         check_agent(plan, agent_name)
         if self._cluster is not None and not self._cluster.healthy:
             raise UnavailableError(QUEUE_DOWN)  # nothing stored: the client may simply retry
@@ -153,6 +153,14 @@ class RunService:
         self._submissions.add(job)
         job.add_done_callback(self._submission_done)
         return await asyncio.shield(job)
+
+    def default_agent_of(self, plan: Plan) -> str:
+        """The agent of a message that names none: the server's default when the plan
+        includes it, else the first (by name) of the plan's agents."""
+        if plan.allows_agent(self.default_agent) or plan.agents is None:
+            return self.default_agent
+        included = sorted(name for name in plan.agents if name in self._factory.registry.agents)
+        return included[0] if included else self.default_agent
 
     async def _store_and_start(
         self,

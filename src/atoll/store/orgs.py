@@ -202,13 +202,13 @@ class OrgStore:
         async with self.db.session() as session:
             if await session.get(Org, org_id) is None:
                 raise NotFoundError("organisation not found")
-            return [MemberRow(*row) for row in (await session.execute(query)).tuples().all()]
+            return [MemberRow(*row) for row in (await session.execute(query)).all()]
 
     async def member(self, org_id: str, user_id: str) -> MemberRow:
         """One member (current or removed) of the organisation."""
         query = _member_rows().where(OrgMember.org_id == org_id, OrgMember.user_id == user_id)
         async with self.db.session() as session:
-            row = (await session.execute(query)).tuples().first()
+            row = (await session.execute(query)).first()
         if row is None:
             raise NotFoundError("no such member")
         return MemberRow(*row)

@@ -79,5 +79,5 @@ class UsageStore:
             UsageCounter.month == month_of(at), UsageCounter.owner_id.in_(owner_ids)
         )
         async with self.db.session() as session:
-            counted = dict((await session.execute(query)).tuples().all())
+            counted = dict((await session.execute(query)).all())
         return {owner: int(counted.get(owner, 0)) for owner in owner_ids}

@@ -1,0 +1,207 @@
+"""Plans: the agents and tools a user has, runs at once, messages per minute, and the
+monthly token budget counted from the model's reported usage (the OpenAI-compatible
+fake reports 18 tokens a call), per user and per organisation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.client import ApiError, AtollClient
+from atoll.server.serve import running_server
+from atoll.server.services import Services
+from atoll.store.models import OrgMember, utcnow
+from integration.fake_openai import API_KEY, FakeOpenAI, serve_fake_openai
+
+from serving import PASSWORD, make_settings
+
+pytestmark = [pytest.mark.e2e]
+TOKENS_PER_CALL = 18  # the fake's usage chunk: 11 prompt + 7 completion
+
+
+@asynccontextmanager
+async def served(
+    tmp_path: Path, plans: dict[str, Any], *, fake: FakeOpenAI | None = None, **settings: Any
+) -> AsyncIterator[tuple[str, Services]]:
+    if fake is not None:
+        settings |= {"llm_provider": "openai", "llm_base_url": fake.base_url,
+                     "llm_api_key": API_KEY, "llm_model": "fake-model"}  # fmt: skip
+    config = make_settings(tmp_path / "data", plans=plans, **settings)
+    async with running_server(config) as (url, server):
+        yield url, server.config.app.state.services
+
+
+@asynccontextmanager
+async def user(url: str, email: str) -> AsyncIterator[AtollClient]:
+    async with AtollClient(url) as client:
+        await client.register(email, PASSWORD)
+        yield client
+
+
+async def into_org(services: Services, client: AtollClient, org_id: str) -> None:
+    me = await client.request("GET", "/me")
+    member = OrgMember(user_id=me["id"], org_id=org_id, role="member", joined_at=utcnow())
+    await services.db.write(lambda session: session.add(member))
+    services.auth.sessions.clear()
+
+
+async def finished(client: AtollClient, run_id: str) -> list[dict[str, Any]]:
+    return [event async for event in client.stream(run_id)]
+
+
+async def ask(client: AtollClient, text: str, **fields: Any) -> list[dict[str, Any]]:
+    accepted = await client.chat(text, **fields)
+    return await finished(client, accepted["run"]["id"])
+
+
+async def refusal(call: Any) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        await call
+    return caught.value
+
+
+async def test_a_plan_sets_the_agents_and_tools_its_users_have(tmp_path: Path) -> None:
+    plans = {
+        "free": {"agents": ["assistant"], "tools": ["current_time"]},
+        "team": {"agents": ["supervisor"]},
+        "pro": {},
+    }
+    async with served(tmp_path, plans) as (url, services), user(url, "fay@example.com") as fay:
+        assert [a["name"] for a in await fay.request("GET", "/agents")] == ["assistant"]
+        assert [t["name"] for t in await fay.request("GET", "/tools")] == ["current_time"]
+        forbidden = await refusal(fay.chat("What is 17*23?", agent="supervisor"))
+        assert (forbidden.status, forbidden.code) == (403, "agent_forbidden")
+        assert (await fay.request("GET", "/threads"))["items"] == []  # nothing was stored
+        events = await ask(fay, "What is 17*23?")  # the calculator is not in her plan
+        assert not [e for e in events if e["type"].startswith("tool_")]
+        assert events[-1]["type"] == "agent_completed"
+        team = await services.org_admin.create("Team", "team")
+        pro = await services.org_admin.create("Pro", "pro")
+        async with user(url, "tim@team.test") as tim, user(url, "pia@pro.test") as pia:
+            await into_org(services, tim, team.id)
+            await into_org(services, pia, pro.id)
+            # Team's plan has the supervisor only: it is offered no specialists to ask.
+            events = await ask(tim, "What is 17*23?", agent="supervisor")
+            assert {e["agent"] for e in events} == {"supervisor"}
+            assert events[-1]["type"] == "agent_completed"
+            events = await ask(pia, "What is 17*23?", agent="supervisor")
+            assert "assistant" in {e["agent"] for e in events}
+            called = [e["data"]["tool"] for e in events if e["type"] == "tool_executing"]
+            assert called == ["calculator"]
+
+
+async def test_runs_at_once_and_messages_per_minute_follow_the_plan(tmp_path: Path) -> None:
+    plans = {
+        "free": {"runs_at_once": 1, "messages_per_minute": 3},
+        "pro": {"runs_at_once": 2, "messages_per_minute": 6},
+    }
+    async with serve_fake_openai() as fake:
+        async with served(tmp_path, plans, fake=fake, run_overflow="reject") as (url, services):
+            pro = await services.org_admin.create("Pro", "pro")
+            async with user(url, "fay@example.com") as fay, user(url, "pia@pro.test") as pia:
+                await into_org(services, pia, pro.id)
+                for client, allowed in ((fay, 1), (pia, 2)):
+                    held = [await client.chat(f"gate {i}") for i in range(allowed)]
+                    over = await client.chat("gate one too many")
+                    events = await finished(client, over["run"]["id"])
+                    error = events[-1]["data"]
+                    assert (error["code"], error.get("limit")) == ("run_limit", allowed) or (
+                        error["code"] == "run_limit" and f"{allowed} runs" in error["message"]
+                    )
+                    fake.gate.set()
+                    for accepted in held:
+                        assert (await finished(client, accepted["run"]["id"]))[-1]["type"] == (
+                            "agent_completed"
+                        )
+                    fake.gate.clear()
+                # Free: 3 messages a minute, and Fay has sent 2; Pia (pro) has sent 3 of 6.
+                await ask(fay, "hello")
+                limited = await refusal(fay.chat("hello again"))
+                assert (limited.status, limited.code) == (429, "rate_limited")
+                for _ in range(3):
+                    await ask(pia, "hello")
+                assert (await refusal(pia.chat("hello"))).code == "rate_limited"
+
+
+async def test_a_spent_budget_refuses_the_next_message_with_quota_exceeded(
+    tmp_path: Path,
+) -> None:
+    plans = {"free": {"monthly_tokens": 30}, "team": {"org_monthly_tokens": 40}}
+    async with serve_fake_openai() as fake:
+        async with served(tmp_path, plans, fake=fake) as (url, services):
+            async with user(url, "fay@example.com") as fay:
+                for _ in range(2):  # 18, then 36 tokens: the budget of 30 is spent after
+                    assert (await ask(fay, "hello"))[-1]["type"] == "agent_completed"
+                me = await fay.request("GET", "/me")
+                assert me["usage"]["tokens"] == 2 * TOKENS_PER_CALL
+                assert me["limits"]["monthly_tokens"] == 30
+                threads = len((await fay.request("GET", "/threads"))["items"])
+                answer = await fay.http.post(
+                    "/api/v1/chat", json={"message": "and again"}, headers=fay._headers()
+                )
+                assert answer.status_code == 429
+                problem = answer.json()
+                assert problem["code"] == "quota_exceeded"
+                assert (problem["scope"], problem["used"], problem["budget"]) == ("user", 36, 30)
+                assert problem["resets_at"] == me["usage"]["resets_at"]
+                assert int(answer.headers["Retry-After"]) > 0
+                assert len((await fay.request("GET", "/threads"))["items"]) == threads
+                async with fay.connect() as socket:  # the socket says the same
+                    frame = await socket.send_message("over the socket")
+                    assert (frame["type"], frame["code"]) == ("error", "quota_exceeded")
+            # An organisation's budget is its members' together.
+            team = await services.org_admin.create("Team", "team")
+            async with user(url, "tim@team.test") as tim, user(url, "tia@team.test") as tia:
+                await into_org(services, tim, team.id)
+                await into_org(services, tia, team.id)
+                await ask(tim, "hello")
+                await ask(tim, "hello")  # 36 of 40
+                await ask(tia, "hello")  # 54: spent
+                for member in (tim, tia):
+                    refused = await refusal(member.chat("hello"))
+                    assert (refused.code, refused.problem["scope"]) == ("quota_exceeded", "org")
+                org = await tim.request("GET", f"/orgs/{team.id}")
+                assert (org["usage"]["org_tokens"], org["usage"]["tokens"]) == (54, 36)
+
+
+async def test_a_run_admitted_before_the_budget_was_spent_ends_quota_exceeded_at_start(
+    tmp_path: Path,
+) -> None:
+    plans = {"free": {"monthly_tokens": 10, "runs_at_once": 1}}
+    async with serve_fake_openai() as fake, served(tmp_path, plans, fake=fake) as (url, _):
+        async with user(url, "fay@example.com") as fay:
+            first = await fay.chat("gate", agent="assistant")
+            async for event in fay.stream(first["run"]["id"]):
+                if event["type"] == "message_delta":
+                    break  # running (at the model, which waits), and nothing counted yet
+            second = await fay.chat("hello")  # admitted: 0 of 10 spent; waits for a slot
+            fake.gate.set()
+            assert (await finished(fay, first["run"]["id"]))[-1]["type"] == "agent_completed"
+            events = await finished(fay, second["run"]["id"])
+            assert [e["type"] for e in events] == ["agent_error"]
+            assert events[-1]["data"]["code"] == "quota_exceeded"
+            run = await fay.request("GET", f"/runs/{second['run']['id']}")
+            assert run["state"] == "failed"
+            assert len(fake.requests) == 1  # the second run never reached the model
+            assert (await fay.request("GET", "/me"))["usage"]["tokens"] == 18
+
+
+async def test_usage_counts_every_model_call_and_concurrent_ends_add_up(tmp_path: Path) -> None:
+    async with serve_fake_openai() as fake:
+        async with served(tmp_path, {"free": {}}, fake=fake) as (url, _):
+            async with user(url, "fay@example.com") as fay:
+                tool_run = await ask(fay, "please calculate 17*23", agent="assistant")
+                assert [e["type"] for e in tool_run].count("tool_completed") == 1  # 2 model calls
+                assert tool_run[-1]["type"] == "agent_completed"
+                accepted = await asyncio.gather(
+                    *(fay.chat(f"hello {i}", agent="assistant") for i in range(8))
+                )
+                await asyncio.gather(*(finished(fay, a["run"]["id"]) for a in accepted))
+                me = await fay.request("GET", "/me")
+                assert me["usage"]["tokens"] == (2 + 8) * TOKENS_PER_CALL
+                assert me["limits"]["monthly_tokens"] is None
