@@ -124,8 +124,8 @@ async def test_members_see_their_org_admins_manage_it_and_others_get_404(tmp_pat
         entries = await services.audit.entries(user_id=p["ada_id"])
         changes = [(e.action, e.detail.get("member"), e.detail.get("role")) for e in entries]
         assert ("org_role_changed", p["bob_id"], "admin") in changes
-        assert [e for e in await services.audit.entries(user_id=p["bob_id"])
-                if e.action == "org_role_changed"][0].detail["by"] == p["bob_id"]  # fmt: skip
+        by_bob = await services.audit.entries(user_id=p["bob_id"])
+        assert next(e for e in by_bob if e.action == "org_role_changed").detail["by"] == p["bob_id"]
 
 
 async def test_removal_ends_sessions_and_sockets_at_once_and_keeps_the_member_out(
@@ -146,7 +146,8 @@ async def test_removal_ends_sessions_and_sockets_at_once_and_keeps_the_member_ou
                 403, "removed_from_org",
             )  # fmt: skip
             assert await refused(again.login("bob@acme.test", "wrong password!")) == (
-                401, "invalid_credentials",
+                401,
+                "invalid_credentials",
             )  # fmt: skip: only the password's owner learns they were removed
         members = await ada.request("GET", f"/orgs/{acme}/members")
         assert [m["email"] for m in members["items"]] == ["ada@acme.test", "cy@acme.test"]
@@ -200,7 +201,8 @@ async def test_an_admin_requires_sso_only_with_an_identity_provider_linked(
         ada, acme = p["ada"], p["acme"]
         body = {"sso_required": True}
         assert await refused(ada.request("PATCH", f"/orgs/{acme}", json=body)) == (
-            409, "last_sign_in",
+            409,
+            "last_sign_in",
         )  # fmt: skip: her own password would stop working and nothing else signs her in
         identity = Identity(
             user_id=p["ada_id"], provider="acme", issuer="https://id.acme.test",

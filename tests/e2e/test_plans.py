@@ -26,14 +26,23 @@ TOKENS_PER_CALL = 18  # the fake's usage chunk: 11 prompt + 7 completion
 
 @asynccontextmanager
 async def served(
-    tmp_path: Path, plans: dict[str, Any], *, fake: FakeOpenAI | None = None, **settings: Any
+    tmp_path: Path, plans: dict[str, Any], **settings: Any
 ) -> AsyncIterator[tuple[str, Services]]:
-    if fake is not None:
-        settings |= {"llm_provider": "openai", "llm_base_url": fake.base_url,
-                     "llm_api_key": API_KEY, "llm_model": "fake-model"}  # fmt: skip
     config = make_settings(tmp_path / "data", plans=plans, **settings)
     async with running_server(config) as (url, server):
         yield url, server.config.app.state.services
+
+
+@asynccontextmanager
+async def served_with_model(
+    tmp_path: Path, plans: dict[str, Any], **settings: Any
+) -> AsyncIterator[tuple[str, Services, FakeOpenAI]]:
+    """``served``, its model the OpenAI-compatible fake."""
+    async with serve_fake_openai() as fake:
+        model = {"llm_provider": "openai", "llm_base_url": fake.base_url,
+                 "llm_api_key": API_KEY, "llm_model": "fake-model"}  # fmt: skip
+        async with served(tmp_path, plans, **model, **settings) as (url, services):
+            yield url, services, fake
 
 
 @asynccontextmanager
@@ -100,108 +109,104 @@ async def test_runs_at_once_and_messages_per_minute_follow_the_plan(tmp_path: Pa
         "free": {"runs_at_once": 1, "messages_per_minute": 3},
         "pro": {"runs_at_once": 2, "messages_per_minute": 6},
     }
-    async with serve_fake_openai() as fake:
-        async with served(tmp_path, plans, fake=fake, run_overflow="reject") as (url, services):
-            pro = await services.org_admin.create("Pro", "pro")
-            async with user(url, "fay@example.com") as fay, user(url, "pia@pro.test") as pia:
-                await into_org(services, pia, pro.id)
-                for client, allowed in ((fay, 1), (pia, 2)):
-                    held = [await client.chat(f"gate {i}") for i in range(allowed)]
-                    over = await client.chat("gate one too many")
-                    events = await finished(client, over["run"]["id"])
-                    error = events[-1]["data"]
-                    assert (error["code"], error.get("limit")) == ("run_limit", allowed) or (
-                        error["code"] == "run_limit" and f"{allowed} runs" in error["message"]
+    async with served_with_model(tmp_path, plans, run_overflow="reject") as (url, services, fake):
+        pro = await services.org_admin.create("Pro", "pro")
+        async with user(url, "fay@example.com") as fay, user(url, "pia@pro.test") as pia:
+            await into_org(services, pia, pro.id)
+            for client, allowed in ((fay, 1), (pia, 2)):
+                held = [await client.chat(f"gate {i}") for i in range(allowed)]
+                over = await client.chat("gate one too many")
+                events = await finished(client, over["run"]["id"])
+                error = events[-1]["data"]
+                assert (error["code"], error.get("limit")) == ("run_limit", allowed) or (
+                    error["code"] == "run_limit" and f"{allowed} runs" in error["message"]
+                )
+                fake.gate.set()
+                for accepted in held:
+                    assert (await finished(client, accepted["run"]["id"]))[-1]["type"] == (
+                        "agent_completed"
                     )
-                    fake.gate.set()
-                    for accepted in held:
-                        assert (await finished(client, accepted["run"]["id"]))[-1]["type"] == (
-                            "agent_completed"
-                        )
-                    fake.gate.clear()
-                # Free: 3 messages a minute, and Fay has sent 2; Pia (pro) has sent 3 of 6.
-                await ask(fay, "hello")
-                limited = await refusal(fay.chat("hello again"))
-                assert (limited.status, limited.code) == (429, "rate_limited")
-                for _ in range(3):
-                    await ask(pia, "hello")
-                assert (await refusal(pia.chat("hello"))).code == "rate_limited"
+                fake.gate.clear()
+            # Free: 3 messages a minute, and Fay has sent 2; Pia (pro) has sent 3 of 6.
+            await ask(fay, "hello")
+            limited = await refusal(fay.chat("hello again"))
+            assert (limited.status, limited.code) == (429, "rate_limited")
+            for _ in range(3):
+                await ask(pia, "hello")
+            assert (await refusal(pia.chat("hello"))).code == "rate_limited"
 
 
 async def test_a_spent_budget_refuses_the_next_message_with_quota_exceeded(
     tmp_path: Path,
 ) -> None:
     plans = {"free": {"monthly_tokens": 30}, "team": {"org_monthly_tokens": 40}}
-    async with serve_fake_openai() as fake:
-        async with served(tmp_path, plans, fake=fake) as (url, services):
-            async with user(url, "fay@example.com") as fay:
-                for _ in range(2):  # 18, then 36 tokens: the budget of 30 is spent after
-                    assert (await ask(fay, "hello"))[-1]["type"] == "agent_completed"
-                me = await fay.request("GET", "/me")
-                assert me["usage"]["tokens"] == 2 * TOKENS_PER_CALL
-                assert me["limits"]["monthly_tokens"] == 30
-                threads = len((await fay.request("GET", "/threads"))["items"])
-                answer = await fay.http.post(
-                    "/api/v1/chat", json={"message": "and again"}, headers=fay._headers()
-                )
-                assert answer.status_code == 429
-                problem = answer.json()
-                assert problem["code"] == "quota_exceeded"
-                assert (problem["scope"], problem["used"], problem["budget"]) == ("user", 36, 30)
-                assert problem["resets_at"] == me["usage"]["resets_at"]
-                assert int(answer.headers["Retry-After"]) > 0
-                assert len((await fay.request("GET", "/threads"))["items"]) == threads
-                async with fay.connect() as socket:  # the socket says the same
-                    frame = await socket.send_message("over the socket")
-                    assert (frame["type"], frame["code"]) == ("error", "quota_exceeded")
-            # An organisation's budget is its members' together.
-            team = await services.org_admin.create("Team", "team")
-            async with user(url, "tim@team.test") as tim, user(url, "tia@team.test") as tia:
-                await into_org(services, tim, team.id)
-                await into_org(services, tia, team.id)
-                await ask(tim, "hello")
-                await ask(tim, "hello")  # 36 of 40
-                await ask(tia, "hello")  # 54: spent
-                for member in (tim, tia):
-                    refused = await refusal(member.chat("hello"))
-                    assert (refused.code, refused.problem["scope"]) == ("quota_exceeded", "org")
-                org = await tim.request("GET", f"/orgs/{team.id}")
-                assert (org["usage"]["org_tokens"], org["usage"]["tokens"]) == (54, 36)
+    async with served_with_model(tmp_path, plans) as (url, services, _fake):
+        async with user(url, "fay@example.com") as fay:
+            for _ in range(2):  # 18, then 36 tokens: the budget of 30 is spent after
+                assert (await ask(fay, "hello"))[-1]["type"] == "agent_completed"
+            me = await fay.request("GET", "/me")
+            assert me["usage"]["tokens"] == 2 * TOKENS_PER_CALL
+            assert me["limits"]["monthly_tokens"] == 30
+            threads = len((await fay.request("GET", "/threads"))["items"])
+            answer = await fay.http.post(
+                "/api/v1/chat", json={"message": "and again"}, headers=fay._headers()
+            )
+            assert answer.status_code == 429
+            problem = answer.json()
+            assert problem["code"] == "quota_exceeded"
+            assert (problem["scope"], problem["used"], problem["budget"]) == ("user", 36, 30)
+            assert problem["resets_at"] == me["usage"]["resets_at"]
+            assert int(answer.headers["Retry-After"]) > 0
+            assert len((await fay.request("GET", "/threads"))["items"]) == threads
+            async with fay.connect() as socket:  # the socket says the same
+                frame = await socket.send_message("over the socket")
+                assert (frame["type"], frame["code"]) == ("error", "quota_exceeded")
+        # An organisation's budget is its members' together.
+        team = await services.org_admin.create("Team", "team")
+        async with user(url, "tim@team.test") as tim, user(url, "tia@team.test") as tia:
+            await into_org(services, tim, team.id)
+            await into_org(services, tia, team.id)
+            await ask(tim, "hello")
+            await ask(tim, "hello")  # 36 of 40
+            await ask(tia, "hello")  # 54: spent
+            for member in (tim, tia):
+                refused = await refusal(member.chat("hello"))
+                assert (refused.code, refused.problem["scope"]) == ("quota_exceeded", "org")
+            org = await tim.request("GET", f"/orgs/{team.id}")
+            assert (org["usage"]["org_tokens"], org["usage"]["tokens"]) == (54, 36)
 
 
 async def test_a_run_admitted_before_the_budget_was_spent_ends_quota_exceeded_at_start(
     tmp_path: Path,
 ) -> None:
     plans = {"free": {"monthly_tokens": 10, "runs_at_once": 1}}
-    async with serve_fake_openai() as fake, served(tmp_path, plans, fake=fake) as (url, _):
-        async with user(url, "fay@example.com") as fay:
-            first = await fay.chat("gate", agent="assistant")
-            async for event in fay.stream(first["run"]["id"]):
-                if event["type"] == "message_delta":
-                    break  # running (at the model, which waits), and nothing counted yet
-            second = await fay.chat("hello")  # admitted: 0 of 10 spent; waits for a slot
-            fake.gate.set()
-            assert (await finished(fay, first["run"]["id"]))[-1]["type"] == "agent_completed"
-            events = await finished(fay, second["run"]["id"])
-            assert [e["type"] for e in events] == ["agent_error"]
-            assert events[-1]["data"]["code"] == "quota_exceeded"
-            run = await fay.request("GET", f"/runs/{second['run']['id']}")
-            assert run["state"] == "failed"
-            assert len(fake.requests) == 1  # the second run never reached the model
-            assert (await fay.request("GET", "/me"))["usage"]["tokens"] == 18
+    async with served_with_model(tmp_path, plans) as (url, _, fake), user(url, "fay@x.test") as fay:
+        first = await fay.chat("gate", agent="assistant")
+        async for event in fay.stream(first["run"]["id"]):
+            if event["type"] == "message_delta":
+                break  # running (at the model, which waits), and nothing counted yet
+        second = await fay.chat("hello")  # admitted: 0 of 10 spent; waits for a slot
+        fake.gate.set()
+        assert (await finished(fay, first["run"]["id"]))[-1]["type"] == "agent_completed"
+        events = await finished(fay, second["run"]["id"])
+        assert [e["type"] for e in events] == ["agent_error"]
+        assert events[-1]["data"]["code"] == "quota_exceeded"
+        run = await fay.request("GET", f"/runs/{second['run']['id']}")
+        assert run["state"] == "failed"
+        assert len(fake.requests) == 1  # the second run never reached the model
+        assert (await fay.request("GET", "/me"))["usage"]["tokens"] == 18
 
 
 async def test_usage_counts_every_model_call_and_concurrent_ends_add_up(tmp_path: Path) -> None:
-    async with serve_fake_openai() as fake:
-        async with served(tmp_path, {"free": {}}, fake=fake) as (url, _):
-            async with user(url, "fay@example.com") as fay:
-                tool_run = await ask(fay, "please calculate 17*23", agent="assistant")
-                assert [e["type"] for e in tool_run].count("tool_completed") == 1  # 2 model calls
-                assert tool_run[-1]["type"] == "agent_completed"
-                accepted = await asyncio.gather(
-                    *(fay.chat(f"hello {i}", agent="assistant") for i in range(8))
-                )
-                await asyncio.gather(*(finished(fay, a["run"]["id"]) for a in accepted))
-                me = await fay.request("GET", "/me")
-                assert me["usage"]["tokens"] == (2 + 8) * TOKENS_PER_CALL
-                assert me["limits"]["monthly_tokens"] is None
+    plans = {"free": {}}
+    async with served_with_model(tmp_path, plans) as (url, _, _f), user(url, "fay@x.test") as fay:
+        tool_run = await ask(fay, "please calculate 17*23", agent="assistant")
+        assert [e["type"] for e in tool_run].count("tool_completed") == 1  # 2 model calls
+        assert tool_run[-1]["type"] == "agent_completed"
+        accepted = await asyncio.gather(
+            *(fay.chat(f"hello {i}", agent="assistant") for i in range(8))
+        )
+        await asyncio.gather(*(finished(fay, a["run"]["id"]) for a in accepted))
+        me = await fay.request("GET", "/me")
+        assert me["usage"]["tokens"] == (2 + 8) * TOKENS_PER_CALL
+        assert me["limits"]["monthly_tokens"] is None
