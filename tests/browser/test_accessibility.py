@@ -5,29 +5,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, expect
-from vendor import fetch_test_package
 
 from atoll.server.serve import running_server
-from conftest import ask, sign_up
+from conftest import ask, sign_up, violations
 from integration.fake_openai import API_KEY, serve_fake_openai
 
 pytestmark = pytest.mark.e2e
-CACHE = Path(__file__).resolve().parent / ".vendor"
 MARKDOWN = (
     "say: ## Result\n\nA table:\n\n| name | value |\n|---|---|\n| x | 1 |\n\n"
     "```python\nprint('hello')\n```\n\n- [x] done\n- [ ] next\n\n[docs](https://example.com)"
 )
-
-
-@pytest.fixture(scope="module")
-def axe_source() -> str:
-    """axe-core, fetched from the npm registry once and checked against the lock."""
-    return (fetch_test_package("axe-core", CACHE) / "axe.min.js").read_text()
 
 
 @pytest.fixture
@@ -39,18 +30,6 @@ async def markdown_server(settings_factory: Callable[..., Any]) -> AsyncIterator
         )  # fmt: skip
         async with running_server(settings) as (url, _):
             yield url
-
-
-async def violations(page: Page, axe_source: str) -> list[dict[str, Any]]:
-    """The serious, moderate and critical axe violations of what the page shows now."""
-    if not await page.evaluate("() => typeof window.axe !== 'undefined'"):
-        await page.evaluate(axe_source)
-    found = await page.evaluate(
-        """async () => (await axe.run(document, {resultTypes: ['violations']})).violations
-            .map(v => ({id: v.id, impact: v.impact, help: v.help,
-                        nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}))"""
-    )
-    return [v for v in found if v["impact"] in ("moderate", "serious", "critical")]
 
 
 async def chat_with_answers(page: Page, url: str, email: str) -> None:

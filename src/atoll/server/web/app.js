@@ -4,6 +4,8 @@ import {
   signInProviders, signOut, whenSignedOut,
 } from "./session.js";
 import { copyButton, renderMarkdown } from "./markdown.js";
+import { closeAccount, openAccount, wireAccount } from "./account.js";
+import { button, element, explain, showError } from "./ui.js";
 
 const API_WS = "/api/v1/ws";
 const TERMINAL = new Set(["agent_completed", "agent_error", "agent_cancelled"]);
@@ -36,44 +38,6 @@ const state = {
 };
 
 // ---------------------------------------------------------------- small helpers
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function button(text, onClick, className = "link small") {
-  const node = element("button", className, text);
-  node.type = "button";
-  node.addEventListener("click", onClick);
-  return node;
-}
-
-/** Words a person understands for what went wrong. */
-function explain(error) {
-  if (error instanceof NetworkError) return error.message;
-  const code = error.code || "";
-  const words = {
-    thread_busy: "The agent is still answering in this thread.",
-    rate_limited: "You are sending messages too fast. Wait a moment and try again.",
-    run_limit: "You already have the most runs allowed at once. Wait for one to finish.",
-    too_large: "That message is too long.",
-    not_found: "This thread no longer exists (it may have been deleted in another tab).",
-    unknown_agent: "That agent is not available.",
-    unavailable: "The server is busy or restarting. Try again in a moment.",
-    too_many_streams: "Too many open streams. Close another tab and try again.",
-    validation_error: error.message,
-    internal_error: "Something went wrong on the server. Try again.",
-  };
-  return words[code] || error.message || String(error);
-}
-
-function showError(target, error) {
-  target.textContent = error ? explain(error) : "";
-  target.hidden = !error;
-}
 
 function threadPath(threadId) {
   return threadId ? `/t/${encodeURIComponent(threadId)}` : "/";
@@ -166,6 +130,7 @@ async function submitAuth(event) {
 }
 
 function signedOut(reason) {
+  closeAccount();
   state.user = null;
   state.runs.clear();
   state.pending.clear();
@@ -233,6 +198,7 @@ function renderThreads() {
 }
 
 function newThread({ push = true } = {}) {
+  closeAccount();
   state.opening += 1;
   state.threadId = null;
   resetTimeline();
@@ -273,6 +239,7 @@ function showWelcome() {
 }
 
 async function openThread(threadId, { push = false } = {}) {
+  closeAccount();
   const generation = ++state.opening;
   state.threadId = threadId;
   resetTimeline();
@@ -785,10 +752,15 @@ function connect() {
     state.connected = false;
     state.ws = null;
     if (close.code === 4401) {
-      try {
-        if (await refreshTokens()) { connect(); return; }
-      } catch { /* offline: retry below */ }
-      if (!session.refresh) { signOut("Your session ended. Please log in again."); return; }
+      let refreshed = null; // null: offline, retried below
+      try { refreshed = await refreshTokens(); } catch { /* offline */ }
+      if (refreshed) { connect(); return; }
+      if (refreshed === false || !session.refresh) {
+        signOut(close.reason === "removed_from_org"
+          ? "Your organisation removed you from Atoll. Ask its admin to restore you."
+          : "Your session ended. Please log in again.");
+        return;
+      }
     }
     scheduleReconnect();
   };
@@ -1112,6 +1084,8 @@ function wire() {
   $("auth-form").addEventListener("submit", submitAuth);
   $("auth-toggle").addEventListener("click", toggleSignUp);
   $("logout").addEventListener("click", logout);
+  $("open-account").addEventListener("click", () => { closeDrawer(); openAccount(); });
+  wireAccount(() => $("message").focus());
   $("new-thread").addEventListener("click", () => newThread());
   $("rename-thread").addEventListener("click", startRename);
   $("rename-form").addEventListener("submit", saveRename);
