@@ -7,42 +7,53 @@ add up exactly. The organisation counted is the user's at that moment.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from atoll.runtime.plans import Plan, Spent, month_of
 from atoll.store.db import Database
 from atoll.store.models import OrgMember, UsageCounter
-from atoll.store.orgs import membership_in
 
 
-def add_usage_in(session: Session, user_id: str, tokens: int, at: datetime) -> None:
-    """Inside a write job: count ``tokens`` for ``user_id`` and their organisation."""
-    if tokens <= 0:
-        return
-    owners = [user_id]
-    member = membership_in(session, user_id)
-    if member is not None:
-        owners.append(member.org_id)
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+def _upsert(insert: Callable[[Table], Any]) -> Any:
     table = cast(Table, UsageCounter.__table__)
-    month = month_of(at)
     statement = insert(table).values(
-        [{"owner_id": owner, "month": month, "tokens": tokens, "runs": 1} for owner in owners]
+        owner_id=bindparam("owner"), month=bindparam("month"), tokens=bindparam("tokens"), runs=1
     )
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[table.c.owner_id, table.c.month],
         set_={
             "tokens": table.c.tokens + statement.excluded.tokens,
             "runs": table.c.runs + statement.excluded.runs,
         },
     )
-    session.connection().execute(statement)
+
+
+# Built once, like the statement a run ends with: a run's usage costs two statements.
+_UPSERT_SQLITE = _upsert(sqlite.insert)
+_UPSERT_POSTGRESQL = _upsert(postgresql.insert)
+_MEMBER_ORG = select(OrgMember.org_id).where(
+    OrgMember.user_id == bindparam("user"), OrgMember.removed_at.is_(None)
+)
+
+
+def add_usage_in(session: Session, user_id: str, tokens: int, at: datetime) -> None:
+    """Inside a write job: count ``tokens`` for ``user_id`` and their organisation."""
+    if tokens <= 0:
+        return
+    connection = session.connection()
+    month = month_of(at)
+    rows = [{"owner": user_id, "month": month, "tokens": tokens}]
+    org_id = connection.execute(_MEMBER_ORG, {"user": user_id}).scalar()
+    if org_id is not None:
+        rows.append({"owner": org_id, "month": month, "tokens": tokens})
+    postgres = connection.dialect.name == "postgresql"
+    connection.execute(_UPSERT_POSTGRESQL if postgres else _UPSERT_SQLITE, rows)
 
 
 class UsageStore:
