@@ -16,18 +16,18 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from atoll.client import ApiError, AtollClient, AtollSocket, ends_run
-from atoll.store.models import Message, Run
+from atoll.store.models import Message, Org, OrgMember, Run
 
 from postgres import create_database, postgres_server
 from redis_server import RedisServer, redis_server
@@ -102,6 +102,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "ATOLL_OFFLINE_TOKEN_DELAY": "0.15",
             "ATOLL_MAX_CONCURRENT_RUNS": "1",
             "ATOLL_SHUTDOWN_GRACE": "10",
+            "ATOLL_PLANS": '{"free": {}, "metered": {"monthly_tokens": 1}}',
         }
 
         def process(name: str, command: str, **extra: str) -> ServeProcess:
@@ -332,6 +333,45 @@ async def test_the_per_user_run_limit_holds_across_nodes_and_workers(
             )
     spans.sort()
     assert spans[1][0] >= spans[0][1]  # ATOLL_MAX_CONCURRENT_RUNS=1: never both at once
+
+
+async def test_an_organisation_s_plan_budget_holds_on_nodes_and_workers(
+    deployment: Deployment,
+) -> None:
+    async with user(deployment.node_a.url, "meter@metered.test") as on_a:
+        me = await on_a.request("GET", "/me")
+        engine = create_async_engine(deployment.database_url)
+        try:
+            async with engine.begin() as connection:
+                now = datetime.now(UTC)
+                await connection.execute(insert(Org).values(
+                    id="org_metered", name="Metered", plan="metered", sso_required=False,
+                    created_at=now,
+                ))  # fmt: skip
+                await connection.execute(insert(OrgMember).values(
+                    user_id=me["id"], org_id="org_metered", role="member", joined_at=now
+                ))  # fmt: skip
+        finally:
+            await engine.dispose()
+        async with user(deployment.node_b.url, "meter@metered.test", register=False) as on_b:
+            assert (await on_b.request("GET", "/me"))["plan"] == "metered"
+            # Both admitted with nothing spent; the second waits on a worker for the one
+            # slot (ATOLL_MAX_CONCURRENT_RUNS=1), and is checked again as it starts there.
+            first, second = await asyncio.gather(
+                on_a.chat("What is 7*8?", agent="assistant"),
+                on_b.chat("What is 9*9?", agent="assistant"),
+            )
+            ran = await wait_for_state(on_a, first["run"]["id"], TERMINAL, 60)
+            waited = await wait_for_state(on_a, second["run"]["id"], TERMINAL, 60)
+            states = sorted([ran["state"], waited["state"]])
+            assert states == ["completed", "failed"]
+            failed = ran if ran["state"] == "failed" else waited
+            assert failed["error"]["code"] == "quota_exceeded"
+            with pytest.raises(ApiError) as refused:  # counted by the worker, seen by node B
+                await on_b.chat("and now?")
+            assert (refused.value.status, refused.value.code) == (429, "quota_exceeded")
+            usage = (await on_a.request("GET", "/me"))["usage"]
+            assert usage["tokens"] > 0 and usage["org_tokens"] == usage["tokens"]
 
 
 async def test_a_stopping_worker_finishes_its_run_and_hands_back_the_unstarted_one(
