@@ -54,6 +54,9 @@ CompletionHook = Callable[[UserExecutionContext, str, str], Awaitable[None]]
 StartHook = Callable[[UserExecutionContext, datetime], Awaitable[None]]
 """``hook(context, started_at)``: the run has begun (called before ``agent_started``); a
 failure is logged, not fatal (the run's end is recorded anyway)."""
+UsageHook = Callable[[UserExecutionContext, int], Awaitable[None]]
+"""``hook(context, tokens)``: count the model tokens a run spent; awaited before the run
+gives its slot back, so the user's next run is admitted against the count."""
 AdmissionHook = Callable[[UserExecutionContext, Plan], Awaitable[None]]
 """``hook(context, plan)``: may the run begin? Called once it holds its slot, before
 ``agent_started``; an ``AtollError`` it raises (``quota_exceeded``) ends the run FAILED."""
@@ -99,6 +102,7 @@ class EngineServices:
     plans: PlanCatalog | None = None
     """The plans; None: nothing is gated by plan (runs at once are ``limits``')."""
     admission: AdmissionHook | None = None
+    usage_hook: UsageHook | None = None
 
 
 class UsageMeter:
@@ -304,7 +308,18 @@ class UserExecutionEngine:
             return await self._end_failed(top, started, exc)
         finally:
             if holding:
+                await self._count_usage()
                 await services.slots.release(ctx.user_id, ctx.run_id)
+
+    async def _count_usage(self) -> None:
+        hook = self._services.usage_hook
+        tokens = self._meter.prompt_tokens + self._meter.completion_tokens
+        if hook is None or tokens <= 0:
+            return
+        try:
+            await hook(self.context, tokens)
+        except Exception:
+            logger.warning("run %s: its token usage could not be counted", self.run_id)
 
     async def _started(self, hook: StartHook, started: datetime | None) -> None:
         try:

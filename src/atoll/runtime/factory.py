@@ -26,6 +26,7 @@ from atoll.runtime.engine import (
     RunOutcome,
     RunRequest,
     StartHook,
+    UsageHook,
     UserExecutionEngine,
 )
 from atoll.runtime.events import EventRecorder, RunEmitter
@@ -58,6 +59,7 @@ class ExecutionEngineFactory:
         processes: ToolProcessPool | None = None,
         plans: PlanCatalog | None = None,
         admission: AdmissionHook | None = None,
+        usage_hook: UsageHook | None = None,
     ) -> None:
         self.limits = limits or RuntimeLimits()
         self.plans = plans
@@ -83,6 +85,7 @@ class ExecutionEngineFactory:
             processes=self.processes,
             plans=plans,
             admission=admission,
+            usage_hook=usage_hook,
         )
         self._engines: dict[str, UserExecutionEngine] = {}
         self._stack: contextlib.AsyncExitStack | None = None

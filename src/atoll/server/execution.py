@@ -70,8 +70,6 @@ async def execute_run(
         finished_at=datetime.now(UTC),
         answer_message_id=outcome.message_id if outcome.state is ExecutionState.COMPLETED else None,
         worker_id=worker_id,
-        user_id=context.user_id,
-        tokens=sum(outcome.usage.values()),
     )
     return outcome
 

@@ -163,6 +163,9 @@ def engine_factory(
     async def admit(context: UserExecutionContext, plan: Plan) -> None:
         await usage.check(context.user_id, plan, utcnow())
 
+    async def count(context: UserExecutionContext, tokens: int) -> None:
+        await usage.add(context.user_id, tokens, utcnow())
+
     async def store_answer(context: UserExecutionContext, message_id: str, content: str) -> None:
         await chat.add_assistant_message(
             message_id=message_id,
@@ -184,6 +187,7 @@ def engine_factory(
         start_hook=start_hook,
         plans=PlanCatalog.from_settings(settings),
         admission=admit,
+        usage_hook=count,
     )
 
 

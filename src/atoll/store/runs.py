@@ -42,7 +42,6 @@ from atoll.store.db import Database
 from atoll.store.event_log import event_row
 from atoll.store.models import Message, Run, RunEventRow, Thread, User, utcnow
 from atoll.store.orgs import effective_plan, with_org
-from atoll.store.usage import add_usage_in
 from atoll.store.writer import execute_core, insert_rows, rows_changed
 
 _RUNS = Run.__table__
@@ -257,11 +256,8 @@ class RunStore:
         finished_at: datetime,
         answer_message_id: str | None,
         worker_id: str | None = None,
-        user_id: str | None = None,
-        tokens: int = 0,
     ) -> None:
-        """Record how a run an engine executed ended (a worker's only while it holds it),
-        and count the model ``tokens`` it spent for ``user_id`` (held or not: they were spent)."""
+        """Record how a run an engine executed ended (a worker's only while it holds it)."""
         values: dict[str, Any] = {
             "key_id": run_id,
             "new_state": state,
@@ -273,13 +269,7 @@ class RunStore:
         statement = _FINISHED
         if worker_id is not None:
             statement, values["key_worker"] = _FINISHED_HELD, worker_id
-
-        def finish(session: Session) -> None:
-            session.connection().execute(statement, values)
-            if user_id is not None:
-                add_usage_in(session, user_id, tokens, finished_at)
-
-        await self.db.write(finish)
+        await self.db.write(lambda session: session.connection().execute(statement, values))
 
     async def end(
         self,

@@ -1,8 +1,9 @@
 """Model tokens counted per user and per organisation, by calendar month (UTC).
 
-A run's tokens are added when it ends (whatever the ending: a failed run spent
-what it spent), in one upsert per owner, so concurrent ends on several workers
-add up exactly. The organisation counted is the user's at that moment.
+A run's tokens are added as it ends, before it gives its slot back (whatever the
+ending: a failed run spent what it spent), in one upsert for the user and their
+organisation, so concurrent ends on several workers add up exactly. The
+organisation counted is the user's at that moment.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class UsageStore:
         owners = [user_id] if org_id is None else [user_id, org_id]
         counted = await self.totals(owners, at)
         return Spent(counted[user_id], counted[org_id] if org_id is not None else None)
+
+    async def add(self, user_id: str, tokens: int, at: datetime) -> None:
+        """Count ``tokens`` spent by ``user_id`` (and their organisation) at ``at``."""
+        await self.db.write(lambda session: add_usage_in(session, user_id, tokens, at))
 
     async def check(self, user_id: str, plan: Plan, now: datetime) -> None:
         """Raise ``QuotaExceededError`` when a budget of ``plan`` is spent for the user (no
