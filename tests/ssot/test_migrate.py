@@ -23,7 +23,7 @@ paths = ["src"]
 [tool.atoll.ssot.canonical]
 "shop.core.state.OrderState" = "shop.core.state"
 
-[tool.atoll.ssot.deprecated]
+[tool.atoll.ssot.moved]
 "shop.legacy.engine:Engine" = "shop.core.engine:OrderEngine"
 "shop.old_helpers" = "shop.core.helpers"
 """
@@ -148,19 +148,19 @@ def test_a_file_edited_after_migration_is_a_conflict(
     assert orders.read_text() == textwrap.dedent(FILES["src/shop/orders.py"]).lstrip("\n")
 
 
-def test_a_migration_that_breaks_an_import_is_restored(
+def test_a_migration_that_would_import_a_missing_name_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = build(tmp_path)
     (root / "src/shop/core/engine.py").write_text("class SomethingElse:\n    pass\n")
     original = (root / "src/shop/orders.py").read_bytes()
     assert main(["migrate", "--root", str(root)]) == 1
-    output = capsys.readouterr().out
+    errors = capsys.readouterr().err
     assert (
-        "src/shop/orders.py: restored — unresolved import(s): shop.core.engine.OrderEngine"
-        in output
+        "src/shop/orders.py: not rewritten — would import shop.core.engine.OrderEngine, "
+        "which the scanned tree does not define" in errors
     )
-    assert (root / "src/shop/orders.py").read_bytes() == original
+    assert (root / "src/shop/orders.py").read_bytes() == original  # refused before writing
 
 
 def test_a_migration_that_breaks_the_tests_is_restored(

@@ -343,7 +343,7 @@ def test_a_module_level_instance_of_a_class_of_the_same_file_is_shared_state(
 ) -> None:
     """Issue 15's three-line reproduction: ``class A`` then ``a = A()`` in one file. The
     call used to resolve to a bare ``A``, which no rule knew as a project class."""
-    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    (tmp_path / "pyproject.toml").write_text('[tool.atoll.ssot]\npaths = ["src"]\n')
     package = tmp_path / "src" / "legacy"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")

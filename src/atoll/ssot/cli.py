@@ -77,18 +77,22 @@ def run_migrate(args: argparse.Namespace) -> int:
         validate=args.validate,
         test_command=args.test_cmd,
     )
+    for path, reason in sorted(report.refused.items()):
+        print(f"atoll ssot: {path}: not rewritten — {reason}", file=sys.stderr)
+    for line in report.manual:
+        print(f"atoll ssot: {line}", file=sys.stderr)
     if args.dry_run:
-        print("".join(report.diffs) or "nothing to migrate")
-        return 0
+        print("".join(report.diffs), end="")
+        print(f"{len(report.diffs)} file(s) would change", file=sys.stderr)
+        return 1 if report.refused else 0
     for path, changes in sorted(report.changed.items()):
         print(f"{path}: " + "; ".join(changes))
     for path, reason in sorted(report.restored.items()):
         print(f"{path}: restored — {reason}")
     if report.checkpoint:
         print(f"checkpoint {report.checkpoint} (undo: atoll ssot rollback --last)")
-    else:
-        print("nothing to migrate")
-    return 1 if report.restored else 0
+    print(f"{len(report.changed)} file(s) changed", file=sys.stderr)
+    return 1 if report.restored or report.refused else 0
 
 
 def run_rollback(args: argparse.Namespace) -> int:

@@ -1,10 +1,13 @@
 """Rewriting imports with LibCST (formatting and comments preserved).
 
-Given a file's module and the project's deprecated and canonical registries, the
-transformer moves each imported name to its replacement module — splitting a
-``from`` statement when only some of its names move — renames uses when the
-name itself changes, rewrites ``import old.mod as alias``, and turns
-``alias.OldName`` uses (where ``alias`` is a deprecated module) into the new name.
+Given a file's module and the project's ``moved`` and canonical registries (the same
+object at a new import path: never a different API, which ``replaced`` names and
+migrate leaves alone), the transformer moves each imported name to its new module —
+splitting a ``from`` statement when only some of its names move — renames uses when
+the name itself changes, rewrites ``import old.mod as alias``, and turns
+``alias.OldName`` uses (where ``alias`` is a moved module) into the new name.
+``targets`` lists every (module, name) an import it writes names, for the caller to
+check that they exist before anything is written.
 """
 
 from __future__ import annotations
@@ -22,20 +25,20 @@ from atoll.ssot.facts import absolute_module
 class Registry:
     """The replacements migrate applies (only the rules it was asked for)."""
 
-    deprecated: dict[str, str] = field(default_factory=dict)
+    moved: dict[str, str] = field(default_factory=dict)
     canonical: dict[str, str] = field(default_factory=dict)  # short name -> canonical module
     canonical_package: dict[str, str] = field(default_factory=dict)  # short name -> top package
 
     def replacement(self, module: str, name: str) -> tuple[str, str, str] | None:
         """(rule, new module, new name) for ``from module import name``, or None."""
         for key in (f"{module}:{name}", f"{module}.{name}"):
-            if key in self.deprecated:
-                new_module, _, new_name = self.deprecated[key].partition(":")
+            if key in self.moved:
+                new_module, _, new_name = self.moved[key].partition(":")
                 if key.endswith(f".{name}") and not new_name:
                     return "SSOT002", new_module.rpartition(".")[0], new_module.rpartition(".")[2]
                 return "SSOT002", new_module, new_name or name
-        if module in self.deprecated:
-            new_module, _, new_name = self.deprecated[module].partition(":")
+        if module in self.moved:
+            new_module, _, new_name = self.moved[module].partition(":")
             return "SSOT002", new_module, new_name or name
         home = self.canonical.get(name)
         if (
@@ -66,10 +69,11 @@ class ImportRewriter(cst.CSTTransformer):
         self.module_aliases: dict[str, str] = {}  # alias -> deprecated module it names
         self.added_names: dict[str, tuple[str, str]] = {}  # local -> (module, name)
         self.changes: list[str] = []
+        self.targets: list[tuple[str, str | None]] = []  # (module, name) of written imports
 
     def names_in(self, module: str) -> bool:
         """Whether names of ``module`` are deprecated one by one (``module:Name``)."""
-        return any(key.startswith(f"{module}:") for key in self.registry.deprecated)
+        return any(key.startswith(f"{module}:") for key in self.registry.moved)
 
     # -- from-imports ------------------------------------------------------------
 
@@ -107,11 +111,15 @@ class ImportRewriter(cst.CSTTransformer):
                 )
             )
             self.changes.append(f"{rule}: {module}.{name} -> {new_module}.{new_name}")
+            self.targets.append((new_module, new_name))
         if not moved:
             return updated_node
         statements: list[cst.BaseSmallStatement] = []
         if kept:
-            last = kept[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+            last = kept[-1]
+            if updated_node.lpar is None:  # no parentheses: a trailing comma is invalid
+                last = last.with_changes(comma=cst.MaybeSentinel.DEFAULT)
+            # In parentheses the comma stays, with the comment after it.
             statements.append(updated_node.with_changes(names=[*kept[:-1], last]))
         statements += moved
         return cst.FlattenSentinel(statements)
@@ -132,10 +140,11 @@ class ImportRewriter(cst.CSTTransformer):
         names = []
         for alias in updated_node.names:
             dotted = get_full_name_for_node(alias.name) or ""
-            replacement = self.registry.deprecated.get(dotted)
+            replacement = self.registry.moved.get(dotted)
             if replacement is not None and ":" not in replacement and alias.asname is not None:
                 names.append(alias.with_changes(name=_module_node(replacement)))
                 self.changes.append(f"SSOT002: import {dotted} -> import {replacement}")
+                self.targets.append((replacement, None))
             else:
                 if self.names_in(dotted) and alias.asname is not None:
                     self.module_aliases[cst.ensure_type(alias.asname.name, cst.Name).value] = dotted
@@ -151,11 +160,12 @@ class ImportRewriter(cst.CSTTransformer):
             module = self.module_aliases.get(updated_node.value.value)
             if module is not None:
                 key = f"{module}:{updated_node.attr.value}"
-                if key in self.registry.deprecated:
-                    new_module, _, new_name = self.registry.deprecated[key].partition(":")
+                if key in self.registry.moved:
+                    new_module, _, new_name = self.registry.moved[key].partition(":")
                     new_name = new_name or updated_node.attr.value
                     self.added_names[new_name] = (new_module, new_name)
                     self.changes.append(f"SSOT002: {key} -> {new_module}.{new_name}")
+                    self.targets.append((new_module, new_name))
                     return cst.Name(new_name)
         return updated_node
 
@@ -205,11 +215,21 @@ class RenameUses(cst.CSTTransformer):
         return updated_node.with_changes(value=new) if new else updated_node
 
 
-def rewrite(source: str, package: str, registry: Registry) -> tuple[str, Sequence[str]]:
-    """The rewritten source and the list of changes (empty when nothing applies)."""
+@dataclass(frozen=True)
+class Rewritten:
+    """What ``rewrite`` did to one file."""
+
+    code: str
+    changes: Sequence[str]
+    targets: Sequence[tuple[str, str | None]]
+
+
+def rewrite(source: str, package: str, registry: Registry) -> Rewritten:
+    """The rewritten source, the list of changes (empty when nothing applies) and the
+    (module, name) pairs the new imports name."""
     module = cst.parse_module(source)
     rewriter = ImportRewriter(package, registry)
     updated = module.visit(rewriter)
     if rewriter.renames:
         updated = updated.visit(RenameUses(rewriter.renames))
-    return updated.code, rewriter.changes
+    return Rewritten(updated.code, rewriter.changes, rewriter.targets)

@@ -84,6 +84,16 @@ class CallFact:
 
 
 @dataclass
+class AliasFact:
+    """A module-level ``Name = dotted.name`` (a concept defined by assignment)."""
+
+    name: str
+    target: str
+    line: int
+    col: int
+
+
+@dataclass
 class LocalFinding:
     """A finding decided from this file alone."""
 
@@ -107,7 +117,18 @@ class FileFacts:
     attributes: list[AttributeUse] = field(default_factory=list)
     calls: list[CallFact] = field(default_factory=list)
     local: list[LocalFinding] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    """Every name a module-level assignment binds."""
+    aliases: list[AliasFact] = field(default_factory=list)
     syntax_error: str | None = None
+
+    def defines(self, name: str) -> bool:
+        """Whether this module binds ``name`` (a definition, an import, an assignment)."""
+        return (
+            any(d.name == name for d in self.definitions)
+            or any(i.alias == name for i in self.imports if i.scope == "<module>")
+            or name in self.names
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON-ready data (for the cache and between processes); shares, never copies."""
@@ -120,6 +141,8 @@ class FileFacts:
             "attributes": [vars(a) for a in self.attributes],
             "calls": [vars(c) for c in self.calls],
             "local": [vars(f) for f in self.local],
+            "names": self.names,
+            "aliases": [vars(a) for a in self.aliases],
             "syntax_error": self.syntax_error,
         }
 
@@ -135,6 +158,8 @@ class FileFacts:
             attributes=[AttributeUse(**a) for a in data["attributes"]],
             calls=[CallFact(**c) for c in data["calls"]],
             local=[LocalFinding(**f) for f in data["local"]],
+            names=data["names"],
+            aliases=[AliasFact(**a) for a in data["aliases"]],
             syntax_error=data["syntax_error"],
         )
 
@@ -433,6 +458,15 @@ class _Collector(ast.NodeVisitor):
         self.generic_visit(node)
 
     def _module_assignment(self, name: str, value: ast.expr, node: ast.stmt) -> None:
+        if not self.type_checking:
+            self.facts.names.append(name)
+            dotted = _dotted(value) if isinstance(value, ast.Name | ast.Attribute) else None
+            if dotted is not None:
+                aliased = self.resolve(dotted)
+                self.aliases[name] = aliased  # `X = Engine; X()` constructs an Engine
+                self.facts.aliases.append(
+                    AliasFact(name, aliased, node.lineno, node.col_offset + 1)
+                )
         if AUTH_FLAG.search(name):
             literal = _literal(value)
             from_env = "environ" in ast.dump(value) or (
@@ -538,7 +572,7 @@ class _Collector(ast.NodeVisitor):
     _assignment_values: set[int]
 
 
-def collect(path: Path, relative: str, source: str) -> FileFacts:
+def collect(path: Path, relative: str, source: str | bytes) -> FileFacts:
     """The facts of one file (a syntax error is recorded, not raised)."""
     module = module_name(path)
     facts = FileFacts(path=relative, module=module, is_test=is_test_file(Path(relative)))

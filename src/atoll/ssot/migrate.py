@@ -1,31 +1,37 @@
 """``atoll ssot migrate`` and ``rollback``: rewrite imports, validate, keep checkpoints.
 
-Before a file is written, a checkpoint records its path, the SHA-256 of its
-bytes before and after, and the original bytes. Each written file goes up the
-validation ladder — it parses; every import in it resolves (statically, to the
-project's modules or an installed package); with ``tests``, the test command
-passes (once per batch). A file that fails is restored at once and reported.
+Only ``moved`` paths (the same object under a new import path) and canonical homes
+are rewritten; a ``replaced`` or ``deprecated`` path (a different API) is listed for
+a person. Only files that import something to rewrite are parsed with LibCST; a
+rewrite whose new imports name what the scanned tree does not define is refused
+before anything is written. Before a file is written, a checkpoint records its path,
+the SHA-256 of its bytes before and after, and the original bytes. Each written file
+goes up the validation ladder — it parses; with ``imports`` (the default), what the
+migration changed still resolves (the names other modules import from a rewritten
+module); with ``tests``, the test command passes (once per batch). A file that fails
+is restored at once and reported.
 ``rollback`` restores files whose current bytes are still the recorded "after"
 (others are conflicts, left alone unless forced) and verifies the "before" hash.
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
 import hashlib
-import importlib.util
+import io
 import json
+import os
 import shlex
 import subprocess
 import time
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from atoll.ssot.codemod import Registry, rewrite
 from atoll.ssot.config import ConfigError, SsotConfig
-from atoll.ssot.facts import FileFacts, absolute_module, module_name
+from atoll.ssot.facts import FileFacts, collect
 from atoll.ssot.scanner import FactCache, collect_all, discover
 
 CHECKPOINTS = ".ssot-checkpoints"
@@ -38,75 +44,99 @@ def sha256(data: bytes) -> str:
 
 @dataclass
 class MigrationReport:
-    """What a migration changed, refused and restored."""
+    """What a migration changed, refused, restored, and left to a person."""
 
     checkpoint: str | None = None
     changed: dict[str, list[str]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    """Files not rewritten because a new import would name what does not exist."""
     restored: dict[str, str] = field(default_factory=dict)
+    manual: list[str] = field(default_factory=list)
+    """Uses of ``replaced``/``deprecated`` paths: a different API, ported by a person."""
     diffs: list[str] = field(default_factory=list)
 
 
 def registry_for(config: SsotConfig, rules: set[str]) -> Registry:
-    """The replacements of the selected rules."""
+    """The rewrites of the selected rules: ``moved`` paths (SSOT002) and canonical homes
+    (SSOT003) — the same object under another import path, never a different API."""
     canonical: dict[str, str] = {}
     packages: dict[str, str] = {}
     if "SSOT003" in rules:
         for symbol, module in config.canonical.items():
             canonical[symbol.rpartition(".")[2]] = module
             packages[symbol.rpartition(".")[2]] = module.split(".")[0]
-    deprecated = dict(config.deprecated) if "SSOT002" in rules else {}
-    return Registry(deprecated=deprecated, canonical=canonical, canonical_package=packages)
+    moved = dict(config.moved) if "SSOT002" in rules else {}
+    return Registry(moved=moved, canonical=canonical, canonical_package=packages)
 
 
 class ImportChecker:
-    """Does every import of a file resolve? Project modules and their names, else installed."""
+    """Whether a module of the scanned tree defines a name, statically: its definitions,
+    imports (re-exports), module-level assignments and submodules."""
 
     def __init__(self, facts: list[FileFacts]) -> None:
-        self.modules = {f.module: f for f in facts}
+        self.modules = {f.module: f for f in facts if f.syntax_error is None}
 
-    def problems(self, source: str, path: Path) -> list[str]:
-        """Imports of ``source`` that do not resolve."""
-        tree = ast.parse(source)
-        package = module_name(path)
-        if path.name != "__init__.py":
-            package = package.rpartition(".")[0]
-        missing = []
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                missing += [a.name for a in node.names if not self._module_exists(a.name)]
-            elif isinstance(node, ast.ImportFrom):
-                base = absolute_module(package, node.module, node.level)
-                for alias in node.names:
-                    if alias.name != "*" and not self._name_exists(base, alias.name):
-                        missing.append(f"{base}.{alias.name}")
-        return missing
+    def update(self, facts: FileFacts) -> None:
+        """Take a file's facts as they are after rewriting."""
+        self.modules[facts.module] = facts
 
-    def _module_exists(self, module: str) -> bool:
-        if module in self.modules:
-            return True
-        top = module.split(".")[0]
-        if any(m.split(".")[0] == top for m in self.modules):
-            return False  # a project package: its modules must be in the project
-        try:
-            return importlib.util.find_spec(top) is not None
-        except (ImportError, ValueError):
-            return False
-
-    def _name_exists(self, module: str, name: str) -> bool:
+    def defines(self, module: str, name: str | None) -> bool:
+        """Whether ``from module import name`` (or ``import module``) resolves in the tree."""
+        if name is None:
+            return module in self.modules
         if f"{module}.{name}" in self.modules:
             return True
         facts = self.modules.get(module)
-        if facts is not None:
-            return (
-                any(d.name == name for d in facts.definitions)
-                or any(i.alias == name for i in facts.imports)
-                or name in {c.assigned_to for c in facts.calls if c.assigned_to}
+        return facts is not None and facts.defines(name)
+
+
+def source_encoding(data: bytes) -> str:
+    """The encoding Python reads ``data`` with (a UTF-8 BOM, a PEP 263 cookie, else UTF-8)."""
+    return tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+
+
+def _key_modules(keys: dict[str, str]) -> set[str]:
+    return {key.partition(":")[0] for key in keys} | {key.rpartition(".")[0] for key in keys}
+
+
+def _candidate(facts: FileFacts, registry: Registry, moved_modules: set[str]) -> bool:
+    """Whether the file imports anything the registry rewrites (else LibCST is not run)."""
+    for item in facts.imports:
+        if item.name is not None and registry.replacement(item.module, item.name) is not None:
+            return True
+        dotted = item.module if item.name is None else f"{item.module}.{item.name}"
+        if dotted in registry.moved or dotted in moved_modules:
+            return True
+    return False
+
+
+def _manual(config: SsotConfig, facts: list[FileFacts]) -> list[str]:
+    """Imports of a path replaced by a different API: for a person, never rewritten."""
+    replaced = {**config.deprecated, **config.replaced}
+    found = []
+    for file_facts in facts:
+        for item in file_facts.imports:
+            keys = (
+                [item.module]
+                if item.name is None
+                else [f"{item.module}:{item.name}", f"{item.module}.{item.name}", item.module]
             )
-        return self._module_exists(module)
+            key = next((k for k in keys if k in replaced and k not in config.moved), None)
+            if key is not None:
+                shown = f"from {item.module} import {item.name}" if item.name else item.module
+                found.append(
+                    f"{file_facts.path}:{item.line}: {shown} — replaced by {replaced[key]} "
+                    "(a different API): port it by hand"
+                )
+    return found
 
 
 def _checkpoint_dir(config: SsotConfig) -> Path:
     return config.root / CHECKPOINTS
+
+
+def _package(path: Path, module: str) -> str:
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
 
 
 def migrate(
@@ -122,25 +152,46 @@ def migrate(
     if validate == "tests" and not test_command:
         raise ConfigError("--validate tests needs --test-cmd")
     files = discover(config, paths)
-    facts = collect_all(config, files, jobs=1, cache=FactCache(None, config.fingerprint()))
+    tree = discover(config) if paths else files  # what imports are checked against
+    cache = FactCache(config.root / ".ssot-cache", config.fingerprint())
+    facts_of = dict(zip(tree, collect_all(config, tree, jobs=os.cpu_count() or 1, cache=cache),
+                        strict=True))  # fmt: skip
+    checker = ImportChecker(list(facts_of.values()))
     registry = registry_for(config, rules)
-    report = MigrationReport()
-    planned: list[tuple[Path, bytes, bytes, list[str]]] = []
-    for path, file_facts in zip(files, facts, strict=True):
-        if file_facts.syntax_error:
+    moved_modules = _key_modules(registry.moved)
+    report = MigrationReport(manual=_manual(config, [facts_of[p] for p in files]))
+    planned: list[tuple[Path, bytes, bytes, list[str], str]] = []
+    for path in files:
+        file_facts = facts_of[path]
+        if file_facts.syntax_error or not _candidate(file_facts, registry, moved_modules):
             continue
-        original = path.read_bytes()
-        package = (
-            file_facts.module
-            if path.name == "__init__.py"
-            else file_facts.module.rpartition(".")[0]
-        )
-        new_source, changes = rewrite(original.decode("utf-8"), package, registry)
-        if changes and new_source.encode("utf-8") != original:
-            planned.append((path, original, new_source.encode("utf-8"), list(changes)))
-    for path, original, updated, _ in planned:
         relative = path.relative_to(config.root).as_posix()
-        report.diffs.append(patch(original.decode(), updated.decode(), relative))
+        original = path.read_bytes()
+        try:
+            encoding = source_encoding(original)
+            text = original.decode(encoding)
+        except (SyntaxError, UnicodeDecodeError, LookupError) as exc:
+            report.refused[relative] = f"cannot be read as Python source ({exc})"
+            continue
+        result = rewrite(text, _package(path, file_facts.module), registry)
+        updated = result.code.encode(encoding)
+        if not result.changes or updated == original:
+            continue
+        missing = sorted(
+            f"{module}.{name}" if name else module
+            for module, name in set(result.targets)
+            if not checker.defines(module, name)
+        )
+        if missing:
+            report.refused[relative] = (
+                f"would import {', '.join(missing)}, which the scanned tree does not define "
+                "(a wrong `moved` entry, or a target outside `paths`)"
+            )
+            continue
+        planned.append((path, original, updated, list(result.changes), encoding))
+    for path, original, updated, _, encoding in planned:
+        relative = path.relative_to(config.root).as_posix()
+        report.diffs.append(patch(original.decode(encoding), updated.decode(encoding), relative))
     if dry_run or not planned:
         return report
     checkpoint_id = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
@@ -152,7 +203,7 @@ def migrate(
         "rules": sorted(rules),
         "files": [],
     }
-    for index, (path, original, updated, _) in enumerate(planned):
+    for index, (path, original, updated, _, _) in enumerate(planned):
         (directory / f"{index}.orig").write_bytes(original)
         manifest["files"].append(
             {
@@ -165,7 +216,7 @@ def migrate(
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     report.checkpoint = checkpoint_id
     written: list[tuple[Path, bytes]] = []
-    for path, original, updated, changes in planned:
+    for path, original, updated, changes, _ in planned:
         relative = path.relative_to(config.root).as_posix()
         path.write_bytes(updated)
         problem = _parse_problem(path, updated)
@@ -176,29 +227,51 @@ def migrate(
         written.append((path, original))
         report.changed[relative] = changes
     if validate in ("imports", "tests") and written:
-        after = collect_all(
-            config, discover(config, paths), jobs=1, cache=FactCache(None, config.fingerprint())
-        )
-        checker = ImportChecker(after)
-        for path, original in list(written):
-            missing = checker.problems(path.read_text(encoding="utf-8"), path)
-            if missing:
-                relative = path.relative_to(config.root).as_posix()
-                path.write_bytes(original)
-                report.restored[relative] = f"unresolved import(s): {', '.join(missing)}"
-                report.changed.pop(relative, None)
-                written.remove((path, original))
+        _check_what_changed(config, written, facts_of, checker, report)
     if validate == "tests" and written and test_command:
-        result = subprocess.run(  # noqa: S603 - the operator's own test command, by design
+        ran = subprocess.run(  # noqa: S603 - the operator's own test command, by design
             shlex.split(test_command), cwd=config.root, capture_output=True, text=True, check=False
         )
-        if result.returncode != 0:
+        if ran.returncode != 0:
             for path, original in written:
                 relative = path.relative_to(config.root).as_posix()
                 path.write_bytes(original)
-                report.restored[relative] = f"test command failed (exit {result.returncode})"
+                report.restored[relative] = f"test command failed (exit {ran.returncode})"
                 report.changed.pop(relative, None)
     return report
+
+
+def _check_what_changed(
+    config: SsotConfig,
+    written: list[tuple[Path, bytes]],
+    facts_of: dict[Path, FileFacts],
+    checker: ImportChecker,
+    report: MigrationReport,
+) -> None:
+    """The ``imports`` level: what the migration changed still resolves — names other
+    modules import from a rewritten module (its re-exports) still exist in it. Nothing
+    else is judged: the rest of the world is as it was."""
+    for path, _ in written:
+        relative = path.relative_to(config.root).as_posix()
+        checker.update(collect(path, relative, path.read_bytes()))
+    rewritten = {facts_of[path].module: (path, original) for path, original in written}
+    broken: dict[str, list[str]] = {}
+    for file_facts in facts_of.values():
+        for item in file_facts.imports:
+            if item.name is None or item.module not in rewritten:
+                continue
+            if not checker.defines(item.module, item.name):
+                broken.setdefault(item.module, []).append(
+                    f"{file_facts.path}:{item.line} imports {item.name} from it"
+                )
+    for module, uses in broken.items():
+        path, original = rewritten[module]
+        relative = path.relative_to(config.root).as_posix()
+        path.write_bytes(original)
+        checker.update(collect(path, relative, original))
+        report.restored[relative] = f"a name others import from it would be gone ({uses[0]})"
+        report.changed.pop(relative, None)
+        written.remove((path, original))
 
 
 def _parse_problem(path: Path, data: bytes) -> str | None:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atoll.ssot.config import SsotConfig
-from atoll.ssot.facts import FileFacts, collect
+from atoll.ssot.config import ConfigError, SsotConfig
+from atoll.ssot.facts import FileFacts, collect, module_name
 from atoll.ssot.rules import Finding, RuleEngine, import_metrics
 
-TOOL_VERSION = "2"
+TOOL_VERSION = "3"
 SKIP_DIRS = frozenset(
     {
         ".git",
@@ -54,6 +54,8 @@ def discover(config: SsotConfig, paths: list[str] | None = None) -> list[Path]:
     files: list[Path] = []
     for entry in paths or list(config.paths):
         base = (config.root / entry).resolve()
+        if not base.exists():
+            raise ConfigError(f"{entry}: no such file or directory under {config.root}")
         if base.is_file():
             candidates = [base] if base.suffix == ".py" else []
         else:
@@ -80,8 +82,8 @@ def _relative(path: Path, root: Path) -> str:
 
 def _collect_one(job: tuple[str, str]) -> dict[str, Any]:
     path, relative = job
-    source = Path(path).read_text(encoding="utf-8", errors="replace")
-    return collect(Path(path), relative, source).to_dict()
+    # Bytes: the parser reads the encoding as Python does (a UTF-8 BOM, a PEP 263 cookie).
+    return collect(Path(path), relative, Path(path).read_bytes()).to_dict()
 
 
 class FactCache:
@@ -206,6 +208,17 @@ def fingerprints(findings: list[Finding]) -> list[str]:
     return prints
 
 
+def check_canonical(config: SsotConfig, files: list[Path]) -> None:
+    """``ConfigError`` for a canonical module that is none of the scanned files."""
+    modules = {module_name(path) for path in files}
+    missing = sorted({m for m in config.canonical.values() if m not in modules})
+    if missing:
+        raise ConfigError(
+            f"[tool.atoll.ssot.canonical] module(s) not found in the scanned paths: "
+            f"{', '.join(missing)}"
+        )
+
+
 def scan(
     config: SsotConfig,
     paths: list[str] | None = None,
@@ -217,6 +230,8 @@ def scan(
     """Scan the project and compare with ``baseline`` (fingerprints) when given."""
     started = time.perf_counter()
     files = discover(config, paths)
+    if paths is None:
+        check_canonical(config, files)
     cache_dir = config.root / ".ssot-cache" if use_cache else None
     cache = FactCache(cache_dir, config.fingerprint())
     keys = file_keys(config, files, cache)
