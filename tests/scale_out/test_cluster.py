@@ -59,6 +59,15 @@ class Deployment:
             await engine.dispose()
         return row  # type: ignore[return-value]
 
+    async def ended(self, run_id: str) -> Run:
+        """The run's row once its end is recorded (10 s at most)."""
+        for _ in range(200):
+            row = await self.run_row(run_id)
+            if row.state in TERMINAL:
+                break
+            await asyncio.sleep(0.05)
+        return row
+
     async def claimed(self, run_id: str) -> Run:
         """The run's row once a worker has claimed it (10 s at most)."""
         for _ in range(200):
@@ -176,7 +185,8 @@ async def test_golden_path_runs_on_a_worker_and_resumes_from_another_node(
     assert events[-1]["type"] == "agent_completed"
     assert "391" in events[-1]["data"]["message"]["content"]
     assert any(e["type"] == "tool_executing" for e in events)
-    row = await deployment.run_row(run_id)
+    # The worker records the run's end just after its terminal event (logged, then sent).
+    row = await deployment.ended(run_id)
     assert row.worker_id in deployment.workers  # executed by a worker, not by node A
     assert row.state == "completed"
 
