@@ -28,11 +28,29 @@ MUTATORS = frozenset(
         "extendleft",
     }
 )
-CONTAINER_CALLS = frozenset({"dict", "list", "set", "defaultdict", "OrderedDict", "deque"})
+CONTAINER_CALLS = frozenset(
+    {
+        "dict",
+        "list",
+        "set",
+        "defaultdict",
+        "OrderedDict",
+        "deque",
+        "Counter",
+        "ChainMap",
+        "WeakSet",
+        "WeakValueDictionary",
+        "WeakKeyDictionary",
+    }
+)
 CACHE_DECORATORS = frozenset({"cache", "lru_cache", "functools.cache", "functools.lru_cache"})
 SINGLETON_ACCESSORS = frozenset({"get_instance", "instance", "getinstance", "getInstance"})
 AUTH_FLAG = re.compile(r"(MOCK.*AUTH|AUTH.*BYPASS|SKIP.*AUTH|DISABLE.*AUTH|^DEMO_MODE$)", re.I)
 DECODERS = frozenset({"jwt.decode", "jose.jwt.decode", "jwt.api_jwt.decode", "jwt.PyJWT.decode"})
+B64_DECODERS = frozenset({"base64.urlsafe_b64decode", "base64.b64decode", "urlsafe_b64decode"})
+TOKEN_VALIDATOR = re.compile(
+    r"^_*(validate|verify|decode|check|parse|authenticate)_(jwt|token|access_token|bearer)$"
+)
 
 
 @dataclass
@@ -81,6 +99,10 @@ class CallFact:
     module_level: bool
     assigned_to: str | None = None
     keywords: dict[str, Any] = field(default_factory=dict)
+    args: list[Any] = field(default_factory=list)
+    """Literal positional arguments (for token decoders and environment reads only)."""
+    via_cls: bool = False
+    """``cls(...)`` inside a classmethod of the class ``target`` names."""
 
 
 @dataclass
@@ -120,6 +142,8 @@ class FileFacts:
     names: list[str] = field(default_factory=list)
     """Every name a module-level assignment binds."""
     aliases: list[AliasFact] = field(default_factory=list)
+    token_functions: list[Definition] = field(default_factory=list)
+    """Functions and methods named like a token validation (``verify_token`` …)."""
     syntax_error: str | None = None
 
     def defines(self, name: str) -> bool:
@@ -143,6 +167,7 @@ class FileFacts:
             "local": [vars(f) for f in self.local],
             "names": self.names,
             "aliases": [vars(a) for a in self.aliases],
+            "token_functions": [vars(d) for d in self.token_functions],
             "syntax_error": self.syntax_error,
         }
 
@@ -160,6 +185,7 @@ class FileFacts:
             local=[LocalFinding(**f) for f in data["local"]],
             names=data["names"],
             aliases=[AliasFact(**a) for a in data["aliases"]],
+            token_functions=[Definition(**d) for d in data["token_functions"]],
             syntax_error=data["syntax_error"],
         )
 
@@ -227,6 +253,46 @@ def _is_type_checking(test: ast.expr) -> bool:
     return _dotted(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 
 
+def _splits_on_dot(call: ast.Call) -> bool:
+    """Whether an argument of ``call`` contains ``<x>.split(".")`` (a JWT's segments)."""
+    for argument in call.args:
+        for node in ast.walk(argument):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("split", "rsplit", "partition")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value == "."
+            ):
+                return True
+    return False
+
+
+def _new_returns_stored_instance(node: ast.ClassDef) -> bool:
+    """``__new__`` that stores an instance on the class and returns it (a singleton)."""
+    for item in node.body:
+        if not isinstance(item, ast.FunctionDef) or item.name != "__new__":
+            continue
+        owners = {"cls", node.name}
+        stored: set[str] = set()
+        returned: set[str] = set()
+        for inner in ast.walk(item):
+            targets = inner.targets if isinstance(inner, ast.Assign) else []
+            for target in targets:
+                if isinstance(target, ast.Attribute) and _dotted(target.value) in owners:
+                    stored.add(target.attr)
+            if (
+                isinstance(inner, ast.Return)
+                and isinstance(inner.value, ast.Attribute)
+                and _dotted(inner.value.value) in owners
+            ):
+                returned.add(inner.value.attr)
+        if stored & returned:
+            return True
+    return False
+
+
 _SKIP = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.Constant)
 
 
@@ -261,6 +327,10 @@ class _Collector(ast.NodeVisitor):
         self.type_checking = 0
         self.module_containers: dict[str, int] = {}
         self.reported_mutations: set[str] = set()
+        self.globals: dict[str, list[tuple[str, int, int]]] = {}
+        """``global name`` -> where (scope, line, col): one finding per name, not per use."""
+        self.cls_of: list[str | None] = []
+        """For each function being visited: the module-level class whose ``cls`` it has."""
 
     # -- helpers ---------------------------------------------------------------
 
@@ -347,10 +417,16 @@ class _Collector(ast.NodeVisitor):
             bases = {_dotted(b) or "" for b in node.bases}
             kind = "enum" if any(b.split(".")[-1].endswith("Enum") for b in bases) else "class"
             members = []
-            if kind == "enum":
-                for item in node.body:
-                    if isinstance(item, ast.Assign):
-                        members += [t.id for t in item.targets if isinstance(t, ast.Name)]
+            for item in node.body:
+                if isinstance(item, ast.Assign):
+                    members += [t.id for t in item.targets if isinstance(t, ast.Name)]
+                elif kind == "class" and isinstance(item, ast.AnnAssign):
+                    if isinstance(item.target, ast.Name):
+                        members.append(item.target.id)
+                elif kind == "class" and isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                    members.append(item.name)
+            if kind == "class":  # what it offers, to tell a duplicate from a namesake
+                members = [m for m in members if not m.startswith("__")]
             self.facts.definitions.append(
                 Definition(node.name, kind, node.lineno, node.col_offset + 1, sorted(members))
             )
@@ -384,6 +460,14 @@ class _Collector(ast.NodeVisitor):
                 f"class {node.name} is a singleton (_instance + accessor): one instance "
                 "shared by every user and request",
             )
+        elif _new_returns_stored_instance(node):
+            self.local(
+                "SSOT004",
+                node,
+                node.name,
+                f"class {node.name} is a singleton (__new__ returns one stored instance): "
+                "one instance shared by every user and request",
+            )
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         if not self.scope and not self.type_checking:
@@ -408,9 +492,18 @@ class _Collector(ast.NodeVisitor):
                 node.name,
                 f"{node.name}() is a zero-argument cached factory: a hidden process-wide singleton",
             )
+        if TOKEN_VALIDATOR.match(node.name) and not self.type_checking:
+            self.facts.token_functions.append(
+                Definition(node.name, "function", node.lineno, node.col_offset + 1)
+            )
+        owner = None
+        if len(self.scope) == 1 and decorators & {"classmethod", "builtins.classmethod"}:
+            owner = self.scope[0]  # a classmethod of a module-level class: `cls` is that class
+        self.cls_of.append(owner)
         self.scope.append(node.name)
         self.generic_visit(node)
         self.scope.pop()
+        self.cls_of.pop()
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         self._function(node)
@@ -423,13 +516,27 @@ class _Collector(ast.NodeVisitor):
     def visit_Global(self, node: ast.Global) -> None:
         if self.scope:
             for name in node.names:
-                self.local(
-                    "SSOT004",
-                    node,
-                    name,
-                    f"`global {name}` rebinds module state from {self.scope_name}: "
-                    "process-wide mutable state",
+                self.globals.setdefault(name, []).append(
+                    (self.scope_name, node.lineno, node.col_offset + 1)
                 )
+
+    def finish(self) -> None:
+        """One finding per module-level name rebound through ``global``, with every place
+        that does it (a singleton's get/reset/close are one problem, not three)."""
+        for name, uses in self.globals.items():
+            _, line, col = uses[0]
+            where = ", ".join(f"{s} (line {n})" for s, n, _ in uses)
+            self.facts.local.append(
+                LocalFinding(
+                    "SSOT004",
+                    line,
+                    col,
+                    name,
+                    "<module>",
+                    f"`global {name}` rebinds module state from {len(uses)} function(s): "
+                    f"{where}: process-wide mutable state",
+                )
+            )
 
     def visit_Assign(self, node: ast.Assign) -> None:
         if not self.scope:
@@ -467,12 +574,11 @@ class _Collector(ast.NodeVisitor):
                 self.facts.aliases.append(
                     AliasFact(name, aliased, node.lineno, node.col_offset + 1)
                 )
-        if AUTH_FLAG.search(name):
+        if AUTH_FLAG.search(name) and not isinstance(value, ast.Call):
+            # A call (os.getenv, the project's env wrapper …) is judged by the rules, which
+            # know the configured accessors; here: a truthy literal or os.environ[...].
             literal = _literal(value)
-            from_env = "environ" in ast.dump(value) or (
-                isinstance(value, ast.Call)
-                and (_dotted(value.func) or "").startswith(("os.getenv", "getenv"))
-            )
+            from_env = "environ" in ast.dump(value)
             if from_env or (literal != "<expr>" and bool(literal)):
                 self.local(
                     "SSOT006",
@@ -516,6 +622,26 @@ class _Collector(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         target = _dotted(node.func)
+        owner = self.cls_of[-1] if self.cls_of else None
+        if target == "cls" and owner is not None:
+            self.facts.calls.append(
+                CallFact(
+                    f"{self.facts.module}.{owner}",
+                    node.lineno,
+                    node.col_offset + 1,
+                    self.scope_name,
+                    False,
+                    via_cls=True,
+                )
+            )
+        elif target is not None and self.resolve(target) in B64_DECODERS and _splits_on_dot(node):
+            self.local(
+                "SSOT006",
+                node,
+                self.resolve(target),
+                "a token decoded by hand (split on '.', then base64): its signature is never "
+                "checked; use the one token validation",
+            )
         if target is not None:
             if (
                 self.scope
@@ -535,13 +661,18 @@ class _Collector(ast.NodeVisitor):
         # Only what a rule can use: module-level instances, token decoders, and calls
         # whose last part names a class (a capitalised name) that a factory may guard.
         last = target.rpartition(".")[2]
-        if not (assigned_to or target in DECODERS or last[:1].isupper()):
+        first = _literal(node.args[0]) if node.args else None
+        flag_read = (isinstance(first, str) and bool(AUTH_FLAG.search(first))) or bool(
+            assigned_to and AUTH_FLAG.search(assigned_to)
+        )
+        if not (assigned_to or target in DECODERS or last[:1].isupper() or flag_read):
             return
         keywords = (
             {k.arg: _literal(k.value) for k in node.keywords if k.arg}
-            if (target in DECODERS)
+            if (target in DECODERS or flag_read)
             else {}
         )
+        args = [_literal(a) for a in node.args[:2]] if flag_read else []
         self.facts.calls.append(
             CallFact(
                 target,
@@ -551,6 +682,7 @@ class _Collector(ast.NodeVisitor):
                 not self.scope,
                 assigned_to,
                 keywords,
+                args,
             )
         )
         if assigned_to is not None:
@@ -585,4 +717,5 @@ def collect(path: Path, relative: str, source: str | bytes) -> FileFacts:
     collector = _Collector(facts, package)
     collector._assignment_values = set()
     collector.visit(tree)
+    collector.finish()
     return facts

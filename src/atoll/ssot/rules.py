@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from atoll.ssot.config import SsotConfig
-from atoll.ssot.facts import DECODERS, FileFacts
+from atoll.ssot.facts import AUTH_FLAG, DECODERS, Definition, FileFacts
+
+FALSY = frozenset({"", "0", "false", "no", "off", "none", "disabled"})
 
 RULE_NAMES = {
     "SSOT001": "duplicate-definition",
@@ -70,6 +72,26 @@ class RuleEngine:
             for d in f.definitions
             if d.kind != "function"
         }
+        self.exports: dict[str, str] = {}
+        """``pkg.Name`` -> what it re-exports (``from pkg.impl import Name`` in pkg)."""
+        for f in self.files:
+            for item in f.imports:
+                if item.name and item.name != "*" and item.scope == "<module>":
+                    exported = f"{item.module}.{item.name}"
+                    self.exports.setdefault(f"{f.module}.{item.alias}", exported)
+            for alias in f.aliases:
+                self.exports.setdefault(f"{f.module}.{alias.name}", alias.target)
+
+    def identity(self, dotted: str) -> str:
+        """What ``dotted`` is, through re-exports and aliases (a bounded walk)."""
+        seen = {dotted}
+        for _ in range(20):
+            following = self.exports.get(dotted)
+            if following is None or following in seen:
+                return dotted
+            seen.add(following)
+            dotted = following
+        return dotted
 
     def run(self) -> list[Finding]:
         """All findings, sorted by file and position (``off`` rules dropped)."""
@@ -110,27 +132,36 @@ class RuleEngine:
     # -- SSOT001 -------------------------------------------------------------------
 
     def _duplicates(self) -> None:
-        by_name: dict[str, list[tuple[FileFacts, Any]]] = defaultdict(list)
+        by_name: dict[tuple[str, str], list[tuple[FileFacts, Any, str]]] = defaultdict(list)
         enums: dict[tuple[str, ...], list[tuple[FileFacts, Any]]] = defaultdict(list)
         for facts in self.files:
             if facts.is_test:
                 continue
+            service = self.config.service_of(facts.module) or ""
             for definition in facts.definitions:
                 if definition.name.startswith("_") or definition.name == "main":
                     continue
-                by_name[definition.name].append((facts, definition))
+                identity = f"{facts.module}.{definition.name}"
+                by_name[(definition.name, service)].append((facts, definition, identity))
                 if definition.kind == "enum" and len(definition.members) >= 2:
                     enums[tuple(definition.members)].append((facts, definition))
+            for alias in facts.aliases:  # `WebSocketManager = ConnectionExecutor` defines one
+                target = self.identity(alias.target)
+                if alias.name.startswith("_") or target not in self.classes:
+                    continue
+                definition = Definition(alias.name, "alias", alias.line, alias.col)
+                by_name[(alias.name, service)].append((facts, definition, target))
         canonical_by_name = {
             key.rpartition(".")[2]: value for key, value in self.config.canonical.items()
         }
-        for name, sites in by_name.items():
-            modules = {facts.module for facts, _ in sites}
-            if len(modules) < 2:
+        for (name, _), sites in by_name.items():
+            identities = {identity for _, _, identity in sites}
+            if len(identities) < 2 or _namesakes(sites):
                 continue
-            where = ", ".join(sorted(f"{f.path}:{d.line}" for f, d in sites))
+            modules = {facts.module for facts, _, _ in sites}
+            where = ", ".join(sorted(f"{f.path}:{d.line}" for f, d, _ in sites))
             canonical = canonical_by_name.get(name)
-            for facts, definition in sites:
+            for facts, definition, _ in sites:
                 if canonical == facts.module:
                     continue
                 note = f"; the canonical one is in {canonical}" if canonical else ""
@@ -144,12 +175,12 @@ class RuleEngine:
                     name,
                     "<module>",
                 )
-        for members, sites in enums.items():
-            names = {d.name for _, d in sites}
+        for members, enum_sites in enums.items():
+            names = {d.name for _, d in enum_sites}
             if len(names) < 2:
                 continue
-            where = ", ".join(sorted(f"{d.name} ({f.path}:{d.line})" for f, d in sites))
-            for facts, definition in sites:
+            where = ", ".join(sorted(f"{d.name} ({f.path}:{d.line})" for f, d in enum_sites))
+            for facts, definition in enum_sites:
                 self._add(
                     "SSOT001",
                     facts,
@@ -165,7 +196,7 @@ class RuleEngine:
 
     def _deprecated_target(self, module: str, name: str | None) -> tuple[str, str] | None:
         """The deprecated key and replacement for importing ``name`` from ``module``."""
-        deprecated = self.config.deprecated
+        deprecated = self.config.retired
         if name is not None and f"{module}:{name}" in deprecated:
             return f"{module}:{name}", deprecated[f"{module}:{name}"]
         if name is not None and f"{module}.{name}" in deprecated:
@@ -209,7 +240,9 @@ class RuleEngine:
                     continue
                 symbol, module = canonical_names[item.name]
                 same_package = item.module.split(".")[0] == module.split(".")[0]
-                if item.module != module and same_package:
+                # The canonical module itself imports from its implementation: that is
+                # how it is the one home, not a violation.
+                if item.module != module and same_package and facts.module != module:
                     self._add(
                         "SSOT003",
                         facts,
@@ -222,28 +255,42 @@ class RuleEngine:
                     )
             for use in facts.attributes:
                 key = f"{use.module}:{use.name}"
-                if key in self.config.deprecated:
+                if key in self.config.retired:
                     self._add(
                         "SSOT002",
                         facts,
                         use.line,
                         use.col,
                         f"{use.name} is used through the deprecated module {use.module}; "
-                        f"use {self.config.deprecated[key]}",
+                        f"use {self.config.retired[key]}",
                         use.name,
                         use.scope,
-                        str(self.config.deprecated[key]),
+                        str(self.config.retired[key]),
                     )
 
     # -- SSOT004 (instances) / SSOT005 / SSOT006 -----------------------------------------
 
     def _calls(self) -> None:
-        allowed = self.config.factory_only
+        allowed = {self.identity(k): v for k, v in self.config.factory_only.items()}
         auth = set(self.config.auth_modules)
         for facts in self.files:
+            if auth and facts.module not in auth and not facts.is_test:
+                for function in facts.token_functions:
+                    self._add(
+                        "SSOT006",
+                        facts,
+                        function.line,
+                        function.col,
+                        f"{function.name}() validates tokens outside the auth modules "
+                        f"({', '.join(sorted(auth))}): one token-validation function",
+                        function.name,
+                        "<module>",
+                    )
             for call in facts.calls:
                 if facts.is_test:
                     continue
+                if call.args or (call.keywords and call.target not in DECODERS):
+                    self._env_flag(facts, call)
                 if call.module_level and call.assigned_to and self._project_class(call.target):
                     self._add(
                         "SSOT004",
@@ -256,7 +303,9 @@ class RuleEngine:
                         call.assigned_to,
                         "<module>",
                     )
-                target = self._class_of(call.target, facts)
+                target = self.identity(self._class_of(call.target, facts))
+                if call.via_cls and self.config.factory_classmethods:
+                    continue  # the class's own alternative constructors (configurable)
                 if target in allowed and facts.module not in allowed[target]:
                     self._add(
                         "SSOT005",
@@ -272,7 +321,35 @@ class RuleEngine:
                     self._decoder(facts, call, auth)
 
     def _project_class(self, target: str) -> bool:
-        return target in self.classes
+        return self.identity(target) in self.classes
+
+    def _env_flag(self, facts: FileFacts, call: Any) -> None:
+        """An auth-bypass switch read from the environment (any configured accessor)."""
+        accessor = next(
+            (a for a in self.config.env_accessors
+             if call.target == a or call.target.endswith("." + a)),
+            None,
+        )  # fmt: skip
+        if accessor is None:
+            return
+        first = call.args[0] if call.args else None
+        flag = first if isinstance(first, str) and AUTH_FLAG.search(first) else call.assigned_to
+        if not flag or not AUTH_FLAG.search(flag):
+            return
+        default = call.args[1] if len(call.args) > 1 else call.keywords.get("default")
+        on = default not in (None, "<expr>") and str(default).strip().lower() not in FALSY
+        on = on and default is not False and default != 0
+        self._add(
+            "SSOT006",
+            facts,
+            call.line,
+            call.col,
+            f"auth bypass switch {flag} is read from the environment ({call.target})"
+            + (f" and defaults to ON ({default!r}): the worst case" if on else "")
+            + ": identity must come only from a verified token",
+            flag,
+            call.scope,
+        )
 
     def _class_of(self, target: str, facts: FileFacts) -> str:
         if "." not in target:
@@ -309,6 +386,19 @@ class RuleEngine:
                 call.target,
                 call.scope,
             )
+
+
+def _namesakes(sites: list[tuple[FileFacts, Any, str]]) -> bool:
+    """Classes that only share a name: each offers members and no two share one."""
+    if any(d.kind != "class" or not d.members for _, d, _ in sites):
+        return False
+    seen: set[str] = set()
+    for _, definition, _ in sites:
+        members = set(definition.members)
+        if members & seen:
+            return False
+        seen |= members
+    return True
 
 
 def import_metrics(config: SsotConfig, files: Iterable[FileFacts]) -> dict[str, Any]:
