@@ -218,3 +218,62 @@ def test_a_root_that_does_not_exist_is_an_error_and_is_not_created(
         assert main([*command, "--root", str(missing)]) == 2
         assert "no such directory" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+def audit(root: Path, *args: str) -> dict[str, object]:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["audit-tests", "--root", str(root), "--json", *args])
+    report: dict[str, object] = json.loads(out.getvalue())
+    report["code"] = code
+    return report
+
+
+def failures_of(report: dict[str, object]) -> dict[str, tuple[str, str]]:
+    found = report["failures"]
+    assert isinstance(found, list)
+    return {f["file"]: (f["category"], f["first_error"]) for f in found}
+
+
+def test_audit_tests_tells_what_pytest_itself_refused(tmp_path: Path) -> None:
+    write(tmp_path, {"tests/test_ok.py": "def test_a():\n    pass\n",
+                     "pytest.ini": "[pytest]\naddopts = --no-such-option\n"})  # fmt: skip
+    report = audit(tmp_path, "tests")
+    assert report["code"] == 1 and report["exit_status"] == 4
+    category, cause = failures_of(report)["<pytest>"]
+    assert category == "pytest_error" and "no-such-option" in cause
+
+
+def test_audit_tests_tells_a_project_import_from_a_missing_dependency(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "myproj/__init__.py": "",
+            "tests/test_project.py": "from myproj.gone import thing\n",
+            "tests/test_dependency.py": "import somepackage_not_installed\n",
+        },
+    )
+    failures = failures_of(audit(tmp_path, "tests"))
+    assert failures["tests/test_project.py"][0] == "import_error"
+    assert failures["tests/test_dependency.py"][0] == "missing_dependency"
+    assert "somepackage_not_installed" in failures["tests/test_dependency.py"][1]
+
+
+def test_audit_tests_reports_a_test_module_that_exits_pytest(tmp_path: Path) -> None:
+    write(tmp_path, {"tests/test_exit.py": "import sys\n\nsys.exit(3)\n",
+                     "tests/test_ok.py": "def test_a():\n    pass\n"})  # fmt: skip
+    report = audit(tmp_path, "tests")
+    category, cause = failures_of(report)["<pytest>"]
+    assert (category, report["code"]) == ("internal_error", 1)
+    assert "SystemExit" in cause or "3" in cause
+
+
+def test_audit_tests_uses_the_given_interpreter_and_a_timeout(tmp_path: Path) -> None:
+    write(tmp_path, {"tests/test_slow.py": "import time\n\ntime.sleep(30)\n"})
+    report = audit(tmp_path, "--timeout", "1", "tests")
+    assert failures_of(report)["<pytest>"][0] == "timeout" and report["code"] == 1
+    missing = audit(tmp_path, "--python", str(tmp_path / "no-python"), "tests")
+    assert failures_of(missing)["<pytest>"][0] == "pytest_error"

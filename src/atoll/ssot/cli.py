@@ -58,6 +58,12 @@ def build_ssot_parser() -> argparse.ArgumentParser:
     audit_parser.add_argument("paths", nargs="*")
     audit_parser.add_argument("--root", type=Path, default=Path.cwd())
     audit_parser.add_argument("--json", action="store_true")
+    audit_parser.add_argument(
+        "--python", help="the project's interpreter (default: the one running atoll)"
+    )
+    audit_parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds for the collection (default 300)"
+    )
     return parser
 
 
@@ -132,13 +138,16 @@ def run_audit(args: argparse.Namespace) -> int:
     """``atoll ssot audit-tests``."""
     from atoll.ssot.audit import audit_tests
 
-    result = audit_tests(args.root.resolve(), args.paths or ["."])
+    root = args.root.resolve()
+    if not root.is_dir():
+        raise ConfigError(f"--root {args.root}: no such directory")
+    result = audit_tests(root, args.paths or ["."], python=args.python, timeout=args.timeout)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(
             f"{result.test_files} test file(s); {result.collected_files} collected; "
-            f"{result.tests_collected} test(s)"
+            f"{result.tests_collected} test(s); pytest exit {result.exit_status}"
         )
         for failure in result.failures:
             print(f"{failure.file}: {failure.category}: {failure.first_error}")
