@@ -277,3 +277,39 @@ def test_audit_tests_uses_the_given_interpreter_and_a_timeout(tmp_path: Path) ->
     assert failures_of(report)["<pytest>"][0] == "timeout" and report["code"] == 1
     missing = audit(tmp_path, "--python", str(tmp_path / "no-python"), "tests")
     assert failures_of(missing)["<pytest>"][0] == "pytest_error"
+
+
+def test_reports_levels_metrics_and_files_not_scanned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write(
+        tmp_path,
+        {
+            "pyproject.toml": """
+                [tool.atoll.ssot]
+                paths = ["app"]
+
+                [tool.atoll.ssot.canonical]
+                "app.state.RunState" = "app.state"
+                """,
+            "app/__init__.py": "",
+            "app/state.py": "class RunState:\n    pass\n",
+            "app/api.py": "from app.state import RunState\n",
+            "app/views.py": "from app import state\n\nCACHE = {}\n\n\ndef remember(k):\n"
+            "    CACHE[k] = state.RunState()\n",
+            "app/auth.py": "SKIP_AUTH = True\n",
+            "app/broken.py": "def broken(:\n",
+        },
+    )
+    assert main(["scan", "--root", str(root), "--no-cache", "--format", "sarif"]) == 1
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    levels = {r["ruleId"]: r["level"] for r in run["results"]}
+    assert levels == {"SSOT004": "warning", "SSOT006": "error"}
+    notes = run["invocations"][0]["toolExecutionNotifications"]
+    assert [n["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for n in notes] == [
+        "app/broken.py"
+    ]
+    assert main(["scan", "--root", str(root), "--no-cache"]) == 1
+    text = capsys.readouterr().out
+    assert "  app.state.RunState: 100.0% canonical (1 of 1 imports, 1 path(s))" in text
+    assert "app/broken.py: not scanned" in text

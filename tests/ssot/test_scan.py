@@ -295,8 +295,9 @@ def test_cli_exit_codes_formats_and_baseline(
     assert main(["scan", "--root", str(project), "--baseline", str(baseline)]) == 1
     out = capsys.readouterr().out
     assert "other_engine" in out
-    reported = [line for line in out.splitlines() if " [error] " in line]
+    reported = [line for line in out.splitlines() if " [error] " in line or " [warning] " in line]
     assert len(reported) == 2  # the new module-level instance and its factory bypass
+    assert "SSOT004 shared-state [warning]" in out and "SSOT005 factory-bypass [error]" in out
 
     # The ratchet only tightens: fixing a finding prunes it from the baseline.
     before = len(json.loads(baseline.read_text())["fingerprints"])

@@ -29,6 +29,16 @@ KEYS = frozenset(
     }
 )
 """Every key ``[tool.atoll.ssot]`` may have: any other is a typo, and an error."""
+DEFAULT_SEVERITY = {
+    "SSOT001": "warning",  # a duplicate concept: a person decides which one stays
+    "SSOT002": "error",  # a deprecated import: migrate fixes the moved ones
+    "SSOT003": "warning",  # not the canonical import path: the same object, migrate fixes it
+    "SSOT004": "warning",  # shared state: a risk to review, not always a bug
+    "SSOT005": "error",  # a factory bypass: breaks per-user isolation
+    "SSOT006": "error",  # an auth bypass
+}
+"""What each rule's findings are unless ``[tool.atoll.ssot.severity]`` says otherwise;
+``scan`` exits 1 on a new ``error``."""
 DEFAULT_ENV_ACCESSORS = ("os.getenv", "os.environ.get", "getenv", "environ.get")
 
 
@@ -75,8 +85,8 @@ class SsotConfig:
         return None
 
     def severity_of(self, rule: str) -> str:
-        """``error`` unless overridden."""
-        return self.severity.get(rule, "error")
+        """The rule's default severity (``DEFAULT_SEVERITY``) unless overridden."""
+        return self.severity.get(rule, DEFAULT_SEVERITY[rule])
 
     def fingerprint(self) -> str:
         """A hash of everything that changes findings (part of the cache key)."""

@@ -9,6 +9,8 @@ from atoll.ssot.rules import RULE_NAMES, Finding
 from atoll.ssot.scanner import ScanResult, fingerprints
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+TOP_SYMBOLS = 10
+"""Registry symbols the text output lists, least canonical first."""
 
 
 def _counts(findings: list[Finding]) -> dict[str, int]:
@@ -38,6 +40,18 @@ def as_text(result: ScanResult) -> str:
         f"canonical import usage: {result.metrics['canonical_usage_pct']}%, "
         f"fragmentation: {result.metrics['fragmentation']}",
     ]
+    symbols = sorted(
+        result.metrics["symbols"].items(),
+        key=lambda item: (item[1]["canonical_usage_pct"], -item[1]["imports"], item[0]),
+    )
+    for symbol, metric in symbols[:TOP_SYMBOLS]:
+        lines.append(
+            f"  {symbol}: {metric['canonical_usage_pct']}% canonical "
+            f"({metric['canonical_imports']} of {metric['imports']} imports, "
+            f"{len(metric['import_paths'])} path(s))"
+        )
+    if len(symbols) > TOP_SYMBOLS:
+        lines.append(f"  … {len(symbols) - TOP_SYMBOLS} more symbol(s) (--format json)")
     return "\n".join(lines)
 
 
@@ -71,7 +85,7 @@ def as_sarif(result: ScanResult) -> str:
     results = [
         {
             "ruleId": f.rule,
-            "level": "error" if f.severity == "error" else "warning",
+            "level": "error" if f.severity == "error" else "warning",  # a rule's severity
             "message": {"text": f.message + (f" Fix: {f.fix}" if f.fix else "")},
             "locations": [
                 {
@@ -98,6 +112,21 @@ def as_sarif(result: ScanResult) -> str:
                     }
                 },
                 "results": results,
+                "invocations": [
+                    {
+                        "executionSuccessful": True,
+                        "toolExecutionNotifications": [
+                            {
+                                "level": "warning",
+                                "message": {"text": f"not scanned: {error}"},
+                                "locations": [
+                                    {"physicalLocation": {"artifactLocation": {"uri": path}}}
+                                ],
+                            }
+                            for path, error in result.syntax_errors
+                        ],
+                    }
+                ],
             }
         ],
     }
