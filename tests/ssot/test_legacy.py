@@ -313,3 +313,16 @@ def test_reports_levels_metrics_and_files_not_scanned(
     text = capsys.readouterr().out
     assert "  app.state.RunState: 100.0% canonical (1 of 1 imports, 1 path(s))" in text
     assert "app/broken.py: not scanned" in text
+
+
+def test_warnings_fail_the_scan_only_when_asked(tmp_path: Path) -> None:
+    root = write(
+        tmp_path,
+        {
+            "pyproject.toml": '[tool.atoll.ssot]\npaths = ["app"]\n',
+            "app/__init__.py": "",
+            "app/cache.py": "CACHE = {}\n\n\ndef put(k, v):\n    CACHE[k] = v\n",
+        },
+    )
+    assert main(["scan", "--root", str(root), "--no-cache"]) == 0  # SSOT004 is a warning
+    assert main(["scan", "--root", str(root), "--no-cache", "--fail-on", "warning"]) == 1

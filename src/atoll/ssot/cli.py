@@ -22,6 +22,12 @@ def build_ssot_parser() -> argparse.ArgumentParser:
     scan_parser = commands.add_parser("scan", help="find SSOT violations")
     scan_parser.add_argument("paths", nargs="*", help="files or directories (default: config)")
     scan_parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root")
+    scan_parser.add_argument(
+        "--fail-on",
+        choices=["error", "warning"],
+        default="error",
+        help="exit 1 on a new finding of this severity or worse (default: error)",
+    )
     scan_parser.add_argument("--format", choices=["text", "json", "sarif"], default="text")
     scan_parser.add_argument("--output", type=Path, help="write the report here")
     scan_parser.add_argument("--baseline", type=Path, help="only findings not in it count")
@@ -200,7 +206,8 @@ def run_scan(args: argparse.Namespace) -> int:
         args.output.write_text(rendered + "\n", encoding="utf-8")
     else:
         print(rendered)
-    return 1 if any(f.severity == "error" for f in result.new) else 0
+    failing = ("error",) if args.fail_on == "error" else ("error", "warning")
+    return 1 if any(f.severity in failing for f in result.new) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
