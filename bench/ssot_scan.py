@@ -5,7 +5,9 @@ from PyPI into a temp dir). For each: `atoll ssot scan` cold (no cache) and warm
 (cache filled), `ruff check --select TID251` with a banned-api configuration
 equivalent to the deprecated registry used for the scan, and
 `pylint --disable=all --enable=duplicate-code` (the nearest tool to SSOT001),
-each bounded in time. Prints JSON.
+each bounded in time; and `atoll ssot migrate --dry-run` with a `moved` registry that
+matches few files (its time should follow the matches, not the tree: only files that
+import a moved path are parsed with LibCST), cold and with the scan's cache. Prints JSON.
 
     python bench/ssot_scan.py [--trees stdlib,django] [--pylint-timeout 300] [--write]
 """
@@ -25,6 +27,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+# For migrate: the same object under another path (json re-exports JSONDecodeError).
+MOVED = {"json.decoder:JSONDecodeError": "json:JSONDecodeError"}
 # A deprecated registry that is meaningful on both trees (old stdlib modules and names).
 DEPRECATED = {
     "imp": "importlib",
@@ -44,6 +48,8 @@ def write_project(root: Path, paths: list[str]) -> None:
         "[tool.atoll.ssot.deprecated]",
     ]
     lines += [f'"{old}" = "{new}"' for old, new in DEPRECATED.items()]
+    lines += ["", "[tool.atoll.ssot.moved]"]
+    lines += [f'"{old}" = "{new}"' for old, new in MOVED.items()]
     (root / "pyproject.toml").write_text("\n".join(lines) + "\n")
     banned = ["[lint.flake8-tidy-imports.banned-api]"]
     banned += [f'"{old.replace(":", ".")}".msg = "use {new}"' for old, new in DEPRECATED.items()]
@@ -57,8 +63,10 @@ def timed(command: list[str], cwd: Path, timeout: float) -> dict[str, Any]:
                                 timeout=timeout, check=False)  # fmt: skip
     except subprocess.TimeoutExpired:
         return {"seconds": None, "timed_out_after_s": timeout}
+    said = result.stderr.strip().splitlines()
     return {"seconds": round(time.perf_counter() - started, 3), "exit": result.returncode,
-            "output_lines": len(result.stdout.splitlines())}  # fmt: skip
+            "output_lines": len(result.stdout.splitlines()),
+            "last_stderr_line": said[-1][:200] if said else ""}  # fmt: skip
 
 
 def stdlib_tree(work: Path) -> Path:
@@ -92,6 +100,11 @@ def bench_tree(name: str, root: Path, pylint_timeout: float) -> dict[str, Any]:
     cold = timed([*atoll, "--output", str(root / "cold.json")], root, 600)
     warm = timed([*atoll, "--output", str(root / "warm.json")], root, 600)
     report = json.loads((root / "warm.json").read_text())
+    migrate = [sys.executable, "-m", "atoll.cli", "ssot", "migrate", "--dry-run",
+               "--rule", "SSOT002"]  # fmt: skip
+    migrate_warm = timed(migrate, root, 600)
+    shutil.rmtree(root / ".ssot-cache", ignore_errors=True)
+    migrate_cold = timed(migrate, root, 600)
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     ruff_run = timed([ruff, "check", "--no-cache", "--select", "TID251", "--config",
                       str(root / "ruff.toml"), *paths], root, 600)  # fmt: skip
@@ -108,6 +121,8 @@ def bench_tree(name: str, root: Path, pylint_timeout: float) -> dict[str, Any]:
         "atoll_ssot_cold": cold,
         "atoll_ssot_warm": warm,
         "atoll_findings": report["counts"],
+        "atoll_migrate_dry_run_cold": migrate_cold,
+        "atoll_migrate_dry_run_warm": migrate_warm,
         "ruff_tid251": ruff_run,
         "pylint_duplicate_code": pylint_run,
     }
