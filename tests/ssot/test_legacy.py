@@ -304,6 +304,7 @@ def test_reports_levels_metrics_and_files_not_scanned(
     assert main(["scan", "--root", str(root), "--no-cache", "--format", "sarif"]) == 1
     run = json.loads(capsys.readouterr().out)["runs"][0]
     levels = {r["ruleId"]: r["level"] for r in run["results"]}
+    assert all("relatedLocations" not in r for r in run["results"])  # none here
     assert levels == {"SSOT004": "warning", "SSOT006": "error"}
     notes = run["invocations"][0]["toolExecutionNotifications"]
     assert [n["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for n in notes] == [

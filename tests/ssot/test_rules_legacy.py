@@ -101,6 +101,7 @@ def test_one_singleton_behind_global_is_one_finding_with_every_place(tmp_path: P
     assert "3 function(s): get_pool (line 8), reset_pool (line 15), close_pool" in (
         found[0].message
     )
+    assert found[0].related == (("app/pool.py", 15), ("app/pool.py", 20))
 
 
 def test_bypass_flags_read_through_any_environment_accessor(tmp_path: Path) -> None:
@@ -275,6 +276,8 @@ def test_duplicates_by_identity_assignment_namesakes_and_services(tmp_path: Path
         ("SSOT001", "ws/manager.py", "WebSocketManager"),
         ("SSOT001", "ws/executor.py", "WebSocketManager"),
     }  # ServiceConfig: namesakes; Status: one per service; Manager: the same class
+    related = {f.file: f.related for f in found}
+    assert related["app/ws/manager.py"] == (("app/ws/executor.py", 6),)
 
 
 def test_the_canonical_module_may_import_from_its_implementation(tmp_path: Path) -> None:

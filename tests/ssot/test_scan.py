@@ -280,6 +280,8 @@ def test_cli_exit_codes_formats_and_baseline(
     assert {r["ruleId"] for r in sarif["runs"][0]["results"]} == {
         "SSOT001", "SSOT002", "SSOT003", "SSOT004", "SSOT005", "SSOT006",
     }  # fmt: skip
+    duplicates = [r for r in sarif["runs"][0]["results"] if r["ruleId"] == "SSOT001"]
+    assert all(r["relatedLocations"] for r in duplicates)  # the other definitions
 
     baseline = project / "baseline.json"
     assert main(["scan", "--root", str(project), "--baseline", str(baseline),

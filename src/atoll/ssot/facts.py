@@ -125,6 +125,8 @@ class LocalFinding:
     symbol: str
     scope: str
     message: str
+    related: list[int] = field(default_factory=list)
+    """Other lines of this file that are part of the same problem."""
 
 
 @dataclass
@@ -535,6 +537,7 @@ class _Collector(ast.NodeVisitor):
                     "<module>",
                     f"`global {name}` rebinds module state from {len(uses)} function(s): "
                     f"{where}: process-wide mutable state",
+                    [n for _, n, _ in uses[1:]],
                 )
             )
 

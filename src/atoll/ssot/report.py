@@ -96,6 +96,22 @@ def as_sarif(result: ScanResult) -> str:
                 }
             ],
             "partialFingerprints": {"ssot/v1": prints[id(f)]},
+            **(
+                {
+                    "relatedLocations": [
+                        {
+                            "id": index,
+                            "physicalLocation": {
+                                "artifactLocation": {"uri": file},
+                                "region": {"startLine": line},
+                            },
+                        }
+                        for index, (file, line) in enumerate(f.related)
+                    ]
+                }
+                if f.related
+                else {}
+            ),
         }
         for f in result.new
     ]

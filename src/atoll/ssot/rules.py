@@ -36,6 +36,8 @@ class Finding:
     symbol: str
     scope: str
     fix: str | None = None
+    related: tuple[tuple[str, int], ...] = ()
+    """Other (file, line) locations of the same problem (SARIF ``relatedLocations``)."""
 
     @property
     def name(self) -> str:
@@ -49,7 +51,9 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {**asdict(self), "name": self.name}
+        data = {**asdict(self), "name": self.name}
+        data["related"] = [{"file": f, "line": n} for f, n in self.related]
+        return data
 
 
 def _split(target: str) -> tuple[str, str | None]:
@@ -112,10 +116,11 @@ class RuleEngine:
         symbol: str,
         scope: str,
         fix: str | None = None,
+        related: tuple[tuple[str, int], ...] = (),
     ) -> None:
         severity = self.config.severity_of(rule)
         self.findings.append(
-            Finding(rule, severity, facts.path, line, column, message, symbol, scope, fix)
+            Finding(rule, severity, facts.path, line, column, message, symbol, scope, fix, related)
         )
 
     # -- per-file findings -------------------------------------------------------
@@ -126,8 +131,9 @@ class RuleEngine:
                 continue
             for item in facts.local:
                 self._add(
-                    item.rule, facts, item.line, item.col, item.message, item.symbol, item.scope
-                )
+                    item.rule, facts, item.line, item.col, item.message, item.symbol, item.scope,
+                    related=tuple((facts.path, line) for line in item.related),
+                )  # fmt: skip
 
     # -- SSOT001 -------------------------------------------------------------------
 
@@ -165,6 +171,9 @@ class RuleEngine:
                 if canonical == facts.module:
                     continue
                 note = f"; the canonical one is in {canonical}" if canonical else ""
+                others = tuple(
+                    sorted((f.path, d.line) for f, d, _ in sites if (f, d) != (facts, definition))
+                )
                 self._add(
                     "SSOT001",
                     facts,
@@ -174,6 +183,7 @@ class RuleEngine:
                     f"({where}){note}: one concept, one definition",
                     name,
                     "<module>",
+                    related=others,
                 )
         for members, enum_sites in enums.items():
             names = {d.name for _, d in enum_sites}

@@ -19,7 +19,7 @@ from atoll.ssot.config import ConfigError, SsotConfig
 from atoll.ssot.facts import FileFacts, collect, module_name
 from atoll.ssot.rules import Finding, RuleEngine, import_metrics
 
-TOOL_VERSION = "3"
+TOOL_VERSION = "4"
 SKIP_DIRS = frozenset(
     {
         ".git",
@@ -241,7 +241,10 @@ def scan(
     ).hexdigest()
     memo = cache.load_run(digest)
     if memo is not None:
-        findings = [Finding(**f) for f in memo["findings"]]
+        findings = [
+            Finding(**{**f, "related": tuple(tuple(r) for r in f.get("related", ()))})
+            for f in memo["findings"]
+        ]
         result_metrics: dict[str, Any] = memo["metrics"]
         syntax_errors = [(p, e) for p, e in memo["syntax_errors"]]
     else:
