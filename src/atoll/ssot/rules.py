@@ -191,6 +191,9 @@ class RuleEngine:
                 continue
             where = ", ".join(sorted(f"{d.name} ({f.path}:{d.line})" for f, d in enum_sites))
             for facts, definition in enum_sites:
+                others = tuple(
+                    sorted((f.path, d.line) for f, d in enum_sites if (f, d) != (facts, definition))
+                )
                 self._add(
                     "SSOT001",
                     facts,
@@ -200,6 +203,7 @@ class RuleEngine:
                     f"as another enum: {where}",
                     definition.name,
                     "<module>",
+                    related=others,
                 )
 
     # -- SSOT002 / SSOT003 ---------------------------------------------------------
