@@ -327,3 +327,16 @@ def test_warnings_fail_the_scan_only_when_asked(tmp_path: Path) -> None:
     )
     assert main(["scan", "--root", str(root), "--no-cache"]) == 0  # SSOT004 is a warning
     assert main(["scan", "--root", str(root), "--no-cache", "--fail-on", "warning"]) == 1
+
+
+def test_a_target_defined_by_assignment_or_re_export_is_accepted(tmp_path: Path) -> None:
+    root = write(
+        tmp_path,
+        {
+            **LEGACY,
+            "app/_impl.py": "class _Engine:\n    pass\n",
+            "app/engine.py": "from app._impl import _Engine\n\nEngine = _Engine\n",
+        },
+    )
+    assert main(["migrate", "--root", str(root)]) == 0
+    assert "from app.engine import Engine" in (root / "app/handlers.py").read_text()
