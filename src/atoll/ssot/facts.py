@@ -664,7 +664,8 @@ class _Collector(ast.NodeVisitor):
         # Only what a rule can use: module-level instances, token decoders, and calls
         # whose last part names a class (a capitalised name) that a factory may guard.
         last = target.rpartition(".")[2]
-        first = _literal(node.args[0]) if node.args else None
+        head = node.args[0] if node.args else None  # literal_eval on every call costs
+        first = head.value if isinstance(head, ast.Constant) else None
         flag_read = (isinstance(first, str) and bool(AUTH_FLAG.search(first))) or bool(
             assigned_to and AUTH_FLAG.search(assigned_to)
         )

@@ -12,6 +12,9 @@ from atoll.ssot.config import SsotConfig
 from atoll.ssot.facts import AUTH_FLAG, DECODERS, Definition, FileFacts
 
 FALSY = frozenset({"", "0", "false", "no", "off", "none", "disabled"})
+MAX_RELATED = 20
+"""Other locations a finding lists (a name defined in 300 modules would list 299)."""
+MAX_SITES_SHOWN = 5
 
 RULE_NAMES = {
     "SSOT001": "duplicate-definition",
@@ -165,7 +168,7 @@ class RuleEngine:
             if len(identities) < 2 or _namesakes(sites):
                 continue
             modules = {facts.module for facts, _, _ in sites}
-            where = ", ".join(sorted(f"{f.path}:{d.line}" for f, d, _ in sites))
+            where = _listed(sorted(f"{f.path}:{d.line}" for f, d, _ in sites))
             canonical = canonical_by_name.get(name)
             for facts, definition, _ in sites:
                 if canonical == facts.module:
@@ -173,7 +176,7 @@ class RuleEngine:
                 note = f"; the canonical one is in {canonical}" if canonical else ""
                 others = tuple(
                     sorted((f.path, d.line) for f, d, _ in sites if (f, d) != (facts, definition))
-                )
+                )[:MAX_RELATED]
                 self._add(
                     "SSOT001",
                     facts,
@@ -189,11 +192,11 @@ class RuleEngine:
             names = {d.name for _, d in enum_sites}
             if len(names) < 2:
                 continue
-            where = ", ".join(sorted(f"{d.name} ({f.path}:{d.line})" for f, d in enum_sites))
+            where = _listed(sorted(f"{d.name} ({f.path}:{d.line})" for f, d in enum_sites))
             for facts, definition in enum_sites:
                 others = tuple(
                     sorted((f.path, d.line) for f, d in enum_sites if (f, d) != (facts, definition))
-                )
+                )[:MAX_RELATED]
                 self._add(
                     "SSOT001",
                     facts,
@@ -400,6 +403,13 @@ class RuleEngine:
                 call.target,
                 call.scope,
             )
+
+
+def _listed(sites: list[str]) -> str:
+    """The first few sites, and how many more."""
+    shown = ", ".join(sites[:MAX_SITES_SHOWN])
+    more = len(sites) - MAX_SITES_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def _namesakes(sites: list[tuple[FileFacts, Any, str]]) -> bool:
