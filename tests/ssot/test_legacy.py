@@ -157,6 +157,7 @@ def test_only_files_with_a_candidate_import_are_parsed_with_libcst(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     files: dict[str, str | bytes] = {f"app/plain_{i}.py": "import os\n" for i in range(30)}
+    files["app/parent.py"] = "from app import old\nimport app.old\n"  # not the moved module
     root = write(tmp_path, {**LEGACY, **files})
     parsed: list[str] = []
     real = migrate_module.rewrite

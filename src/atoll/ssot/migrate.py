@@ -96,7 +96,9 @@ def source_encoding(data: bytes) -> str:
 
 
 def _key_modules(keys: dict[str, str]) -> set[str]:
-    return {key.partition(":")[0] for key in keys} | {key.rpartition(".")[0] for key in keys}
+    """Modules whose import makes a file a candidate: ``mod`` of ``mod:Name`` keys (its
+    names may be used as ``alias.Name``) and module keys themselves."""
+    return {key.partition(":")[0] for key in keys}
 
 
 def _candidate(facts: FileFacts, registry: Registry, moved_modules: set[str]) -> bool:
