@@ -132,6 +132,13 @@ class RemovedFromOrgError(AtollError):
     status = 403
 
 
+class InsufficientScopeError(AtollError):
+    """Raised when an API key lacks the scope a request needs (or keys may not do it)."""
+
+    code = "insufficient_scope"
+    status = 403
+
+
 class OrgAdminRequiredError(AtollError):
     """Raised when a member who is not an admin of their organisation tries to manage it."""
 

@@ -20,3 +20,5 @@ class Principal:
     org_id: str | None = None
     """The user's organisation (its plan is ``plan``), if they are in one."""
     org_role: str | None = None
+    scopes: frozenset[str] | None = None
+    """An API key's scopes (``read``, ``chat``); None for a signed-in session (all)."""

@@ -7,6 +7,7 @@ from a request body or query.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from atoll.auth.keys import key_digest, key_id_of, usable
 from atoll.auth.passwords import Passwords
 from atoll.auth.principal import Principal
 from atoll.auth.sessions import RevocationNotifier, SessionCache
@@ -35,7 +37,7 @@ from atoll.ratelimit import FailureCounter, RateLimiter
 from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
-from atoll.store.models import AuthSession, OrgMember, User, utcnow
+from atoll.store.models import ApiKey, AuthSession, OrgMember, User, utcnow
 from atoll.store.orgs import OrgStore, effective_plan, with_org
 
 logger = logging.getLogger(__name__)
@@ -303,6 +305,11 @@ class AuthService:
             await self._revoked(session_id)
         return len(ended)
 
+    async def forget(self, session_id: str) -> None:
+        """A session (or API key) ended elsewhere: drop it here and tell the other processes
+        (their sockets opened with it close)."""
+        await self._revoked(session_id)
+
     async def _revoked(self, session_id: str) -> None:
         """Forget a revoked session here at once, and tell the other processes."""
         self.sessions.invalidate(session_id)
@@ -324,6 +331,9 @@ class AuthService:
         """
         if not token:
             raise AuthenticationError("authentication required")
+        key_id = key_id_of(token)
+        if key_id is not None:
+            return await self._key_principal(key_id, token)
         claims = self._codec.decode(token, expected="access")
         cached = self.sessions.get(claims.session_id)
         if cached is not None:
@@ -358,6 +368,33 @@ class AuthService:
         )
         self.sessions.put(principal, epoch=epoch)
         return principal
+
+    async def _key_principal(self, key_id: str, key: str) -> Principal:
+        """An API key's principal: read on every request (revocation is at once)."""
+        query = with_org(
+            select(ApiKey, User, effective_plan(), OrgMember.org_id, OrgMember.role)
+            .join(User, User.id == ApiKey.user_id)
+            .where(ApiKey.id == key_id)
+        )
+        async with self._db.session() as session:
+            found = (await session.execute(query)).first()
+        if found is None or not hmac.compare_digest(found[0].key_hash, key_digest(key)):
+            raise AuthenticationError("the token is invalid")
+        row, user, plan, org_id, org_role = found
+        if not usable(row, utcnow()):
+            raise SessionRevokedError("this API key is revoked or expired")
+        return Principal(
+            user_id=user.id,
+            session_id=row.id,
+            email=user.email,
+            name=user.name,
+            plan=plan,
+            roles=frozenset(user.roles or ()),
+            created_at=user.created_at,
+            org_id=org_id,
+            org_role=org_role,
+            scopes=frozenset(row.scopes or ()),
+        )
 
     async def session_for(self, user: User) -> IssuedTokens:
         """Start a session for ``user``, who proved who they are elsewhere (a sign-in)."""

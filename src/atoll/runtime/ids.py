@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import secrets
 
-ID_PREFIXES = frozenset({"usr", "thr", "msg", "run", "req", "evt", "con", "call", "ses", "org"})
+ID_PREFIXES = frozenset(
+    {"usr", "thr", "msg", "run", "req", "evt", "con", "call", "ses", "org", "key"}
+)
 
 
 def new_id(prefix: str) -> str:

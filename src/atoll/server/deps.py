@@ -10,7 +10,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from atoll.auth.principal import Principal
-from atoll.errors import AuthenticationError, UnavailableError, ValidationFailedError
+from atoll.errors import (
+    AuthenticationError,
+    InsufficientScopeError,
+    UnavailableError,
+    ValidationFailedError,
+)
 from atoll.server.services import Services
 
 bearer = HTTPBearer(auto_error=False, description="The access token from /auth/login")
@@ -36,13 +41,35 @@ async def get_principal(
     """The caller, from ``Authorization: Bearer`` only, through ``AuthService.authenticate``."""
     services = services_of(request)
     try:
-        return await services.auth.authenticate(credentials.credentials if credentials else None)
+        principal = await services.auth.authenticate(
+            credentials.credentials if credentials else None
+        )
     except AuthenticationError as exc:
         if credentials is not None:  # a presented token that does not work, not a missing one
             await services.audit.record_sampled(
                 "access_denied", key=client_address(request), reason=exc.code, path=request.url.path
             )
         raise
+    if principal.scopes is not None:
+        check_scope(principal.scopes, request.method, request.url.path)
+    return principal
+
+
+KEYS_NEVER = ("/api/v1/keys", "/api/v1/orgs", "/api/v1/me/identities", "/api/v1/auth")
+"""What an API key may not do, whatever its scopes: manage keys, organisations,
+identities or sessions (a leaked key cannot make more keys or lock anyone out)."""
+
+
+def check_scope(scopes: frozenset[str], method: str, path: str) -> None:
+    """``InsufficientScopeError`` unless an API key with ``scopes`` may make this request:
+    ``read`` for GET and HEAD, ``chat`` for the rest."""
+    if any(path == prefix or path.startswith(prefix + "/") for prefix in KEYS_NEVER):
+        raise InsufficientScopeError("an API key cannot do this; sign in")
+    needed = "read" if method in ("GET", "HEAD") else "chat"
+    if needed not in scopes:
+        raise InsufficientScopeError(
+            f"this API key lacks the {needed!r} scope", details={"scope": needed}
+        )
 
 
 async def get_services(request: Request) -> Services:

@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 from atoll.aio import run_every, settle_task
+from atoll.auth.keys import ApiKeys
 from atoll.auth.oidc import OIDCProvider
 from atoll.auth.org_admin import OrgAdmin
 from atoll.auth.passwords import Passwords
@@ -76,6 +77,7 @@ class Services:
     org_admin: OrgAdmin
     usage: UsageStore
     plans: PlanCatalog
+    keys: ApiKeys
     audit: AuditLog
     chat: ChatStore
     runs: RunService
@@ -323,6 +325,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             org_admin=OrgAdmin(orgs, auth, audit, factory.plans),
             usage=usage,
             plans=factory.plans,
+            keys=ApiKeys(db, audit),
             signin=SignInService(
                 db,
                 auth,

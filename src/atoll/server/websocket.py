@@ -279,6 +279,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         )
         await websocket.close(CLOSE_AUTH, exc.code)
         return
+    if principal.scopes is not None and "chat" not in principal.scopes:
+        await websocket.close(CLOSE_POLICY, "insufficient_scope")  # a read-only API key
+        return
     connection = Connection(
         websocket,
         user_id=principal.user_id,

@@ -35,6 +35,8 @@ AUDITED_ACTIONS = frozenset(
         "org_member_removed",
         "org_member_restored",
         "org_created",
+        "key_created",
+        "key_revoked",
         "org_sso_changed",
         "login_refused_removed",
         "org_role_changed",

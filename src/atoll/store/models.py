@@ -91,6 +91,22 @@ class AuthSession(Base):
     revoked_reason: Mapped[str | None] = mapped_column(String(64))
 
 
+class ApiKey(Base):
+    """A user's personal API key for programs: stored as the SHA-256 of the whole key
+    (a 256-bit random secret needs no slow hash), shown once when made."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Thread(Base):
     """A conversation of one user."""
 
