@@ -121,3 +121,32 @@ async def test_a_spent_budget_is_said_in_words_and_the_message_kept(
         )
         await expect(failed.get_by_role("button", name="Retry")).to_be_visible()
         await expect(page.get_by_label("Message", exact=True)).to_have_value("What is 17*23?")
+
+
+async def test_api_keys_are_made_shown_once_and_revoked_from_the_page(
+    browser: Browser, tmp_path: Path, axe_source: str
+) -> None:
+    async with running_server(make_settings(tmp_path / "data")) as (url, _):
+        page = await browser.new_page()
+        await sign_up(page, url, "kay@example.com")
+        await page.get_by_role("button", name="Plan").click()
+        await expect(page.locator("#key-none")).to_be_visible()
+        await page.get_by_label("Key name").fill("ci bot")
+        await page.get_by_label("Chat").uncheck()
+        await page.get_by_role("button", name="Create key").click()
+        shown = page.locator("#key-value")
+        await expect(shown).to_contain_text("atk_key_")
+        key = await shown.text_content()
+        assert key
+        await expect(page.locator("#key-list")).to_contain_text("ci bot")
+        await expect(page.locator("#key-list")).to_contain_text("read")
+        assert await violations(page, axe_source) == []
+        async with AtollClient(url) as program:
+            program.access_token = key
+            assert (await program.request("GET", "/me"))["email"] == "kay@example.com"
+            await page.get_by_role("button", name="Revoke ci bot").click()
+            await expect(page.locator("#key-none")).to_be_visible()
+            await expect(shown).to_be_hidden()
+            with pytest.raises(ApiError) as refused:
+                await program.request("GET", "/me")
+            assert refused.value.code == "session_revoked"

@@ -51,6 +51,8 @@ export async function openAccount() {
     rows.push(["Budgets renew", renewal(me.usage)]);
     facts($("plan-limits"), rows);
     $("org-section").hidden = !me.org;
+    $("key-new").hidden = true;
+    await loadKeys();
     if (me.org) await showOrg(me.org.id);
   } catch (error) {
     showError($("account-error"), error);
@@ -180,7 +182,49 @@ async function toggleSso() {
   }
 }
 
+async function loadKeys() {
+  const keys = await request("GET", "/keys");
+  $("key-list").replaceChildren(...keys.map((key) => {
+    const item = element("li", "", "");
+    const label = `${key.name} · ${key.prefix}… · ${key.scopes.join(", ")}`
+      + (key.expires_at ? ` · expires ${new Date(key.expires_at).toLocaleDateString()}` : "");
+    const revoke = button("Revoke", () => revokeKey(key), "link small danger");
+    revoke.setAttribute("aria-label", `Revoke ${key.name}`);
+    item.append(element("span", "", label), revoke);
+    return item;
+  }));
+  $("key-none").hidden = keys.length > 0;
+}
+
+async function createKey(event) {
+  event.preventDefault();
+  showError($("key-error"), null);
+  const scopes = [["read", $("key-read")], ["chat", $("key-chat")]]
+    .filter(([, box]) => box.checked).map(([scope]) => scope);
+  try {
+    const made = await request("POST", "/keys", { name: $("key-name").value.trim(), scopes });
+    $("key-value").textContent = made.key;
+    $("key-new").hidden = false;
+    $("key-name").value = "";
+    await loadKeys();
+  } catch (error) {
+    showError($("key-error"), error);
+  }
+}
+
+async function revokeKey(key) {
+  showError($("key-error"), null);
+  try {
+    await request("DELETE", `/keys/${encodeURIComponent(key.id)}`);
+    $("key-new").hidden = true;
+    await loadKeys();
+  } catch (error) {
+    showError($("key-error"), error);
+  }
+}
+
 export function wireAccount(onBack) {
+  $("key-form").addEventListener("submit", createKey);
   $("account-back").addEventListener("click", () => { closeAccount(); onBack(); });
   $("more-members").addEventListener("click", () => loadMembers({ more: true }).catch((e) => showError($("org-error"), e)));
   $("org-sso").addEventListener("change", toggleSso);
