@@ -161,3 +161,17 @@ async def test_auth_frame_timeout_closes_4408(settings_factory: Callable[..., An
                 await asyncio.wait_for(socket.recv(), 5)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4408
+
+
+async def test_an_identity_id_outside_the_storage_range_is_a_422_not_a_500(
+    new_client: Any,
+) -> None:
+    """Found by schemathesis: a 24-digit id overflowed SQLite's 64-bit INTEGER."""
+    client = await new_client()
+    for bad in ("-198608164759584555139072", str(2**63), "0", "1.5"):
+        answer = await client.http.delete(f"/api/v1/me/identities/{bad}", headers=client._headers())
+        assert answer.status_code == 422, (bad, answer.text)
+    missing = await client.http.delete(
+        f"/api/v1/me/identities/{2**63 - 1}", headers=client._headers()
+    )
+    assert missing.status_code == 404

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Cookie, Query, Request, Response
+from fastapi import APIRouter, Cookie, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
@@ -14,7 +14,8 @@ from atoll.errors import AtollError, NotFoundError, SignInError
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.routes.auth import token_out
-from atoll.server.schemas import Body, TokenOut
+from atoll.server.schemas import INTEGER_TEXT, Body, TokenOut
+from atoll.store.bounds import MAX_ROW_KEY
 
 router = APIRouter(tags=["auth"])
 COOKIE = "atoll_signin"
@@ -160,7 +161,9 @@ async def list_identities(principal: PrincipalDep, services: ServicesDep) -> lis
     responses=problems(401, 404, 409, 422, 503),
 )
 async def unlink_identity(
-    identity_id: int, principal: PrincipalDep, services: ServicesDep
+    identity_id: Annotated[int, Path(ge=1, le=MAX_ROW_KEY), INTEGER_TEXT],
+    principal: PrincipalDep,
+    services: ServicesDep,
 ) -> Response:
     """Remove a linked provider account (not the last way to sign in of an account with no
     password: 409 ``last_sign_in``)."""
