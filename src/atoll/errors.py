@@ -132,6 +132,13 @@ class RemovedFromOrgError(AtollError):
     status = 403
 
 
+class TooManyKeysError(AtollError):
+    """Raised when a user already has the most live API keys allowed."""
+
+    code = "too_many_keys"
+    status = 409
+
+
 class InsufficientScopeError(AtollError):
     """Raised when an API key lacks the scope a request needs (or keys may not do it)."""
 

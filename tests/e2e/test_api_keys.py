@@ -117,3 +117,13 @@ async def keys_are_refused(server: str, services: Any, ada: AtollClient, eve: At
         assert await refused(stale.request("GET", "/me")) == (401, "session_revoked")
     actions = [e.action for e in await services.audit.entries()]
     assert {"key_created", "key_revoked"} <= set(actions)
+
+
+async def test_at_most_twenty_live_keys(new_client: Any) -> None:
+    ada = await new_client()
+    made = [await ada.request("POST", "/keys", json={"name": f"k{i}"}) for i in range(20)]
+    assert await refused(ada.request("POST", "/keys", json={"name": "one more"})) == (
+        409, "too_many_keys",
+    )  # fmt: skip
+    await ada.request("DELETE", f"/keys/{made[0]['id']}")
+    await ada.request("POST", "/keys", json={"name": "now it fits"})

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from atoll.errors import NotFoundError, ValidationFailedError
+from atoll.errors import NotFoundError, TooManyKeysError
 from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
@@ -64,7 +64,7 @@ class ApiKeys:
     async def create(
         self, user_id: str, name: str, scopes: list[str], expires_in_days: int | None
     ) -> NewKey:
-        """A new key for ``user_id`` (``ValidationFailedError`` past ``MAX_KEYS`` live ones)."""
+        """A new key for ``user_id`` (``TooManyKeysError`` past ``MAX_KEYS`` live ones)."""
         key_id = new_id("key")
         key = f"{KEY_PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
         now = utcnow()
@@ -79,9 +79,9 @@ class ApiKeys:
                 ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None)
             )
             if session.execute(live).scalar_one() >= MAX_KEYS:
-                raise ValidationFailedError(
+                raise TooManyKeysError(
                     f"you have {MAX_KEYS} keys already; revoke one first",
-                    [{"loc": ["body"], "msg": f"at most {MAX_KEYS} keys"}],
+                    details={"limit": MAX_KEYS},
                 )
             session.add(row)
 

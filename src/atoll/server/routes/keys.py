@@ -45,7 +45,7 @@ def key_out(row: ApiKey) -> KeyOut:
     )  # fmt: skip
 
 
-@router.post("/keys", status_code=201, responses=problems(401, 403, 413, 422, 503))
+@router.post("/keys", status_code=201, responses=problems(401, 403, 409, 413, 422, 503))
 async def create_key(body: KeyCreate, principal: PrincipalDep, services: ServicesDep) -> NewKeyOut:
     """Make a key for programs; the answer is the only time the key is shown."""
     made = await services.keys.create(
