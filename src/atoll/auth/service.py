@@ -119,6 +119,29 @@ class LoginLimits:
         }
 
 
+def principal_of(
+    user: User,
+    session_id: str,
+    plan: str,
+    org_id: str | None,
+    org_role: str | None,
+    scopes: frozenset[str] | None = None,
+) -> Principal:
+    """The principal of a verified session or API key (``scopes``: the key's)."""
+    return Principal(
+        user_id=user.id,
+        session_id=session_id,
+        email=user.email,
+        name=user.name,
+        plan=plan,
+        roles=frozenset(user.roles or ()),
+        created_at=user.created_at,
+        org_id=org_id,
+        org_role=org_role,
+        scopes=scopes,
+    )
+
+
 class AuthService:
     """Accounts and sessions of one deployment."""
 
@@ -355,17 +378,7 @@ class AuthService:
             raise AuthenticationError("the token is invalid")
         if row.revoked_at is not None:
             raise SessionRevokedError("this session has ended; log in again")
-        principal = Principal(
-            user_id=user.id,
-            session_id=row.id,
-            email=user.email,
-            name=user.name,
-            plan=plan,
-            roles=frozenset(user.roles or ()),
-            created_at=user.created_at,
-            org_id=org_id,
-            org_role=org_role,
-        )
+        principal = principal_of(user, row.id, plan, org_id, org_role)
         self.sessions.put(principal, epoch=epoch)
         return principal
 
@@ -383,18 +396,7 @@ class AuthService:
         row, user, plan, org_id, org_role = found
         if not usable(row, utcnow()):
             raise SessionRevokedError("this API key is revoked or expired")
-        return Principal(
-            user_id=user.id,
-            session_id=row.id,
-            email=user.email,
-            name=user.name,
-            plan=plan,
-            roles=frozenset(user.roles or ()),
-            created_at=user.created_at,
-            org_id=org_id,
-            org_role=org_role,
-            scopes=frozenset(row.scopes or ()),
-        )
+        return principal_of(user, row.id, plan, org_id, org_role, frozenset(row.scopes or ()))
 
     async def session_for(self, user: User) -> IssuedTokens:
         """Start a session for ``user``, who proved who they are elsewhere (a sign-in)."""
