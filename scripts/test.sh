@@ -52,8 +52,8 @@ fi
 (cd tests/oidc && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
 
 echo "== ruff"
-.venv/bin/ruff check src tests bench scripts
-.venv/bin/ruff format --check src tests bench scripts
+.venv/bin/ruff check src tests bench scripts examples
+.venv/bin/ruff format --check src tests bench scripts examples
 echo "== mypy --strict"
 .venv/bin/mypy src
 echo "== import-linter"

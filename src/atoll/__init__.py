@@ -21,6 +21,23 @@ _EXPORTS = {
     "AgentRegistry": "atoll.runtime.agents.base",
     "Agent": "atoll.runtime.agents.base",
     "tool": "atoll.runtime.tools.base",
+    # What a plugin's agents and tools are given and return (docs/extending.md).
+    "AgentRunContext": "atoll.runtime.agents.base",
+    "ToolContext": "atoll.runtime.tools.base",
+    "ToolResult": "atoll.runtime.tools.base",
+    "ToolDispatcher": "atoll.runtime.tools.dispatcher",
+    "ChatMessage": "atoll.runtime.llm.base",
+    "ToolCall": "atoll.runtime.llm.base",
+    "ToolSpec": "atoll.runtime.llm.base",
+    "TextDelta": "atoll.runtime.llm.base",
+    "ReasoningDelta": "atoll.runtime.llm.base",
+    "Usage": "atoll.runtime.llm.base",
+    "LLMClient": "atoll.runtime.llm.base",
+    "LLMProvider": "atoll.runtime.llm.base",
+    "Plan": "atoll.runtime.plans",
+    "AtollError": "atoll.errors",
+    "ToolError": "atoll.errors",
+    "SubAgentError": "atoll.errors",
 }
 
 __all__ = [
@@ -28,8 +45,24 @@ __all__ = [
     "AgentExecutionTracker",
     "AgentFactory",
     "AgentRegistry",
+    "AgentRunContext",
+    "AtollError",
+    "ChatMessage",
     "ExecutionEngineFactory",
     "ExecutionState",
+    "LLMClient",
+    "LLMProvider",
+    "Plan",
+    "ReasoningDelta",
+    "SubAgentError",
+    "TextDelta",
+    "ToolCall",
+    "ToolContext",
+    "ToolDispatcher",
+    "ToolError",
+    "ToolResult",
+    "ToolSpec",
+    "Usage",
     "UserExecutionContext",
     "UserExecutionEngine",
     "__version__",
@@ -37,12 +70,25 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from atoll.runtime.agents.base import Agent, AgentFactory, AgentRegistry
+    from atoll.errors import AtollError, SubAgentError, ToolError
+    from atoll.runtime.agents.base import Agent, AgentFactory, AgentRegistry, AgentRunContext
     from atoll.runtime.context import UserExecutionContext
     from atoll.runtime.engine import UserExecutionEngine
     from atoll.runtime.factory import ExecutionEngineFactory
+    from atoll.runtime.llm.base import (
+        ChatMessage,
+        LLMClient,
+        LLMProvider,
+        ReasoningDelta,
+        TextDelta,
+        ToolCall,
+        ToolSpec,
+        Usage,
+    )
+    from atoll.runtime.plans import Plan
     from atoll.runtime.state import ExecutionState
-    from atoll.runtime.tools.base import tool
+    from atoll.runtime.tools.base import ToolContext, ToolResult, tool
+    from atoll.runtime.tools.dispatcher import ToolDispatcher
     from atoll.runtime.tracker import AgentExecutionTracker
 
 

@@ -14,6 +14,9 @@ pytestmark = pytest.mark.unit
 PUBLIC = [
     "UserExecutionContext", "ExecutionState", "AgentExecutionTracker", "UserExecutionEngine",
     "ExecutionEngineFactory", "AgentFactory", "AgentRegistry", "Agent", "tool",
+    "AgentRunContext", "ToolContext", "ToolResult", "ToolDispatcher", "ChatMessage", "ToolCall",
+    "ToolSpec", "TextDelta", "ReasoningDelta", "Usage", "LLMClient", "LLMProvider", "Plan",
+    "AtollError", "ToolError", "SubAgentError",
 ]  # fmt: skip
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atoll.server.problems import problem
+from atoll.server.problems import error_response
 
 PAGE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -106,4 +107,4 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"the request body is larger than {self.max_bytes} bytes"
-        await problem(413, "too_large", detail)(scope, receive, send)
+        await error_response(Request(scope), 413, "too_large", detail)(scope, receive, send)

@@ -85,6 +85,11 @@ def install_openapi(app: FastAPI) -> None:
             problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(problem_schema.pop("$defs", {}))
             schemas["Problem"] = problem_schema
+            openai_schema = OpenAIError.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            schemas.update(openai_schema.pop("$defs", {}))
+            schemas["OpenAIError"] = openai_schema
             drop_null_parameters(document)
             services = getattr(app.state, "services", None)
             if services is not None:
@@ -111,13 +116,18 @@ def drop_null_parameters(document: dict[str, Any]) -> None:
 def name_agents(schemas: dict[str, Any], agents: list[str]) -> None:
     """Document ``agent`` fields as one of the registered agents (plugins included)."""
     for schema in schemas.values():
-        field = schema.get("properties", {}).get("agent")
-        if field is None:
-            continue
-        for option in field.get("anyOf", [field]):
-            if option.get("type") == "string":
-                option["enum"] = agents
-                option.pop("maxLength", None)
+        properties = schema.get("properties", {})
+        for name in ("agent", "model"):  # ``model``: the OpenAI-compatible API's agent
+            if name in properties:
+                _name_agents(properties[name], agents)
+
+
+def _name_agents(field: dict[str, Any], agents: list[str]) -> None:
+    for option in field.get("anyOf", [field]):
+        if option.get("type") == "string":
+            option["enum"] = agents
+            option.pop("maxLength", None)
+            option.pop("minLength", None)
 
 
 def problem(
@@ -146,6 +156,86 @@ def problem(
     )
 
 
+OPENAI_PREFIX = "/v1/"
+"""Paths of the OpenAI-compatible API, whose errors take OpenAI's shape (its clients parse it)."""
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class OpenAIErrorBody(BaseModel):
+    """An error of the OpenAI-compatible API; ``code`` is the same stable code as in problem
+    JSON, and the problem's extension members (``retry_after`` …) are kept."""
+
+    message: str
+    type: str
+    code: str
+    param: str | None
+    errors: list[ProblemField]
+
+
+class OpenAIError(BaseModel):
+    """The body of every 4xx/5xx answer under ``/v1`` (OpenAI's error shape)."""
+
+    error: OpenAIErrorBody
+
+
+def openai_error_body(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``{"error": {message, type, code, param, errors, …}}``."""
+    errors = errors or []
+    param = ".".join(str(p) for p in errors[0]["loc"][1:]) if errors else None
+    body: dict[str, Any] = {
+        "message": detail,
+        "type": _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "api_error"),
+        "code": code,
+        "param": param or None,
+        "errors": errors,
+    }
+    for key, value in (extensions or {}).items():
+        body.setdefault(key, value)
+    return {"error": body}
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> JSONResponse:
+    """The error answer for ``request``: problem JSON, or OpenAI's shape under ``/v1``."""
+    if request.url.path.startswith(OPENAI_PREFIX):
+        body = openai_error_body(status, code, detail, errors=errors, extensions=extensions)
+        return JSONResponse(body, status_code=status, headers=headers)
+    return problem(status, code, detail, errors=errors, headers=headers, extensions=extensions)
+
+
+def openai_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of an OpenAI-compatible route that can answer with these statuses."""
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}
+    return {
+        status: {"description": PROBLEM_DESCRIPTIONS[status], "content": content}
+        for status in statuses
+    }
+
+
 def _loc(loc: Any) -> list[str | int]:
     return [part for part in loc if isinstance(part, str | int)]
 
@@ -160,8 +250,8 @@ async def _atoll_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.details.get("errors") if isinstance(exc.details.get("errors"), list) else None
     if exc.status >= 500:
         logger.error("request failed: %s", exc.message)
-    return problem(
-        exc.status, exc.code, exc.message, errors=errors, headers=headers or None,
+    return error_response(
+        request, exc.status, exc.code, exc.message, errors=errors, headers=headers or None,
         extensions=exc.details,
     )  # fmt: skip
 
@@ -172,20 +262,24 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         {"loc": _loc(err.get("loc", ())), "msg": err.get("msg", "invalid")} for err in exc.errors()
     ]
     fields = ", ".join(".".join(str(p) for p in e["loc"][1:] or e["loc"]) for e in errors)
-    return problem(422, "validation_error", f"invalid request: {fields}", errors=errors)
+    return error_response(
+        request, 422, "validation_error", f"invalid request: {fields}", errors=errors
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): bad input
         errors = [{"loc": ["body"], "msg": "the body is not valid UTF-8 JSON"}]
-        return problem(422, "validation_error", "invalid request: body", errors=errors)
+        return error_response(
+            request, 422, "validation_error", "invalid request: body", errors=errors
+        )
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     headers = getattr(exc, "headers", None)
     if exc.status_code == 405:  # every method of the path, not only those of its first route
         headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
-    return problem(exc.status_code, code, detail, headers=headers)
+    return error_response(request, exc.status_code, code, detail, headers=headers)
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -200,7 +294,7 @@ def allowed_methods(request: Request) -> list[str]:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(500, "internal_error", "an unexpected error occurred")
+    return error_response(request, 500, "internal_error", "an unexpected error occurred")
 
 
 def install_problem_handlers(app: FastAPI) -> None:

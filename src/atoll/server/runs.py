@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -103,6 +103,7 @@ class RunService:
         metadata: dict[str, Any] | None = None,
         client_id: str | None = None,
         acknowledge: Acknowledge | None = None,
+        earlier: Sequence[tuple[str, str]] = (),
     ) -> Submitted:
         """Store the message and a PENDING run (atomically), then start the run.
 
@@ -112,6 +113,7 @@ class RunService:
         stored and before it can emit anything (the WebSocket queues its ``ack``
         there, so the ack precedes every event of the run). A resend of a
         ``client_id`` returns the run it started, restarted first if nothing runs it.
+        ``earlier`` messages start a new thread (see ``RunStore.submit``).
         """
         plan = self._plans.get(principal.plan)
         agent_name = agent if agent is not None else self.default_agent_of(plan)
@@ -146,6 +148,7 @@ class RunService:
             multitask=multitask,
             metadata=metadata,
             client_id=client_id,
+            earlier=earlier,
         )
         job = asyncio.create_task(
             self._store_and_start(principal, store, multitask, acknowledge), name="atoll-submit"

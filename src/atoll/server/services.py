@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -88,6 +89,8 @@ class Services:
     cluster: Cluster | None = None
     relay: RedisEventRelay | None = None
     accepting: bool = True
+    started_at: float = field(default_factory=time.time)
+    """When these services were built (seconds since the epoch)."""
 
     _stopped: asyncio.Event | None = None
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from enum import Enum
 
+import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from atoll.bus.memory import Closing, MemorySubscription, Notice, Resync
 from atoll.runtime.events import RunEvent
 from atoll.server.services import Services
+from atoll.store.runs import Submitted
 
 KEEPALIVE_SECONDS = 15.0
 RECONNECT = b"retry: 1000\n: the server is shutting down; reconnect with Last-Event-ID\n\n"
@@ -22,22 +25,39 @@ class RunStreamResponse(StreamingResponse):
     """A streaming answer that gives its stream slot back however it ends.
 
     The release is in ``__call__``, which runs for every answer sent, rather than in
-    the generator, whose ``finally`` never runs if it was never started.
+    the generator, whose ``finally`` never runs if it was never started; so is
+    ``after``, awaited (shielded) once the answer is over, however it ended.
     """
 
-    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        release: Callable[[], None],
+        headers: dict[str, str] | None = None,
+        after: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
         )
         self._release = release
+        self._after = after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             self._release()
+            # Also when the client went away (the body's task was cancelled then): the
+            # body is closed now (its subscription with it), not whenever it is collected.
+            with anyio.CancelScope(shield=True):
+                close = getattr(self.body_iterator, "aclose", None)
+                if close is not None:
+                    await close()
+                if self._after is not None:
+                    await self._after()
 
 
 def sse_frame(event: RunEvent) -> bytes:
@@ -78,47 +98,60 @@ def sse_preface(kind: str, body: bytes) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (kind.encode(), body)
 
 
-async def run_stream(
+class Tick(Enum):
+    """What ``follow_run`` yields besides events."""
+
+    KEEPALIVE = "keepalive"
+    """Nothing happened for ``KEEPALIVE_SECONDS``: say something, so proxies keep the line."""
+    CLOSING = "closing"
+    """The server is shutting down before the run ended; the stream ends after this."""
+
+
+async def follow_run(
     services: Services,
     *,
     run_id: str,
     user_id: str,
     after: int,
     subscription: MemorySubscription | None = None,
-    preface: bytes = b"",
-) -> AsyncIterator[bytes]:
-    """The run's events after ``after``, live until its terminal event.
+) -> AsyncGenerator[list[RunEvent] | Tick]:
+    """The run's events after ``after`` in ``seq`` order, without gaps or repeats, in
+    batches (what arrived together), live until its terminal event.
 
     A ``subscription`` made before the run was stored has seen every event of it, so
-    the log is not read first (it still fills any gap); ``preface`` is sent first.
+    the log is not read first (it still fills any gap). The subscription is closed
+    however the iteration ends. Every adapter of a run to a wire format (SSE, the
+    OpenAI-compatible API, AG-UI) reads a run through this.
     """
     replay = subscription is None
     if subscription is None:
         subscription = await services.subscribe(user_id)
     try:
-        if preface:
-            yield preface
         last = after
         logged_events = (
             await services.event_log.read(run_id, user_id=user_id, after=after) if replay else []
         )
-        for logged in logged_events:
-            yield sse_frame(logged)
-            last = logged.seq
+        for index, logged in enumerate(logged_events):
             if logged.ends_run:
+                yield logged_events[: index + 1]
                 return
+        if logged_events:
+            yield logged_events
+            last = logged_events[-1].seq
         while True:
             try:
                 async with asyncio.timeout(KEEPALIVE_SECONDS):  # no task per wait (wait_for)
                     first = await subscription.get()
             except TimeoutError:
-                yield b": keep-alive\n\n"
+                yield Tick.KEEPALIVE
                 continue
-            # Everything queued meanwhile goes out in the same chunk: one write, not one each.
-            out = bytearray()
+            # Everything queued meanwhile goes out together: one write, not one each.
+            batch: list[RunEvent] = []
             for event in [first, *subscription.drain()]:
                 if isinstance(event, Closing):
-                    yield bytes(out + RECONNECT)
+                    if batch:
+                        yield batch
+                    yield Tick.CLOSING
                     return
                 if isinstance(event, Resync):  # events may have been missed: catch up from the log
                     items = await services.event_log.read(run_id, user_id=user_id, after=last)
@@ -134,13 +167,60 @@ async def run_stream(
                 for item in items:
                     if item.seq <= last:
                         continue
-                    out += sse_frame(item)
+                    batch.append(item)
                     last = item.seq
                     if item.ends_run:
-                        yield bytes(out)
+                        yield batch
                         return
-            if out:
-                yield bytes(out)
+            if batch:
+                yield batch
     finally:
         with contextlib.suppress(Exception):
             await subscription.aclose()
+
+
+async def run_stream(
+    services: Services,
+    *,
+    run_id: str,
+    user_id: str,
+    after: int,
+    subscription: MemorySubscription | None = None,
+    preface: bytes = b"",
+) -> AsyncIterator[bytes]:
+    """The run's events after ``after`` as Server-Sent Events (``preface`` first)."""
+    if preface:
+        yield preface
+    events = follow_run(
+        services, run_id=run_id, user_id=user_id, after=after, subscription=subscription
+    )
+    async with contextlib.aclosing(events):
+        async for item in events:
+            if item is Tick.KEEPALIVE:
+                yield b": keep-alive\n\n"
+            elif item is Tick.CLOSING:
+                yield RECONNECT
+            else:
+                yield b"".join(sse_frame(event) for event in item)
+
+
+async def watched_submit(
+    services: Services, user_id: str, submit: Callable[[], Awaitable[Submitted]]
+) -> tuple[Submitted, MemorySubscription]:
+    """Take one of the user's stream slots and subscribe to their events, *then* submit:
+    a refused stream stores nothing, and no event of the run can be missed.
+
+    On success the caller owns the slot (``services.streams.release``) and the
+    subscription (``follow_run`` closes it); on failure both are given back here.
+    """
+    services.streams.acquire(user_id)
+    try:
+        subscription = await services.subscribe(user_id)
+        try:
+            return await submit(), subscription
+        except BaseException:
+            await subscription.aclose()
+            raise
+    except BaseException:
+        services.streams.release(user_id)
+        raise

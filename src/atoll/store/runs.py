@@ -31,6 +31,7 @@ from atoll.runtime.state import ExecutionState
 from atoll.store.audit import audit_entry
 from atoll.store.chat import (
     ALIVE,
+    HISTORY_LIMIT,
     alive_runs_query,
     history_before,
     history_in,
@@ -104,12 +105,15 @@ class RunStore:
         multitask: str,
         metadata: dict[str, Any] | None,
         client_id: str | None,
+        earlier: Sequence[tuple[str, str]] = (),
     ) -> tuple[Submitted, list[str]]:
         """Store the message and a PENDING run atomically; also the thread's alive runs.
 
         A ``client_id`` the user already sent returns what that message stored
         (``created`` False). With ``multitask="reject"`` a thread with an alive run
-        raises ``ThreadBusyError`` and nothing is stored.
+        raises ``ThreadBusyError`` and nothing is stored. ``earlier`` (role, content)
+        pairs, for a new thread only, are stored in it first: a conversation that
+        began elsewhere (the OpenAI-compatible API sends the whole of it).
         """
 
         def store(session: Session) -> tuple[Submitted, list[str]]:
@@ -123,10 +127,23 @@ class RunStore:
                     run = session.execute(select(Run).where(Run.id == existing.run_id)).scalar_one()
                     return Submitted(thread, existing, run, created=False, history=[]), []
             if thread_id is None:
-                thread = new_thread(user_id, title=content[:80], meta={})
+                first = next((text for role, text in earlier if role == "user"), content)
+                thread = new_thread(user_id, title=first[:80], meta={})
                 insert_rows(session, thread)
                 alive: list[str] = []
-                history: list[Message] = []
+                history: list[Message] = [
+                    Message(
+                        id=new_id("msg"),
+                        thread_id=thread.id,
+                        user_id=user_id,
+                        role=role,
+                        content=text,
+                        created_at=utcnow(),
+                    )
+                    for role, text in earlier
+                ]
+                insert_rows(session, *history)
+                history = history[-HISTORY_LIMIT:]  # what the agent sees, as history_in reads
             else:
                 thread = thread_in(session, user_id, thread_id)
                 alive = [r.id for r in session.execute(alive_runs_query(thread.id)).scalars()]

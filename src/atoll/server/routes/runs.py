@@ -30,7 +30,13 @@ from atoll.server.schemas import (
     message_out,
 )
 from atoll.server.services import Services
-from atoll.server.sse import RunStreamResponse, accepts_event_stream, run_stream, sse_preface
+from atoll.server.sse import (
+    RunStreamResponse,
+    accepts_event_stream,
+    run_stream,
+    sse_preface,
+    watched_submit,
+)
 from atoll.store.bounds import MAX_SEQ, SEQ_PATTERN
 from atoll.store.runs import Submitted
 
@@ -80,9 +86,7 @@ async def submit_and_answer(
 ) -> Accepted | StreamingResponse:
     """Submit the message; answer 202 with ``accepted(...)``, or stream the run's events.
 
-    Streaming (``Accept: text/event-stream``) takes one of the user's stream slots
-    and subscribes to their events *before* the message is stored, so a refused
-    stream stores nothing and no event of the run can be missed.
+    Streaming (``Accept: text/event-stream``) goes through ``watched_submit``.
     """
     check_message_length(services, body.message)
     submit = partial(
@@ -97,17 +101,7 @@ async def submit_and_answer(
     if not accepts_event_stream(request.headers.get("accept")):
         return accepted(await submit())
     user_id = principal.user_id
-    services.streams.acquire(user_id)
-    try:
-        subscription = await services.subscribe(user_id)
-        try:
-            submitted = await submit()
-        except BaseException:
-            await subscription.aclose()
-            raise
-    except BaseException:
-        services.streams.release(user_id)
-        raise
+    submitted, subscription = await watched_submit(services, user_id, submit)
     ack = sse_preface("ack", accepted(submitted).model_dump_json().encode())
     events = run_stream(
         services,
