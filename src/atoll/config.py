@@ -63,6 +63,36 @@ class PlanSettings(BaseModel):
     )
 
 
+MCP_SERVER_NAME = r"[a-z][a-z0-9_-]{0,23}"
+
+
+class McpServerSettings(BaseModel):
+    """One MCP server whose tools become Atoll tools (docs/integrations.md, "MCP tools"):
+    a stdio ``command`` (with ``args``, ``env``, ``cwd``) or a streamable-HTTP ``url``
+    (with ``headers``), never both."""
+
+    model_config = {"extra": "forbid"}
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, SecretStr] = Field(default_factory=dict)
+    cwd: Path | None = None
+    url: str | None = Field(None, pattern=r"^https?://")
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    timeout: float | None = Field(
+        None, gt=0, description="Seconds per call (default: tool_timeout)"
+    )
+    tools: list[str] | None = Field(None, description="Only these of the server's tools")
+    plans: list[str] | None = Field(None, description="Only users on these plans")
+    roles: list[str] | None = Field(None, description="Only users holding one of these roles")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("an MCP server needs exactly one of command (stdio) or url (HTTP)")
+        return self
+
+
 def default_plans() -> dict[str, PlanSettings]:
     """The plans an unconfigured server offers: free has the server's limits and no cap."""
     return {
@@ -205,6 +235,14 @@ class Settings(BaseSettings):
 
     knowledge_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    mcp_servers: dict[str, McpServerSettings] = Field(
+        default_factory=dict,
+        description="MCP servers whose tools agents may use, as a JSON object {name: {command, "
+        "args, env, cwd | url, headers; timeout, tools, plans, roles}}",
+    )
+    mcp_config_file: Path | None = Field(
+        None, description='A JSON file {"servers": {name: {...}}}, added to mcp_servers'
+    )
 
     @field_validator("redis_url", "database_url", mode="before")
     @classmethod
@@ -214,7 +252,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _providers_and_plans(self) -> Settings:
-        """Add the providers of ``oidc_config_file`` (names unique); check the plans."""
+        """Add the providers of ``oidc_config_file`` (names unique) and the servers of
+        ``mcp_config_file``; check the plans."""
         if self.oidc_config_file is not None:
             try:
                 document = json.loads(self.oidc_config_file.read_text(encoding="utf-8"))
@@ -227,6 +266,20 @@ class Settings(BaseSettings):
                 *self.oidc_providers,
                 *(OIDCProviderSettings.model_validate(p) for p in providers),
             ]
+        if self.mcp_config_file is not None:
+            try:
+                document = json.loads(self.mcp_config_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"mcp_config_file: {exc}") from None
+            servers = document.get("servers") if isinstance(document, dict) else None
+            if not isinstance(servers, dict):
+                raise ValueError('mcp_config_file: expected {"servers": {name: {...}}}')
+            for name, server in servers.items():
+                if name in self.mcp_servers:
+                    raise ValueError(f"MCP server {name!r} is declared twice")
+                self.mcp_servers[name] = McpServerSettings.model_validate(server)
+        if any(not re.fullmatch(MCP_SERVER_NAME, name) for name in self.mcp_servers):
+            raise ValueError(f"MCP server names must match {MCP_SERVER_NAME}")
         if self.default_plan not in self.plans:
             raise ValueError(f"default_plan {self.default_plan!r} is not one of the plans")
         if any(not re.fullmatch(PLAN_NAME, name) for name in self.plans):

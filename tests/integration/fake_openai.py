@@ -65,6 +65,11 @@ class FakeOpenAI:
         question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         if "server error" in question:
             return JSONResponse({"error": {"message": "internal"}}, status_code=500)
+        if last["role"] == "tool" and question.startswith("call:"):
+            return self.stream(self.verbatim(f"Tool said: {last['content']}"))
+        if question.startswith("call:") and body.get("tools"):  # "call: NAME {json args}"
+            name, _, arguments = question.removeprefix("call:").strip().partition(" ")
+            return self.stream(self.named_call(name, arguments or "{}"))
         if last["role"] == "tool":
             value = json.loads(last["content"])["result"]["value"]
             return self.stream(self.text(f"The result is {value}."))
@@ -117,6 +122,14 @@ class FakeOpenAI:
         yield self.chunk({"tool_calls": [first]})
         yield self.chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ssion": "17'}}]})
         yield self.chunk({"tool_calls": [{"index": 0, "function": {"arguments": '*23"}'}}]})
+        yield self.chunk({}, finish="tool_calls")
+        yield self.usage()
+        yield "data: [DONE]\n\n"
+
+    async def named_call(self, name: str, arguments: str) -> AsyncIterator[str]:
+        call = {"index": 0, "id": f"call_{name}", "type": "function",
+                "function": {"name": name, "arguments": arguments}}  # fmt: skip
+        yield self.chunk({"role": "assistant", "tool_calls": [call]})
         yield self.chunk({}, finish="tool_calls")
         yield self.usage()
         yield "data: [DONE]\n\n"

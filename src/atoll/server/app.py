@@ -18,7 +18,7 @@ from atoll.server.deps import single_valued_query
 from atoll.server.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from atoll.server.page import PageAssets
 from atoll.server.problems import install_openapi, install_problem_handlers
-from atoll.server.routes import auth, keys, openai_api, ops, orgs, runs, signin, threads
+from atoll.server.routes import agui, auth, keys, openai_api, ops, orgs, runs, signin, threads
 from atoll.server.services import running_services
 from atoll.server.websocket import websocket_endpoint
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router, prefix=API, dependencies=once)
     app.include_router(orgs.router, prefix=API, dependencies=once)
     app.include_router(keys.router, prefix=API, dependencies=once)
+    app.include_router(agui.router, prefix=API, dependencies=once)
     app.include_router(openai_api.router, dependencies=once)
     app.include_router(ops.router)
     app.add_api_websocket_route(f"{API}/ws", websocket_endpoint)

@@ -104,6 +104,7 @@ class RunService:
         client_id: str | None = None,
         acknowledge: Acknowledge | None = None,
         earlier: Sequence[tuple[str, str]] = (),
+        alias: tuple[str, str] | None = None,
     ) -> Submitted:
         """Store the message and a PENDING run (atomically), then start the run.
 
@@ -113,7 +114,7 @@ class RunService:
         stored and before it can emit anything (the WebSocket queues its ``ack``
         there, so the ack precedes every event of the run). A resend of a
         ``client_id`` returns the run it started, restarted first if nothing runs it.
-        ``earlier`` messages start a new thread (see ``RunStore.submit``).
+        ``earlier`` messages start a new thread, ``alias`` names it (``RunStore.submit``).
         """
         plan = self._plans.get(principal.plan)
         agent_name = agent if agent is not None else self.default_agent_of(plan)
@@ -149,6 +150,7 @@ class RunService:
             metadata=metadata,
             client_id=client_id,
             earlier=earlier,
+            alias=alias,
         )
         job = asyncio.create_task(
             self._store_and_start(principal, store, multitask, acknowledge), name="atoll-submit"

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
 
 from atoll.aio import run_every, settle_task
 from atoll.auth.keys import ApiKeys
@@ -54,6 +56,9 @@ from atoll.store.models import utcnow
 from atoll.store.orgs import OrgStore
 from atoll.store.runs import RunStore
 from atoll.store.usage import UsageStore
+
+if TYPE_CHECKING:
+    from atoll.runtime.tools.mcp import McpServer
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +125,43 @@ class Services:
         return self.bus.subscribe(user_id)
 
 
-def build_registry(settings: Settings) -> AgentRegistry:
-    """Built-in agents and tools plus the configured plugins."""
+async def build_registry(settings: Settings) -> AgentRegistry:
+    """Built-in agents and tools, the configured plugins, and the MCP servers' tools."""
     registry = builtin_registry()
     load_plugins(registry, settings.plugins)
+    if settings.mcp_servers:
+        from atoll.runtime.tools.mcp import discover_mcp_tools
+
+        registry.register_tools(await discover_mcp_tools(mcp_servers(settings)))
     return registry
+
+
+def mcp_servers(settings: Settings) -> list[McpServer]:
+    """The configured MCP servers, their secrets revealed only here."""
+    from atoll.runtime.tools.mcp import McpServer
+
+    def opened(values: dict[str, SecretStr]) -> dict[str, str]:
+        return {key: value.get_secret_value() for key, value in values.items()}
+
+    def chosen(values: list[str] | None) -> frozenset[str] | None:
+        return frozenset(values) if values is not None else None
+
+    return [
+        McpServer(
+            name=name,
+            command=server.command,
+            args=tuple(server.args),
+            env=opened(server.env),
+            cwd=server.cwd,
+            url=server.url,
+            headers=opened(server.headers),
+            timeout=server.timeout,
+            tools=chosen(server.tools),
+            plans=chosen(server.plans),
+            roles=chosen(server.roles),
+        )
+        for name, server in settings.mcp_servers.items()
+    ]
 
 
 async def prune_events(event_log: DatabaseRunEventLog, retention: timedelta) -> None:
@@ -155,6 +192,7 @@ def token_codec(settings: Settings) -> TokenCodec:
 
 def engine_factory(
     settings: Settings,
+    registry: AgentRegistry,
     chat: ChatStore,
     recorder: EventRecorder,
     llm: LLMProvider,
@@ -181,7 +219,7 @@ def engine_factory(
         )
 
     return ExecutionEngineFactory(
-        registry=build_registry(settings),
+        registry=registry,
         llm=llm,
         recorder=recorder,
         limits=RuntimeLimits.from_settings(settings),
@@ -256,7 +294,8 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         bus: RunEventBus = cluster.bus if cluster is not None else local_bus
         usage = UsageStore(db)
         recorder = EventRecorder(event_log, bus)
-        factory = engine_factory(settings, chat, recorder, llm, cluster, usage=usage)
+        registry = await build_registry(settings)
+        factory = engine_factory(settings, registry, chat, recorder, llm, cluster, usage=usage)
         assert factory.plans is not None
         run_store = RunStore(db)
         consumer = (
@@ -402,9 +441,11 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
             await store.start(context.run_id, worker_id, started)
 
         recorder = EventRecorder(event_log, cluster.bus)
+        registry = await build_registry(settings)
         factory = engine_factory(
-            settings, chat, recorder, llm, cluster, usage=UsageStore(db), start_hook=mark_running
-        )
+            settings, registry, chat, recorder, llm, cluster,
+            usage=UsageStore(db), start_hook=mark_running,
+        )  # fmt: skip
         await stack.enter_async_context(factory)
         yield Worker(
             settings=settings,

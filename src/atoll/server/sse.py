@@ -11,6 +11,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from atoll.auth.principal import Principal
 from atoll.bus.memory import Closing, MemorySubscription, Notice, Resync
 from atoll.runtime.events import RunEvent
 from atoll.server.services import Services
@@ -224,3 +225,17 @@ async def watched_submit(
     except BaseException:
         services.streams.release(user_id)
         raise
+
+
+class Progress:
+    """Whether a stream that cannot be resumed (OpenAI's, AG-UI's) saw its run end; if
+    not, its client went away and nobody will read the rest: ``abandon`` cancels the run
+    (reason ``client_closed``). Pass ``abandon`` as ``RunStreamResponse(after=…)``."""
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    async def abandon(self, services: Services, principal: Principal, run_id: str) -> None:
+        """Cancel the run if the stream ended before it did."""
+        if not self.ended:
+            await services.runs.cancel(principal, run_id, reason="client_closed")

@@ -22,7 +22,7 @@ from atoll.runtime.state import ALIVE_STATES
 from atoll.store.audit import AuditLog
 from atoll.store.bounds import ACTIVITY_CURSOR_PATTERN, CURSOR_PATTERN
 from atoll.store.db import Database
-from atoll.store.models import Feedback, Message, Run, RunEventRow, Thread, utcnow
+from atoll.store.models import Feedback, Message, Run, RunEventRow, Thread, ThreadAlias, utcnow
 from atoll.store.writer import execute_core, insert_rows
 
 ALIVE = [s.value for s in ALIVE_STATES]
@@ -105,6 +105,15 @@ def history_query(thread_id: str) -> Select[Message]:
         .where(Message.thread_id == thread_id)
         .order_by(Message.pk.desc())
         .limit(HISTORY_LIMIT)
+    )
+
+
+def alias_query(user_id: str, source: str, external_id: str) -> Select[str]:
+    """The id of the user's thread that ``source`` calls ``external_id``."""
+    return select(ThreadAlias.thread_id).where(
+        ThreadAlias.user_id == user_id,
+        ThreadAlias.source == source,
+        ThreadAlias.external_id == external_id,
     )
 
 

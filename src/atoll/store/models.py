@@ -126,6 +126,24 @@ class Thread(Base):
     )
 
 
+class ThreadAlias(Base):
+    """Another protocol's name for one of a user's threads: an AG-UI client's ``threadId``
+    (its own id, sent with every run of the conversation) maps to the Atoll thread."""
+
+    __tablename__ = "thread_aliases"
+
+    pk: Mapped[int] = mapped_column(AutoKey, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(200))
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "source", "external_id", name="uq_thread_aliases_external"),
+    )
+
+
 class Message(Base):
     """One message of a thread (user or assistant)."""
 

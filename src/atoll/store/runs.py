@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Update, bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -32,6 +33,7 @@ from atoll.store.audit import audit_entry
 from atoll.store.chat import (
     ALIVE,
     HISTORY_LIMIT,
+    alias_query,
     alive_runs_query,
     history_before,
     history_in,
@@ -41,7 +43,7 @@ from atoll.store.chat import (
 )
 from atoll.store.db import Database
 from atoll.store.event_log import event_row
-from atoll.store.models import Message, Run, RunEventRow, Thread, User, utcnow
+from atoll.store.models import Message, Run, RunEventRow, Thread, ThreadAlias, User, utcnow
 from atoll.store.orgs import effective_plan, with_org
 from atoll.store.writer import execute_core, insert_rows, rows_changed
 
@@ -106,6 +108,7 @@ class RunStore:
         metadata: dict[str, Any] | None,
         client_id: str | None,
         earlier: Sequence[tuple[str, str]] = (),
+        alias: tuple[str, str] | None = None,
     ) -> tuple[Submitted, list[str]]:
         """Store the message and a PENDING run atomically; also the thread's alive runs.
 
@@ -114,6 +117,9 @@ class RunStore:
         raises ``ThreadBusyError`` and nothing is stored. ``earlier`` (role, content)
         pairs, for a new thread only, are stored in it first: a conversation that
         began elsewhere (the OpenAI-compatible API sends the whole of it).
+        ``alias`` (source, external id), with no ``thread_id``: the user's thread of
+        that name if there is one (then ``earlier`` is not stored), else the new
+        thread gets that name (see ``ThreadAlias``).
         """
 
         def store(session: Session) -> tuple[Submitted, list[str]]:
@@ -126,7 +132,10 @@ class RunStore:
                     thread = thread_in(session, user_id, existing.thread_id)
                     run = session.execute(select(Run).where(Run.id == existing.run_id)).scalar_one()
                     return Submitted(thread, existing, run, created=False, history=[]), []
-            if thread_id is None:
+            known = thread_id
+            if known is None and alias is not None:
+                known = session.execute(alias_query(user_id, *alias)).scalar()
+            if known is None:
                 first = next((text for role, text in earlier if role == "user"), content)
                 thread = new_thread(user_id, title=first[:80], meta={})
                 insert_rows(session, thread)
@@ -144,8 +153,17 @@ class RunStore:
                 ]
                 insert_rows(session, *history)
                 history = history[-HISTORY_LIMIT:]  # what the agent sees, as history_in reads
+                if alias is not None:
+                    name = ThreadAlias(
+                        user_id=user_id,
+                        source=alias[0],
+                        external_id=alias[1],
+                        thread_id=thread.id,
+                        created_at=utcnow(),
+                    )
+                    insert_rows(session, name)
             else:
-                thread = thread_in(session, user_id, thread_id)
+                thread = thread_in(session, user_id, known)
                 alive = [r.id for r in session.execute(alive_runs_query(thread.id)).scalars()]
                 history = history_in(session, thread.id)
             if alive and multitask == "reject":
@@ -174,7 +192,7 @@ class RunStore:
                 meta=metadata or {},
                 created_at=now,
             )
-            if thread_id is not None:
+            if known is not None:
                 execute_core(
                     session, update(Thread).where(Thread.id == thread.id).values(updated_at=now)
                 )
@@ -187,7 +205,13 @@ class RunStore:
             insert_rows(session, message, run, audit)
             return Submitted(thread, message, run, created=True, history=history), alive
 
-        return await self.db.write(store)
+        try:
+            return await self.db.write(store)
+        except IntegrityError as exc:
+            if alias is None or "thread_aliases" not in str(exc):
+                raise
+            # Two first messages of one conversation at once: the other one named it.
+            raise ThreadBusyError("this conversation is starting in another request") from None
 
     # -- consuming ---------------------------------------------------------------------
 

@@ -82,6 +82,9 @@ class Tool:
     roles: frozenset[str] | None = None
     cpu_bound: bool = False
     """A plain ``def``: runs in a worker process that its timeout can kill."""
+    check: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    """Validates the arguments instead of ``arguments_model``, for a tool whose schema is
+    given rather than typed (an MCP server's); raises ``ToolValidationError``."""
 
     def allows(self, context: UserExecutionContext, plan: Plan | None = None) -> bool:
         """Whether the user's plan (its name, and ``plan``'s tools) and roles permit this tool."""
@@ -93,6 +96,8 @@ class Tool:
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validated keyword arguments; ``ToolValidationError`` naming each bad field."""
+        if self.check is not None:
+            return self.check(arguments)
         try:
             model = self.arguments_model.model_validate(dict(arguments))
         except ValidationError as exc:

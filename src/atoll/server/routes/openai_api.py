@@ -35,15 +35,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from pydantic.config import JsonDict
 
-from atoll.auth.principal import Principal
 from atoll.errors import ValidationFailedError
 from atoll.runtime.events import EventType, RunEvent
+from atoll.server.conversations import split_conversation
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import openai_error_body, openai_errors
 from atoll.server.routes.runs import check_message_length
 from atoll.server.schemas import Body
-from atoll.server.services import Services
-from atoll.server.sse import RunStreamResponse, Tick, follow_run, watched_submit
+from atoll.server.sse import Progress, RunStreamResponse, Tick, follow_run, watched_submit
 from atoll.store.runs import Submitted
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -52,7 +51,6 @@ MAX_MESSAGES = 200
 """Messages one call may send (each is stored when it starts a thread)."""
 THREAD_HEADER = "Atoll-Thread-Id"
 RUN_HEADER = "Atoll-Run-Id"
-STORED_ROLES = ("user", "assistant")
 
 
 class TextPart(Body):
@@ -167,32 +165,15 @@ def usage_of(data: dict[str, Any]) -> CompletionUsage:
     )
 
 
-def text_of(message: UserMessage | OtherMessage) -> str:
-    """The message's text."""
-    if message.content is None:
-        return ""
-    if isinstance(message.content, str):
-        return message.content
-    return "".join(part.text for part in message.content)
-
-
 def conversation(body: ChatCompletionRequest) -> tuple[str, list[tuple[str, str]]]:
-    """The new user message (the last one) and the messages to store before it.
-
-    Messages after the last user message (an assistant "prefill") are ignored.
-    """
-    last = max((i for i, m in enumerate(body.messages) if m.role == "user"), default=None)
-    if last is None:  # the schema says so too (``contains``)
+    """The new user message (the last one) and the messages to store before it."""
+    content, earlier = split_conversation((str(m.role), m.content) for m in body.messages)
+    if not content:  # the schema says so too (``contains``, and non-empty user content)
         raise ValidationFailedError(
             "the conversation has no user message",
             [{"loc": ["body", "messages"], "msg": "no message with role 'user'"}],
         )
-    earlier: list[tuple[str, str]] = [
-        (str(m.role), text)
-        for m in body.messages[:last]
-        if m.role in STORED_ROLES and (text := text_of(m))
-    ]
-    return text_of(body.messages[last]), earlier
+    return content, earlier
 
 
 def failure(event: RunEvent) -> tuple[int, dict[str, Any]]:
@@ -279,7 +260,7 @@ async def chat_completions(
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     progress = Progress()
     return RunStreamResponse(
-        stream(submitted, events, progress, include_usage=include_usage),
+        openai_chunks(submitted, events, progress, include_usage=include_usage),
         release=lambda: services.streams.release(user_id),
         headers=headers,
         after=partial(progress.abandon, services, principal, submitted.run.id),
@@ -326,19 +307,7 @@ async def complete(
     raise AssertionError("follow_run ends with the run's terminal event or CLOSING")
 
 
-class Progress:
-    """Whether a streamed call saw its run end; if not, the run is cancelled after it."""
-
-    def __init__(self) -> None:
-        self.ended = False
-
-    async def abandon(self, services: Services, principal: Principal, run_id: str) -> None:
-        """Cancel the run if the stream ended before it did (the client went away)."""
-        if not self.ended:
-            await services.runs.cancel(principal, run_id, reason="client_closed")
-
-
-async def stream(
+async def openai_chunks(
     submitted: Submitted,
     events: AsyncGenerator[list[RunEvent] | Tick],
     progress: Progress,
@@ -360,7 +329,7 @@ async def stream_items(
     progress: Progress,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """``stream`` after its first chunk."""
+    """``openai_chunks`` after its first chunk."""
     async for item in events:
         if item is Tick.KEEPALIVE:
             yield b": keep-alive\n\n"

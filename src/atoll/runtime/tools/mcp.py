@@ -1,0 +1,223 @@
+"""MCP servers' tools as Atoll tools, through the official ``mcp`` SDK.
+
+At start-up ``discover_mcp_tools`` connects to every configured server once, lists its
+tools and makes each an Atoll ``Tool`` named ``<server>__<tool>``: its JSON Schema is
+the server's ``inputSchema`` (arguments are checked against it before the call), its
+description the server's; plan and role gating, the timeout, the tool rate limit
+and the ``tool_executing``/``tool_completed`` events are the dispatcher's, as for any
+tool. A server that cannot be reached at start-up stops the start, naming it.
+
+**Isolation: one MCP session per tool call.** Each call connects (a stdio server is
+a fresh process; an HTTP server a fresh session, deleted afterwards), initialises,
+calls, and closes. Nothing an MCP server keeps in a session can reach another call,
+run or user; the price is a connection (a process, for stdio) per call, measured in
+docs/benchmarks.md. The credentials are the operator's (``env``, ``headers``), the
+same for every user: a server that must act as the user needs its own auth, which
+Atoll does not forward.
+
+A server that crashes mid-call, closes the connection, answers an error or hangs
+gives a tool error (``tool_error``, or ``tool_timeout`` after the call's timeout),
+never a stuck run: leaving the call's context ends the session and kills a stdio
+server's process.
+
+``mcp`` is imported only when a server is configured, so runs without MCP never
+load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from atoll.errors import ConfigurationError, ToolError, ToolValidationError
+from atoll.runtime.tools.base import Tool, ToolContext
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
+
+logger = logging.getLogger(__name__)
+
+SEPARATOR = "__"
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""What model providers accept as a function name; longer or odder names are skipped."""
+DISCOVERY_TIMEOUT = 30.0
+MAX_RESULT_CHARS = 100_000
+"""A result's text beyond this is cut (the model would be flooded, the event log too)."""
+
+
+@dataclass(frozen=True, slots=True)
+class McpServer:
+    """How to reach one MCP server (from ``McpServerSettings``)."""
+
+    name: str
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    url: str | None = None
+    headers: Mapping[str, str] | None = None
+    timeout: float | None = None
+    tools: frozenset[str] | None = None
+    plans: frozenset[str] | None = None
+    roles: frozenset[str] | None = None
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[ClientSession]:
+        """A new, initialised session; closed (the process ended) when the block ends."""
+        from mcp import ClientSession
+
+        async with contextlib.AsyncExitStack() as stack:
+            if self.command is not None:
+                from mcp.client.stdio import StdioServerParameters, stdio_client
+
+                parameters = StdioServerParameters(
+                    command=self.command,
+                    args=list(self.args),
+                    env=dict(self.env) if self.env else None,
+                    cwd=self.cwd,
+                )
+                # The server's stderr is ours: it goes to the operator's log.
+                streams = await stack.enter_async_context(stdio_client(parameters))
+            else:
+                import httpx2
+                from mcp.client.streamable_http import streamable_http_client
+
+                assert self.url is not None
+                http = await stack.enter_async_context(
+                    httpx2.AsyncClient(headers=dict(self.headers or {}), timeout=self.timeout)
+                )
+                streams = await stack.enter_async_context(
+                    streamable_http_client(self.url, http_client=http)
+                )
+            session = await stack.enter_async_context(ClientSession(streams[0], streams[1]))
+            await session.initialize()
+            yield session
+
+
+class _Unchecked(BaseModel):
+    """The arguments model of an MCP tool (``Tool.check`` validates instead)."""
+
+
+def _checker(name: str, schema: Mapping[str, Any]) -> Any:
+    """``Tool.check`` for ``schema``: the arguments as they are, or ``ToolValidationError``
+    naming each place that does not match."""
+    import jsonschema  # type: ignore[import-untyped]
+
+    validator_class = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
+    try:
+        validator_class.check_schema(schema)
+        validator = validator_class(schema)
+    except jsonschema.SchemaError:
+        validator = jsonschema.Draft202012Validator({"type": "object"})
+
+    def check(arguments: Mapping[str, Any]) -> dict[str, Any]:
+        values = dict(arguments)
+        errors = [
+            {"loc": ".".join(str(p) for p in error.absolute_path) or "(arguments)",
+             "msg": error.message[:300]}
+            for error in validator.iter_errors(values)
+        ][:20]  # fmt: skip
+        if errors:
+            summary = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
+            raise ToolValidationError(
+                f"invalid arguments for {name}: {summary}", details={"errors": errors}
+            )
+        return {"arguments": values}
+
+    return check
+
+
+def result_of(server: str, tool: str, result: Any) -> Any:
+    """What an MCP ``CallToolResult`` gives the model: the structured content if any,
+    else the text; ``ToolError`` when the server says the call failed."""
+    texts = [str(getattr(part, "text", "")) for part in result.content if hasattr(part, "text")]
+    others = [getattr(part, "type", "?") for part in result.content if not hasattr(part, "text")]
+    text = "\n".join(texts)
+    if len(text) > MAX_RESULT_CHARS:
+        text = text[:MAX_RESULT_CHARS] + " …(cut)"
+    if result.is_error:
+        raise ToolError(f"{server}: {text or 'the tool failed'}"[:2000])
+    structured = getattr(result, "structured_content", None)
+    if structured is not None:
+        return structured
+    if others:
+        return {"text": text, "omitted": others}
+    return text
+
+
+def mcp_tool(server: McpServer, spec: Any) -> Tool:
+    """The Atoll tool for one of ``server``'s tools (``spec``: an MCP ``Tool``)."""
+    remote = str(spec.name)
+    name = f"{server.name}{SEPARATOR}{remote}"
+    schema = dict(spec.input_schema or {"type": "object"})
+    schema.setdefault("type", "object")
+    schema.setdefault("properties", {})
+
+    async def call(arguments: dict[str, Any], context: ToolContext) -> Any:
+        try:
+            async with server.session() as session:
+                result = await session.call_tool(remote, arguments)
+        except ToolError:
+            raise
+        except Exception as exc:  # a crash, a closed pipe, a protocol error: the tool's failure
+            logger.warning("MCP server %s failed on %s: %r", server.name, remote, exc)
+            raise ToolError(
+                f"the MCP server {server.name!r} failed ({type(exc).__name__})"
+            ) from None
+        return result_of(server.name, remote, result)
+
+    return Tool(
+        name=name,
+        description=(spec.description or f"{remote} (MCP server {server.name})")[:1024],
+        fn=call,
+        parameters=schema,
+        arguments_model=_Unchecked,
+        context_parameter="context",
+        timeout=server.timeout,
+        plans=server.plans,
+        roles=server.roles,
+        check=_checker(name, schema),
+    )
+
+
+async def discover_mcp_tools(servers: list[McpServer]) -> list[Tool]:
+    """Every configured server's tools (``ConfigurationError`` naming one that fails)."""
+    import anyio
+    from mcp_types import PaginatedRequestParams
+
+    tools: list[Tool] = []
+    for server in servers:
+        try:
+            with anyio.fail_after(DISCOVERY_TIMEOUT):
+                async with server.session() as session:
+                    listed = []
+                    cursor: str | None = None
+                    for _ in range(100):  # pages, bounded
+                        params = PaginatedRequestParams(cursor=cursor) if cursor else None
+                        page = await session.list_tools(params=params)
+                        listed.extend(page.tools)
+                        cursor = page.next_cursor
+                        if not cursor:
+                            break
+        except Exception as exc:
+            raise ConfigurationError(
+                f"MCP server {server.name!r} could not be reached to list its tools: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        for spec in listed:
+            if server.tools is not None and spec.name not in server.tools:
+                continue
+            tool = mcp_tool(server, spec)
+            if not TOOL_NAME.match(tool.name):
+                logger.warning("MCP server %s: tool %r skipped (name)", server.name, spec.name)
+                continue
+            tools.append(tool)
+        logger.info("MCP server %s: %d tool(s)", server.name, len(listed))
+    return tools

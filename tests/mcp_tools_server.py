@@ -1,0 +1,78 @@
+"""A real MCP server for the tests, written with the ``mcp`` SDK's server side.
+
+``python tests/mcp_tools_server.py stdio`` or ``… http PORT`` (streamable HTTP at /mcp).
+Its tools: arithmetic, an error, a crash mid-call, a hang, per-session memory (to show
+no session state crosses calls) and the headers it was sent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
+
+server = MCPServer("atoll-test-tools")
+remembered: dict[int, str] = {}
+"""What each session was told, by session: a session-per-call client never sees any."""
+
+
+@server.tool()
+def add(a: Annotated[int, Field(description="first")], b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@server.tool()
+def shout(text: str) -> str:
+    """The text in capitals."""
+    return text.upper()
+
+
+@server.tool()
+def refuse(reason: str) -> str:
+    """Always fails, saying why."""
+    raise ValueError(f"refused: {reason}")
+
+
+@server.tool()
+async def crash() -> str:
+    """Kills this server in the middle of the call."""
+    await anyio.sleep(0.05)
+    os._exit(3)
+
+
+@server.tool()
+async def hang() -> str:
+    """Never answers."""
+    await anyio.sleep(3600)
+    return "late"
+
+
+@server.tool()
+def remember(value: str, ctx: Context) -> str:
+    """Remember a value in this session."""
+    remembered[id(ctx.session)] = value
+    return "ok"
+
+
+@server.tool()
+def recall(ctx: Context) -> str:
+    """What this session was told, if anything."""
+    return remembered.get(id(ctx.session), "nothing")
+
+
+@server.tool()
+def header(name: str, ctx: Context) -> Any:
+    """A request header (HTTP only)."""
+    return (ctx.headers or {}).get(name.lower(), "absent")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "stdio":
+        server.run("stdio")
+    else:
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
