@@ -36,6 +36,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProces
         yield server, answer.json()["access_token"]
 
 
+@pytest.mark.timeout(600)  # ~100 s on 2 cores: 46 operations, AG-UI's input schema the largest
 def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
     live: tuple[ServeProcess, str],
 ) -> None:

@@ -110,6 +110,8 @@ class UserExecutionContext:
     plan: str = "free"
     roles: frozenset[str] = frozenset()
     connection_id: str | None = None
+    org_id: str | None = None
+    """The user's organisation, if any (what it allows is already in ``plan``)."""
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     agent_context: Mapping[str, Any] = field(default_factory=dict)
     audit: Mapping[str, Any] = field(default_factory=dict)
@@ -130,6 +132,10 @@ class UserExecutionContext:
         object.__setattr__(self, "roles", frozenset(roles))
         if self.connection_id is not None:
             _check_id("connection_id", self.connection_id, "con_")
+        if self.org_id is not None and not (isinstance(self.org_id, str) and self.org_id):
+            raise InvalidContextError(
+                "org_id must be a non-empty string", details={"field": "org_id"}
+            )
         if self.parent_request_id is not None:
             _check_id("parent_request_id", self.parent_request_id, "req_")
         if not isinstance(self.created_at, datetime) or self.created_at.tzinfo is None:

@@ -46,6 +46,7 @@ from atoll.runtime.state import ExecutionState
 from atoll.runtime.tools.dispatcher import ToolDispatcher
 from atoll.runtime.tools.processes import ToolProcessPool
 from atoll.runtime.tracker import AgentExecutionTracker
+from atoll.telemetry import NoTracing, Tracing, hashed
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class EngineServices:
     """The plans; None: nothing is gated by plan (runs at once are ``limits``')."""
     admission: AdmissionHook | None = None
     usage_hook: UsageHook | None = None
+    tracing: Tracing = field(default_factory=NoTracing)
 
 
 class UsageMeter:
@@ -116,15 +118,16 @@ class UsageMeter:
         """``{prompt_tokens, completion_tokens}``."""
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
-    def wrap(self, client: LLMClient) -> LLMClient:
-        """``client`` with its usage counted here."""
-        return _MeteredClient(client, self)
+    def wrap(self, client: LLMClient, tracing: Tracing | None = None) -> LLMClient:
+        """``client`` with its usage counted here (and each call traced: ``chat <model>``)."""
+        return _MeteredClient(client, self, tracing or NoTracing())
 
 
 class _MeteredClient:
-    def __init__(self, inner: LLMClient, meter: UsageMeter) -> None:
+    def __init__(self, inner: LLMClient, meter: UsageMeter, tracing: Tracing) -> None:
         self._inner = inner
         self._meter = meter
+        self._tracing = tracing
         self.model = inner.model
 
     async def stream(
@@ -134,11 +137,27 @@ class _MeteredClient:
         tools: Sequence[ToolSpec] = (),
         tool_choice: ToolChoice | None = None,
     ) -> AsyncIterator[LLMChunk]:
-        async for chunk in self._inner.stream(messages, tools=tools, tool_choice=tool_choice):
-            if isinstance(chunk, Usage):
-                self._meter.prompt_tokens += chunk.prompt_tokens
-                self._meter.completion_tokens += chunk.completion_tokens
-            yield chunk
+        # Not the current span: an async generator's context cannot hold one across yields.
+        span = self._tracing.start(
+            f"chat {self.model}",
+            {"gen_ai.operation.name": "chat", "gen_ai.request.model": self.model},
+        )
+        prompt = completion = 0
+        try:
+            async for chunk in self._inner.stream(messages, tools=tools, tool_choice=tool_choice):
+                if isinstance(chunk, Usage):
+                    self._meter.prompt_tokens += chunk.prompt_tokens
+                    self._meter.completion_tokens += chunk.completion_tokens
+                    prompt += chunk.prompt_tokens
+                    completion += chunk.completion_tokens
+                yield chunk
+        except Exception as exc:
+            span.fail(str(getattr(exc, "code", type(exc).__name__)))
+            raise
+        finally:
+            span.set("gen_ai.usage.input_tokens", prompt)
+            span.set("gen_ai.usage.output_tokens", completion)
+            span.end()
 
 
 class UserExecutionEngine:
@@ -237,6 +256,27 @@ class UserExecutionEngine:
             self._done.set()
 
     async def _run(self, request: RunRequest) -> RunOutcome:
+        """``_execute`` inside the run's span (``atoll.run``; the agents' spans are its)."""
+        ctx = self.context
+        attributes: dict[str, str | int] = {
+            "atoll.run_id": ctx.run_id,
+            "gen_ai.conversation.id": ctx.thread_id,
+            "gen_ai.agent.name": request.agent,
+            "atoll.user": hashed(ctx.user_id),
+            "atoll.plan": ctx.plan,
+        }
+        if ctx.org_id is not None:
+            attributes["atoll.org"] = hashed(ctx.org_id)
+        with self._services.tracing.span("atoll.run", attributes) as span:
+            outcome = await self._execute(request)
+            span.set("atoll.run.state", outcome.state.value)
+            span.set("gen_ai.usage.input_tokens", self._meter.prompt_tokens)
+            span.set("gen_ai.usage.output_tokens", self._meter.completion_tokens)
+            if outcome.error is not None:
+                span.fail(str(outcome.error.get("code", outcome.state.value)))
+            return outcome
+
+    async def _execute(self, request: RunRequest) -> RunOutcome:
         services, ctx, plan = self._services, self.context, self.plan
         agent_class = self._agent_factory.registry.agent(request.agent)
         limit = plan.runs_at_once if plan is not None else None
@@ -336,6 +376,22 @@ class UserExecutionEngine:
         emitter: AgentEmitter,
     ) -> str:
         """Run agent ``name`` with a fresh instance, dispatcher and LLM client."""
+        attributes: dict[str, str | int] = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": name,
+            "atoll.depth": context.depth,
+        }
+        with self._services.tracing.span(f"invoke_agent {name}", attributes):
+            return await self._invoke_untraced(name, text, history, context, emitter)
+
+    async def _invoke_untraced(
+        self,
+        name: str,
+        text: str,
+        history: Sequence[ChatMessage],
+        context: UserExecutionContext,
+        emitter: AgentEmitter,
+    ) -> str:
         services = self._services
         agent = self._agent_factory.create(name)
         registry = self._agent_factory.registry
@@ -348,6 +404,7 @@ class UserExecutionEngine:
             resources=services.resources,
             processes=services.processes,
             plan=self.plan,
+            tracing=services.tracing,
         )
 
         async def call_agent(sub_agent: str, sub_input: str) -> str:
@@ -357,7 +414,7 @@ class UserExecutionEngine:
             user=context,
             input=text,
             history=tuple(history),
-            llm=self._meter.wrap(services.llm.client(context)),
+            llm=self._meter.wrap(services.llm.client(context), services.tracing),
             tools=dispatcher,
             emitter=emitter,
             agents=registry.agents

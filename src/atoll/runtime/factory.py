@@ -36,6 +36,7 @@ from atoll.runtime.llm.base import LLMProvider
 from atoll.runtime.plans import PlanCatalog
 from atoll.runtime.tools.processes import ToolProcessPool
 from atoll.runtime.tracker import AgentExecutionTracker, ExecutionRecord
+from atoll.telemetry import NoTracing, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class ExecutionEngineFactory:
         plans: PlanCatalog | None = None,
         admission: AdmissionHook | None = None,
         usage_hook: UsageHook | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.limits = limits or RuntimeLimits()
         self.plans = plans
@@ -86,6 +88,7 @@ class ExecutionEngineFactory:
             plans=plans,
             admission=admission,
             usage_hook=usage_hook,
+            tracing=tracing or NoTracing(),
         )
         self._engines: dict[str, UserExecutionEngine] = {}
         self._stack: contextlib.AsyncExitStack | None = None

@@ -15,12 +15,17 @@ from starlette.responses import Response
 from atoll import __version__
 from atoll.config import Settings
 from atoll.server.deps import single_valued_query
-from atoll.server.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from atoll.server.middleware import (
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+    TracingMiddleware,
+)
 from atoll.server.page import PageAssets
 from atoll.server.problems import install_openapi, install_problem_handlers
 from atoll.server.routes import agui, auth, keys, openai_api, ops, orgs, runs, signin, threads
 from atoll.server.services import running_services
 from atoll.server.websocket import websocket_endpoint
+from atoll.telemetry import Tracing, tracing_from_environment
 
 API = "/api/v1"
 WEB = Path(__file__).resolve().parent / "web"
@@ -37,13 +42,17 @@ class RevalidatedStaticFiles(StaticFiles):
         return response
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app; everything it owns is built in its lifespan and kept on ``app.state``."""
+def create_app(settings: Settings | None = None, *, tracing: Tracing | None = None) -> FastAPI:
+    """A new app; everything it owns is built in its lifespan and kept on ``app.state``.
+
+    ``tracing``: OpenTelemetry's environment variables decide, unless given (tests).
+    """
     settings = settings or Settings()
+    tracing = tracing or tracing_from_environment()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running_services(settings) as services:
+        async with running_services(settings, tracing) as services:
             app.state.services = services
             yield
 
@@ -59,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
+    if tracing.enabled:  # outermost: the span covers everything the server does
+        app.add_middleware(TracingMiddleware, tracing=tracing)
     install_problem_handlers(app)
     install_openapi(app)
     once = [Depends(single_valued_query)]

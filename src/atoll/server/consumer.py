@@ -255,6 +255,7 @@ class RunConsumer:
             request_id=new_id("req"),
             plan=claim.plan,
             roles=claim.roles,
+            org_id=claim.org_id,
         )
         local = self.runs.get(entry.run_id)
         if local is not None:

@@ -17,6 +17,7 @@ from atoll.errors import (
     ValidationFailedError,
 )
 from atoll.server.services import Services
+from atoll.telemetry import hashed
 
 bearer = HTTPBearer(auto_error=False, description="The access token from /auth/login")
 
@@ -52,6 +53,11 @@ async def get_principal(
         raise
     if principal.scopes is not None:
         check_scope(principal.scopes, request.method, request.url.path)
+    if services.tracing.enabled:
+        who = {"atoll.user": hashed(principal.user_id)}
+        if principal.org_id is not None:
+            who["atoll.org"] = hashed(principal.org_id)
+        services.tracing.annotate(who)
     return principal
 
 

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atoll.server.problems import error_response
+from atoll.telemetry import Tracing
 
 PAGE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -108,3 +109,56 @@ class BodyLimitMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"the request body is larger than {self.max_bytes} bytes"
         await error_response(Request(scope), 413, "too_large", detail)(scope, receive, send)
+
+
+def full_route(path: str, route: str) -> str:
+    """The route template with its router's prefix, which FastAPI leaves out of an included
+    router's routes: ``/chat`` for ``/api/v1/chat`` is ``/api/v1/chat``."""
+    if ":path}" in route:  # a catch-all parameter spans segments: cannot count them
+        return route
+    segments, tail = path.split("/"), route.split("/")
+    if len(segments) < len(tail):
+        return route
+    prefix = "/".join(segments[: len(segments) - len(tail) + 1])
+    return prefix + route if not route.startswith(prefix + "/") else route
+
+
+class TracingMiddleware:
+    """A server span per HTTP request and per WebSocket connection, named by its route
+    (``GET /api/v1/threads/{thread_id}``) once routing has found it."""
+
+    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
+        attributes = {
+            "http.request.method": method,
+            "url.path": scope.get("path", ""),
+            "url.scheme": scope.get("scheme", "http"),
+            "network.protocol.name": scope["type"],
+        }
+        with self.tracing.span(
+            f"{method} {scope.get('path', '')}", attributes, kind="server"
+        ) as span:
+
+            async def traced_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                    span.set("http.response.status_code", status)
+                    if status >= 500:
+                        span.fail(str(status))
+                await send(message)
+
+            try:
+                await self.app(scope, receive, traced_send)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if isinstance(route, str):
+                    route = full_route(scope.get("path", ""), route)
+                    span.set("http.route", route)
+                    span.rename(f"{method} {route}")

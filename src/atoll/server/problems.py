@@ -91,9 +91,10 @@ def install_openapi(app: FastAPI) -> None:
             schemas.update(openai_schema.pop("$defs", {}))
             schemas["OpenAIError"] = openai_schema
             drop_null_parameters(document)
+            require_discriminators(document)
             services = getattr(app.state, "services", None)
             if services is not None:
-                name_agents(schemas, sorted(services.registry.agents))
+                name_agents(schemas, sorted(services.registry.agents), document)
             app.openapi_schema = document
         return app.openapi_schema
 
@@ -113,8 +114,37 @@ def drop_null_parameters(document: dict[str, Any]) -> None:
                     schema.update(options[0])
 
 
-def name_agents(schemas: dict[str, Any], agents: list[str]) -> None:
-    """Document ``agent`` fields as one of the registered agents (plugins included)."""
+def require_discriminators(document: dict[str, Any]) -> None:
+    """A tagged union's tag is required in each of its members, as validation requires it
+    (pydantic leaves a tag with a default out of ``required``: AG-UI's message types)."""
+    schemas = document.get("components", {}).get("schemas", {})
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            discriminator = node.get("discriminator")
+            if isinstance(discriminator, dict) and "propertyName" in discriminator:
+                tag = discriminator["propertyName"]
+                for ref in discriminator.get("mapping", {}).values():
+                    member = schemas.get(str(ref).rsplit("/", 1)[-1])
+                    if member is not None and tag not in member.setdefault("required", []):
+                        member["required"].append(tag)
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(document)
+
+
+def name_agents(schemas: dict[str, Any], agents: list[str], document: dict[str, Any]) -> None:
+    """Document ``agent`` fields and parameters as one of the registered agents (plugins
+    included)."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", ()):
+                if parameter.get("name") == "agent":
+                    _name_agents(parameter.setdefault("schema", {}), agents)
     for schema in schemas.values():
         properties = schema.get("properties", {})
         for name in ("agent", "model"):  # ``model``: the OpenAI-compatible API's agent

@@ -204,6 +204,7 @@ class RunService:
                 principal.roles,
                 waits=bool(alive),
                 history=submitted.history,
+                org_id=principal.org_id,
             )
             self._consumer.put(submitted.run.id, submitted.run.user_id, prepared=prepared)
         return submitted

@@ -23,6 +23,7 @@ from atoll.config import Settings
 from atoll.server.app import create_app
 from atoll.server.http11 import guarded_h11, install_log_redaction
 from atoll.server.services import Services, running_worker
+from atoll.telemetry import Tracing
 
 logger = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -49,13 +50,15 @@ class AtollServer(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def running_server(
-    settings: Settings, *, port: int = 0
+    settings: Settings, *, port: int = 0, tracing: Tracing | None = None
 ) -> AsyncIterator[tuple[str, AtollServer]]:
     """Serve ``settings`` on loopback inside the current event loop (tests, scripts, embedding).
 
     Yields the base URL and the server; ``server.should_exit = True`` stops it early.
     """
-    config = uvicorn_config(settings, host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn_config(
+        settings, host="127.0.0.1", port=port, log_level="warning", tracing=tracing
+    )
     server = AtollServer(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -71,11 +74,13 @@ async def running_server(
         await asyncio.wait_for(task, 60)
 
 
-def uvicorn_config(settings: Settings, *, host: str, port: int, log_level: str) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, *, host: str, port: int, log_level: str, tracing: Tracing | None = None
+) -> uvicorn.Config:
     """How uvicorn serves Atoll: the guarded h11 protocol, WebSockets without compression,
     idle and header deadlines, and forwarded addresses only from trusted proxies."""
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, tracing=tracing),
         host=host,
         port=port,
         log_level=log_level,

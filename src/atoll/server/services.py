@@ -56,6 +56,7 @@ from atoll.store.models import utcnow
 from atoll.store.orgs import OrgStore
 from atoll.store.runs import RunStore
 from atoll.store.usage import UsageStore
+from atoll.telemetry import Tracing, tracing_from_environment
 
 if TYPE_CHECKING:
     from atoll.runtime.tools.mcp import McpServer
@@ -91,6 +92,7 @@ class Services:
     metrics: Metrics
     streams: StreamSlots
     notices: UserNotices
+    tracing: Tracing
     cluster: Cluster | None = None
     relay: RedisEventRelay | None = None
     accepting: bool = True
@@ -200,6 +202,7 @@ def engine_factory(
     *,
     usage: UsageStore,
     start_hook: StartHook | None = None,
+    tracing: Tracing | None = None,
 ) -> ExecutionEngineFactory:
     """The process's engine factory; scaled out, its limits live in Redis."""
 
@@ -231,6 +234,7 @@ def engine_factory(
         plans=PlanCatalog.from_settings(settings),
         admission=admit,
         usage_hook=count,
+        tracing=tracing,
     )
 
 
@@ -253,9 +257,14 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
 
 
 @contextlib.asynccontextmanager
-async def running_services(settings: Settings) -> AsyncIterator[Services]:
-    """Build, start, and finally stop everything one app needs."""
+async def running_services(
+    settings: Settings, tracing: Tracing | None = None
+) -> AsyncIterator[Services]:
+    """Build, start, and finally stop everything one app needs (``tracing``: from the
+    environment unless given)."""
+    tracing = tracing or tracing_from_environment()
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(tracing.aclose)
         db = await stack.enter_async_context(open_database(settings))
         node_id = process_id("node")
         cluster = (
@@ -295,7 +304,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         usage = UsageStore(db)
         recorder = EventRecorder(event_log, bus)
         registry = await build_registry(settings)
-        factory = engine_factory(settings, registry, chat, recorder, llm, cluster, usage=usage)
+        factory = engine_factory(
+            settings, registry, chat, recorder, llm, cluster, usage=usage, tracing=tracing
+        )
         assert factory.plans is not None
         run_store = RunStore(db)
         consumer = (
@@ -382,6 +393,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             metrics=metrics,
             streams=StreamSlots(settings.max_sse_streams),
             notices=notices,
+            tracing=tracing,
             cluster=cluster,
             relay=relay,
         )
@@ -442,9 +454,11 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
 
         recorder = EventRecorder(event_log, cluster.bus)
         registry = await build_registry(settings)
+        tracing = tracing_from_environment()
+        stack.push_async_callback(tracing.aclose)
         factory = engine_factory(
             settings, registry, chat, recorder, llm, cluster,
-            usage=UsageStore(db), start_hook=mark_running,
+            usage=UsageStore(db), start_hook=mark_running, tracing=tracing,
         )  # fmt: skip
         await stack.enter_async_context(factory)
         yield Worker(

@@ -17,6 +17,18 @@ from atoll.runtime.events import RunEvent
 from atoll.server.services import Services
 from atoll.store.runs import Submitted
 
+SSE_MESSAGE = {
+    "type": "object",
+    "description": "One Server-Sent Event; `data` is one JSON object (or `[DONE]`)",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["data"],
+}
+"""The OpenAPI schema of a Server-Sent Event whose data is not one of Atoll's run events."""
 KEEPALIVE_SECONDS = 15.0
 RECONNECT = b"retry: 1000\n: the server is shutting down; reconnect with Last-Event-ID\n\n"
 """Sent when the server stops before the run ends: reconnect in 1 s, resume from the last id."""

@@ -43,7 +43,16 @@ from atoll.store.chat import (
 )
 from atoll.store.db import Database
 from atoll.store.event_log import event_row
-from atoll.store.models import Message, Run, RunEventRow, Thread, ThreadAlias, User, utcnow
+from atoll.store.models import (
+    Message,
+    Org,
+    Run,
+    RunEventRow,
+    Thread,
+    ThreadAlias,
+    User,
+    utcnow,
+)
 from atoll.store.orgs import effective_plan, with_org
 from atoll.store.writer import execute_core, insert_rows, rows_changed
 
@@ -87,6 +96,8 @@ class Claim:
     """Whether an earlier run of the thread is still alive (then ``history`` is empty)."""
     history: list[Message]
     """The thread's messages before this run's, oldest first."""
+    org_id: str | None = None
+    """The user's organisation (for traces only: the plan already says what it allows)."""
 
 
 class RunStore:
@@ -224,13 +235,14 @@ class RunStore:
                 return None
             earlier = alive_runs_query(run.thread_id).where(Run.pk < run.pk).exists()
             query = with_org(
-                select(Message, effective_plan(), User.roles, earlier)
+                select(Message, effective_plan(), User.roles, earlier, Org.id)
                 .join(User, User.id == Message.user_id)
                 .where(Message.id == run.input_message_id)
             )
-            message, plan, roles, waits = session.execute(query).one()
+            message, plan, roles, waits, org_id = session.execute(query).one()
             history = [] if waits else history_before(session, run.thread_id, message.pk)
-            return Claim(run, message, plan, frozenset(roles or ()), bool(waits), history)
+            held = frozenset(roles or ())
+            return Claim(run, message, plan, held, bool(waits), history, org_id)
 
         return await self.db.write(claim)
 
@@ -406,7 +418,7 @@ class RunStore:
         history before it (single process: nothing but this process runs them).
         """
         query = with_org(
-            select(Run, Message, effective_plan(), User.roles)
+            select(Run, Message, effective_plan(), User.roles, Org.id)
             .join(Message, Message.id == Run.input_message_id)
             .join(User, User.id == Run.user_id)
             .where(
@@ -418,12 +430,13 @@ class RunStore:
         async with self.db.session() as session:
             rows = (await session.execute(query)).all()
             stalled = []
-            for run, message, plan, roles in rows:
+            for run, message, plan, roles, org_id in rows:
                 history_rows = await session.execute(
                     history_query(run.thread_id).where(Message.pk < message.pk)
                 )
                 history = list(history_rows.scalars().all())[::-1]
-                stalled.append(Claim(run, message, plan, frozenset(roles or ()), False, history))
+                held = frozenset(roles or ())
+                stalled.append(Claim(run, message, plan, held, False, history, org_id))
         return stalled
 
     async def find(self, run_id: str) -> Run | None:

@@ -35,6 +35,7 @@ from atoll.runtime.llm.base import ToolSpec
 from atoll.runtime.plans import Plan
 from atoll.runtime.tools.base import Tool, ToolContext, ToolResult
 from atoll.runtime.tools.processes import ToolProcessPool
+from atoll.telemetry import NoTracing, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class ToolDispatcher:
         resources: Mapping[type, object] | None = None,
         processes: ToolProcessPool | None = None,
         plan: Plan | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._context = context
+        self._tracing = tracing or NoTracing()
         self._plan = plan
         self._tools = dict(tools)
         self._emitter = emitter
@@ -76,6 +79,20 @@ class ToolDispatcher:
     ) -> ToolResult:
         """Call tool ``name``; never raises for tool failures, only for cancellation."""
         call_id = call_id or new_id("call")
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.call.id": call_id,
+        }
+        with self._tracing.span(f"execute_tool {name}", attributes) as span:
+            result = await self._call(name, arguments, call_id)
+            if not result.ok:
+                span.fail(str((result.error or {}).get("code", "tool_error")))
+            return result
+
+    async def _call(
+        self, name: str, arguments: Mapping[str, Any] | str, call_id: str
+    ) -> ToolResult:
         started = time.perf_counter()
         shown_args: Any = arguments
         try:

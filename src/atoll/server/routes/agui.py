@@ -65,12 +65,20 @@ from ag_ui.core import (
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
+from atoll.runtime.engine import check_agent
 from atoll.runtime.events import EventType, RunEvent
 from atoll.server.conversations import split_conversation
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.routes.runs import check_message_length
-from atoll.server.sse import Progress, RunStreamResponse, Tick, follow_run, watched_submit
+from atoll.server.sse import (
+    SSE_MESSAGE,
+    Progress,
+    RunStreamResponse,
+    Tick,
+    follow_run,
+    watched_submit,
+)
 from atoll.store.runs import Submitted
 
 router = APIRouter(tags=["ag-ui"])
@@ -82,7 +90,7 @@ STREAMED: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "AG-UI events as Server-Sent Events (`data:` one event's JSON), from "
         "RUN_STARTED to RUN_FINISHED or RUN_ERROR (see docs/integrations.md)",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": SSE_MESSAGE}},
     }
 }
 
@@ -116,6 +124,9 @@ async def agui(
     ] = None,
 ) -> RunStreamResponse:
     """Run an agent on an AG-UI ``RunAgentInput``; stream AG-UI events."""
+    if agent is not None:  # an unknown or forbidden agent is an HTTP error, before anything
+        services.registry.agent(agent)
+        check_agent(services.plans.get(principal.plan), agent)
     if len(body.thread_id) > MAX_ID or len(body.run_id) > MAX_ID:
         return refusal(body, "validation_error", f"threadId and runId are at most {MAX_ID} long")
     content, earlier = split_conversation(

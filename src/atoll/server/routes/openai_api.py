@@ -42,7 +42,14 @@ from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import openai_error_body, openai_errors
 from atoll.server.routes.runs import check_message_length
 from atoll.server.schemas import Body
-from atoll.server.sse import Progress, RunStreamResponse, Tick, follow_run, watched_submit
+from atoll.server.sse import (
+    SSE_MESSAGE,
+    Progress,
+    RunStreamResponse,
+    Tick,
+    follow_run,
+    watched_submit,
+)
 from atoll.store.runs import Submitted
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -151,7 +158,7 @@ class ChatCompletion(BaseModel):
 STREAMED = {
     "description": "With `stream: false`, the completion; with `stream: true`, Server-Sent "
     "Events: `chat.completion.chunk` objects, then `[DONE]` (see docs/integrations.md)",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "content": {"text/event-stream": {"schema": SSE_MESSAGE}},
 }
 
 
