@@ -16,8 +16,13 @@ from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
 server = MCPServer("atoll-test-tools")
-remembered: dict[int, str] = {}
-"""What each session was told, by session: a session-per-call client never sees any."""
+remembered: dict[str, str] = {}
+"""What each session was told, by session (its Mcp-Session-Id over HTTP; over stdio a
+process is one session)."""
+
+
+def session_of(ctx: Context) -> str:
+    return (ctx.headers or {}).get("mcp-session-id", "stdio")
 
 
 @server.tool()
@@ -55,14 +60,14 @@ async def hang() -> str:
 @server.tool()
 def remember(value: str, ctx: Context) -> str:
     """Remember a value in this session."""
-    remembered[id(ctx.session)] = value
+    remembered[session_of(ctx)] = value
     return "ok"
 
 
 @server.tool()
 def recall(ctx: Context) -> str:
     """What this session was told, if anything."""
-    return remembered.get(id(ctx.session), "nothing")
+    return remembered.get(session_of(ctx), "nothing")
 
 
 @server.tool()

@@ -36,12 +36,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProces
         yield server, answer.json()["access_token"]
 
 
-@pytest.mark.timeout(600)  # ~100 s on 2 cores: 46 operations, AG-UI's input schema the largest
+@pytest.mark.timeout(600)  # ~130 s on 2 cores: 46 operations, AG-UI's input schema the largest
 def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
     live: tuple[ServeProcess, str],
 ) -> None:
     server, token = live
-    result = run_schemathesis(server.url, token, examples=30, seed=20261201)
+    # One worker: with two, hypothesis describing a filter lambda parses schemathesis's
+    # source in two threads at once, which CPython 3.11 can fail with "AST constructor
+    # recursion depth mismatch" (a runtime error of the tool, not a finding).
+    result = run_schemathesis(server.url, token, examples=30, seed=20261201, workers=1)
     assert result.ok, result.output[-6000:]
     assert result.generated > 500
     assert "Traceback" not in server.log_text()

@@ -422,7 +422,10 @@ class UserExecutionEngine:
             else {n: cls for n, cls in registry.agents.items() if self.plan.allows_agent(n)},
             call_agent_fn=call_agent,
         )
-        answer = await agent.run(run_context)
+        try:
+            answer = await agent.run(run_context)
+        finally:
+            await dispatcher.aclose()  # what its tool calls opened (MCP sessions) ends with it
         if not isinstance(answer, str):
             raise AtollError(f"agent {name} returned {type(answer).__name__}, not str")
         return answer

@@ -11,8 +11,9 @@ of the ``ToolProcessPool``, where its timeout kills it (see ``processes.py``).
 from __future__ import annotations
 
 import inspect
+import logging
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -23,8 +24,40 @@ from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.llm.base import ToolSpec
 from atoll.runtime.plans import Plan
 
+logger = logging.getLogger(__name__)
+
 R = TypeVar("R")
 ToolFunction = Callable[..., Awaitable[Any]] | Callable[..., Any]
+
+
+class ToolScope:
+    """What the tool calls of one agent invocation share (an MCP session): opened by the
+    first call that needs it, closed by the dispatcher when the invocation ends, never
+    seen by another invocation, run or user."""
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable) -> Any | None:
+        """What was kept under ``key``, if anything."""
+        return self._items.get(key)
+
+    def keep(self, key: Hashable, item: Any) -> None:
+        """Keep ``item`` (with an ``async aclose()``) under ``key`` until the scope closes."""
+        self._items[key] = item
+
+    def drop(self, key: Hashable) -> None:
+        """Forget ``key`` (its item is broken: the next call opens another)."""
+        self._items.pop(key, None)
+
+    async def aclose(self) -> None:
+        """Close every kept item, newest first; one that fails to close is logged."""
+        items, self._items = list(self._items.values()), {}
+        for item in reversed(items):
+            try:
+                await item.aclose()
+            except Exception:
+                logger.warning("a tool resource failed to close", exc_info=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +71,8 @@ class ToolContext:
     user: UserExecutionContext
     call_id: str
     resources: Mapping[type, object] = field(default_factory=dict)
+    scope: ToolScope = field(default_factory=ToolScope)
+    """Shared by the calls of this agent invocation only (see ``ToolScope``)."""
 
     def resource(self, kind: type[R]) -> R:
         """The shared resource of type ``kind`` (e.g. the ``KnowledgeBase``)."""

@@ -33,7 +33,7 @@ from atoll.runtime.events import AgentEmitter, EventType
 from atoll.runtime.ids import new_id
 from atoll.runtime.llm.base import ToolSpec
 from atoll.runtime.plans import Plan
-from atoll.runtime.tools.base import Tool, ToolContext, ToolResult
+from atoll.runtime.tools.base import Tool, ToolContext, ToolResult, ToolScope
 from atoll.runtime.tools.processes import ToolProcessPool
 from atoll.telemetry import NoTracing, Tracing
 
@@ -58,6 +58,7 @@ class ToolDispatcher:
     ) -> None:
         self._context = context
         self._tracing = tracing or NoTracing()
+        self._scope = ToolScope()
         self._plan = plan
         self._tools = dict(tools)
         self._emitter = emitter
@@ -65,6 +66,10 @@ class ToolDispatcher:
         self._default_timeout = default_timeout
         self._resources = dict(resources or {})
         self._processes = processes
+
+    async def aclose(self) -> None:
+        """Close what this invocation's tool calls opened (``ToolScope``)."""
+        await self._scope.aclose()
 
     def specs(self) -> list[ToolSpec]:
         """The tools this user may call, as model-facing specs."""
@@ -163,7 +168,7 @@ class ToolDispatcher:
         kwargs = tool.validate(arguments)
         if tool.context_parameter is not None:
             kwargs[tool.context_parameter] = ToolContext(
-                user=self._context, call_id=call_id, resources=self._resources
+                user=self._context, call_id=call_id, resources=self._resources, scope=self._scope
             )
         timeout = tool.timeout if tool.timeout is not None else self._default_timeout
         try:

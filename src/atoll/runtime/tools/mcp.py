@@ -7,13 +7,15 @@ description the server's; plan and role gating, the timeout, the tool rate limit
 and the ``tool_executing``/``tool_completed`` events are the dispatcher's, as for any
 tool. A server that cannot be reached at start-up stops the start, naming it.
 
-**Isolation: one MCP session per tool call.** Each call connects (a stdio server is
-a fresh process; an HTTP server a fresh session, deleted afterwards), initialises,
-calls, and closes. Nothing an MCP server keeps in a session can reach another call,
-run or user; the price is a connection (a process, for stdio) per call, measured in
-docs/benchmarks.md. The credentials are the operator's (``env``, ``headers``), the
-same for every user: a server that must act as the user needs its own auth, which
-Atoll does not forward.
+**Isolation: one MCP session per agent invocation.** The first call of a server's
+tool in an agent invocation (a run's agent, or one sub-agent call) opens a session
+(a stdio server is a fresh process; an HTTP server a fresh session), its later calls
+reuse it, and the dispatcher closes it when the invocation ends (``ToolScope``).
+Nothing an MCP server keeps in a session can reach another run, sub-agent or user;
+the price is a process start (stdio) or a session set-up (HTTP) per invocation that
+uses the server, measured in docs/benchmarks.md. The credentials are the operator's
+(``env``, ``headers``), the same for every user: a server that must act as the user
+needs its own auth, which Atoll does not forward.
 
 A server that crashes mid-call, closes the connection, answers an error or hangs
 gives a tool error (``tool_error``, or ``tool_timeout`` after the call's timeout),
@@ -26,6 +28,7 @@ load it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -48,6 +51,8 @@ SEPARATOR = "__"
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """What model providers accept as a function name; longer or odder names are skipped."""
 DISCOVERY_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 5.0
+"""Seconds a session may take to close before it is cut off (its process killed)."""
 MAX_RESULT_CHARS = 100_000
 """A result's text beyond this is cut (the model would be flooded, the event log too)."""
 
@@ -99,6 +104,77 @@ class McpServer:
             session = await stack.enter_async_context(ClientSession(streams[0], streams[1]))
             await session.initialize()
             yield session
+
+
+class McpSession:
+    """One open session with one server, owned by a task of its own.
+
+    The task enters the SDK's contexts (which must be left by the task that entered
+    them), then runs the calls it is handed one at a time. A call whose caller stops
+    waiting (the tool's timeout, the run cancelled) or that breaks the session ends the
+    task, and with it the session and a stdio server's process.
+    """
+
+    def __init__(self, server: McpServer) -> None:
+        self.server = server
+        self.broken = False
+        self._calls: asyncio.Queue[tuple[str, dict[str, Any], asyncio.Future[Any]] | None] = (
+            asyncio.Queue()
+        )
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._serve(), name=f"atoll-mcp-{server.name}")
+
+    async def _serve(self) -> None:
+        pending: asyncio.Future[Any] | None = None
+        try:
+            async with self.server.session() as session:
+                self._ready.set_result(None)
+                while (item := await self._calls.get()) is not None:
+                    name, arguments, pending = item
+                    try:
+                        result = await session.call_tool(name, arguments)
+                    except Exception as exc:
+                        if not pending.done():
+                            pending.set_exception(exc)
+                        self.broken = True
+                        return
+                    if not pending.done():
+                        pending.set_result(result)
+                    pending = None
+        except BaseException as exc:
+            self.broken = True
+            error = exc if isinstance(exc, Exception) else ToolError("the MCP session ended")
+            for future in (self._ready, pending):
+                if future is not None and not future.done():
+                    future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> Any:
+        """The server's ``CallToolResult``; raises what broke the session."""
+        await asyncio.shield(self._ready)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls.put_nowait((name, arguments, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.broken = True  # the server may be hung mid-call: end it, not wait for it
+            self._task.cancel()
+            raise
+
+    async def aclose(self) -> None:
+        """End the session (bounded: a server that does not close is cut off)."""
+        self._calls.put_nowait(None)
+        done, _ = await asyncio.wait({self._task}, timeout=CLOSE_TIMEOUT)
+        if not done:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=CLOSE_TIMEOUT)
+        if self._task.done() and not self._task.cancelled():
+            self._task.exception()  # retrieved: it was reported to the call it broke
+        if not self._ready.done():
+            self._ready.cancel()
+        elif not self._ready.cancelled():
+            self._ready.exception()
 
 
 class _Unchecked(BaseModel):
@@ -161,9 +237,16 @@ def mcp_tool(server: McpServer, spec: Any) -> Tool:
     schema.setdefault("properties", {})
 
     async def call(arguments: dict[str, Any], context: ToolContext) -> Any:
+        key = ("mcp", server.name)
+        session = context.scope.get(key)
+        if session is None or session.broken:
+            context.scope.drop(key)
+            if session is not None:
+                await session.aclose()
+            session = McpSession(server)
+            context.scope.keep(key, session)
         try:
-            async with server.session() as session:
-                result = await session.call_tool(remote, arguments)
+            result = await session.call(remote, arguments)
         except ToolError:
             raise
         except Exception as exc:  # a crash, a closed pipe, a protocol error: the tool's failure
