@@ -156,15 +156,21 @@ async def test_atoll_serve_exports_otlp_when_the_standard_variables_say_so(
 
 
 def test_nothing_of_opentelemetry_is_imported_when_it_is_not_configured(tmp_path: Path) -> None:
+    """Atoll's runtime and its tracing switch import none of it, and the app does not load
+    ``atoll.otel`` (FastAPI and redis-py import parts of OpenTelemetry themselves when it
+    is installed: that is theirs, and it traces nothing without a provider)."""
     code = (
         "import sys\n"
+        "import atoll, atoll.runtime.factory, atoll.runtime.builtins, atoll.telemetry\n"
+        "tracing = atoll.telemetry.tracing_from_environment()\n"
+        "print(type(tracing).__name__, [m for m in sys.modules if m.startswith('opentelemetry')])\n"
         "from atoll.config import Settings\n"
         "from atoll.server.app import create_app\n"
         f"create_app(Settings(data_dir={str(tmp_path)!r}))\n"
-        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+        "print('atoll.otel' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
-    assert done.stdout.strip() == "[]"
+    assert done.stdout.split("\n")[:2] == ["NoTracing []", "False"]

@@ -85,6 +85,9 @@ router = APIRouter(tags=["ag-ui"])
 
 ALIAS_SOURCE = "agui"
 MAX_ID = 200
+MAX_EARLIER = 200
+"""Messages a first run stores of the conversation sent (the newest); like the
+OpenAI-compatible API's limit, which its schema states."""
 THREAD_PREFIX = "thr_"
 STREAMED: dict[int | str, dict[str, Any]] = {
     200: {
@@ -134,6 +137,7 @@ async def agui(
     )
     if not content:
         return refusal(body, "validation_error", "the messages have no user message with text")
+    earlier = earlier[-MAX_EARLIER:]  # what a first run stores of a long conversation
     check_message_length(services, content)
     for _, text in earlier:
         check_message_length(services, text)
