@@ -21,7 +21,6 @@ import asyncio
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +49,9 @@ async def mcp_calls(calls: int) -> dict[str, Any]:
     from ports import free_port
 
     port = free_port()
-    http = subprocess.Popen([sys.executable, SERVER, "http", str(port)], stderr=subprocess.DEVNULL)
+    http = await asyncio.create_subprocess_exec(
+        sys.executable, SERVER, "http", str(port), stderr=asyncio.subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -83,7 +84,7 @@ async def mcp_calls(calls: int) -> dict[str, Any]:
         return result
     finally:
         http.kill()
-        http.wait()
+        await http.wait()
 
 
 async def openai_completions(count: int, concurrent: int) -> dict[str, Any]:
@@ -91,6 +92,7 @@ async def openai_completions(count: int, concurrent: int) -> dict[str, Any]:
     import openai
 
     from atoll.server.serve import running_server
+
     from serving import PASSWORD, make_settings
 
     data = Path(tempfile.mkdtemp()) / "data"
