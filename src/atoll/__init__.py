@@ -25,6 +25,7 @@ _EXPORTS = {
     "AgentRunContext": "atoll.runtime.agents.base",
     "ToolContext": "atoll.runtime.tools.base",
     "ToolResult": "atoll.runtime.tools.base",
+    "ToolScope": "atoll.runtime.tools.base",
     "ToolDispatcher": "atoll.runtime.tools.dispatcher",
     "ChatMessage": "atoll.runtime.llm.base",
     "ToolCall": "atoll.runtime.llm.base",
@@ -61,6 +62,7 @@ __all__ = [
     "ToolDispatcher",
     "ToolError",
     "ToolResult",
+    "ToolScope",
     "ToolSpec",
     "Usage",
     "UserExecutionContext",
@@ -87,7 +89,7 @@ if TYPE_CHECKING:
     )
     from atoll.runtime.plans import Plan
     from atoll.runtime.state import ExecutionState
-    from atoll.runtime.tools.base import ToolContext, ToolResult, tool
+    from atoll.runtime.tools.base import ToolContext, ToolResult, ToolScope, tool
     from atoll.runtime.tools.dispatcher import ToolDispatcher
     from atoll.runtime.tracker import AgentExecutionTracker
 

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.unit
 PUBLIC = [
     "UserExecutionContext", "ExecutionState", "AgentExecutionTracker", "UserExecutionEngine",
     "ExecutionEngineFactory", "AgentFactory", "AgentRegistry", "Agent", "tool",
-    "AgentRunContext", "ToolContext", "ToolResult", "ToolDispatcher", "ChatMessage", "ToolCall",
-    "ToolSpec", "TextDelta", "ReasoningDelta", "Usage", "LLMClient", "LLMProvider", "Plan",
+    "AgentRunContext", "ToolContext", "ToolResult", "ToolScope", "ToolDispatcher", "ChatMessage",
+    "ToolCall", "ToolSpec", "TextDelta", "ReasoningDelta", "Usage", "LLMClient", "LLMProvider", "Plan",
     "AtollError", "ToolError", "SubAgentError",
 ]  # fmt: skip
 
