@@ -15,8 +15,8 @@ PUBLIC = [
     "UserExecutionContext", "ExecutionState", "AgentExecutionTracker", "UserExecutionEngine",
     "ExecutionEngineFactory", "AgentFactory", "AgentRegistry", "Agent", "tool",
     "AgentRunContext", "ToolContext", "ToolResult", "ToolScope", "ToolDispatcher", "ChatMessage",
-    "ToolCall", "ToolSpec", "TextDelta", "ReasoningDelta", "Usage", "LLMClient", "LLMProvider", "Plan",
-    "AtollError", "ToolError", "SubAgentError",
+    "ToolCall", "ToolSpec", "TextDelta", "ReasoningDelta", "Usage", "LLMClient", "LLMProvider",
+    "Plan", "AtollError", "ToolError", "SubAgentError",
 ]  # fmt: skip
 
 
