@@ -375,23 +375,8 @@ class UserExecutionEngine:
         context: UserExecutionContext,
         emitter: AgentEmitter,
     ) -> str:
-        """Run agent ``name`` with a fresh instance, dispatcher and LLM client."""
-        attributes: dict[str, str | int] = {
-            "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.agent.name": name,
-            "atoll.depth": context.depth,
-        }
-        with self._services.tracing.span(f"invoke_agent {name}", attributes):
-            return await self._invoke_untraced(name, text, history, context, emitter)
-
-    async def _invoke_untraced(
-        self,
-        name: str,
-        text: str,
-        history: Sequence[ChatMessage],
-        context: UserExecutionContext,
-        emitter: AgentEmitter,
-    ) -> str:
+        """Run agent ``name`` with a fresh instance, dispatcher and LLM client (traced as
+        ``invoke_agent <name>``)."""
         services = self._services
         agent = self._agent_factory.create(name)
         registry = self._agent_factory.registry
@@ -422,10 +407,16 @@ class UserExecutionEngine:
             else {n: cls for n, cls in registry.agents.items() if self.plan.allows_agent(n)},
             call_agent_fn=call_agent,
         )
-        try:
-            answer = await agent.run(run_context)
-        finally:
-            await dispatcher.aclose()  # what its tool calls opened (MCP sessions) ends with it
+        attributes: dict[str, str | int] = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": name,
+            "atoll.depth": context.depth,
+        }
+        with services.tracing.span(f"invoke_agent {name}", attributes):
+            try:
+                answer = await agent.run(run_context)
+            finally:
+                await dispatcher.aclose()  # what its tool calls opened (MCP sessions) ends too
         if not isinstance(answer, str):
             raise AtollError(f"agent {name} returned {type(answer).__name__}, not str")
         return answer

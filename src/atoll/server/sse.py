@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from enum import Enum
+from functools import partial
 
 import anyio
 from starlette.responses import StreamingResponse
@@ -251,3 +252,42 @@ class Progress:
         """Cancel the run if the stream ended before it did."""
         if not self.ended:
             await services.runs.cancel(principal, run_id, reason="client_closed")
+
+
+THREAD_HEADER = "Atoll-Thread-Id"
+RUN_HEADER = "Atoll-Run-Id"
+
+
+def run_headers(submitted: Submitted) -> dict[str, str]:
+    """The headers that name what a call made, for protocols without Atoll's ack."""
+    return {THREAD_HEADER: submitted.thread.id, RUN_HEADER: submitted.run.id}
+
+
+async def follow_submission(
+    services: Services, user_id: str, submit: Callable[[], Awaitable[Submitted]]
+) -> tuple[Submitted, AsyncGenerator[list[RunEvent] | Tick]]:
+    """``watched_submit``, then ``follow_run`` of the run it stored (the caller releases
+    the stream slot; closing the generator closes the subscription)."""
+    submitted, subscription = await watched_submit(services, user_id, submit)
+    events = follow_run(
+        services, run_id=submitted.run.id, user_id=user_id, after=0, subscription=subscription
+    )
+    return submitted, events
+
+
+def unresumable_response(
+    services: Services,
+    principal: Principal,
+    submitted: Submitted,
+    body: Callable[[Progress], AsyncIterator[bytes]],
+) -> RunStreamResponse:
+    """A stream of a submitted run that cannot be resumed (OpenAI's, AG-UI's): it gives
+    the stream slot back, names the thread and run, and cancels the run if its client
+    goes away first (``Progress``)."""
+    progress = Progress()
+    return RunStreamResponse(
+        body(progress),
+        release=lambda: services.streams.release(principal.user_id),
+        headers=run_headers(submitted),
+        after=partial(progress.abandon, services, principal, submitted.run.id),
+    )

@@ -70,14 +70,14 @@ from atoll.runtime.events import EventType, RunEvent
 from atoll.server.conversations import split_conversation
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
-from atoll.server.routes.runs import check_message_length
+from atoll.server.routes.runs import check_conversation_length
 from atoll.server.sse import (
     SSE_MESSAGE,
     Progress,
     RunStreamResponse,
     Tick,
-    follow_run,
-    watched_submit,
+    follow_submission,
+    unresumable_response,
 )
 from atoll.store.runs import Submitted
 
@@ -138,9 +138,7 @@ async def agui(
     if not content:
         return refusal(body, "validation_error", "the messages have no user message with text")
     earlier = earlier[-MAX_EARLIER:]  # what a first run stores of a long conversation
-    check_message_length(services, content)
-    for _, text in earlier:
-        check_message_length(services, text)
+    check_conversation_length(services, content, earlier)
     own_thread = body.thread_id.startswith(THREAD_PREFIX)
     submit = partial(
         services.runs.submit,
@@ -153,17 +151,9 @@ async def agui(
         earlier=() if own_thread else earlier,
         alias=None if own_thread else (ALIAS_SOURCE, body.thread_id),
     )
-    user_id = principal.user_id
-    submitted, subscription = await watched_submit(services, user_id, submit)
-    events = follow_run(
-        services, run_id=submitted.run.id, user_id=user_id, after=0, subscription=subscription
-    )
-    progress = Progress()
-    return RunStreamResponse(
-        agui_events(body, submitted, events, progress),
-        release=lambda: services.streams.release(user_id),
-        headers={"Atoll-Thread-Id": submitted.thread.id, "Atoll-Run-Id": submitted.run.id},
-        after=partial(progress.abandon, services, principal, submitted.run.id),
+    submitted, events = await follow_submission(services, principal.user_id, submit)
+    return unresumable_response(
+        services, principal, submitted, partial(agui_events, body, submitted, events)
     )
 
 

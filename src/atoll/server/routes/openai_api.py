@@ -40,15 +40,17 @@ from atoll.runtime.events import EventType, RunEvent
 from atoll.server.conversations import split_conversation
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import openai_error_body, openai_errors
-from atoll.server.routes.runs import check_message_length
+from atoll.server.routes.runs import check_conversation_length
 from atoll.server.schemas import Body
 from atoll.server.sse import (
     SSE_MESSAGE,
+    THREAD_HEADER,
     Progress,
     RunStreamResponse,
     Tick,
-    follow_run,
-    watched_submit,
+    follow_submission,
+    run_headers,
+    unresumable_response,
 )
 from atoll.store.runs import Submitted
 
@@ -56,8 +58,6 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 MAX_MESSAGES = 200
 """Messages one call may send (each is stored when it starts a thread)."""
-THREAD_HEADER = "Atoll-Thread-Id"
-RUN_HEADER = "Atoll-Run-Id"
 
 
 class TextPart(Body):
@@ -239,9 +239,7 @@ async def chat_completions(
 ) -> JSONResponse | RunStreamResponse:
     """Run the agent ``model`` on the conversation; streamed with ``stream: true``."""
     content, earlier = conversation(body)
-    check_message_length(services, content)
-    for _, text in earlier:
-        check_message_length(services, text)
+    check_conversation_length(services, content, earlier)
     submit = partial(
         services.runs.submit,
         principal,
@@ -252,25 +250,19 @@ async def chat_completions(
         metadata={"via": "openai"},
         earlier=() if thread_id is not None else earlier,
     )
-    user_id = principal.user_id
-    submitted, subscription = await watched_submit(services, user_id, submit)
-    events = follow_run(
-        services, run_id=submitted.run.id, user_id=user_id, after=0, subscription=subscription
-    )
-    headers = {THREAD_HEADER: submitted.thread.id, RUN_HEADER: submitted.run.id}
+    submitted, events = await follow_submission(services, principal.user_id, submit)
     if not body.stream:
         try:
-            return await complete(submitted, events, headers)
+            return await complete(submitted, events, run_headers(submitted))
         finally:
             await events.aclose()
-            services.streams.release(user_id)
+            services.streams.release(principal.user_id)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    progress = Progress()
-    return RunStreamResponse(
-        openai_chunks(submitted, events, progress, include_usage=include_usage),
-        release=lambda: services.streams.release(user_id),
-        headers=headers,
-        after=partial(progress.abandon, services, principal, submitted.run.id),
+    return unresumable_response(
+        services,
+        principal,
+        submitted,
+        partial(openai_chunks, submitted, events, include_usage=include_usage),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -63,6 +63,15 @@ def check_message_length(services: Services, message: str) -> None:
             "message too long",
             [{"loc": ["body", "message"], "msg": f"at most {limit} characters"}],
         )
+
+
+def check_conversation_length(
+    services: Services, content: str, earlier: Sequence[tuple[str, str]]
+) -> None:
+    """``check_message_length`` for the new message and each stored before it."""
+    check_message_length(services, content)
+    for _, text in earlier:
+        check_message_length(services, text)
 
 
 STREAMED: dict[int | str, dict[str, Any]] = {
