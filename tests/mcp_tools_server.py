@@ -38,6 +38,12 @@ def shout(text: str) -> str:
 
 
 @server.tool()
+def big(size: int) -> str:
+    """A text of ``size`` characters."""
+    return "y" * size
+
+
+@server.tool()
 def refuse(reason: str) -> str:
     """Always fails, saying why."""
     raise ValueError(f"refused: {reason}")

@@ -169,6 +169,8 @@ async def test_input_it_cannot_run_is_a_run_error_and_stores_nothing(
     _, events = await agui(server, str(ada.access_token), body)
     assert [e.type for e in events] == [EventType.RUN_STARTED, EventType.RUN_ERROR]
     assert events[1].code == "validation_error"
+    _, overlong = await agui(server, str(ada.access_token), run_input("t" * 5000, ("user", "hi")))
+    assert [e.type for e in overlong] == [EventType.RUN_STARTED, EventType.RUN_ERROR]
     assert (await ada.request("GET", "/threads"))["items"] == []
     async with httpx.AsyncClient() as http:
         unknown = await http.post(

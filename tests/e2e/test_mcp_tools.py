@@ -113,6 +113,13 @@ async def test_stdio_and_http_servers_tools_run_in_agent_runs(
         # Arguments are checked against the server's schema before anything is sent.
         bad, _ = await call(ada, "calc__add", a="two", b=3)
         assert not bad["ok"] and bad["error"]["code"] == "invalid_arguments"
+        # A long text is cut before the model (and the event log) see it; a flood past the
+        # SDK's 1 MiB event limit is refused by the SDK: a tool error, the run goes on.
+        flood, _ = await call(ada, "web__big", size=300_000)
+        assert flood["ok"] and len(flood["result"]) < 100_100
+        assert flood["result"].endswith("…(cut)")
+        deluge, _ = await call(ada, "web__big", size=2_000_000)
+        assert not deluge["ok"] and deluge["error"]["code"] == "tool_error"
         # The server says the call failed: a tool error, and the run goes on.
         refused, _ = await call(ada, "web__refuse", reason="no")
         assert not refused["ok"] and refused["error"]["code"] == "tool_error"

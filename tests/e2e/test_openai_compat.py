@@ -303,3 +303,61 @@ async def test_many_concurrent_streams_each_get_their_own_answer(
         assert str(index * 1000) in text, (index, text)
         others = [str(j * 1000) for j in range(1, 10) if j != index]
         assert not any(f" {other}" in text for other in others), (index, text)
+
+
+async def test_the_per_user_stream_limit_and_size_limits_hold_on_the_new_doors(
+    tmp_path: Path,
+) -> None:
+    """One stream slot: a second streamed completion (or AG-UI run) while one is open is
+    429 ``too_many_streams`` and stores nothing; an oversized message is 422; the slot is
+    free again once the first stream ends."""
+    async with serve_fake_openai() as fake:
+        model = {"llm_provider": "openai", "llm_base_url": fake.base_url,
+                 "llm_api_key": API_KEY, "llm_model": "fake-model"}  # fmt: skip
+        settings = make_settings(
+            tmp_path / "data", max_sse_streams=1, max_message_chars=1000, **model
+        )
+        async with running_server(settings) as (url, _), AtollClient(url) as ada:
+            await ada.register("ada@example.com", "correct horse battery")
+            async with sdk(url, await key_of(ada)) as client:
+                held = await client.chat.completions.create(
+                    model="assistant", messages=[{"role": "user", "content": "gate"}], stream=True
+                )
+                async for chunk in held:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        break  # the run waits at the gate, its stream open
+                with pytest.raises(openai.RateLimitError) as refused:
+                    await client.chat.completions.create(
+                        model="assistant", messages=[{"role": "user", "content": "hi"}]
+                    )
+                assert refused.value.code == "too_many_streams"
+                async with httpx.AsyncClient() as http:
+                    agui = await http.post(
+                        f"{url}/api/v1/agui",
+                        json={"threadId": "t", "runId": "r",
+                              "messages": [{"id": "1", "role": "user", "content": "hi"}]},
+                        headers={"Authorization": f"Bearer {ada.access_token}"},
+                    )  # fmt: skip
+                assert agui.status_code == 429 and agui.json()["code"] == "too_many_streams"
+                fake.gate.set()
+                async for _ in held:
+                    pass
+                threads = (await ada.request("GET", "/threads"))["items"]
+                assert len(threads) == 1  # the refused calls stored nothing
+                with pytest.raises(openai.UnprocessableEntityError) as big:
+                    await client.chat.completions.create(
+                        model="assistant",
+                        messages=[{"role": "user", "content": "x" * 1001}],
+                    )
+                assert big.value.code == "validation_error"
+
+                async def slot_free() -> bool:  # released once the first response is over
+                    try:
+                        answer = await client.chat.completions.create(
+                            model="assistant", messages=[{"role": "user", "content": "again"}]
+                        )
+                    except openai.RateLimitError:
+                        return False
+                    return bool(answer.choices[0].message.content)
+
+                await until(slot_free, what="the stream slot given back")

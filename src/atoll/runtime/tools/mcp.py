@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from pydantic import BaseModel
 
 from atoll.errors import ConfigurationError, ToolError, ToolValidationError
@@ -211,8 +212,9 @@ def _checker(name: str, schema: Mapping[str, Any]) -> Any:
 
 
 def result_of(server: str, tool: str, result: Any) -> Any:
-    """What an MCP ``CallToolResult`` gives the model: the structured content if any,
-    else the text; ``ToolError`` when the server says the call failed."""
+    """What an MCP ``CallToolResult`` gives the model: the structured content if any (and
+    not over ``MAX_RESULT_CHARS`` as JSON), else the text, cut there; ``ToolError`` when
+    the server says the call failed."""
     texts = [str(getattr(part, "text", "")) for part in result.content if hasattr(part, "text")]
     others = [getattr(part, "type", "?") for part in result.content if not hasattr(part, "text")]
     text = "\n".join(texts)
@@ -221,8 +223,8 @@ def result_of(server: str, tool: str, result: Any) -> Any:
     if result.is_error:
         raise ToolError(f"{server}: {text or 'the tool failed'}"[:2000])
     structured = getattr(result, "structured_content", None)
-    if structured is not None:
-        return structured
+    if structured is not None and len(orjson.dumps(structured)) <= MAX_RESULT_CHARS:
+        return structured  # larger: its text, cut, stands in for it
     if others:
         return {"text": text, "omitted": others}
     return text
