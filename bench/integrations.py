@@ -5,13 +5,16 @@ stdio and streamable HTTP), a completion through the OpenAI-compatible API, and 
   call of the server: connect or start the process, initialise, call), and
   ``mcp_*_next_call_ms``: a later call of the same invocation, through Atoll's MCP
   tool, in milliseconds; N of each; the session is closed after each invocation.
+- ``users_*``: U users (each with a key) streaming one completion at the same moment:
+  how many got their own answer (the arithmetic of their own question), and the time.
 - ``openai_*``: N sequential and C concurrent streamed completions of the ``assistant``
   (offline model) through ``/v1/chat/completions`` with the official client, against an
   in-process server on loopback: time to the first text chunk and to ``[DONE]``.
 - ``tracing_*``: runs per second of the engine alone (offline model, one tool call a
   run) without tracing and with OpenTelemetry spans into an in-memory exporter.
 
-    python bench/integrations.py [--calls 20] [--completions 30] [--concurrent 10] [--write]
+    python bench/integrations.py [--calls 20] [--completions 30] [--concurrent 10]
+        [--users 200] [--write]
 """
 
 from __future__ import annotations
@@ -87,7 +90,61 @@ async def mcp_calls(calls: int) -> dict[str, Any]:
         await http.wait()
 
 
-async def openai_completions(count: int, concurrent: int) -> dict[str, Any]:
+async def many_users(url: str, users: int) -> dict[str, Any]:
+    """``users`` users, each with a key, all streaming one completion at once: how many
+    got their own answer, and the wall time."""
+    import httpx
+    import openai
+
+    from serving import PASSWORD
+
+    async with httpx.AsyncClient(timeout=60) as http:
+
+        async def key(index: int) -> str:
+            token = (
+                await http.post(
+                    f"{url}/api/v1/auth/register",
+                    json={"email": f"u{index}@example.com", "password": PASSWORD},
+                )
+            ).json()["access_token"]
+            made = await http.post(
+                f"{url}/api/v1/keys",
+                json={"name": "bench"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            return str(made.json()["key"])
+
+        keys = [await key(i) for i in range(users)]
+
+    async def ask(index: int) -> tuple[bool, float]:
+        started = time.perf_counter()
+        client = openai.AsyncOpenAI(
+            base_url=f"{url}/v1", api_key=keys[index], max_retries=0, timeout=120
+        )
+        try:
+            stream = await client.chat.completions.create(
+                model="assistant",
+                messages=[{"role": "user", "content": f"What is {index}*1000?"}],
+                stream=True,
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            return str(index * 1000) in text, (time.perf_counter() - started) * 1000
+        except openai.APIError:
+            return False, (time.perf_counter() - started) * 1000
+        finally:
+            await client.close()
+
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(*(ask(i) for i in range(users)))
+    return {
+        "users_at_once": users,
+        "users_own_answer": sum(ok for ok, _ in outcomes),
+        "users_done_ms": summary([ms for _, ms in outcomes]),
+        "users_wall_s": round(time.perf_counter() - started, 2),
+    }
+
+
+async def openai_completions(count: int, concurrent: int, users: int = 0) -> dict[str, Any]:
     import httpx
     import openai
 
@@ -96,7 +153,9 @@ async def openai_completions(count: int, concurrent: int) -> dict[str, Any]:
     from serving import PASSWORD, make_settings
 
     data = Path(tempfile.mkdtemp()) / "data"
-    settings = make_settings(data, messages_per_minute=100_000, max_concurrent_runs=100)
+    settings = make_settings(
+        data, messages_per_minute=100_000, max_concurrent_runs=100, signups_per_hour=100_000
+    )
     async with running_server(settings) as (url, _):
         async with httpx.AsyncClient() as http:
             token = (
@@ -128,6 +187,7 @@ async def openai_completions(count: int, concurrent: int) -> dict[str, Any]:
             return first * 1000, (time.perf_counter() - started) * 1000
 
         sequential = [await one(i) for i in range(count)]
+        many = await many_users(url, users) if users else {}
         started = time.perf_counter()
         together = await asyncio.gather(*(one(i) for i in range(concurrent)))
         wall = time.perf_counter() - started
@@ -139,6 +199,7 @@ async def openai_completions(count: int, concurrent: int) -> dict[str, Any]:
         "concurrent": concurrent,
         "openai_concurrent_done_ms": summary([d for _, d in together]),
         "openai_concurrent_wall_s": round(wall, 2),
+        **many,
     }
 
 
@@ -193,7 +254,7 @@ async def tracing_overhead(runs: int) -> dict[str, Any]:
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
     result.update(await mcp_calls(args.calls))
-    result.update(await openai_completions(args.completions, args.concurrent))
+    result.update(await openai_completions(args.completions, args.concurrent, args.users))
     result.update(await tracing_overhead(args.runs))
     return result
 
@@ -204,6 +265,7 @@ def main() -> None:
     parser.add_argument("--completions", type=int, default=30)
     parser.add_argument("--concurrent", type=int, default=10)
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--users", type=int, default=200, help="users streaming at once")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     output = asyncio.run(measure(args))
