@@ -212,6 +212,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Worker processes for CPU-bound (plain def) tools; default: one per core",
     )
+    tool_processes_warm: bool = Field(
+        True,
+        description="Start the tool worker processes at start-up (their modules imported) and "
+        "replace a killed one at once, so no call waits for a cold start",
+    )
     tool_memory_mb: int = Field(
         1024, ge=0, description="Address-space cap of each tool worker process (0: none)"
     )

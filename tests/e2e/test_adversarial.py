@@ -26,6 +26,8 @@ from atoll.client import AtollClient, ends_run
 from atoll.config import Settings
 from atoll.server.serve import AtollServer, running_server
 from atoll.server.services import Services
+from integration.fake_openai import API_KEY as FAKE_KEY
+from integration.fake_openai import serve_fake_openai
 
 from serving import PASSWORD, make_settings, serve_process
 from support import until
@@ -111,6 +113,36 @@ async def test_f1_a_cpu_bound_tool_cannot_stall_another_user(url: str) -> None:
     completed = next(e for e in events if e["type"] == "tool_completed")
     assert completed["data"]["error"]["code"] == "tool_timeout"
     assert events[-1]["data"]["message"]["content"] == "spin failed: tool_timeout"
+
+
+CALCULATOR_BOMBS = [
+    "round(9, -10**7)",  # round computes 10**N inside: 78 s on the event loop before
+    "round(9**4500, -10**9)",
+    "9**4500 * 9**4500 * 9**4500 * 9**4500",
+    "(2**9999 // 3) * (2**9999 // 7) * 2**9999",
+]
+
+
+@pytest.mark.parametrize("expression", CALCULATOR_BOMBS)
+async def test_f1_a_model_calling_the_calculator_with_a_bomb_costs_nobody_anything(
+    tmp_path: Path, expression: str
+) -> None:
+    """A real model follows its user: it calls the calculator with whatever it is told."""
+    async with serve_fake_openai() as fake:
+        model = {"llm_provider": "openai", "llm_base_url": fake.base_url,
+                 "llm_api_key": FAKE_KEY, "llm_model": "fake-model"}  # fmt: skip
+        settings = make_settings(tmp_path / "data", **model)
+        async with running_server(settings) as (url, _):
+            attacker, other = await registered(url, "round@x.io"), await registered(url, "o@x.io")
+            arguments = json.dumps({"expression": expression})
+            accepted = await attacker.chat(f"call: calculator {arguments}", agent="assistant")
+            events = [e async for e in attacker.stream(accepted["run"]["id"])]
+            assert (await other.request("GET", "/me"))["email"] == "o@x.io"
+    completed = next(e for e in events if e["type"] == "tool_completed")
+    assert completed["data"]["ok"] is False
+    assert completed["data"]["error"]["code"] == "tool_error"
+    assert events[-1]["type"] == "agent_completed"
+    assert "Tool said:" in events[-1]["data"]["message"]["content"]
 
 
 # -- F2: limits that hold under concurrency ----------------------------------------

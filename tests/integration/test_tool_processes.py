@@ -16,11 +16,15 @@ from typing import Any
 import psutil
 import pytest
 
+from atoll.bus.memory import InMemoryEventBus, InMemoryRunEventLog
 from atoll.runtime.builtins import builtin_registry
+from atoll.runtime.events import EventRecorder, RunEmitter
+from atoll.runtime.tools.base import Tool, ToolResult
+from atoll.runtime.tools.dispatcher import ToolDispatcher
 from atoll.runtime.tools.processes import ToolProcessPool
 
 import cpu_tools
-from support import Runtime, until
+from support import Runtime, make_context, until
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +37,7 @@ async def pool() -> AsyncIterator[ToolProcessPool]:
 
 
 async def test_a_plain_def_tool_runs_in_another_process(pool: ToolProcessPool) -> None:
-    assert cpu_tools.spin.cpu_bound and not builtin_registry().tools["calculator"].cpu_bound
+    assert cpu_tools.spin.cpu_bound and builtin_registry().tools["calculator"].cpu_bound
     pid = await pool.call(cpu_tools.whose_process.fn, {}, user_id="usr_a")
     assert pid != os.getpid()
     assert psutil.Process(pid).ppid() != 0
@@ -119,3 +123,79 @@ def test_context_parameter_and_local_functions_are_refused_for_cpu_tools() -> No
     )
     with pytest.raises(TypeError, match="ToolContext"):
         tool(namespace["needs_context"])
+
+
+async def dispatch(pool: ToolProcessPool, tool: Tool, arguments: dict[str, Any]) -> ToolResult:
+    """One call through a real per-run dispatcher, as an agent makes it."""
+    context = make_context()
+    emitter = RunEmitter(
+        EventRecorder(InMemoryRunEventLog(), InMemoryEventBus()),
+        user_id=context.user_id,
+        run_id=context.run_id,
+        thread_id=context.thread_id,
+        message_id="msg_x",
+    )
+    dispatcher = ToolDispatcher(
+        context=context,
+        tools={tool.name: tool},
+        emitter=emitter.for_agent("assistant", None),
+        processes=pool,
+    )
+    return await dispatcher.call(tool.name, arguments)
+
+
+async def test_the_calculator_runs_in_the_killable_pool(build_runtime: Any) -> None:
+    rt: Runtime = build_runtime()
+    async with rt.factory:
+        assert rt.factory.processes.preload == ("atoll.runtime.tools.calculator",)
+        outcome, _ = await rt.run("What is 17*23?")
+        assert "391" in outcome.content
+        assert len(rt.factory.processes.pids()) == 1  # the worker it ran in, idle again
+
+
+async def test_a_slow_import_does_not_count_against_the_tool_timeout() -> None:
+    import slow_import_tools
+
+    pool = ToolProcessPool(1, preload=["slow_import_tools"])
+    try:
+        first = await dispatch(pool, slow_import_tools.add_one, {"x": 1})
+        # The worker imported for 1.5 s, past the 1 s timeout: the timeout counts from ready.
+        assert first.ok, first.error
+        assert first.result == 2
+        assert first.duration_ms >= slow_import_tools.IMPORT_SECONDS * 1000
+    finally:
+        await pool.aclose()
+
+
+async def test_a_killed_worker_is_replaced_at_once_so_the_next_call_is_warm() -> None:
+    import slow_import_tools
+
+    pool = ToolProcessPool(1, preload=["slow_import_tools"], warm=1)
+    pool.start()
+    try:
+        await until(lambda: pool.ready == 1, within=30, what="the warm worker")
+        first_pid = pool.pids()[0]
+        timed_out = await dispatch(pool, slow_import_tools.stall, {"seconds": 30})
+        assert timed_out.error is not None and timed_out.error["code"] == "tool_timeout"
+        assert pool.killed == 1
+        # The replacement starts at once, not when the next call comes.
+        await until(lambda: pool.ready == 1, within=30, what="the replacement worker")
+        assert pool.pids()[0] != first_pid
+        assert (await dispatch(pool, slow_import_tools.add_one, {"x": 41})).result == 42
+    finally:
+        await pool.aclose()
+
+
+async def test_a_worker_that_cannot_start_says_why() -> None:
+    pool = ToolProcessPool(1, preload=["cpu_tools", "atoll_no_such_plugin"])
+    try:
+        result = await dispatch(pool, cpu_tools.whose_process, {})
+        assert result.error is not None
+        assert result.error["code"] == "tool_error"
+        assert "could not start" in result.error["message"]
+        assert (
+            "importing atoll_no_such_plugin failed: ModuleNotFoundError"
+            in (result.error["message"])
+        )
+    finally:
+        await pool.aclose()

@@ -306,7 +306,7 @@ def test_calculator_refuses(expression: str, message: str) -> None:
 
 
 async def test_builtin_tools_run() -> None:
-    assert await calculator.fn(expression="17*23") == {"expression": "17*23", "value": 391}
+    assert calculator.fn(expression="17*23") == {"expression": "17*23", "value": 391}
     now = await current_time.fn(timezone="Asia/Tokyo")
     assert now["timezone"] == "Asia/Tokyo"
     assert now["iso"].endswith("+09:00")

@@ -66,7 +66,10 @@ class ExecutionEngineFactory:
         self.limits = limits or RuntimeLimits()
         self.plans = plans
         self.processes = processes or ToolProcessPool(
-            self.limits.tool_processes, memory_mb=self.limits.tool_memory_mb
+            self.limits.tool_processes,
+            memory_mb=self.limits.tool_memory_mb,
+            preload=sorted({t.fn.__module__ for t in registry.tools.values() if t.cpu_bound}),
+            warm=self.limits.tool_processes if self.limits.tool_processes_warm else 0,
         )
         self.registry = registry
         self.recorder = recorder

@@ -31,6 +31,8 @@ class RuntimeLimits:
     monitor_interval: float = 1.0
     record_retention: float = 60.0
     tool_processes: int = 2
+    tool_processes_warm: bool = False
+    """Start the tool workers when the factory starts (servers do; a library user may not)."""
     tool_memory_mb: int | None = 1024
 
     def __post_init__(self) -> None:
@@ -55,6 +57,7 @@ class RuntimeLimits:
             monitor_interval=min(1.0, settings.heartbeat_timeout / 3),
             record_retention=settings.tracker_retention,
             tool_processes=settings.tool_processes,
+            tool_processes_warm=settings.tool_processes_warm,
             tool_memory_mb=settings.tool_memory_mb or None,
         )
 

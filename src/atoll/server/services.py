@@ -461,6 +461,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
             usage=UsageStore(db), start_hook=mark_running, tracing=tracing,
         )  # fmt: skip
         await stack.enter_async_context(factory)
+        factory.processes.start()  # warm tool workers: no call waits for a cold start
         yield Worker(
             settings=settings,
             cluster=cluster,

@@ -171,23 +171,36 @@ class ToolDispatcher:
                 user=self._context, call_id=call_id, resources=self._resources, scope=self._scope
             )
         timeout = tool.timeout if tool.timeout is not None else self._default_timeout
-        try:
-            async with asyncio.timeout(timeout):  # a wall-clock bound: it kills process tools
-                value = await self._invoke(tool, kwargs)
-        except TimeoutError:
-            raise ToolTimeoutError(f"{name} did not finish within {timeout:g}s") from None
+        if tool.cpu_bound:
+            value = await self._invoke_in_process(tool, kwargs, timeout)
+        else:
+            value = await self._invoke_here(tool, kwargs, timeout)
         try:
             orjson.dumps(value)
         except TypeError:
             raise ToolError(f"{name} returned a value that is not JSON") from None
         return value
 
-    async def _invoke(self, tool: Tool, kwargs: dict[str, Any]) -> Any:
-        if not tool.cpu_bound:
-            return await cast(Awaitable[Any], tool.fn(**kwargs))
+    @staticmethod
+    async def _invoke_here(tool: Tool, kwargs: dict[str, Any], seconds: float) -> Any:
+        """An ``async def`` tool, on the event loop (it only waits)."""
+        try:
+            async with asyncio.timeout(seconds):
+                return await cast(Awaitable[Any], tool.fn(**kwargs))
+        except TimeoutError:
+            raise ToolTimeoutError(f"{tool.name} did not finish within {seconds:g}s") from None
+
+    async def _invoke_in_process(self, tool: Tool, kwargs: dict[str, Any], seconds: float) -> Any:
+        """A plain-``def`` tool, in a worker process; its timeout counts from the moment a
+        ready worker is held (waiting for one is bounded by the pool) and kills the worker."""
         if self._processes is None:
             raise ToolError(f"{tool.name} is CPU-bound and no tool process pool is configured")
-        return await self._processes.call(tool.fn, kwargs, user_id=self._context.user_id)
+        async with self._processes.worker(self._context.user_id) as worker:
+            try:
+                async with asyncio.timeout(seconds):
+                    return await worker.call(tool.fn, kwargs)
+            except TimeoutError:
+                raise ToolTimeoutError(f"{tool.name} did not finish within {seconds:g}s") from None
 
     async def _complete(
         self,
