@@ -9,24 +9,32 @@ server) and runs, one after another:
    refused power, and the killable plain-def spinner) going while user B measures
    ``GET /me`` and the time to the first event of its own runs; the same without A first;
 3. schemathesis with every check against the live OpenAPI document;
-4. a WebSocket frame fuzzer: random and mutated frames over many sockets.
+4. a WebSocket frame fuzzer: random and mutated frames over many sockets;
+5. resource isolation, on a server with the default limits: calculator bombs as a model
+   passes them on (``round`` with huge digits, products, powers), one user posting
+   32,000-character messages at the allowed rate, one posting "hello" at the allowed
+   rate — each beside a bystander measuring ``GET /me`` and its first event, against a
+   same-run baseline (``--only-isolation`` runs this part alone).
 
 Prints JSON and, with ``--write``, records it in docs/reliability.md.
 
     python bench/adversarial.py [--http-examples 500] [--frames 100000] [--burst 1000]
-        [--bomb-seconds 20] [--write]
+        [--bomb-seconds 20] [--isolation-seconds 20] [--only-isolation] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import json
 import os
 import random
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +273,105 @@ async def fuzz_frames(url: str, total: int, sockets: int, seed: int) -> dict[str
             "closed_1011": closes.get("1011", 0), "seconds": elapsed}  # fmt: skip
 
 
+CALCULATOR_BOMBS = [
+    "round(9, -10**7)",  # round computes 10**N inside (78 s on the event loop before)
+    "round(9**4500, -10**9)",
+    "9**4500 * 9**4500 * 9**4500",
+    "(2**9999 // 3) * (2**9999 // 7) * 2**9999",
+]
+FLOOD_TEXT = "(" * 32_000
+
+
+async def flooder(
+    url: str, token: str, text: str, stop: asyncio.Event, tally: dict[str, int]
+) -> None:
+    """One user sending ``text`` as fast as the server accepts (the allowed rate: a refused
+    message waits its ``retry_after``), runs left to finish on their own."""
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
+        while not stop.is_set():
+            answer = await http.post("/api/v1/chat", json={"message": text})
+            if answer.status_code == 429:
+                tally["refused"] += 1
+                wait = float(answer.json().get("retry_after") or 1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(wait, 5.0))
+                continue
+            answer.raise_for_status()
+            tally["accepted"] += 1
+
+
+async def bombs_by_message(
+    url: str, token: str, stop: asyncio.Event, tally: dict[str, int]
+) -> None:
+    """Calculator bombs the way a model passes them on: the user asks, the model calls."""
+    async with websockets.connect(url.replace("http", "ws") + "/api/v1/ws") as ws:
+        await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
+        await ws.recv()
+        index = 0
+        while not stop.is_set():
+            question = f"What is {CALCULATOR_BOMBS[index % len(CALCULATOR_BOMBS)]}?"
+            index += 1
+            frame = {"type": "message", "content": question, "agent": "assistant"}
+            await ws.send(orjson.dumps(frame).decode())
+            while True:
+                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 120))
+                if reply.get("type") == "tool_completed":
+                    tally["tool_errors" if not reply["data"]["ok"] else "tool_answers"] += 1
+                if reply.get("type") == "error":
+                    tally["refused"] += 1
+                    await asyncio.sleep(1.0)
+                    break
+                if reply.get("type") in ("agent_completed", "agent_error") and (
+                    not reply["parent_agent"]
+                ):
+                    tally["runs"] += 1
+                    break
+
+
+async def isolation(url: str, seconds: float) -> dict[str, Any]:
+    """Each attack of issue 23 beside a bystander, with a same-run baseline first."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        bystander = await register(http, "isolation-bystander@example.com")
+        attackers = [await register(http, f"isolation-{n}@example.com") for n in range(3)]
+    result: dict[str, Any] = {"baseline": await observer(url, bystander, seconds / 2)}
+    attacks = {
+        "calculator_bombs": partial(bombs_by_message, url, attackers[0]),
+        "flood_32kb_at_allowed_rate": partial(flooder, url, attackers[1], FLOOD_TEXT),
+        "hello_at_allowed_rate": partial(flooder, url, attackers[2], "hello"),
+    }
+    for name, attack in attacks.items():
+        stop = asyncio.Event()
+        tally: dict[str, int] = collections.Counter()
+        task = asyncio.create_task(attack(stop, tally))
+        await asyncio.sleep(1.0)  # the attack is going
+        during = await observer(url, bystander, seconds)
+        stop.set()
+        await asyncio.wait_for(task, 180)
+        result[name] = {"attacker": dict(tally), "bystander": during}
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            await until_idle(http)
+    return result
+
+
+ALIVE_STATES = ("pending", "starting", "running", "completing")
+
+
+async def until_idle(http: httpx.AsyncClient) -> None:
+    """Wait (up to 180 s) until the server's metrics show no run alive, between attacks."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        text = (await http.get("/metrics")).text
+        alive = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("atoll_runs{") and any(f'"{s}"' in line for s in ALIVE_STATES)
+        )
+        if alive == 0:
+            return
+        await asyncio.sleep(0.5)
+
+
 def log_problems(log: Path) -> dict[str, int]:
     text = log.read_text(errors="replace")
     return {
@@ -272,6 +379,21 @@ def log_problems(log: Path) -> dict[str, int]:
         "asgi_exceptions": text.count("Exception in ASGI application"),
         "http_5xx": sum(1 for line in text.splitlines() if '" 5' in line and "HTTP/1.1" in line),
     }
+
+
+async def isolation_main(args: argparse.Namespace) -> dict[str, Any]:
+    """The isolation attacks alone, on a server with the default limits (the allowed rate
+    is the default 60 messages a minute)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    data = Path(tempfile.mkdtemp(prefix="atoll-isolation-"))
+    log = data / "serve.log"
+    env = {**os.environ, "ATOLL_DATA_DIR": str(data / "data"), "ATOLL_SIGNUPS_PER_HOUR": "1000"}
+    command = [sys.executable, "-m", "atoll.cli", "serve", "--port", str(port)]
+    with process(command, env, url, "/readyz", log=log):
+        result = await isolation(url, args.isolation_seconds)
+    result["server_log"] = log_problems(log)
+    return result
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -325,9 +447,21 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--bomb-seconds", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=20261201)
+    parser.add_argument("--isolation-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--only-isolation",
+        action="store_true",
+        help="only the resource-isolation attacks (calculator bombs, 32 KB and hello floods)",
+    )
     parser.add_argument("--write", action="store_true")
     arguments = parser.parse_args()
-    outcome = asyncio.run(main(arguments))
+    if arguments.only_isolation:
+        outcome = asyncio.run(isolation_main(arguments))
+        section = "isolation"
+    else:
+        outcome = asyncio.run(main(arguments))
+        outcome["isolation"] = asyncio.run(isolation_main(arguments))
+        section = "adversarial"
     print(json.dumps(outcome, indent=2))
     if arguments.write:
-        write_section("adversarial", "python " + " ".join(sys.argv), outcome, doc=RELIABILITY)
+        write_section(section, "python " + " ".join(sys.argv), outcome, doc=RELIABILITY)

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
@@ -57,3 +58,60 @@ def run_in_loop(main: Coroutine[Any, Any, T], choice: Literal["auto", "asyncio",
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(main)
     return asyncio.run(main)
+
+
+class CpuMeter:
+    """CPU seconds of this thread spent in the steps of the awaitables it meters.
+
+    The event loop runs every user's work on one thread, so the CPU a run costs is
+    the sum of the time its task's steps hold the thread: each step is timed with
+    ``time.thread_time`` (CPU, not wall time: waiting costs nothing, other threads do
+    not count). Metering several awaitables of one run (its task, its delta flusher)
+    adds them up.
+    """
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    async def meter(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable``, adding the CPU of its steps to this meter."""
+        return await _Metered(awaitable, self)
+
+
+class _Metered(Awaitable[T]):
+    """Drives an awaitable step by step (as ``await`` would), timing each step."""
+
+    __slots__ = ("_awaitable", "_meter")
+
+    def __init__(self, awaitable: Awaitable[T], meter: CpuMeter) -> None:
+        self._awaitable = awaitable
+        self._meter = meter
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        steps = self._awaitable.__await__()
+        clock = time.thread_time
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            started = clock()
+            try:
+                yielded = steps.send(sent) if thrown is None else steps.throw(thrown)
+            except StopIteration as stop:
+                self._meter.seconds += clock() - started
+                return stop.value  # type: ignore[no-any-return]
+            except BaseException:
+                self._meter.seconds += clock() - started
+                raise
+            self._meter.seconds += clock() - started
+            sent, thrown = None, None
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                close = getattr(steps, "close", None)
+                if close is not None:
+                    close()
+                raise
+            except BaseException as exc:  # cancellation, thrown in: pass it on
+                thrown = exc

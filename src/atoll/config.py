@@ -203,6 +203,12 @@ class Settings(BaseSettings):
 
     max_concurrent_runs: int = Field(3, ge=1)
     run_overflow: Literal["wait", "reject"] = "wait"
+    max_waiting_runs: int = Field(
+        20, ge=1, description="Runs of one user stored but not yet running, across threads"
+    )
+    max_waiting_runs_per_thread: int = Field(
+        10, ge=1, description="Runs queued behind one another in one thread"
+    )
     run_timeout: float = Field(300.0, gt=0)
     heartbeat_timeout: float = Field(30.0, gt=0)
     tool_timeout: float = Field(30.0, gt=0)

@@ -195,6 +195,14 @@ class RunLimitError(AtollError):
     status = 429
 
 
+class TooManyWaitingError(AtollError):
+    """Raised when a thread or a user already has the most runs allowed waiting for their turn
+    (``scope``: ``thread`` or ``user``; ``limit``): nothing is stored."""
+
+    code = "too_many_waiting"
+    status = 429
+
+
 class RateLimitedError(AtollError):
     """Raised when a per-user rate limit is exceeded; ``retry_after`` is in seconds."""
 

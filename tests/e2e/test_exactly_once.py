@@ -115,7 +115,9 @@ async def test_a_run_whose_ack_was_lost_is_acknowledged_before_its_events(server
 async def test_the_stalled_run_sweep_never_starts_a_run_twice(tmp_path: Path) -> None:
     # A run's state is written as it ends: one ending while the sweep reads the
     # database is still PENDING in what the sweep read. The sweep must not restart it.
-    settings = make_settings(tmp_path / "data", messages_per_minute=1000, max_concurrent_runs=1)
+    settings = make_settings(
+        tmp_path / "data", messages_per_minute=1000, max_concurrent_runs=1, max_waiting_runs=40
+    )
     async with running_server(settings) as (url, server):
         services = server.config.app.state.services
         client = AtollClient(url)

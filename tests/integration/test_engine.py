@@ -508,7 +508,19 @@ async def test_supervisor_passes_the_whole_question_to_its_specialist(
 ) -> None:
     outcome, events = await runtime.run(question, agent="supervisor")
     sub_started = next(e for e in events if e.type is EventType.AGENT_STARTED and e.parent_agent)
-    assert sub_started.data["task"] == question
+    # The specialist's task is the user's message itself: referenced, not copied.
+    assert "task" not in sub_started.data
+    assert sub_started.data["input_message_id"] == events[0].data["input_message_id"]
     assert [e.data["tool"] for e in events if e.type is EventType.TOOL_EXECUTING] == [tool_name]
     assert outcome.content is not None
     assert expected in outcome.content
+
+
+@pytest.mark.parametrize("message", ["(" * 32_000, "What is " + "1+" * 15_999 + "1?"])
+async def test_a_long_message_is_not_copied_into_the_run_s_events(
+    runtime: Runtime, message: str
+) -> None:
+    """The log holds the message once (as the message); events reference it and show previews."""
+    _, events = await runtime.run(message, agent="supervisor")
+    logged = sum(len(event.payload) for event in events)
+    assert logged < 12_000, [(e.type.value, len(e.payload)) for e in events]

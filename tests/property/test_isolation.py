@@ -105,7 +105,9 @@ async def scenario(plan: list[list[tuple[str, int]]]) -> None:
         registry=registry,
         llm=OfflineProvider(),
         recorder=EventRecorder(log, bus),
-        limits=RuntimeLimits(max_concurrent_runs=LIMIT, run_timeout=0.15, monitor_interval=0.02),
+        limits=RuntimeLimits(
+            max_concurrent_runs=LIMIT, run_timeout=0.15, monitor_interval=0.02, tool_processes=1
+        ),
         resources={KnowledgeBase: KnowledgeBase()},
     )
     users = [new_id("usr") for _ in plan]
@@ -127,6 +129,10 @@ async def scenario(plan: list[list[tuple[str, int]]]) -> None:
             return await task
 
     async with factory:
+        # The calculator runs in a tool process: started before the runs, as a server does,
+        # so the 0.15 s run timeout times the runs and not a process start.
+        async with factory.processes.worker("usr_warm"):
+            pass
         outcomes = await asyncio.gather(
             *(
                 one_run(user, behaviour, yields)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from atoll.ratelimit import RateLimiter
 from atoll.runtime.agents.base import AgentFactory, AgentRunContext
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.endings import INTERNAL_ERROR, INTERRUPTED, Ending
-from atoll.runtime.events import AgentEmitter, EventType, RunEmitter
+from atoll.runtime.events import AgentEmitter, EventType, RunEmitter, preview
 from atoll.runtime.ids import new_id
 from atoll.runtime.limits import RunSlots, RuntimeLimits
 from atoll.runtime.llm.base import (
@@ -84,6 +84,8 @@ class RunOutcome:
     error: Mapping[str, Any] | None = None
     usage: Mapping[str, int] = field(default_factory=dict)
     duration_ms: float = 0.0
+    cpu_seconds: float = 0.0
+    """CPU the run took on the event loop's thread (its task and its delta flusher)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +253,8 @@ class UserExecutionEngine:
         self._task = asyncio.current_task()
         self._request = request
         try:
-            return await self._run(request)
+            outcome = await self._emitter.cpu.meter(self._run(request))
+            return replace(outcome, cpu_seconds=self._emitter.cpu.seconds)
         finally:
             self._done.set()
 
@@ -434,10 +437,13 @@ class UserExecutionEngine:
             raise SubAgentError(name, exc.to_dict()) from None
         emitter = self._emitter.for_agent(name, parent)
         input_message_id = self._request.input_message_id if self._request else None
-        await emitter.emit(
-            EventType.AGENT_STARTED,
-            {"input_message_id": input_message_id, "task": text, "request_id": child.request_id},
-        )
+        started_data: dict[str, Any] = {
+            "input_message_id": input_message_id,
+            "request_id": child.request_id,
+        }
+        if self._request is None or text != self._request.input:
+            started_data["task"] = preview(text)  # the user's own message is referenced, not copied
+        await emitter.emit(EventType.AGENT_STARTED, started_data)
         started = time.perf_counter()
         try:
             answer = await self._invoke(name, text, (), child, emitter)

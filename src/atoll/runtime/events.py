@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from atoll.aio import CpuMeter
 from atoll.errors import RunClosedError
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,37 @@ class Timestamper:
 
 MAX_QUEUED_DELTA = 16_384
 """Characters of answer text a run may have queued; past it ``delta`` waits for the flusher."""
+
+
+PREVIEW_CHARS = 1_000
+"""The longest string an event carries of a tool's arguments or result, or a sub-agent's task."""
+PREVIEW_ITEMS = 100
+"""The most items of a list or object an event carries of them."""
+
+
+def preview(value: Any, *, depth: int = 0) -> Any:
+    """``value`` as an event shows it: strings over ``PREVIEW_CHARS`` cut, at most
+    ``PREVIEW_ITEMS`` items per list or object, 8 levels. Events are a view of what a tool
+    or agent was given and gave back — the tool and the model get the whole value — so a
+    32 KB message passed to a tool is not copied into the log twice more."""
+    if isinstance(value, str):
+        if len(value) <= PREVIEW_CHARS:
+            return value
+        return f"{value[:PREVIEW_CHARS]}… ({len(value) - PREVIEW_CHARS} more characters)"
+    if depth >= 8 and isinstance(value, Mapping | list | tuple):
+        return "…"
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        shown = {str(k): preview(v, depth=depth + 1) for k, v in items[:PREVIEW_ITEMS]}
+        if len(items) > PREVIEW_ITEMS:
+            shown["…"] = f"{len(items) - PREVIEW_ITEMS} more"
+        return shown
+    if isinstance(value, list | tuple):
+        shown_items = [preview(v, depth=depth + 1) for v in value[:PREVIEW_ITEMS]]
+        if len(value) > PREVIEW_ITEMS:
+            shown_items.append(f"… {len(value) - PREVIEW_ITEMS} more")
+        return shown_items
+    return value
 
 
 def _compact(payload: bytes) -> bytes:
@@ -262,6 +294,8 @@ class RunEmitter:
         self._wake = asyncio.Event()
         self._failure: Exception | None = None
         """Why logging queued text failed; raised at the run's next delta or event."""
+        self.cpu = CpuMeter()
+        """The run's CPU on the event loop: its engine's task and this emitter's flusher."""
 
     @property
     def closed(self) -> bool:
@@ -322,6 +356,9 @@ class RunEmitter:
                 raise self._failure
 
     async def _flush(self) -> None:
+        await self.cpu.meter(self._flush_forever())  # the run's CPU, though in another task
+
+    async def _flush_forever(self) -> None:
         while not self._closed:
             await self._wake.wait()
             self._wake.clear()

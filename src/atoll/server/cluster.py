@@ -32,9 +32,12 @@ from atoll.bus.redis import (
     RedisSessionRevocations,
 )
 from atoll.config import Settings
+from atoll.store.runs import NextRun
 
 logger = logging.getLogger(__name__)
 
+QUEUE_TIMEOUT = 5.0
+"""Seconds a Redis call on the request path may take before the request fails (503)."""
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 """What a Redis call raises when Redis is unreachable or slow."""
 
@@ -82,6 +85,10 @@ class Cluster:
         )
         self.revocations = RedisSessionRevocations(redis)
         self.healthy = True
+
+    async def dispatch(self, next_run: NextRun) -> None:
+        """Put a stored run on the run queue (a worker claims it); ``QUEUE_TIMEOUT`` at most."""
+        await asyncio.wait_for(self.queue.put(next_run.run_id, next_run.user_id), QUEUE_TIMEOUT)
 
     async def ping(self) -> bool:
         """Whether Redis answers now (and remember it)."""

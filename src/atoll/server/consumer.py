@@ -1,13 +1,15 @@
 """Executing queued runs: the one execution strategy of every process that runs agents.
 
-A run is stored PENDING and put on a queue. A consumer takes the entry, claims
-the run in the database (PENDING -> STARTING; conditional, so a duplicate entry
-or a run cancelled while queued is skipped), waits for the thread's earlier runs
-(``ThreadTurns``), executes it with a fresh engine and records how it ended.
-``atoll serve`` on its own is its own queue: ``put`` hands a stored run straight
-to its consumer (a run is never waiting in memory, so nothing is lost on a
-stop); scaled out, every ``atoll worker`` takes from the Redis queue
-(``atoll.bus.queue.RunQueue``). Both then run this same code.
+A run is stored PENDING and dispatched. A consumer takes the entry and claims
+the run in the database (PENDING -> STARTING; conditional, so a duplicate entry,
+a run cancelled while queued, or a run whose thread still has an earlier run
+alive is skipped), executes it with a fresh engine and records how it ended.
+A run that is not its thread's turn yet is held by nothing — no task, no memory,
+no polling: when the run before it ends, whoever ends it dispatches it
+(``execution.hand_over``). ``atoll serve`` on its own is its own queue: ``put``
+hands a stored run straight to its consumer (a run is never waiting in memory,
+so nothing is lost on a stop); scaled out, every ``atoll worker`` takes from the
+Redis queue (``atoll.bus.queue.RunQueue``). Both then run this same code.
 """
 
 from __future__ import annotations
@@ -25,14 +27,11 @@ from atoll.runtime.endings import Ending
 from atoll.runtime.events import RunEventBus
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.ids import new_id
-from atoll.server.execution import end_outside, execute_run
+from atoll.server.execution import Dispatch, end_outside, execute_run
 from atoll.store.models import Run
-from atoll.store.runs import Claim, RunStore
+from atoll.store.runs import Claim, NextRun, RunStore
 
 logger = logging.getLogger(__name__)
-
-THREAD_POLL = 0.1
-"""Seconds between checks of the database for a thread's earlier run executing elsewhere."""
 
 
 class RunSource(Protocol):
@@ -43,34 +42,6 @@ class RunSource(Protocol):
 
     async def ack(self, *entry_ids: str) -> None:
         """The entries are handled."""
-
-
-class ThreadTurns:
-    """Waits until a thread's earlier runs have ended: their answers come first.
-
-    The database says whether an earlier run is alive; a run that ends in this
-    process wakes the waiters at once, one that ends elsewhere is seen within
-    ``THREAD_POLL`` seconds.
-    """
-
-    def __init__(self, store: RunStore) -> None:
-        self._store = store
-        self._changed = asyncio.Event()
-
-    def ended(self) -> None:
-        """A run ended here: waiting runs look again."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait(self, run: Run) -> None:
-        """Return once no run of ``run``'s thread created before it is alive."""
-        while await self._store.earlier_alive(run):
-            changed = self._changed
-            try:
-                async with asyncio.timeout(THREAD_POLL):
-                    await changed.wait()
-            except TimeoutError:
-                pass
 
 
 @dataclass
@@ -102,7 +73,7 @@ class RunConsumer:
         bus: RunEventBus,
         consumer_id: str,
         capacity: int,
-        turns: ThreadTurns,
+        dispatch: Dispatch | None = None,
         before_engine: BeforeEngine | None = None,
         release: Callable[[QueuedRun], Awaitable[None]] | None = None,
     ) -> None:
@@ -112,7 +83,9 @@ class RunConsumer:
         self._bus = bus
         self.consumer_id = consumer_id
         self.capacity = capacity
-        self.turns = turns
+        self.dispatch: Dispatch = dispatch if dispatch is not None else self._put_next
+        """How a run that ends here hands the turn to its thread's next run (default: this
+        consumer, the in-process queue)."""
         self._prepared_runs: dict[str, Claim] = {}
         self._ids = itertools.count(1)
         self._before_engine = before_engine
@@ -159,6 +132,9 @@ class RunConsumer:
         if prepared is not None:
             self._prepared_runs[run_id] = prepared
         self.start(QueuedRun(f"local-{next(self._ids)}", run_id, user_id))
+
+    async def _put_next(self, next_run: NextRun) -> None:
+        self.put(next_run.run_id, next_run.user_id)
 
     def tasks(self, run_ids: list[str] | None = None) -> list[asyncio.Task[None]]:
         """The tasks of the runs held (of ``run_ids`` only, if given)."""
@@ -210,7 +186,6 @@ class RunConsumer:
             self._prepared_runs.pop(entry.run_id, None)
             self._cancel_requests.pop(entry.run_id, None)
             self._room.set()
-            self.turns.ended()
             if self._release is not None:
                 await self._release(entry)
 
@@ -224,7 +199,7 @@ class RunConsumer:
     async def _execute(self, entry: QueuedRun) -> None:
         claim = await self._claim(entry)
         if claim is None:
-            return  # cancelled while queued, or a duplicate entry
+            return  # not its turn yet (the run before it dispatches it), cancelled, or a duplicate
         local = self.runs.get(entry.run_id)
         if local is not None:
             local.claimed = True
@@ -234,9 +209,6 @@ class RunConsumer:
             return
         run, message, history = claim.run, claim.message, claim.history
         try:
-            if claim.waits:
-                await self.turns.wait(run)
-                history = await self._store.history(run.thread_id, before_pk=message.pk)
             if self._before_engine is not None:
                 await self._before_engine(run, claim.plan)
         except asyncio.CancelledError:
@@ -268,6 +240,7 @@ class RunConsumer:
             message=message,
             history=history,
             cancel_reason=lambda: self._cancel_requests.pop(run.id, None),
+            dispatch=self.dispatch,
             worker_id=self.consumer_id,
         )
         self.executed += 1
@@ -275,4 +248,11 @@ class RunConsumer:
     async def _end_waiting(self, run_id: str, reason: str) -> None:
         """End a run cancelled while it waited (it has no event yet)."""
         ending = Ending.cancelled(reason)
-        await end_outside(self._store, self._bus, run_id, ending, held_by=self.consumer_id)
+        await end_outside(
+            self._store,
+            self._bus,
+            run_id,
+            ending,
+            dispatch=self.dispatch,
+            held_by=self.consumer_id,
+        )

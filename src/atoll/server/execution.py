@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from atoll.errors import RunLimitError
@@ -15,9 +15,25 @@ from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.llm.base import ChatMessage
 from atoll.runtime.state import ExecutionState
 from atoll.store.models import Message
-from atoll.store.runs import RunStore
+from atoll.store.runs import NextRun, RunStore
 
 logger = logging.getLogger(__name__)
+
+Dispatch = Callable[[NextRun], Awaitable[None]]
+"""``dispatch(run)``: hand a stored PENDING run to whatever executes runs (this process's
+consumer, or the Redis run queue). Its claim is conditional, so dispatching twice is harmless."""
+
+
+async def hand_over(dispatch: Dispatch, next_run: NextRun | None) -> None:
+    """Dispatch the thread's next run now that the one before it ended (no run waiting for
+    its turn polls: the run before it wakes it). A failure is logged: the stall sweep of a
+    single process, or the queue timeout scaled out, still ends or starts it."""
+    if next_run is None:
+        return
+    try:
+        await dispatch(next_run)
+    except Exception:
+        logger.warning("dispatching run %s after the run before it failed", next_run.run_id)
 
 
 def chat_history(rows: Sequence[Message]) -> list[ChatMessage]:
@@ -38,6 +54,7 @@ async def execute_run(
     message: Message,
     history: Sequence[Message],
     cancel_reason: Callable[[], str | None],
+    dispatch: Dispatch,
     worker_id: str | None = None,
 ) -> RunOutcome | None:
     """Run ``message`` through ``agent`` in a fresh engine and record how the run ended.
@@ -58,11 +75,16 @@ async def execute_run(
         except RunLimitError as exc:  # ATOLL_RUN_OVERFLOW=reject: the run ends before it began
             ending = Ending.failure(ExecutionState.FAILED, exc.code, exc.message)
             await end_outside(
-                store, factory.recorder.bus, context.run_id, ending, held_by=worker_id
+                store,
+                factory.recorder.bus,
+                context.run_id,
+                ending,
+                dispatch=dispatch,
+                held_by=worker_id,
             )
             return None
     record = factory.tracker.find(context.run_id)
-    await store.finish(
+    next_run = await store.finish(
         context.run_id,
         state=outcome.state.value,
         error=dict(outcome.error) if outcome.error else None,
@@ -71,6 +93,7 @@ async def execute_run(
         answer_message_id=outcome.message_id if outcome.state is ExecutionState.COMPLETED else None,
         worker_id=worker_id,
     )
+    await hand_over(dispatch, next_run)
     return outcome
 
 
@@ -80,20 +103,24 @@ async def end_outside(
     run_id: str,
     ending: Ending,
     *,
+    dispatch: Dispatch,
     held_by: str | None = None,
     queued_only: bool = False,
 ) -> bool:
-    """End a run no engine is executing, then publish its terminal event.
+    """End a run no engine is executing, publish its terminal event, and dispatch the
+    thread's next run.
 
     The end and its event are one transaction (``RunStore.end``); False when
     the run was not alive (or not queued, or not held by ``held_by``). A failed
     publish is only logged: the event is in the log, and readers catch up from it.
     """
-    event = await store.end(run_id, ending, held_by=held_by, queued_only=queued_only)
-    if event is None:
+    ended = await store.end(run_id, ending, held_by=held_by, queued_only=queued_only)
+    if ended is None:
         return False
-    try:
-        await bus.publish(event)
-    except Exception:
-        logger.warning("publishing the end of run %s failed (readers use the log)", run_id)
+    if ended.event is not None:
+        try:
+            await bus.publish(ended.event)
+        except Exception:
+            logger.warning("publishing the end of run %s failed (readers use the log)", run_id)
+    await hand_over(dispatch, ended.next_run)
     return True

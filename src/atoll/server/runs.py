@@ -32,9 +32,9 @@ from atoll.runtime.engine import check_agent
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.state import ExecutionState
-from atoll.server.cluster import REDIS_ERRORS, Cluster
+from atoll.server.cluster import QUEUE_TIMEOUT, REDIS_ERRORS, Cluster
 from atoll.server.consumer import RunConsumer
-from atoll.server.execution import end_outside
+from atoll.server.execution import Dispatch, end_outside
 from atoll.server.notices import UserNotices
 from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
@@ -46,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_AGENT = "supervisor"
 QUEUE_DOWN = "the run queue is unavailable; try again shortly"
-QUEUE_TIMEOUT = 5.0
-"""Seconds a Redis call on the request path may take before the request fails (503)."""
 STALL_AFTER = 5.0
 """Seconds after which a PENDING run nothing in this process runs counts as stalled."""
 
@@ -71,10 +69,12 @@ class RunService:
         notices: UserNotices,
         plans: PlanCatalog,
         usage: UsageStore,
+        dispatch: Dispatch,
         cluster: Cluster | None = None,
         consumer: RunConsumer | None = None,
     ) -> None:
         self._chat = chat
+        self._dispatch = dispatch
         self._notices = notices
         self._consumer = consumer
         self._store = store
@@ -151,6 +151,7 @@ class RunService:
             client_id=client_id,
             earlier=earlier,
             alias=alias,
+            runs_at_once=plan.runs_at_once,
         )
         job = asyncio.create_task(
             self._store_and_start(principal, store, multitask, acknowledge), name="atoll-submit"
@@ -197,15 +198,17 @@ class RunService:
         if submitted.created and self._consumer is not None:
             # The in-process queue: handed to this process's consumer, with what the
             # submit already read (the claim is then a bare conditional UPDATE).
-            prepared = Claim(
-                submitted.run,
-                submitted.message,
-                principal.plan,
-                principal.roles,
-                waits=bool(alive),
-                history=submitted.history,
-                org_id=principal.org_id,
-            )
+            # Behind an alive run, its claim reads the history afresh once its turn comes.
+            prepared = None
+            if not alive:
+                prepared = Claim(
+                    submitted.run,
+                    submitted.message,
+                    principal.plan,
+                    principal.roles,
+                    history=submitted.history,
+                    org_id=principal.org_id,
+                )
             self._consumer.put(submitted.run.id, submitted.run.user_id, prepared=prepared)
         return submitted
 
@@ -246,7 +249,14 @@ class RunService:
             cluster.failed(exc)
             if end_on_failure:
                 ending = Ending.failure(ExecutionState.FAILED, UnavailableError.code, QUEUE_DOWN)
-                await end_outside(self._store, self._bus, run.id, ending, queued_only=True)
+                await end_outside(
+                    self._store,
+                    self._bus,
+                    run.id,
+                    ending,
+                    dispatch=self._dispatch,
+                    queued_only=True,
+                )
             raise UnavailableError(QUEUE_DOWN, details={"run_id": run.id}) from None
 
     async def start_stalled(self, *, older_than: float = STALL_AFTER) -> int:
@@ -263,7 +273,7 @@ class RunService:
         known = self._here()
         cutoff = utcnow() - timedelta(seconds=older_than)
         started = 0
-        for run in await self._store.alive(claimed=False, queued_before=cutoff):
+        for run in await self._store.alive(claimed=False, queued_before=cutoff, turn=True):
             if run.state != ExecutionState.PENDING.value:
                 continue
             if run.id in known or run.id in self._here():
@@ -284,9 +294,10 @@ class RunService:
     async def _cancel_anywhere(self, run_id: str, user_id: str, *, reason: str) -> None:
         """Cancel a run wherever it is: still queued, held here, or on a worker."""
         cancelled = Ending.cancelled(reason)
-        if await end_outside(self._store, self._bus, run_id, cancelled, queued_only=True):
-            if self._consumer is not None:
-                self._consumer.turns.ended()
+        ended = await end_outside(
+            self._store, self._bus, run_id, cancelled, dispatch=self._dispatch, queued_only=True
+        )
+        if ended:
             return  # still queued: ended here, and the consumer's claim will find it ended
         if self._cluster is None:
             self.cancel_local(run_id, user_id, reason=reason)

@@ -42,7 +42,8 @@ from atoll.runtime.plugins import load_plugins
 from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
 from atoll.server.connections import ConnectionRegistry, StreamSlots
-from atoll.server.consumer import RunConsumer, ThreadTurns
+from atoll.server.consumer import RunConsumer
+from atoll.server.execution import Dispatch
 from atoll.server.metrics import Metrics
 from atoll.server.notices import UserNotices
 from atoll.server.runs import STALL_AFTER, RunService
@@ -308,19 +309,20 @@ async def running_services(
             settings, registry, chat, recorder, llm, cluster, usage=usage, tracing=tracing
         )
         assert factory.plans is not None
-        run_store = RunStore(db)
-        consumer = (
-            RunConsumer(
+        run_store = run_store_of(settings, db)
+        consumer: RunConsumer | None = None
+        dispatch: Dispatch
+        if cluster is None:
+            consumer = RunConsumer(
                 store=run_store,
                 factory=factory,
                 bus=local_bus,
                 consumer_id=node_id,
                 capacity=LOCAL_CAPACITY,
-                turns=ThreadTurns(run_store),
             )
-            if cluster is None
-            else None
-        )
+            dispatch = consumer.dispatch
+        else:
+            dispatch = cluster.dispatch
         notices = UserNotices(local_bus, cluster.bus if cluster is not None else None)
         runs = RunService(
             chat=chat,
@@ -333,6 +335,7 @@ async def running_services(
             if cluster is not None
             else LocalRateLimiter(settings.messages_per_minute, 60.0),
             cluster=cluster,
+            dispatch=dispatch,
             plans=factory.plans,
             usage=usage,
         )
@@ -407,6 +410,15 @@ async def running_services(
             await services.stop()
 
 
+def run_store_of(settings: Settings, db: Database) -> RunStore:
+    """The run store with the waiting bounds of ``settings``."""
+    return RunStore(
+        db,
+        waiting=settings.max_waiting_runs,
+        waiting_per_thread=settings.max_waiting_runs_per_thread,
+    )
+
+
 def build_sweeper(settings: Settings, cluster: Cluster, store: RunStore) -> Sweeper:
     """The dead-worker sweeper every scaled-out process runs."""
     return Sweeper(
@@ -444,7 +456,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
         worker_id = settings.worker_id or process_id("worker")
         cluster = await stack.enter_async_context(connected_cluster(settings, node_id=worker_id))
         chat = ChatStore(db, AuditLog(db))
-        store = RunStore(db)
+        store = run_store_of(settings, db)
         llm = build_llm_provider(settings)
         stack.push_async_callback(llm.aclose)
         event_log = DatabaseRunEventLog(db)

@@ -121,7 +121,14 @@ class Sweeper:
             logger.warning("run %s: worker %s died before it began; re-queued", run.id, worker_id)
             return
         ending = Ending.failure(ExecutionState.DEAD, WORKER_LOST, WORKER_LOST_MESSAGE)
-        if await end_outside(self._store, self._bus, run.id, ending, held_by=worker_id):
+        if await end_outside(
+            self._store,
+            self._bus,
+            run.id,
+            ending,
+            dispatch=self._cluster.dispatch,
+            held_by=worker_id,
+        ):
             self.dead += 1
             logger.warning("run %s: worker %s died; marked dead", run.id, worker_id)
 
@@ -137,15 +144,23 @@ class Sweeper:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.queue_timeout)
         message = f"no worker took this run within {self.queue_timeout:g}s"
         ending = Ending.failure(ExecutionState.TIMEOUT, QUEUE_TIMEOUT, message)
-        for run in await self._store.alive(claimed=False, queued_before=cutoff):
-            if await end_outside(self._store, self._bus, run.id, ending, queued_only=True):
+        for run in await self._store.alive(claimed=False, queued_before=cutoff, turn=True):
+            ended = await end_outside(
+                self._store,
+                self._bus,
+                run.id,
+                ending,
+                dispatch=self._cluster.dispatch,
+                queued_only=True,
+            )
+            if ended:
                 logger.warning("run %s: %s", run.id, message)
 
     async def _requeue_waiting(self) -> None:
         """Redis lost its data: queue again every run still waiting in the database."""
         waiting = [
             run
-            for run in await self._store.alive(claimed=False)
+            for run in await self._store.alive(claimed=False, turn=True)
             if run.state == ExecutionState.PENDING.value
         ]
         for run in waiting:

@@ -35,7 +35,7 @@ from atoll.bus.redis import jittered
 from atoll.config import Settings
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.server.cluster import REDIS_ERRORS, Cluster
-from atoll.server.consumer import RunConsumer, ThreadTurns
+from atoll.server.consumer import RunConsumer
 from atoll.server.metrics import WorkerMetrics
 from atoll.server.sweeper import Sweeper
 from atoll.store.models import Run
@@ -74,7 +74,7 @@ class Worker:
             bus=cluster.bus,
             consumer_id=worker_id,
             capacity=settings.worker_concurrency,
-            turns=ThreadTurns(store),
+            dispatch=cluster.dispatch,
             before_engine=self._take_slot if settings.run_overflow == "wait" else None,
             release=self._release_entry,
         )

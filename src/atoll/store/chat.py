@@ -123,9 +123,31 @@ def history_in(session: Session, thread_id: str) -> list[Message]:
 
 
 def history_before(session: Session, thread_id: str, before_pk: int) -> list[Message]:
-    """Inside a write job: the thread's newest messages before ``before_pk``, oldest first."""
-    query = history_query(thread_id).where(Message.pk < before_pk)
-    return list(session.execute(query).scalars().all())[::-1]
+    """Inside a write job: the conversation before the user's message ``before_pk`` — the
+    earlier questions, each followed by its answer — newest ``HISTORY_LIMIT``, oldest first.
+
+    A question queued behind a running one is stored before that run's answer, so the
+    answers of earlier questions are taken by their run, not by their position, and each
+    is put after its own question.
+    """
+    earlier_runs = select(Message.run_id).where(
+        Message.thread_id == thread_id,
+        Message.role == "user",
+        Message.pk < before_pk,
+        Message.run_id.is_not(None),
+    )
+    answers = and_(Message.role == "assistant", Message.run_id.in_(earlier_runs))
+    query = history_query(thread_id).where(or_(Message.pk < before_pk, answers))
+    rows = list(session.execute(query).scalars().all())
+    asked = {m.run_id: m.pk for m in rows if m.role == "user" and m.run_id is not None}
+
+    def turn(message: Message) -> tuple[int, int, int]:
+        question = message.pk
+        if message.role != "user" and message.run_id is not None:
+            question = asked.get(message.run_id, message.pk)
+        return question, message.role != "user", message.pk
+
+    return sorted(rows, key=turn)
 
 
 def thread_in(session: Session, user_id: str, thread_id: str) -> Thread:

@@ -1,7 +1,10 @@
 """The run store: every database step of a run's life, in one place.
 
 ``submit`` stores a user's message and its PENDING run in one transaction;
-``claim`` takes a queued run for a consumer (PENDING -> STARTING); ``start``
+``claim`` takes a queued run for a consumer (PENDING -> STARTING) once no earlier
+run of its thread is alive (until then it stays PENDING, held by nobody: the run
+before it hands it the turn when it ends — ``finish`` and ``end`` return the
+thread's next run, for the caller to dispatch); ``start``
 records that it began (-> RUNNING); ``requeue`` hands a run that has not begun
 back to the queue; ``finish`` records how a run an engine executed ended, and
 ``end`` ends a run that nothing executes, with its terminal event, in one
@@ -19,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Update, bindparam, func, insert, select, update
+from sqlalchemy import JSON, Exists, Update, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
-from atoll.errors import ThreadBusyError
+from atoll.errors import ThreadBusyError, TooManyWaitingError
 from atoll.runtime.endings import Ending, terminal_state_of
 from atoll.runtime.events import RunEvent
 from atoll.runtime.ids import new_id
@@ -37,7 +40,6 @@ from atoll.store.chat import (
     alive_runs_query,
     history_before,
     history_in,
-    history_query,
     new_thread,
     thread_in,
 )
@@ -67,6 +69,7 @@ _FINISHED = (
         finished_at=bindparam("new_finished_at", type_=_RUNS.c.finished_at.type),
         answer_message_id=bindparam("new_answer"),
     )
+    .returning(Run.thread_id)
 )
 """``finish``: built once (the statement a run ends with costs nothing to prepare)."""
 _FINISHED_HELD = _FINISHED.where(Run.worker_id == bindparam("key_worker"), Run.state.in_(ALIVE))
@@ -85,6 +88,23 @@ class Submitted:
 
 
 @dataclass(frozen=True, slots=True)
+class NextRun:
+    """A PENDING run whose turn it is (no earlier run of its thread is alive): dispatch it."""
+
+    run_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What ``end`` did: the terminal event it appended (None when the run's log already
+    ended with one) and the thread's next run, now that this one is over."""
+
+    event: RunEvent | None
+    next_run: NextRun | None
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """A run a consumer claimed, with the user's message that started it."""
 
@@ -92,8 +112,6 @@ class Claim:
     message: Message
     plan: str
     roles: frozenset[str]
-    waits: bool
-    """Whether an earlier run of the thread is still alive (then ``history`` is empty)."""
     history: list[Message]
     """The thread's messages before this run's, oldest first."""
     org_id: str | None = None
@@ -103,8 +121,12 @@ class Claim:
 class RunStore:
     """The database steps of runs (see the module docstring)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, waiting: int = 20, waiting_per_thread: int = 10) -> None:
         self.db = db
+        self.waiting = waiting
+        """At most this many of a user's runs waiting beyond those their plan runs at once."""
+        self.waiting_per_thread = waiting_per_thread
+        """At most this many PENDING runs in one thread."""
 
     # -- submitting ------------------------------------------------------------------
 
@@ -120,6 +142,7 @@ class RunStore:
         client_id: str | None,
         earlier: Sequence[tuple[str, str]] = (),
         alias: tuple[str, str] | None = None,
+        runs_at_once: int = 1,
     ) -> tuple[Submitted, list[str]]:
         """Store the message and a PENDING run atomically; also the thread's alive runs.
 
@@ -130,7 +153,8 @@ class RunStore:
         began elsewhere (the OpenAI-compatible API sends the whole of it).
         ``alias`` (source, external id), with no ``thread_id``: the user's thread of
         that name if there is one (then ``earlier`` is not stored), else the new
-        thread gets that name (see ``ThreadAlias``).
+        thread gets that name (see ``ThreadAlias``). A user may have ``runs_at_once`` runs
+        (their plan's) plus ``waiting`` alive; a thread ``waiting_per_thread`` PENDING.
         """
 
         def store(session: Session) -> tuple[Submitted, list[str]]:
@@ -175,12 +199,21 @@ class RunStore:
                     insert_rows(session, name)
             else:
                 thread = thread_in(session, user_id, known)
-                alive = [r.id for r in session.execute(alive_runs_query(thread.id)).scalars()]
-                history = history_in(session, thread.id)
-            if alive and multitask == "reject":
-                raise ThreadBusyError(
-                    "this thread already has a run in progress", details={"run_id": alive[0]}
+                # The thread's row first (a row lock on PostgreSQL): a run of this thread
+                # ending now either sees this run as its successor or is seen ended here.
+                now = utcnow()
+                execute_core(
+                    session, update(Thread).where(Thread.id == thread.id).values(updated_at=now)
                 )
+                set_committed_value(thread, "updated_at", now)  # not dirty: no second UPDATE
+                runs = list(session.execute(alive_runs_query(thread.id)).scalars())
+                alive = [r.id for r in runs]
+                if alive and multitask == "reject":
+                    raise ThreadBusyError(
+                        "this thread already has a run in progress", details={"run_id": alive[0]}
+                    )
+                self._check_waiting(session, user_id, runs, runs_at_once)
+                history = history_in(session, thread.id)
             now = utcnow()
             run_id = new_id("run")
             message = Message(
@@ -203,13 +236,9 @@ class RunStore:
                 meta=metadata or {},
                 created_at=now,
             )
-            if known is not None:
-                execute_core(
-                    session, update(Thread).where(Thread.id == thread.id).values(updated_at=now)
-                )
-                set_committed_value(thread, "updated_at", now)  # not dirty: no second UPDATE
-            else:
+            if known is None:
                 thread.updated_at = now
+                self._check_waiting(session, user_id, [], runs_at_once)
             audit = audit_entry(
                 "run_start", user_id=user_id, run_id=run_id, thread_id=thread.id, agent=agent
             )
@@ -224,6 +253,23 @@ class RunStore:
             # Two first messages of one conversation at once: the other one named it.
             raise ThreadBusyError("this conversation is starting in another request") from None
 
+    def _check_waiting(
+        self, session: Session, user_id: str, thread_runs: list[Run], runs_at_once: int
+    ) -> None:
+        """Refuse a run beyond the waiting bounds (``TooManyWaitingError``), before storing it."""
+        queued = sum(1 for r in thread_runs if r.state == ExecutionState.PENDING.value)
+        if queued >= self.waiting_per_thread:
+            raise TooManyWaitingError(
+                f"{queued} messages of this thread are already waiting for their turn",
+                details={"scope": "thread", "limit": self.waiting_per_thread},
+            )
+        alive = select(func.count()).where(Run.user_id == user_id, Run.state.in_(ALIVE))
+        if session.execute(alive).scalar_one() >= runs_at_once + self.waiting:
+            raise TooManyWaitingError(
+                f"{self.waiting} of your messages are already waiting to be answered",
+                details={"scope": "user", "limit": self.waiting},
+            )
+
     # -- consuming ---------------------------------------------------------------------
 
     async def claim(self, run_id: str, worker_id: str) -> Claim | None:
@@ -233,16 +279,14 @@ class RunStore:
             run = session.execute(_claiming(run_id, worker_id).returning(Run)).scalar()
             if run is None:
                 return None
-            earlier = alive_runs_query(run.thread_id).where(Run.pk < run.pk).exists()
             query = with_org(
-                select(Message, effective_plan(), User.roles, earlier, Org.id)
+                select(Message, effective_plan(), User.roles, Org.id)
                 .join(User, User.id == Message.user_id)
                 .where(Message.id == run.input_message_id)
             )
-            message, plan, roles, waits, org_id = session.execute(query).one()
-            history = [] if waits else history_before(session, run.thread_id, message.pk)
-            held = frozenset(roles or ())
-            return Claim(run, message, plan, held, bool(waits), history, org_id)
+            message, plan, roles, org_id = session.execute(query).one()
+            history = history_before(session, run.thread_id, message.pk)
+            return Claim(run, message, plan, frozenset(roles or ()), history, org_id)
 
         return await self.db.write(claim)
 
@@ -284,19 +328,6 @@ class RunStore:
         )
         return await self.db.write(lambda session: bool(rows_changed(session, statement)))
 
-    async def earlier_alive(self, run: Run) -> bool:
-        """Whether the run's thread has an alive run created before it."""
-        query = alive_runs_query(run.thread_id).where(Run.pk < run.pk).limit(1)
-        async with self.db.session() as session:
-            return (await session.execute(query)).scalar() is not None
-
-    async def history(self, thread_id: str, *, before_pk: int) -> list[Message]:
-        """The thread's newest messages before ``before_pk``, oldest first."""
-        query = history_query(thread_id).where(Message.pk < before_pk)
-        async with self.db.session() as session:
-            rows = list((await session.execute(query)).scalars().all())
-        return rows[::-1]
-
     # -- ending ------------------------------------------------------------------------
 
     async def finish(
@@ -309,8 +340,9 @@ class RunStore:
         finished_at: datetime,
         answer_message_id: str | None,
         worker_id: str | None = None,
-    ) -> None:
-        """Record how a run an engine executed ended (a worker's only while it holds it)."""
+    ) -> NextRun | None:
+        """Record how a run an engine executed ended (a worker's only while it holds it);
+        the thread's next run, if one waits for its turn."""
         values: dict[str, Any] = {
             "key_id": run_id,
             "new_state": state,
@@ -322,7 +354,12 @@ class RunStore:
         statement = _FINISHED
         if worker_id is not None:
             statement, values["key_worker"] = _FINISHED_HELD, worker_id
-        await self.db.write(lambda session: session.connection().execute(statement, values))
+
+        def finish(session: Session) -> NextRun | None:
+            thread_id = session.connection().execute(statement, values).scalar()
+            return None if thread_id is None else next_in_thread(session, thread_id)
+
+        return await self.db.write(finish)
 
     async def end(
         self,
@@ -331,17 +368,18 @@ class RunStore:
         *,
         held_by: str | None = None,
         queued_only: bool = False,
-    ) -> RunEvent | None:
+    ) -> Ended | None:
         """End a run that no engine is executing, with its terminal event, in one transaction.
 
         Only an alive run is ended (only a queued one with ``queued_only``; only one
         held by worker ``held_by`` if given), so of several processes trying, one
-        wins. If the run's log already ends with a terminal event (its process died
-        before recording the state), the state is taken from that event and nothing
-        is appended. Returns the appended event, for the caller to publish.
+        wins; None when this call did not end it. If the run's log already ends with
+        a terminal event (its process died before recording the state), the state is
+        taken from that event and nothing is appended. Returns the appended event,
+        for the caller to publish, and the thread's next run, for it to dispatch.
         """
 
-        def end(session: Session) -> RunEvent | None:
+        def end(session: Session) -> Ended | None:
             conditions = [Run.id == run_id, Run.state.in_(ALIVE)]
             if queued_only:
                 conditions.append(Run.state == ExecutionState.PENDING.value)
@@ -369,7 +407,7 @@ class RunStore:
                     state, error = terminal_state_of(last)
                     fix = update(Run).where(Run.id == run_id).values(state=state, error=error)
                     session.connection().execute(fix)
-                    return None
+                    return Ended(None, next_in_thread(session, run.thread_id))
             event = RunEvent.build(
                 type=ending.event_type,
                 run_id=run.id,
@@ -381,21 +419,28 @@ class RunStore:
                 data=ending.data,
             )
             session.connection().execute(insert(RunEventRow), [event_row(event)])
-            return event
+            return Ended(event, next_in_thread(session, run.thread_id))
 
         return await self.db.write(end)
 
     # -- finding runs ------------------------------------------------------------------
 
     async def alive(
-        self, *, claimed: bool | None = None, queued_before: datetime | None = None
+        self,
+        *,
+        claimed: bool | None = None,
+        queued_before: datetime | None = None,
+        turn: bool = False,
     ) -> Sequence[Run]:
         """Every run not terminal (after a crash: runs that will never finish).
 
-        Only claimed (``worker_id`` set) or unclaimed ones if asked, and only those
-        (last) queued before ``queued_before``.
+        Only claimed (``worker_id`` set) or unclaimed ones if asked, only those
+        (last) queued before ``queued_before``, and with ``turn`` only those whose
+        turn it is (no earlier run of their thread alive: the others wait for it).
         """
         query = select(Run).where(Run.state.in_(ALIVE))
+        if turn:
+            query = query.where(~_earlier_alive())
         if claimed is True:
             query = query.where(Run.worker_id.is_not(None))
         elif claimed is False:
@@ -411,44 +456,44 @@ class RunStore:
         async with self.db.session() as session:
             return (await session.execute(query)).scalars().all()
 
-    async def stalled(self, *, queued_before: datetime) -> list[Claim]:
-        """PENDING runs (last) queued before ``queued_before``, ready to start.
-
-        Each comes with its message, its user's plan and roles and the thread's
-        history before it (single process: nothing but this process runs them).
-        """
-        query = with_org(
-            select(Run, Message, effective_plan(), User.roles, Org.id)
-            .join(Message, Message.id == Run.input_message_id)
-            .join(User, User.id == Run.user_id)
-            .where(
-                Run.state == ExecutionState.PENDING.value,
-                func.coalesce(Run.queued_at, Run.created_at) < queued_before,
-            )
-            .order_by(Run.pk)
-        )
-        async with self.db.session() as session:
-            rows = (await session.execute(query)).all()
-            stalled = []
-            for run, message, plan, roles, org_id in rows:
-                history_rows = await session.execute(
-                    history_query(run.thread_id).where(Message.pk < message.pk)
-                )
-                history = list(history_rows.scalars().all())[::-1]
-                held = frozenset(roles or ())
-                stalled.append(Claim(run, message, plan, held, False, history, org_id))
-        return stalled
-
     async def find(self, run_id: str) -> Run | None:
         """Run ``run_id`` whoever owns it (for the cluster's own bookkeeping, never a request)."""
         async with self.db.session() as session:
             return (await session.execute(select(Run).where(Run.id == run_id))).scalar()
 
 
+def _earlier_alive() -> Exists:
+    """Whether an earlier run of the same thread as ``Run`` is alive (correlated)."""
+    earlier = aliased(Run)
+    return (
+        select(earlier.pk)
+        .where(earlier.thread_id == Run.thread_id, earlier.pk < Run.pk, earlier.state.in_(ALIVE))
+        .exists()
+    )
+
+
 def _claiming(run_id: str, worker_id: str) -> Update:
-    """The conditional UPDATE of a claim: PENDING -> STARTING for ``worker_id``."""
+    """The conditional UPDATE of a claim: PENDING -> STARTING for ``worker_id``, only when no
+    earlier run of its thread is alive (its answer comes first)."""
     return (
         update(Run)
-        .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value)
+        .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value, ~_earlier_alive())
         .values(state=ExecutionState.STARTING.value, worker_id=worker_id, attempts=Run.attempts + 1)
     )
+
+
+def next_in_thread(session: Session, thread_id: str) -> NextRun | None:
+    """The thread's oldest alive run if it is PENDING (its turn has come), stamped as queued
+    now (the queue timeout counts from its turn, not from when it was sent)."""
+    head = (
+        select(Run.id, Run.user_id, Run.state)
+        .where(Run.thread_id == thread_id, Run.state.in_(ALIVE))
+        .order_by(Run.pk)
+        .limit(1)
+    )
+    row = session.execute(head).first()
+    if row is None or row.state != ExecutionState.PENDING.value:
+        return None
+    stamp = update(Run).where(Run.id == row.id).values(queued_at=utcnow())
+    session.connection().execute(stamp)
+    return NextRun(row.id, row.user_id)

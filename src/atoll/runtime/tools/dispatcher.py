@@ -29,7 +29,7 @@ from atoll.errors import (
 )
 from atoll.ratelimit import RateLimiter
 from atoll.runtime.context import UserExecutionContext
-from atoll.runtime.events import AgentEmitter, EventType
+from atoll.runtime.events import AgentEmitter, EventType, preview
 from atoll.runtime.ids import new_id
 from atoll.runtime.llm.base import ToolSpec
 from atoll.runtime.plans import Plan
@@ -109,7 +109,8 @@ class ToolDispatcher:
         else:
             failure = None
         await self._emitter.emit(
-            EventType.TOOL_EXECUTING, {"call_id": call_id, "tool": name, "args": shown_args}
+            EventType.TOOL_EXECUTING,
+            {"call_id": call_id, "tool": name, "args": preview(shown_args)},
         )
         try:
             if failure is not None:
@@ -214,9 +215,9 @@ class ToolDispatcher:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         data: dict[str, Any] = {"call_id": call_id, "tool": name, "ok": error is None}
         if error is None:
-            data["result"] = result
+            data["result"] = preview(result)
         else:
-            data["error"] = dict(error)
+            data["error"] = preview(dict(error))
         data["duration_ms"] = duration_ms
         await self._emitter.emit(EventType.TOOL_COMPLETED, data)
         return ToolResult(call_id, name, error is None, result, error, duration_ms)

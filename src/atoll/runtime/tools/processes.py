@@ -86,7 +86,10 @@ def _serve(
 ) -> None:
     """The worker process: start, say so, then run one call at a time until the pipe closes."""
     failure = _start(memory_mb, niceness, preload)
-    connection.send((_READY,) if failure is None else (_NOT_STARTED, failure))
+    try:
+        connection.send((_READY,) if failure is None else (_NOT_STARTED, failure))
+    except OSError:
+        return  # the pool closed while this process started: nobody to serve
     if failure is not None:
         return
     functions: dict[tuple[str, str], Callable[..., Any]] = {}
