@@ -30,6 +30,9 @@ from atoll.runtime.llm.base import (
     Usage,
 )
 
+MAX_READ_CHARS = 2_000
+"""The offline model reads at most this much of a question (a small context, like a small
+model's): a 32,000-character message costs what a 2,000-character one does."""
 OFFLINE_NOTE = "(Answered by Atoll's offline model: deterministic, no language model connected.)"
 
 _ARITHMETIC_WORDS = (
@@ -269,7 +272,7 @@ class OfflineClient:
         tool_choice: ToolChoice | None = None,
     ) -> AsyncIterator[LLMChunk]:
         """Decide deterministically: call a tool, or stream an answer."""
-        question = _last_user_text(messages)
+        question = _last_user_text(messages)[:MAX_READ_CHARS]
         prompt_tokens = sum(len(m.content.split()) for m in messages)
         if messages and messages[-1].role == "tool":
             answer = compose_answer(messages)
