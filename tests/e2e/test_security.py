@@ -107,10 +107,37 @@ async def test_websocket_auth_rules(secured: str) -> None:
     assert await ws_close_code(secured, header="Basic abc") == 4401
 
 
-async def test_spent_refresh_token_revokes_the_session(secured: str) -> None:
+async def test_two_tabs_refreshing_at_once_both_stay_signed_in(secured: str) -> None:
+    """F4: concurrent refreshes with one token all get the same new pair, which works."""
+    client = await register(secured, "tabs@example.com")
+    body = {"refresh_token": client.refresh_token}
+    async with (
+        httpx.AsyncClient(base_url=secured) as tab1,
+        httpx.AsyncClient(base_url=secured) as tab2,
+    ):
+        answers = await asyncio.gather(
+            tab1.post("/api/v1/auth/refresh", json=body),
+            tab2.post("/api/v1/auth/refresh", json=body),
+            tab1.post("/api/v1/auth/refresh", json=body),
+        )
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        pairs = {(a.json()["access_token"], a.json()["refresh_token"]) for a in answers}
+        assert len(pairs) == 1
+        ((access, refresh),) = pairs
+        me = await tab2.get("/api/v1/me", headers={"Authorization": f"Bearer {access}"})
+        assert me.status_code == 200
+        following = await tab1.post("/api/v1/auth/refresh", json={"refresh_token": refresh})
+        assert following.status_code == 200
+    await client.aclose()
+
+
+async def test_a_spent_refresh_token_two_rotations_old_revokes_the_session(
+    secured: str,
+) -> None:
     client = await register(secured, "refresh@example.com")
     old_refresh = client.refresh_token
     await client.refresh()
+    await client.refresh()  # old_refresh is no longer the one just spent
     assert client.refresh_token != old_refresh
     assert (await client.request("GET", "/me"))["email"] == "refresh@example.com"
     async with httpx.AsyncClient(base_url=secured) as http:
@@ -125,6 +152,29 @@ async def test_spent_refresh_token_revokes_the_session(secured: str) -> None:
         )
         assert again.status_code == 401
     await client.aclose()
+
+
+async def test_reuse_after_the_interval_revokes_the_session_and_closes_its_sockets(
+    tmp_path: Path,
+) -> None:
+    """With no reuse interval every spent token presented again is reuse: the session ends,
+    and its open socket closes with 4401 on this server too (not only through Redis)."""
+    settings = make_settings(tmp_path / "data", secret_key=SECRET, refresh_reuse_seconds=0)
+    async with running_server(settings) as (url, _):
+        client = await register(url, "strict@example.com")
+        spent = client.refresh_token
+        async with client.connect() as socket:
+            await client.refresh()
+            async with httpx.AsyncClient(base_url=url) as http:
+                reused = await http.post("/api/v1/auth/refresh", json={"refresh_token": spent})
+            assert (reused.status_code, reused.json()["code"]) == (401, "refresh_reused")
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.connection.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        with pytest.raises(ApiError) as info:
+            await client.request("GET", "/me")
+        assert info.value.code == "session_revoked"
+        await client.aclose()
 
 
 async def test_logout_kills_the_access_token_at_once(secured: str) -> None:
