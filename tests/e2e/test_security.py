@@ -213,6 +213,56 @@ async def test_login_rate_limit(secured: str) -> None:
         assert right.status_code == 429
 
 
+async def test_a_known_client_is_not_locked_out_by_strangers_at_its_address(
+    tmp_path: Path,
+) -> None:
+    """Shared NAT: strangers' wrong passwords from the owner's address lock out every
+    untrusted client, but not the owner's, which holds the device cookie its last login
+    gave it (OWASP device cookies). The cookie is worth nothing for another account and
+    stops helping after its own run of failures."""
+    settings = make_settings(
+        tmp_path / "data", secret_key=SECRET, login_failures_limit=3,
+        login_failures_per_address=5,
+    )  # fmt: skip
+    login = "/api/v1/auth/login"
+    owner_body = {"email": "owner@example.com", "password": PASSWORD}
+    async with (
+        running_server(settings) as (url, _),
+        httpx.AsyncClient(base_url=url) as owner,
+        httpx.AsyncClient(base_url=url) as stranger,
+    ):
+        registered = await owner.post("/api/v1/auth/register", json=owner_body)
+        assert registered.status_code == 201
+        cookie = registered.headers["set-cookie"].lower()
+        assert cookie.startswith("atoll_device=")
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert "path=/api/v1/auth" in cookie and "secure" not in cookie  # plain http here
+        assert "atoll_device" not in registered.text  # never in the body, nor a URL
+        await (await register(url, "eve@example.com")).aclose()
+        wrong = {"email": "owner@example.com", "password": "wrong password"}
+        assert [(await stranger.post(login, json=wrong)).status_code for _ in range(4)] == [
+            401, 401, 401, 429,
+        ]  # fmt: skip
+        spray = [{"email": f"user{n}@example.com", "password": "wrong password"} for n in range(3)]
+        assert [(await stranger.post(login, json=body)).status_code for body in spray] == [
+            401,
+            401,
+            429,
+        ]  # fmt: skip: the address's limit (5 failures) is reached
+        assert (await stranger.post(login, json=owner_body)).status_code == 429
+        known = await owner.post(login, json=owner_body)
+        assert known.status_code == 200, known.text
+        device = owner.cookies["atoll_device"]
+        async with httpx.AsyncClient(base_url=url, cookies={"atoll_device": device}) as thief:
+            other = {"email": "eve@example.com", "password": PASSWORD}
+            assert (await thief.post(login, json=other)).status_code == 429  # not Eve's cookie
+        forged = device[:-2] + ("AA" if not device.endswith("AA") else "BB")
+        async with httpx.AsyncClient(base_url=url, cookies={"atoll_device": forged}) as faker:
+            assert (await faker.post(login, json=owner_body)).status_code == 429
+        assert [(await owner.post(login, json=wrong)).status_code for _ in range(3)] == [401] * 3
+        assert (await owner.post(login, json=owner_body)).status_code == 429  # trust spent
+
+
 async def test_other_users_resources_answer_404_everywhere(secured: str, tmp_path: Path) -> None:
     ada = await register(secured, "ada@example.com")
     bob = await register(secured, "bob@example.com")

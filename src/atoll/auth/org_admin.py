@@ -112,21 +112,47 @@ class OrgAdmin:
     async def require_sso(self, org_id: str, required: bool, *, by: str | None) -> list[str]:
         """Refuse (or allow again) passwords for the organisation's people; the sessions
         this ended (their password sessions, when required)."""
-        if by is not None:
-            providers = frozenset(await self.orgs.providers(org_id))
-            await self._keep_a_way_in(by, SignInPolicy(org_id, required, providers))
-        ended = await self.orgs.require_sso(org_id, required)
-        await self._ended(ended)
-        await self._audited(
-            "org_sso_changed", org_id, by, sso_required=required, sessions=len(ended)
-        )
-        return ended
+        return await self.set_policy(org_id, sso_required=required, by=by)
 
     async def set_providers(
         self, org_id: str, providers: list[str], *, by: str | None
     ) -> list[str]:
         """Bind the organisation to ``providers`` (configured names; empty: any configured
         provider); the sessions this ended (those from providers no longer allowed)."""
+        return await self.set_policy(org_id, providers=providers, by=by)
+
+    async def set_policy(
+        self,
+        org_id: str,
+        *,
+        sso_required: bool | None = None,
+        providers: list[str] | None = None,
+        by: str | None,
+    ) -> list[str]:
+        """Change the organisation's sign-in policy (None: that part unchanged), checked as a
+        whole and applied in one transaction; the sessions it ended."""
+        if providers is not None:
+            self._check_providers(providers)
+        if by is not None:
+            org = await self.orgs.get(org_id)
+            bound = set(providers) if providers is not None else await self.orgs.providers(org_id)
+            required = org.sso_required if sso_required is None else sso_required
+            await self._keep_a_way_in(by, SignInPolicy(org_id, required, frozenset(bound)))
+        ended = await self.orgs.set_policy(org_id, sso_required=sso_required, providers=providers)
+        await self._ended(ended)
+        if sso_required is not None:
+            await self._audited(
+                "org_sso_changed", org_id, by, sso_required=sso_required, sessions=len(ended)
+            )
+        if providers is not None:
+            await self._audited(
+                "org_providers_changed", org_id, by, providers=sorted(set(providers)),
+                sessions=len(ended),
+            )  # fmt: skip
+        return ended
+
+    def _check_providers(self, providers: list[str]) -> None:
+        """``ValidationFailedError`` unless every one of ``providers`` is configured."""
         unknown = sorted(set(providers) - self.providers)
         if unknown:
             allowed = ", ".join(sorted(self.providers)) or "none configured"
@@ -134,18 +160,6 @@ class OrgAdmin:
                 f"unknown provider {unknown[0]!r} (configured: {allowed})",
                 [{"loc": ["providers"], "msg": f"each one of: {allowed}"}],
             )
-        if by is not None:
-            org = await self.orgs.get(org_id)
-            await self._keep_a_way_in(
-                by, SignInPolicy(org_id, org.sso_required, frozenset(providers))
-            )
-        ended = await self.orgs.set_providers(org_id, providers)
-        await self._ended(ended)
-        await self._audited(
-            "org_providers_changed", org_id, by, providers=sorted(set(providers)),
-            sessions=len(ended),
-        )  # fmt: skip
-        return ended
 
     async def add_domain(
         self, org_id: str, domain: str, *, by: str | None

@@ -232,33 +232,32 @@ class OrgStore:
 
         return normalised, await self.db.write(add)
 
-    async def require_sso(self, org_id: str, required: bool) -> list[str]:
-        """Whether password sign-in is refused for the organisation's people; the sessions
-        this ended (``revoke_against_policy``, in the same transaction)."""
+    async def set_policy(
+        self,
+        org_id: str,
+        *,
+        sso_required: bool | None = None,
+        providers: Iterable[str] | None = None,
+    ) -> list[str]:
+        """Change the organisation's sign-in policy: whether it requires SSO (passwords refused
+        for its people) and the providers it is bound to (empty: any configured one); None
+        leaves a part as it is. The sessions this ended (``revoke_against_policy``, in the
+        same transaction)."""
+        names = sorted(set(providers)) if providers is not None else None
 
-        def set_flag(session: Session) -> list[str]:
+        def change(session: Session) -> list[str]:
             org = session.get(Org, org_id)
             if org is None:
                 raise NotFoundError("organisation not found")
-            org.sso_required = required
+            if sso_required is not None:
+                org.sso_required = sso_required
+            if names is not None:
+                session.execute(delete(OrgProvider).where(OrgProvider.org_id == org_id))
+                session.add_all(OrgProvider(org_id=org_id, provider=name) for name in names)
+                session.flush()
             return revoke_against_policy(session, org_id)
 
-        return await self.db.write(set_flag)
-
-    async def set_providers(self, org_id: str, providers: Iterable[str]) -> list[str]:
-        """Bind the organisation to ``providers`` (none: any configured one); the sessions
-        this ended (those from a provider no longer allowed, in the same transaction)."""
-        names = sorted(set(providers))
-
-        def bind(session: Session) -> list[str]:
-            if session.get(Org, org_id) is None:
-                raise NotFoundError("organisation not found")
-            session.execute(delete(OrgProvider).where(OrgProvider.org_id == org_id))
-            session.add_all(OrgProvider(org_id=org_id, provider=name) for name in names)
-            session.flush()
-            return revoke_against_policy(session, org_id)
-
-        return await self.db.write(bind)
+        return await self.db.write(change)
 
     async def providers(self, org_id: str) -> list[str]:
         """The providers the organisation is bound to (empty: any configured one)."""

@@ -100,15 +100,9 @@ async def update_org(
     configured one), and require them (``sso_required``). Sessions the new policy would
     not let in end now (their sockets close with 4401)."""
     member = await services.org_admin.membership_of(principal, org_id, admin=True)
-    ended: list[str] = []
-    if body.providers is not None:
-        ended += await services.org_admin.set_providers(
-            org_id, body.providers, by=principal.user_id
-        )
-    if body.sso_required is not None:
-        ended += await services.org_admin.require_sso(
-            org_id, body.sso_required, by=principal.user_id
-        )
+    ended = await services.org_admin.set_policy(
+        org_id, sso_required=body.sso_required, providers=body.providers, by=principal.user_id
+    )
     for session_id in ended:
         await services.connections.close_session(session_id, CLOSE_REMOVED, "session_revoked")
     return await _org_out(services, principal, org_id, member.role)
