@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -88,8 +88,9 @@ class IssuedTokens:
 class _Rotation:
     """What one refresh did to its session row (see ``AuthService.refresh``)."""
 
-    outcome: str
-    """``rotated``, ``replayed`` (within the reuse interval), ``reused`` or ``refused``."""
+    outcome: Literal["rotated", "replayed", "reused", "refused"]
+    """A new pair; the last pair again (within the reuse interval); the session revoked for
+    reuse; the session ended because its organisation no longer allows how it began."""
     user: User | None = None
     refresh_jti: str = ""
     access_jti: str = ""
