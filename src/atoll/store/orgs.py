@@ -133,6 +133,19 @@ def _in_domain(domain: str) -> ColumnElement[bool]:
     return or_(*(User.email.like(f"%@{e}", escape="\\") for e in escaped))
 
 
+def _refusable(policy: SignInPolicy) -> ColumnElement[bool] | None:
+    """The sessions ``policy`` may refuse, as a filter (None: it refuses none), so that only
+    those are read; ``SignInPolicy.refusal`` still decides each one."""
+    conditions: list[ColumnElement[bool]] = []
+    if policy.sso_required:
+        conditions.append(AuthSession.provider.is_(None))
+    if policy.providers:
+        conditions.append(
+            and_(AuthSession.provider.is_not(None), AuthSession.provider.not_in(policy.providers))
+        )
+    return or_(*conditions) if conditions else None
+
+
 def revoke_against_policy(session: Session, org_id: str) -> list[str]:
     """Inside a write job: end every live session of the organisation's people (its members
     and the owners of addresses in its domains) that its policy no longer lets in; their ids.
@@ -144,6 +157,9 @@ def revoke_against_policy(session: Session, org_id: str) -> list[str]:
     if org is None:
         raise NotFoundError("organisation not found")
     policy = policy_in(session, org)
+    refusable = _refusable(policy)
+    if refusable is None:
+        return []
     domains = set(session.execute(select(OrgDomain.domain).where(OrgDomain.org_id == org_id))
                   .scalars())  # fmt: skip
     members = select(OrgMember.user_id).where(
@@ -154,7 +170,7 @@ def revoke_against_policy(session: Session, org_id: str) -> list[str]:
         select(AuthSession, User.email, OrgMember.org_id)
         .join(User, User.id == AuthSession.user_id)
         .outerjoin(OrgMember, and_(OrgMember.user_id == User.id, OrgMember.removed_at.is_(None)))
-        .where(AuthSession.revoked_at.is_(None), people)
+        .where(AuthSession.revoked_at.is_(None), refusable, people)
     )
     now, ended = utcnow(), []
     for row, email, member_of in session.execute(live).all():
