@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
+import jwt
 import pytest
 
 from atoll.auth.passwords import Passwords
@@ -18,7 +19,8 @@ from atoll.errors import RefreshReuseError, SessionRevokedError
 from atoll.ratelimit import LocalRateLimiter, SlidingWindowCounter
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
-from atoll.store.models import utcnow
+from atoll.store.models import OrgProvider, utcnow
+from atoll.store.orgs import OrgStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -137,3 +139,36 @@ async def test_a_token_two_rotations_old_revokes_at_once(
         await auth.refresh(first.refresh_token)  # within the interval, but not the last spent
     with pytest.raises(SessionRevokedError):
         await auth.authenticate(third.access_token)
+
+
+async def test_a_policy_change_ends_password_sessions_and_a_refresh_checks_it_again(
+    database: Database, clock: Clock
+) -> None:
+    auth = auth_service(database, clock)
+    orgs = OrgStore(database)
+    org = await orgs.create("Example")
+    await orgs.add_domain(org.id, "example.com")
+    ada = await auth.create_user("ada@example.com", "correct horse battery")
+    eve = await auth.create_user("eve@elsewhere.test", "correct horse battery")
+    by_password = await auth.session_for(ada, None)
+    by_provider = await auth.session_for(ada, "acme")
+    outsider = await auth.session_for(eve, None)
+    assert await orgs.set_policy(org.id, sso_required=True) == [session_of(by_password)]
+    with pytest.raises(SessionRevokedError):
+        await auth.refresh(by_password.refresh_token)
+    by_provider = await auth.refresh(by_provider.refresh_token)
+    await auth.refresh(outsider.refresh_token)
+    # A session that began in the instant the policy changed (here: the policy changes
+    # behind the sweep's back) ends at its next refresh, its sockets to be closed.
+    slipped = await auth.session_for(ada, "social")
+    await database.write(lambda session: session.add(OrgProvider(org_id=org.id, provider="acme")))
+    with pytest.raises(SessionRevokedError) as refused:
+        await auth.refresh(slipped.refresh_token)
+    assert refused.value.session_id == session_of(slipped)
+    assert await orgs.set_policy(org.id, providers=["acme"]) == []  # acme's session stays
+    await auth.refresh(by_provider.refresh_token)
+
+
+def session_of(issued: IssuedTokens) -> str:
+    """The session id in a token (read, not verified: the test made it)."""
+    return str(jwt.decode(issued.refresh_token, options={"verify_signature": False})["sid"])
