@@ -72,6 +72,7 @@ async def test_failed_logins_are_counted_across_the_nodes(
 ) -> None:
     async with two_nodes(servers, tmp_path, login_failures_limit=2) as (on_a, on_b):
         await on_a.register("guess@example.com", PASSWORD)
+        on_a.http.cookies.clear()  # no device cookie: limited like any client (docs/auth.md)
         for client in (on_a, on_b):
             with pytest.raises(ApiError) as wrong:
                 await client.login("guess@example.com", "wrong password")
