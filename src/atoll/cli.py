@@ -68,9 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     org_plan = org.add_parser("set-plan", help="change an organisation's plan")
     org_plan.add_argument("org_id")
     org_plan.add_argument("plan")
-    org_sso = org.add_parser("require-sso", help="refuse passwords for the organisation's domains")
+    org_sso = org.add_parser(
+        "require-sso",
+        help="refuse passwords for the organisation's people (ends their password sessions)",
+    )
     org_sso.add_argument("org_id")
     org_sso.add_argument("required", choices=["on", "off"])
+    org_providers = org.add_parser(
+        "set-providers",
+        help="bind the organisation to these OpenID Providers (none: any configured one); "
+        "ends sessions from the others",
+    )
+    org_providers.add_argument("org_id")
+    org_providers.add_argument("providers", nargs="*", metavar="PROVIDER")
     org_members = org.add_parser("members", help="list an organisation's members")
     org_members.add_argument("org_id")
     org_members.add_argument("--removed", action="store_true", help="those removed instead")
@@ -86,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     org_restore = org.add_parser("restore", help="let a removed member sign in again")
     org_restore.add_argument("org_id")
     org_restore.add_argument("email")
-    org_actions = (org_create, org_domain, org_plan, org_sso, org_members, org_role, org_remove,
-                   org_restore)  # fmt: skip
+    org_actions = (org_create, org_domain, org_plan, org_sso, org_providers, org_members,
+                   org_role, org_remove, org_restore)  # fmt: skip
     for action in org_actions:
         action.add_argument("--data-dir", type=Path)
 
@@ -101,14 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> object:
+    """The settings (``ConfigurationError`` with pydantic's words for a bad one: printed as
+    one clear message, not a traceback)."""
+    from pydantic import ValidationError
+
     from atoll.config import Settings
+    from atoll.errors import ConfigurationError
 
     overrides: dict[str, object] = {}
     for name in ("host", "port", "data_dir", "worker_concurrency", "worker_id"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -196,13 +218,18 @@ async def _org_action(args: argparse.Namespace) -> list[str]:
         if args.org_command == "create":
             return [(await admin.create(args.name, args.plan)).id]
         if args.org_command == "add-domain":
-            return [await orgs.add_domain(args.org_id, args.domain)]
+            domain, _ = await admin.add_domain(args.org_id, args.domain, by=None)
+            return [domain]
         if args.org_command == "set-plan":
             previous = await admin.set_plan(args.org_id, args.plan, by=None)
             return [f"{previous} -> {args.plan}"]
         if args.org_command == "require-sso":
-            await admin.require_sso(args.org_id, args.required == "on", by=None)
-            return [f"sso required: {args.required}"]
+            ended = len(await admin.require_sso(args.org_id, args.required == "on", by=None))
+            return [f"sso required: {args.required}; {ended} session(s) ended"]
+        if args.org_command == "set-providers":
+            ended = len(await admin.set_providers(args.org_id, args.providers, by=None))
+            bound = ", ".join(sorted(set(args.providers))) or "any configured provider"
+            return [f"providers: {bound}; {ended} session(s) ended"]
         if args.org_command == "members":
             rows = await orgs.members(args.org_id, removed=args.removed)
             return [f"{row.email}\t{row.role}" for row in rows]

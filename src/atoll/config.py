@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +21,18 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine: ``localhost``, 127.0.0.0/8 or ``::1`` (literally:
+    no name is resolved, so DNS cannot make a remote host count as loopback)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class OIDCProviderSettings(BaseModel):
@@ -37,6 +51,27 @@ class OIDCProviderSettings(BaseModel):
         description="Link a first sign-in to an existing password account with the same "
         "verified email (only for providers that own their users' email addresses)",
     )
+    allow_insecure_http: bool = Field(
+        False,
+        description="Accept a plain http:// issuer on a host other than loopback (a test "
+        "network only: anyone on the path can then forge sign-ins)",
+    )
+
+    def plain_http_allowed(self) -> bool:
+        """Whether this provider may be reached over plain HTTP (its issuer on loopback, or
+        ``allow_insecure_http``); its discovery may name http:// endpoints only then."""
+        return self.allow_insecure_http or is_loopback_url(self.issuer)
+
+    @model_validator(mode="after")
+    def _https_issuer(self) -> OIDCProviderSettings:
+        """Refuse a plain http:// issuer at start, naming the provider (see docs/auth.md)."""
+        if self.issuer.startswith("http://") and not self.plain_http_allowed():
+            raise ValueError(
+                f"OpenID provider {self.name!r}: issuer {self.issuer} is plain http:// on a host "
+                "that is not loopback; use https:// (or, on a test network only, set "
+                '"allow_insecure_http": true for this provider)'
+            )
+        return self
 
 
 class PlanSettings(BaseModel):
@@ -127,6 +162,13 @@ class Settings(BaseSettings):
         100, ge=1, description="Failed logins for one email from all addresses, per window"
     )
     login_failures_window: float = Field(15 * 60, gt=0)
+    refresh_reuse_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=300,
+        description="A spent refresh token presented again within this many seconds gets the "
+        "same new pair (two tabs, a retried request); after it, the session is revoked; 0: never",
+    )
     session_cache_seconds: float = Field(
         10.0,
         ge=0,

@@ -106,9 +106,15 @@ class SessionRevokedError(AuthenticationError):
 
     code = "session_revoked"
 
+    def __init__(self, message: str, *, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        """The session this very call ended (its sockets are to close); never sent."""
 
-class RefreshReuseError(AuthenticationError):
-    """Raised when a spent refresh token is presented; the whole session is revoked."""
+
+class RefreshReuseError(SessionRevokedError):
+    """Raised when a spent refresh token is presented after the reuse interval; the whole
+    session is revoked."""
 
     code = "refresh_reused"
 

@@ -74,7 +74,7 @@ async def test_sign_in_jit_org_join_sso_and_sign_out(browser: Browser, tmp_path:
         member = await services.orgs.membership(me["id"])
         assert member is not None and member.org_id == org.id
         # The organisation requires SSO: passwords are refused for its domain.
-        await services.orgs.require_sso(org.id, True)
+        await services.org_admin.require_sso(org.id, True, by=None)
         async with AtollClient(url) as stranger:
             with pytest.raises(ApiError) as refused:
                 await stranger.register("bob@acme.test", PASSWORD)

@@ -18,6 +18,7 @@ from atoll.server.serve import running_server
 from atoll.server.services import Services
 from atoll.store.models import Identity, OrgMember, utcnow
 
+from ports import free_port
 from serving import PASSWORD, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security]
@@ -31,9 +32,11 @@ async def join(services: Services, user_id: str, org_id: str, role: str = "membe
 
 
 @asynccontextmanager
-async def two_orgs(tmp_path: Path) -> AsyncIterator[tuple[str, Services, dict[str, Any]]]:
+async def two_orgs(
+    tmp_path: Path, **settings: Any
+) -> AsyncIterator[tuple[str, Services, dict[str, Any]]]:
     """Acme (admin Ada, members Bob and Cy) and Globex (admin Gil), all with passwords."""
-    async with running_server(make_settings(tmp_path / "data")) as (url, server):
+    async with running_server(make_settings(tmp_path / "data", **settings)) as (url, server):
         services: Services = server.config.app.state.services
         acme = await services.org_admin.create("Acme", "pro")
         await services.orgs.add_domain(acme.id, "acme.test")
@@ -218,3 +221,72 @@ async def test_an_admin_requires_sso_only_with_an_identity_provider_linked(
         changed = [e for e in await services.audit.entries(user_id=p["ada_id"])
                    if e.action == "org_sso_changed"]  # fmt: skip
         assert changed and changed[0].detail["sso_required"] is True
+
+
+async def link_identity(services: Services, user_id: str, provider: str, subject: str) -> None:
+    """Arrange what a sign-in through ``provider`` leaves behind: a linked identity."""
+    identity = Identity(
+        user_id=user_id, provider=provider, issuer=f"https://{provider}.example",
+        subject=subject, email=None, created_at=utcnow(), last_used_at=utcnow(),
+    )  # fmt: skip
+    await services.db.write(lambda session: session.add(identity))
+
+
+async def test_requiring_sso_ends_the_password_sessions_and_their_sockets(
+    tmp_path: Path,
+) -> None:
+    """F7: passwords refused from now on, and the password sessions that exist end at once
+    (refresh answers 401, sockets close with 4401); another organisation's go on."""
+    async with two_orgs(tmp_path) as (url, services, p):
+        ada, bob, gil, acme = p["ada"], p["bob"], p["gil"], p["acme"]
+        await link_identity(services, p["ada_id"], "acme", "ada")
+        await bob.request("GET", "/me")  # cached for the session cache's lifetime
+        async with bob.connect() as socket:
+            org = await ada.request("PATCH", f"/orgs/{acme}", json={"sso_required": True})
+            assert org["sso_required"] is True
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.receive(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        assert await refused(bob.request("GET", "/me")) == (401, "session_revoked")
+        assert await refused(bob.refresh()) == (401, "session_revoked")
+        assert await refused(ada.refresh()) == (401, "session_revoked")  # hers was a password too
+        assert (await gil.request("GET", "/me"))["email"] == "gil@globex.test"
+        changed = [e for e in await services.audit.entries(user_id=p["ada_id"])
+                   if e.action == "org_sso_changed"]  # fmt: skip
+        assert changed[0].detail["sessions"] == 3
+        async with AtollClient(url) as again:
+            assert await refused(again.login("bob@acme.test", PASSWORD)) == (
+                403, "sso_required",
+            )  # fmt: skip
+        refusal = next(
+            e for e in await services.audit.entries(user_id=p["bob_id"])
+            if e.action == "login_refused_sso"
+        )  # fmt: skip
+        assert refusal.detail["email"] == "bob@acme.test"
+
+
+async def test_an_admin_binds_the_organisation_to_its_providers(tmp_path: Path) -> None:
+    """Over REST: only configured providers, never one that would lock the admin out."""
+    nowhere = f"http://127.0.0.1:{free_port()}"  # configured, never reached here
+    providers = [
+        {"name": name, "display_name": name, "issuer": f"{nowhere}/{name}",
+         "client_id": "atoll", "client_secret": "secret"}
+        for name in ("acme", "social")
+    ]  # fmt: skip
+    async with two_orgs(tmp_path, oidc_providers=providers) as (_, services, p):
+        ada, acme = p["ada"], p["acme"]
+        assert (await ada.request("GET", f"/orgs/{acme}"))["providers"] == []
+        assert await refused(
+            ada.request("PATCH", f"/orgs/{acme}", json={"providers": ["nope"]})
+        ) == (422, "validation_error")
+        await link_identity(services, p["ada_id"], "social", "ada")
+        body = {"providers": ["acme"], "sso_required": True}
+        assert await refused(ada.request("PATCH", f"/orgs/{acme}", json=body)) == (
+            409,
+            "last_sign_in",
+        )  # fmt: skip: only her "social" identity would be left, and it is not allowed
+        await link_identity(services, p["ada_id"], "acme", "ada")
+        assert await services.orgs.providers(acme) == []  # the refused change changed nothing
+        org = await ada.request("PATCH", f"/orgs/{acme}", json=body)
+        assert (org["providers"], org["sso_required"]) == (["acme"], True)
+        assert await services.orgs.providers(acme) == ["acme"]

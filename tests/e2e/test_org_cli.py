@@ -53,3 +53,36 @@ def test_an_operator_sets_up_an_organisation_that_requires_sso(tmp_path: Path) -
             json={"email": "bob@evil-acme.test", "password": PASSWORD},
         )
         assert elsewhere.status_code == 201  # a look-alike domain is not the organisation's
+
+
+def test_requiring_sso_from_the_command_line_ends_password_sessions(tmp_path: Path) -> None:
+    """F7: the operator's `require-sso on` ends the password sessions of the organisation's
+    people in the database: the running server refuses their refresh at once."""
+    data = tmp_path / "data"
+    org_id = org(data, "create", "Acme").stdout.strip()
+    assert org(data, "add-domain", org_id, "acme.test").returncode == 0
+    with serve_process(data) as server:
+        tokens = {}
+        for email in ("ada@acme.test", "eve@elsewhere.test"):
+            answer = httpx.post(
+                f"{server.url}/api/v1/auth/register", json={"email": email, "password": PASSWORD}
+            )
+            assert answer.status_code == 201
+            tokens[email] = answer.json()["refresh_token"]
+        required = org(data, "require-sso", org_id, "on")
+        assert required.returncode == 0, required.stderr
+        ada = httpx.post(
+            f"{server.url}/api/v1/auth/refresh",
+            json={"refresh_token": tokens["ada@acme.test"]},
+        )
+        assert (ada.status_code, ada.json()["code"]) == (401, "session_revoked")
+        eve = httpx.post(
+            f"{server.url}/api/v1/auth/refresh",
+            json={"refresh_token": tokens["eve@elsewhere.test"]},
+        )
+        assert eve.status_code == 200  # not the organisation's
+        assert required.stdout.strip() == "sso required: on; 1 session(s) ended"
+    unknown = org(data, "set-providers", org_id, "acme")
+    assert unknown.returncode == 1 and "unknown provider 'acme'" in unknown.stderr
+    unbound = org(data, "set-providers", org_id)
+    assert unbound.stdout.strip() == "providers: any configured provider; 0 session(s) ended"

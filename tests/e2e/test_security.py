@@ -107,10 +107,37 @@ async def test_websocket_auth_rules(secured: str) -> None:
     assert await ws_close_code(secured, header="Basic abc") == 4401
 
 
-async def test_spent_refresh_token_revokes_the_session(secured: str) -> None:
+async def test_two_tabs_refreshing_at_once_both_stay_signed_in(secured: str) -> None:
+    """F4: concurrent refreshes with one token all get the same new pair, which works."""
+    client = await register(secured, "tabs@example.com")
+    body = {"refresh_token": client.refresh_token}
+    async with (
+        httpx.AsyncClient(base_url=secured) as tab1,
+        httpx.AsyncClient(base_url=secured) as tab2,
+    ):
+        answers = await asyncio.gather(
+            tab1.post("/api/v1/auth/refresh", json=body),
+            tab2.post("/api/v1/auth/refresh", json=body),
+            tab1.post("/api/v1/auth/refresh", json=body),
+        )
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        pairs = {(a.json()["access_token"], a.json()["refresh_token"]) for a in answers}
+        assert len(pairs) == 1
+        ((access, refresh),) = pairs
+        me = await tab2.get("/api/v1/me", headers={"Authorization": f"Bearer {access}"})
+        assert me.status_code == 200
+        following = await tab1.post("/api/v1/auth/refresh", json={"refresh_token": refresh})
+        assert following.status_code == 200
+    await client.aclose()
+
+
+async def test_a_spent_refresh_token_two_rotations_old_revokes_the_session(
+    secured: str,
+) -> None:
     client = await register(secured, "refresh@example.com")
     old_refresh = client.refresh_token
     await client.refresh()
+    await client.refresh()  # old_refresh is no longer the one just spent
     assert client.refresh_token != old_refresh
     assert (await client.request("GET", "/me"))["email"] == "refresh@example.com"
     async with httpx.AsyncClient(base_url=secured) as http:
@@ -125,6 +152,29 @@ async def test_spent_refresh_token_revokes_the_session(secured: str) -> None:
         )
         assert again.status_code == 401
     await client.aclose()
+
+
+async def test_reuse_after_the_interval_revokes_the_session_and_closes_its_sockets(
+    tmp_path: Path,
+) -> None:
+    """With no reuse interval every spent token presented again is reuse: the session ends,
+    and its open socket closes with 4401 on this server too (not only through Redis)."""
+    settings = make_settings(tmp_path / "data", secret_key=SECRET, refresh_reuse_seconds=0)
+    async with running_server(settings) as (url, _):
+        client = await register(url, "strict@example.com")
+        spent = client.refresh_token
+        async with client.connect() as socket:
+            await client.refresh()
+            async with httpx.AsyncClient(base_url=url) as http:
+                reused = await http.post("/api/v1/auth/refresh", json={"refresh_token": spent})
+            assert (reused.status_code, reused.json()["code"]) == (401, "refresh_reused")
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.connection.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        with pytest.raises(ApiError) as info:
+            await client.request("GET", "/me")
+        assert info.value.code == "session_revoked"
+        await client.aclose()
 
 
 async def test_logout_kills_the_access_token_at_once(secured: str) -> None:
@@ -161,6 +211,56 @@ async def test_login_rate_limit(secured: str) -> None:
             "/api/v1/auth/login", json={"email": "target@example.com", "password": PASSWORD}
         )
         assert right.status_code == 429
+
+
+async def test_a_known_client_is_not_locked_out_by_strangers_at_its_address(
+    tmp_path: Path,
+) -> None:
+    """Shared NAT: strangers' wrong passwords from the owner's address lock out every
+    untrusted client, but not the owner's, which holds the device cookie its last login
+    gave it (OWASP device cookies). The cookie is worth nothing for another account and
+    stops helping after its own run of failures."""
+    settings = make_settings(
+        tmp_path / "data", secret_key=SECRET, login_failures_limit=3,
+        login_failures_per_address=5,
+    )  # fmt: skip
+    login = "/api/v1/auth/login"
+    owner_body = {"email": "owner@example.com", "password": PASSWORD}
+    async with (
+        running_server(settings) as (url, _),
+        httpx.AsyncClient(base_url=url) as owner,
+        httpx.AsyncClient(base_url=url) as stranger,
+    ):
+        registered = await owner.post("/api/v1/auth/register", json=owner_body)
+        assert registered.status_code == 201
+        cookie = registered.headers["set-cookie"].lower()
+        assert cookie.startswith("atoll_device=")
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert "path=/api/v1/auth" in cookie and "secure" not in cookie  # plain http here
+        assert "atoll_device" not in registered.text  # never in the body, nor a URL
+        await (await register(url, "eve@example.com")).aclose()
+        wrong = {"email": "owner@example.com", "password": "wrong password"}
+        assert [(await stranger.post(login, json=wrong)).status_code for _ in range(4)] == [
+            401, 401, 401, 429,
+        ]  # fmt: skip
+        spray = [{"email": f"user{n}@example.com", "password": "wrong password"} for n in range(3)]
+        assert [(await stranger.post(login, json=body)).status_code for body in spray] == [
+            401,
+            401,
+            429,
+        ]  # fmt: skip: the address's limit (5 failures) is reached
+        assert (await stranger.post(login, json=owner_body)).status_code == 429
+        known = await owner.post(login, json=owner_body)
+        assert known.status_code == 200, known.text
+        device = owner.cookies["atoll_device"]
+        async with httpx.AsyncClient(base_url=url, cookies={"atoll_device": device}) as thief:
+            other = {"email": "eve@example.com", "password": PASSWORD}
+            assert (await thief.post(login, json=other)).status_code == 429  # not Eve's cookie
+        forged = device[:-2] + ("AA" if not device.endswith("AA") else "BB")
+        async with httpx.AsyncClient(base_url=url, cookies={"atoll_device": forged}) as faker:
+            assert (await faker.post(login, json=owner_body)).status_code == 429
+        assert [(await owner.post(login, json=wrong)).status_code for _ in range(3)] == [401] * 3
+        assert (await owner.post(login, json=owner_body)).status_code == 429  # trust spent
 
 
 async def test_other_users_resources_answer_404_everywhere(secured: str, tmp_path: Path) -> None:

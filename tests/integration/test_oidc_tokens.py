@@ -190,3 +190,55 @@ async def test_a_provider_whose_discovery_names_another_issuer_is_refused(
     with pytest.raises(SignInError) as error:
         await atoll().verify(signed(provider.keys[0], claims()), nonce=NONCE)
     assert error.value.reason == "provider_unavailable"
+
+
+async def test_a_discovery_naming_plain_http_endpoints_is_refused(
+    provider: HostileProvider, atoll: Callable[..., Any]
+) -> None:
+    """An https:// issuer whose discovery sends Atoll to a plain http:// JWKS (keys anyone
+    on the path could swap) or token endpoint is refused."""
+    for field, url in (("jwks_uri", "http://id.example.test/jwks"),
+                       ("token_endpoint", "http://id.example.test/token")):  # fmt: skip
+
+        async def downgraded(request: Request, field: str = field, url: str = url) -> JSONResponse:
+            return JSONResponse({
+                "issuer": ISSUER, "jwks_uri": f"{ISSUER}/jwks",
+                "authorization_endpoint": f"{ISSUER}/auth", "token_endpoint": f"{ISSUER}/token",
+                field: url,
+            })  # fmt: skip
+
+        provider.discovery = downgraded  # type: ignore[method-assign]
+        with pytest.raises(SignInError) as error:
+            await atoll().verify(signed(provider.keys[0], claims()), nonce=NONCE)
+        assert error.value.reason == "provider_unavailable"
+        assert field in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("issuer", "allowed"),
+    [
+        ("https://id.example.test", True),
+        ("http://127.0.0.1:9000", True),
+        ("http://127.1.2.3", True),
+        ("http://localhost:8080/realms/x", True),
+        ("http://[::1]:8080", True),
+        ("http://id.example.test", False),
+        ("http://10.0.0.5", False),
+        ("http://localhost.evil.example", False),
+        ("http://127.0.0.1.evil.example", False),
+        ("http://[::ffff:8.8.8.8]", False),
+    ],
+)
+def test_plain_http_issuers_only_on_loopback(issuer: str, allowed: bool) -> None:
+    def settings(**extra: Any) -> OIDCProviderSettings:
+        return OIDCProviderSettings(
+            name="corp", display_name="Corp", issuer=issuer, client_id=CLIENT,
+            client_secret=SecretStr("s"), **extra,
+        )  # fmt: skip
+
+    if allowed:
+        assert settings().plain_http_allowed() or issuer.startswith("https://")
+    else:
+        with pytest.raises(ValueError, match=r"'corp'.*plain http://"):
+            settings()
+        assert settings(allow_insecure_http=True).plain_http_allowed()

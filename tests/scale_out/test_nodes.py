@@ -72,6 +72,7 @@ async def test_failed_logins_are_counted_across_the_nodes(
 ) -> None:
     async with two_nodes(servers, tmp_path, login_failures_limit=2) as (on_a, on_b):
         await on_a.register("guess@example.com", PASSWORD)
+        on_a.http.cookies.clear()  # no device cookie: limited like any client (docs/auth.md)
         for client in (on_a, on_b):
             with pytest.raises(ApiError) as wrong:
                 await client.login("guess@example.com", "wrong password")
@@ -173,3 +174,23 @@ async def test_a_rename_on_one_node_reaches_the_user_s_socket_on_the_other(
                 while frame["type"] != "thread_updated":
                     frame = await socket.receive()
         assert frame["thread"] == {**frame["thread"], "id": thread["id"], "title": "after"}
+
+
+async def test_two_tabs_refreshing_on_two_nodes_get_the_same_pair(
+    servers: tuple[str, str], tmp_path: Path
+) -> None:
+    """F4 across nodes: which refresh rotates is decided in PostgreSQL, and the other node
+    answers with the same pair (nothing of it lives in a process)."""
+    async with two_nodes(servers, tmp_path) as (on_a, on_b):
+        await on_a.register("tabs@example.com", PASSWORD)
+        body = {"refresh_token": on_a.refresh_token}
+        answers = await asyncio.gather(
+            on_a.http.post("/api/v1/auth/refresh", json=body),
+            on_b.http.post("/api/v1/auth/refresh", json=body),
+        )
+        assert [answer.status_code for answer in answers] == [200, 200]
+        pairs = {(a.json()["access_token"], a.json()["refresh_token"]) for a in answers}
+        assert len(pairs) == 1
+        on_b.access_token, on_b.refresh_token = next(iter(pairs))
+        assert (await on_b.request("GET", "/me"))["email"] == "tabs@example.com"
+        await on_b.refresh()  # the family goes on, on either node

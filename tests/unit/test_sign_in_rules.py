@@ -1,12 +1,20 @@
-"""The rules a sign-in is held to that need no provider: where it may return, and which
-email addresses belong to an organisation's domain."""
+"""The rules a sign-in is held to that need no provider: where it may return, which
+email addresses belong to an organisation's domain, what an organisation's policy lets
+in, and device cookies."""
 
 from __future__ import annotations
 
 import pytest
 
+from atoll.auth.devices import DeviceCookies
 from atoll.auth.signin import safe_next
-from atoll.store.orgs import email_domain, normalise_domain
+from atoll.store.orgs import (
+    PROVIDER_NOT_ALLOWED,
+    SSO_REQUIRED,
+    SignInPolicy,
+    email_domain,
+    normalise_domain,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.security]
 
@@ -63,3 +71,38 @@ def test_look_alike_domains_are_other_domains(email: str) -> None:
 @pytest.mark.parametrize("domain", ["", "localhost", "a b.com", "x@y.com", "a/b.com", "." * 3])
 def test_what_is_not_a_domain(domain: str) -> None:
     assert normalise_domain(domain) is None
+
+
+@pytest.mark.parametrize(
+    ("sso_required", "bound", "provider", "refusal"),
+    [
+        (False, set(), None, None),
+        (True, set(), None, SSO_REQUIRED),
+        (True, set(), "any", None),
+        (True, {"acme"}, "acme", None),
+        (True, {"acme"}, "social", PROVIDER_NOT_ALLOWED),
+        (False, {"acme"}, "social", PROVIDER_NOT_ALLOWED),
+        (False, {"acme"}, None, None),
+    ],
+)  # fmt: skip
+def test_what_an_organisation_lets_in(
+    sso_required: bool, bound: set[str], provider: str | None, refusal: str | None
+) -> None:
+    policy = SignInPolicy("org_1", sso_required, frozenset(bound))
+    assert policy.refusal(provider) == refusal
+
+
+def test_a_device_cookie_is_for_one_account_and_a_while() -> None:
+    now = [1_800_000_000.0]
+    cookies = DeviceCookies(b"k" * 32, ttl=100, clock=lambda: now[0])
+    cookie = cookies.issue("ada@example.com")
+    nonce = cookies.nonce(cookie, "ada@example.com")
+    assert nonce is not None and nonce == cookie.split(".")[0]
+    assert cookies.nonce(cookie, "bob@example.com") is None  # another account's
+    assert DeviceCookies(b"x" * 32, clock=lambda: now[0]).nonce(cookie, "ada@example.com") is None
+    nonce_part, issued, mac = cookie.split(".")
+    assert cookies.nonce(f"{nonce_part}.{int(issued) + 1}.{mac}", "ada@example.com") is None
+    for garbage in ("", "a.b.c", cookie + "x", None):
+        assert cookies.nonce(garbage, "ada@example.com") is None
+    now[0] += 101
+    assert cookies.nonce(cookie, "ada@example.com") is None  # expired

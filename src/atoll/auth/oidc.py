@@ -9,7 +9,8 @@ and HMAC are refused), ``iss`` exactly the configured issuer, ``aud`` containing
 client id (with ``azp`` when there are several audiences), ``exp`` and ``iat``
 within a minute of skew, and ``nonce`` equal to the one this sign-in sent. Email
 claims missing from the ID token are read from the userinfo endpoint, whose ``sub``
-must be the token's.
+must be the token's. The issuer and every endpoint are https:// (plain HTTP only on
+loopback or with the provider's explicit ``allow_insecure_http``: see ``config``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 """Asymmetric only: ``none`` and HMAC (whose key would be the client secret) are refused."""
 LEEWAY = 60
 """Seconds of clock skew allowed on ``exp`` and ``iat``."""
+ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "userinfo_endpoint")
+"""The discovery document's URLs Atoll uses."""
 METADATA_TTL = 3600.0
 JWKS_MIN_REFRESH = 30.0
 HTTP_TIMEOUT = 10.0
@@ -95,8 +98,22 @@ class OIDCProvider:
                 raise SignInError("provider_unavailable", f"{self.name}: discovery failed") from exc
             if not isinstance(document, dict) or document.get("issuer") != self.settings.issuer:
                 raise SignInError("provider_unavailable", f"{self.name}: issuer mismatch")
+            self._check_endpoints(document)
             self._metadata, self._metadata_at = document, self._clock()
         return self._metadata
+
+    def _check_endpoints(self, document: dict[str, Any]) -> None:
+        """The endpoints Atoll calls (or sends the browser to) must be https:// like the
+        issuer: a discovery document naming plain http:// ones (a JWKS anyone on the path
+        could swap) is refused, unless this provider may use plain HTTP at all."""
+        if self.settings.plain_http_allowed():
+            return
+        for field in ENDPOINTS:
+            value = document.get(field)
+            if value is not None and not (isinstance(value, str) and value.startswith("https://")):
+                raise SignInError(
+                    "provider_unavailable", f"{self.name}: {field} is not an https:// URL"
+                )
 
     async def keys(self, *, refresh: bool = False) -> KeySet:
         """The provider's signing keys (refetched when asked, at most every 30 s)."""

@@ -7,21 +7,25 @@ from a request body or query.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from typing import Literal, NoReturn
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from atoll.auth.devices import DeviceCookies
 from atoll.auth.keys import key_digest, key_id_of, usable
 from atoll.auth.passwords import Passwords
 from atoll.auth.principal import Principal
 from atoll.auth.sessions import RevocationNotifier, SessionCache
-from atoll.auth.tokens import TokenCodec
+from atoll.auth.tokens import TokenClaims, TokenCodec
 from atoll.errors import (
     AuthenticationError,
     EmailTakenError,
@@ -30,6 +34,7 @@ from atoll.errors import (
     RefreshReuseError,
     RemovedFromOrgError,
     SessionRevokedError,
+    SignInError,
     SSORequiredError,
     ValidationFailedError,
 )
@@ -38,7 +43,16 @@ from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
 from atoll.store.models import ApiKey, AuthSession, OrgMember, User, utcnow
-from atoll.store.orgs import OrgStore, effective_plan, with_org
+from atoll.store.orgs import (
+    SSO_REQUIRED as SSO_REFUSAL,
+)
+from atoll.store.orgs import (
+    OrgStore,
+    effective_plan,
+    refusal_in,
+    with_org,
+)
+from atoll.store.writer import rows_changed
 
 logger = logging.getLogger(__name__)
 SSO_REQUIRED = "your organisation requires signing in with its identity provider"
@@ -54,16 +68,33 @@ _EMAIL = re.compile(f"^{EMAIL_SHAPE}$")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
+DEFAULT_REFRESH_REUSE = 10.0
+"""Seconds a spent refresh token still gets the pair it was traded for (two tabs, a retry)."""
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedTokens:
-    """A fresh access/refresh pair for one user."""
+    """A fresh access/refresh pair for one user (and, after a password, a device cookie)."""
 
     user: User
     access_token: str
     refresh_token: str
     expires_in: int
+    device_cookie: str | None = None
+    """For the client to keep (``atoll.auth.devices``); None: nothing to set."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Rotation:
+    """What one refresh did to its session row (see ``AuthService.refresh``)."""
+
+    outcome: Literal["rotated", "replayed", "reused", "refused"]
+    """A new pair; the last pair again (within the reuse interval); the session revoked for
+    reuse; the session ended because its organisation no longer allows how it began."""
+    user: User | None = None
+    refresh_jti: str = ""
+    access_jti: str = ""
+    issued_at: datetime | None = None
 
 
 def canonical_email(email: str) -> str:
@@ -111,12 +142,16 @@ class LoginLimits:
     per_account: int = 100
 
     def keys(self, email: str, address: str) -> dict[str, int]:
-        """The failure keys one attempt counts against, with their limits."""
+        """The failure keys one attempt of an untrusted client counts against, with limits."""
         return {
             f"pair:{address}:{email}": self.per_email,
             f"address:{address}": self.per_address,
             f"account:{email}": self.per_account,
         }
+
+    def device_keys(self, nonce: str) -> dict[str, int]:
+        """The failure key of a trusted client (a valid device cookie): its own, alone."""
+        return {f"device:{nonce}": self.per_email}
 
 
 def principal_of(
@@ -159,6 +194,8 @@ class AuthService:
         revocations: RevocationNotifier | None = None,
         orgs: OrgStore | None = None,
         default_plan: str = "free",
+        refresh_reuse: float = DEFAULT_REFRESH_REUSE,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._db = db
         self.default_plan = default_plan
@@ -172,6 +209,10 @@ class AuthService:
         self._signups = signups
         self.sessions = sessions if sessions is not None else SessionCache(ttl=0)
         self._revocations = revocations
+        self.refresh_reuse = timedelta(seconds=refresh_reuse)
+        """How long a spent refresh token gets its pair again instead of revoking."""
+        self._clock = clock
+        self.devices = DeviceCookies(codec.derived_key("atoll device cookie"))
 
     async def create_user(
         self,
@@ -217,16 +258,20 @@ class AuthService:
             )
         user = await self.create_user(email, password, name=name)
         await self._audit.record("register", user_id=user.id)
-        return await self._start_session(user)
+        return await self._start_session(user, device=True)
 
-    async def login(self, email: str, password: str, *, address: str) -> IssuedTokens:
-        """Check the password and start a session. Wrong password and unknown email look alike.
-
-        The attempt reserves its place under the failure limits *before* the
-        password is hashed, so a burst of concurrent guesses gets at most the
-        limit through; a success gives its place back.
-        """
-        email = canonical_email(email)
+    async def _reserve(
+        self, email: str, address: str, device: str | None
+    ) -> tuple[dict[str, int], str]:
+        """A place under the failure limits for one login attempt: the device cookie's own
+        limit for a trusted client (while it has not failed too often), else the limits of
+        untrusted clients. The keys reserved and the reservation's token."""
+        nonce = self.devices.nonce(device, email)
+        if nonce is not None:
+            keys = self._limits.device_keys(nonce)
+            reservation = await self._failures.reserve(keys)
+            if reservation.token is not None:
+                return keys, reservation.token
         keys = self._limits.keys(email, address)
         reservation = await self._failures.reserve(keys)
         if reservation.token is None:
@@ -234,6 +279,20 @@ class AuthService:
             raise RateLimitedError(
                 "too many failed logins; try again later", retry_after=reservation.retry_after
             )
+        return keys, reservation.token
+
+    async def login(
+        self, email: str, password: str, *, address: str, device: str | None = None
+    ) -> IssuedTokens:
+        """Check the password and start a session. Wrong password and unknown email look alike.
+
+        The attempt reserves its place under the failure limits *before* the
+        password is hashed, so a burst of concurrent guesses gets at most the
+        limit through; a success gives its place back. ``device``: the client's
+        device cookie, if it sent one (``atoll.auth.devices``).
+        """
+        email = canonical_email(email)
+        keys, token = await self._reserve(email, address, device)
         try:
             async with self._db.session() as session:
                 query = select(User).where(User.email == email)
@@ -241,54 +300,108 @@ class AuthService:
             # An account made by a sign-in has no password: the same work as an unknown one.
             usable = user.password_hash if user and not user.password_hash.startswith("!") else None
             verified = await self._passwords.verify(usable, password)
-            sso = verified and await self._orgs.requires_sso(email)
             removed = verified and user is not None and await self._orgs.is_removed(user.id)
         except BaseException:
-            await self._failures.release(keys, reservation.token)  # not a failed guess
+            await self._failures.release(keys, token)  # not a failed guess
             raise
         if not verified or user is None:
             await self._audit.record(
                 "login_failed", user_id=user.id if user else None, email=email, address=address
             )
             raise InvalidCredentialsError("wrong email or password")
-        await self._failures.release(keys, reservation.token)
-        if sso:  # told only to whoever knows the password
-            await self._audit.record("login_refused_sso", user_id=user.id)
-            raise SSORequiredError(SSO_REQUIRED)
-        if removed:
-            await self._audit.record("login_refused_removed", user_id=user.id)
+        await self._failures.release(keys, token)
+        if removed:  # told only to whoever knows the password
+            await self._audit.record("login_refused_removed", user_id=user.id, email=email)
             raise RemovedFromOrgError(REMOVED)
+        try:
+            issued = await self._start_session(user, device=True)
+        except SSORequiredError:
+            await self._audit.record("login_refused_sso", user_id=user.id, email=email)
+            raise
         await self._failures.reset(next(iter(keys)))
         await self._audit.record("login", user_id=user.id)
-        return await self._start_session(user)
+        return issued
 
     async def refresh(self, refresh_token: str) -> IssuedTokens:
-        """Rotate a refresh token. A spent one revokes the whole session (reuse detection)."""
+        """Rotate a refresh token; a spent one revokes the whole session (reuse detection).
+
+        Except within ``refresh_reuse`` of its rotation: the token just spent is
+        answered with the very pair it was traded for (two tabs refreshing at once, a
+        client retrying after a timeout), re-signed from the claims the session row
+        keeps. Which request rotates is decided by one conditional UPDATE, so on any
+        number of nodes one wins and the others replay its answer. A session whose
+        organisation no longer allows the way it signed in ends here too.
+        """
         claims = self._codec.decode(refresh_token, expected="refresh")
-
-        def rotate(session: Session) -> tuple[bool, str, User | None]:
-            row = session.get(AuthSession, claims.session_id)
-            if row is None or row.user_id != claims.user_id:
-                raise AuthenticationError("the token is invalid")
-            if row.revoked_at is not None:
-                raise SessionRevokedError("this session has ended; log in again")
-            if row.refresh_jti != claims.jti:
-                row.revoked_at = utcnow()
-                row.revoked_reason = "refresh_reuse"
-                return True, row.refresh_jti, None
-            row.refresh_jti = new_id("ses")
-            return False, row.refresh_jti, session.get(User, row.user_id)
-
-        reused, new_jti, user = await self._db.write(rotate)
-        if reused:
+        rotation = await self._db.write(lambda session: self._rotate(session, claims))
+        if rotation.outcome in ("reused", "refused"):
             await self._revoked(claims.session_id)
+            if rotation.outcome == "refused":
+                raise SessionRevokedError(
+                    "your organisation no longer allows this way of signing in; sign in again",
+                    session_id=claims.session_id,
+                )
             await self._audit.record(
                 "refresh_reuse", user_id=claims.user_id, session_id=claims.session_id
             )
-            raise RefreshReuseError("this refresh token was already used; the session is revoked")
+            raise RefreshReuseError(
+                "this refresh token was already used; the session is revoked",
+                session_id=claims.session_id,
+            )
+        assert rotation.user is not None
+        assert rotation.issued_at is not None
+        await self._audit.record(
+            "refresh", user_id=rotation.user.id, session_id=claims.session_id,
+            **({"replayed": True} if rotation.outcome == "replayed" else {}),
+        )  # fmt: skip
+        return self._tokens(
+            rotation.user, claims.session_id, rotation.refresh_jti,
+            access_jti=rotation.access_jti, issued_at=rotation.issued_at,
+        )  # fmt: skip
+
+    def _rotate(self, session: Session, claims: TokenClaims) -> _Rotation:
+        """The write job of ``refresh``: rotate, replay, or revoke the session."""
+        now = self._clock()
+        fresh_refresh, fresh_access = new_id("ses"), new_id("req")
+        won = rows_changed(
+            session,
+            update(AuthSession)
+            .where(
+                AuthSession.id == claims.session_id,
+                AuthSession.user_id == claims.user_id,
+                AuthSession.refresh_jti == claims.jti,
+                AuthSession.revoked_at.is_(None),
+            )
+            .values(
+                refresh_jti=fresh_refresh, previous_refresh_jti=claims.jti, rotated_at=now,
+                access_jti=fresh_access,
+            ),
+        )  # fmt: skip
+        row = session.execute(
+            select(AuthSession).where(AuthSession.id == claims.session_id)
+            .execution_options(populate_existing=True)
+        ).scalar()  # fmt: skip
+        if row is None or row.user_id != claims.user_id:
+            raise AuthenticationError("the token is invalid")
+        if row.revoked_at is not None:
+            raise SessionRevokedError("this session has ended; log in again")
+        user = session.get(User, row.user_id)
         assert user is not None
-        await self._audit.record("refresh", user_id=user.id, session_id=claims.session_id)
-        return self._tokens(user, claims.session_id, new_jti)
+        if won:
+            reason = refusal_in(session, user.id, [user.email], row.provider)
+            if reason is not None:
+                row.revoked_at, row.revoked_reason = now, reason
+                return _Rotation("refused")
+            return _Rotation("rotated", user, fresh_refresh, fresh_access, now)
+        if (
+            row.previous_refresh_jti == claims.jti
+            and row.rotated_at is not None
+            and row.access_jti is not None
+            and now - row.rotated_at < self.refresh_reuse
+        ):
+            return _Rotation("replayed", user, row.refresh_jti, row.access_jti, row.rotated_at)
+        row.revoked_at, row.revoked_reason = now, "refresh_reuse"
+        return _Rotation("reused")
 
     async def logout(self, principal: Principal) -> None:
         """End the session: its access and refresh tokens stop working at once."""
@@ -398,27 +511,60 @@ class AuthService:
             raise SessionRevokedError("this API key is revoked or expired")
         return principal_of(user, row.id, plan, org_id, org_role, frozenset(row.scopes or ()))
 
-    async def session_for(self, user: User) -> IssuedTokens:
-        """Start a session for ``user``, who proved who they are elsewhere (a sign-in)."""
-        return await self._start_session(user)
+    async def session_for(self, user: User, provider: str | None) -> IssuedTokens:
+        """Start a session for ``user``, who proved who they are through ``provider`` (a
+        sign-in; None: a password checked elsewhere)."""
+        return await self._start_session(user, provider=provider)
 
-    async def _start_session(self, user: User) -> IssuedTokens:
-        now = datetime.now(UTC)
+    async def _start_session(
+        self, user: User, *, provider: str | None = None, device: bool = False
+    ) -> IssuedTokens:
+        """A new session, if the organisations governing ``user`` allow the way they came
+        in (checked in the same transaction that stores it); ``device``: with a device
+        cookie for the client (a password login)."""
+        now = self._clock()
         row = AuthSession(
             id=new_id("ses"),
             user_id=user.id,
             refresh_jti=new_id("ses"),
+            provider=provider,
             created_at=now,
             expires_at=now + timedelta(seconds=self._codec.refresh_ttl),
         )
-        await self._db.write(lambda session: session.add(row))
-        return self._tokens(user, row.id, row.refresh_jti)
 
-    def _tokens(self, user: User, session_id: str, refresh_jti: str) -> IssuedTokens:
+        def start(session: Session) -> None:
+            reason = refusal_in(session, user.id, [user.email], provider)
+            if reason is not None:
+                refuse(reason)
+            session.add(row)
+
+        await self._db.write(start)
+        issued = self._tokens(
+            user, row.id, row.refresh_jti, access_jti=new_id("req"), issued_at=now
+        )
+        if not device:
+            return issued
+        return dataclasses.replace(issued, device_cookie=self.devices.issue(user.email))
+
+    def _tokens(
+        self, user: User, session_id: str, refresh_jti: str, *, access_jti: str,
+        issued_at: datetime,
+    ) -> IssuedTokens:  # fmt: skip
+        """The pair of one rotation: the same arguments always give the same tokens."""
+        iat = int(issued_at.timestamp())
         access = self._codec.issue(
-            user_id=user.id, session_id=session_id, type="access", jti=new_id("req")
+            user_id=user.id, session_id=session_id, type="access", jti=access_jti, issued_at=iat
         )
         refresh = self._codec.issue(
-            user_id=user.id, session_id=session_id, type="refresh", jti=refresh_jti
+            user_id=user.id, session_id=session_id, type="refresh", jti=refresh_jti, issued_at=iat
         )
-        return IssuedTokens(user, access, refresh, int(self._codec.access_ttl))
+        remaining = iat + int(self._codec.access_ttl) - int(self._clock().timestamp())
+        return IssuedTokens(user, access, refresh, max(0, remaining))
+
+
+def refuse(reason: str) -> NoReturn:
+    """Raise what a sign-in refused by an organisation's policy answers: 403 ``sso_required``
+    for a password, 401 ``sign_in_failed`` (``provider_not_allowed``) for a provider."""
+    if reason == SSO_REFUSAL:
+        raise SSORequiredError(SSO_REQUIRED)
+    raise SignInError(reason, "your organisation does not sign in through this provider")

@@ -26,13 +26,13 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from atoll.auth.oidc import OIDCProvider, ProviderIdentity
-from atoll.auth.service import AuthService, IssuedTokens
+from atoll.auth.service import AuthService, IssuedTokens, refuse
 from atoll.errors import LastSignInError, NotFoundError, SignInError
 from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
 from atoll.store.models import Identity, LoginCode, OIDCLogin, OrgMember, User, utcnow
-from atoll.store.orgs import org_of_domain_in
+from atoll.store.orgs import org_of_domain_in, refusal_in
 from atoll.store.writer import rows_changed
 
 LOGIN_TTL = timedelta(minutes=10)
@@ -98,9 +98,13 @@ class SignInService:
         provider = self.provider(name)
         state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         verifier, browser = secrets.token_urlsafe(48), secrets.token_urlsafe(32)
-        url = await provider.authorization_url(
-            redirect_uri=redirect_uri, state=state, nonce=nonce, verifier=verifier
-        )
+        try:
+            url = await provider.authorization_url(
+                redirect_uri=redirect_uri, state=state, nonce=nonce, verifier=verifier
+            )
+        except SignInError as exc:
+            await self._audit.record("sign_in_failed", provider=name, reason=exc.reason)
+            raise
         row = OIDCLogin(
             state_hash=digest(state),
             provider=name,
@@ -122,21 +126,41 @@ class SignInService:
 
     async def callback(
         self, name: str, *, code: str | None, state: str | None, browser: str | None,
-        redirect_uri: str,
+        redirect_uri: str, error: str | None = None, address: str | None = None,
     ) -> tuple[str, str]:  # fmt: skip
-        """Finish at the provider's redirect: where to go and the one-time code."""
+        """Finish at the provider's redirect: where to go and the one-time code. ``error``:
+        the provider's own refusal; ``address``: the client's, for the audit log.
+
+        Every refusal is audited here (``sign_in_failed``), with who was tried as far as
+        the provider vouched for it: its issuer, subject and email once the ID token was
+        verified (an unverified token's claims are not recorded: anyone can write them).
+        """
         provider = self.provider(name)
-        if not code or not state or not browser:
-            raise SignInError("state_invalid", "the sign-in did not start in this browser")
-        login = await self._spend_state(name, state, browser)
-        identity = await provider.finish(
-            code=code, redirect_uri=redirect_uri, verifier=login.verifier, nonce=login.nonce
-        )
-        user = await self._account(provider, identity, login.link_user_id)
+        identity: ProviderIdentity | None = None
+        try:
+            if error is not None:
+                raise SignInError("provider_refused", "the provider did not sign you in")
+            if not code or not state or not browser:
+                raise SignInError("state_invalid", "the sign-in did not start in this browser")
+            login = await self._spend_state(name, state, browser)
+            identity = await provider.finish(
+                code=code, redirect_uri=redirect_uri, verifier=login.verifier, nonce=login.nonce
+            )
+            user = await self._account(provider, identity, login.link_user_id)
+        except SignInError as exc:
+            tried = (
+                {"issuer": identity.issuer, "subject": identity.subject, "email": identity.email}
+                if identity is not None
+                else {}
+            )
+            await self._audit.record(
+                "sign_in_failed", provider=name, reason=exc.reason, address=address, **tried
+            )
+            raise
         one_time = secrets.token_urlsafe(32)
         row = LoginCode(
-            code_hash=digest(one_time), user_id=user.id, browser_hash=digest(browser),
-            created_at=utcnow(),
+            code_hash=digest(one_time), user_id=user.id, provider=name,
+            browser_hash=digest(browser), created_at=utcnow(),
         )  # fmt: skip
         await self._db.write(lambda session: session.add(row))
         return login.next_path, one_time
@@ -200,6 +224,10 @@ class SignInService:
                 raise SignInError(
                     "removed_from_org", "your organisation removed you; ask its admin"
                 )
+            vouched = [identity.email] if identity.email and identity.email_verified else []
+            reason = refusal_in(session, user.id, [user.email, *vouched], provider.name)
+            if reason is not None:  # an organisation bound to other providers
+                refuse(reason)
             if member is None and identity.email and identity.email_verified:
                 org = org_of_domain_in(session, identity.email)
                 if org is not None:
@@ -256,7 +284,7 @@ class SignInService:
         if not browser:
             raise SignInError("code_invalid", "this code is unknown, used or expired")
 
-        def spend(session: Session) -> User | None:
+        def spend(session: Session) -> tuple[User, str | None] | None:
             now = utcnow()
             spent = rows_changed(  # one conditional UPDATE: two racing exchanges, one wins
                 session,
@@ -272,12 +300,14 @@ class SignInService:
             if not spent:
                 return None
             row = session.get(LoginCode, digest(code))
-            return session.get(User, row.user_id) if row is not None else None
+            user = session.get(User, row.user_id) if row is not None else None
+            return (user, row.provider) if row is not None and user is not None else None
 
-        user = await self._db.write(spend)
-        if user is None:
+        found = await self._db.write(spend)
+        if found is None:
             raise SignInError("code_invalid", "this code is unknown, used or expired")
-        return await self._auth.session_for(user)
+        user, provider = found
+        return await self._auth.session_for(user, provider)
 
     async def identities(self, user_id: str) -> list[Identity]:
         """The provider accounts linked to ``user_id``'s, oldest first."""

@@ -7,6 +7,8 @@ session behind a token is still alive is checked by ``AuthService.authenticate``
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -67,9 +69,21 @@ class TokenCodec:
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
 
-    def issue(self, *, user_id: str, session_id: str, type: TokenType, jti: str) -> str:
-        """A signed token of ``type`` for the session."""
-        now = int(time.time())
+    def issue(
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        type: TokenType,
+        jti: str,
+        issued_at: int | None = None,
+    ) -> str:
+        """A signed token of ``type`` for the session, issued now or at ``issued_at``.
+
+        The same claims always give the same token (HS256 is deterministic): a refresh
+        presented again within the reuse interval gets its pair back this way.
+        """
+        now = int(time.time()) if issued_at is None else issued_at
         ttl = self.access_ttl if type == "access" else self.refresh_ttl
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -82,6 +96,12 @@ class TokenCodec:
             "exp": now + int(ttl),
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for ``purpose`` (another signature than tokens'), derived from the signing
+        key: one secret to keep, and a signature made for one purpose is never valid for
+        another."""
+        return hmac.new(self._secret.encode(), purpose.encode(), hashlib.sha256).digest()
 
     def decode(self, token: str, *, expected: TokenType) -> TokenClaims:
         """Verify ``token``; ``TokenExpiredError`` or ``AuthenticationError`` when it fails."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -280,6 +280,9 @@ class OrgOut(BaseModel):
     name: str
     plan: PlanOut
     sso_required: bool
+    providers: list[str] = Field(
+        description="The OpenID Providers that sign its people in; empty: any configured one"
+    )
     domains: list[str]
     members: int
     role: Literal["admin", "member"] = Field(description="Yours")
@@ -288,7 +291,8 @@ class OrgOut(BaseModel):
 
 
 class OrgPatch(Body):
-    sso_required: bool
+    sso_required: bool | None = None
+    providers: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=20)
 
 
 class MemberOut(BaseModel):

@@ -295,6 +295,7 @@ async def running_services(
             revocations=cluster.revocations if cluster is not None else None,
             orgs=orgs,
             default_plan=settings.default_plan,
+            refresh_reuse=settings.refresh_reuse_seconds,
         )
         chat = ChatStore(db, audit)
         local_bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
@@ -378,7 +379,13 @@ async def running_services(
             factory=factory,
             auth=auth,
             orgs=orgs,
-            org_admin=OrgAdmin(orgs, auth, audit, factory.plans),
+            org_admin=OrgAdmin(
+                orgs,
+                auth,
+                audit,
+                factory.plans,
+                providers=frozenset(p.name for p in settings.oidc_providers),
+            ),
             usage=usage,
             plans=factory.plans,
             keys=ApiKeys(db, audit),

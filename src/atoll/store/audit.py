@@ -41,6 +41,8 @@ AUDITED_ACTIONS = frozenset(
         "login_refused_removed",
         "org_role_changed",
         "org_plan_changed",
+        "org_providers_changed",
+        "org_domain_added",
     }
 )
 

@@ -78,13 +78,25 @@ class User(Base):
 
 
 class AuthSession(Base):
-    """A login: one refresh-token family. Revoking it kills its access tokens at once."""
+    """A login: one refresh-token family. Revoking it kills its access tokens at once.
+
+    The last rotation is kept (the spent refresh token's id, when, and the new access
+    token's id) so that the spent token presented again within the reuse interval gets
+    the very same pair back, re-signed from these claims: no token is stored.
+    """
 
     __tablename__ = "sessions"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     refresh_jti: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    """The OpenID Provider that signed this session in; None: a password."""
+    previous_refresh_jti: Mapped[str | None] = mapped_column(String(64))
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When ``previous_refresh_jti`` was spent: the ``iat`` of the pair it was traded for."""
+    access_jti: Mapped[str | None] = mapped_column(String(64))
+    """The id of the access token issued with ``refresh_jti`` at ``rotated_at``."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -268,6 +280,8 @@ class LoginCode(Base):
 
     code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    """The provider the user signed in with (the session it starts records it)."""
     browser_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -292,6 +306,16 @@ class OrgDomain(Base):
 
     domain: Mapped[str] = mapped_column(String(253), primary_key=True)
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+
+
+class OrgProvider(Base):
+    """An OpenID Provider (by its configured name) bound to an organisation: when an
+    organisation has any, only they sign its people in."""
+
+    __tablename__ = "org_providers"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class OrgMember(Base):

@@ -1,4 +1,5 @@
-"""Organisations: the email domains they own, their members, whether they require SSO.
+"""Organisations: the email domains they own, their members, and their sign-in policy
+(whether they require SSO, and which OpenID Providers may sign their people in).
 
 A domain is matched exactly: the part of the address after its last ``@``, lower
 case, IDNA-encoded (so a homograph such as ``exаmple.com`` with a Cyrillic ``а`` is
@@ -8,11 +9,13 @@ and ``a@example.com.evil.io`` are not in ``example.com``; subdomains are not eit
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from atoll.errors import (
@@ -23,9 +26,13 @@ from atoll.errors import (
 )
 from atoll.runtime.ids import new_id
 from atoll.store.db import Database
-from atoll.store.models import Org, OrgDomain, OrgMember, User, utcnow
+from atoll.store.models import AuthSession, Org, OrgDomain, OrgMember, OrgProvider, User, utcnow
 
 MAX_DOMAIN = 253
+SSO_REQUIRED = "sso_required"
+"""Why a password is refused: the organisation requires its identity provider."""
+PROVIDER_NOT_ALLOWED = "provider_not_allowed"
+"""Why a provider is refused: the organisation is bound to others."""
 ORG_ROLES = ("admin", "member")
 OrgRole = Literal["admin", "member"]
 SelectT = TypeVar("SelectT", bound=Select)  # type: ignore[type-arg]
@@ -66,6 +73,114 @@ def membership_in(session: Session, user_id: str) -> OrgMember | None:
     """Inside a write job: the user's membership, if they have one (and were not removed)."""
     member = session.get(OrgMember, user_id)
     return member if member is not None and member.removed_at is None else None
+
+
+@dataclass(frozen=True, slots=True)
+class SignInPolicy:
+    """The ways into an organisation: a password unless it requires SSO, and its bound
+    providers (none bound: any configured provider)."""
+
+    org_id: str
+    sso_required: bool
+    providers: frozenset[str]
+
+    def refusal(self, provider: str | None) -> str | None:
+        """Why a sign-in through ``provider`` (None: a password) is refused; None if allowed."""
+        if provider is None:
+            return SSO_REQUIRED if self.sso_required else None
+        if self.providers and provider not in self.providers:
+            return PROVIDER_NOT_ALLOWED
+        return None
+
+
+def policy_in(session: Session, org: Org) -> SignInPolicy:
+    """Inside a write job: the organisation's sign-in policy."""
+    bound = select(OrgProvider.provider).where(OrgProvider.org_id == org.id)
+    return SignInPolicy(org.id, org.sso_required, frozenset(session.execute(bound).scalars()))
+
+
+def policies_in(session: Session, user_id: str | None, emails: Iterable[str]) -> list[SignInPolicy]:
+    """Inside a write job: the policies that govern a sign-in — of the organisation the user
+    is a member of, and of those owning the domain of each of ``emails``."""
+    orgs: dict[str, Org] = {}
+    member = membership_in(session, user_id) if user_id is not None else None
+    if member is not None and (org := session.get(Org, member.org_id)) is not None:
+        orgs[org.id] = org
+    for email in emails:
+        if (owner := org_of_domain_in(session, email)) is not None:
+            orgs[owner.id] = owner
+    return [policy_in(session, org) for org in orgs.values()]
+
+
+def refusal_in(
+    session: Session, user_id: str | None, emails: Iterable[str], provider: str | None
+) -> str | None:
+    """Inside a write job: why the governing organisations refuse a sign-in through
+    ``provider`` (None: a password), or None when they all allow it."""
+    for policy in policies_in(session, user_id, emails):
+        if (reason := policy.refusal(provider)) is not None:
+            return reason
+    return None
+
+
+def _in_domain(domain: str) -> ColumnElement[bool]:
+    """Emails ending in ``@domain`` (as stored: ASCII or the Unicode form), a superset that
+    ``email_domain`` then narrows exactly."""
+    forms = {domain}
+    with contextlib.suppress(UnicodeError):
+        forms.add(domain.encode("ascii").decode("idna"))
+    escaped = (f.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for f in forms)
+    return or_(*(User.email.like(f"%@{e}", escape="\\") for e in escaped))
+
+
+def _refusable(policy: SignInPolicy) -> ColumnElement[bool] | None:
+    """The sessions ``policy`` may refuse, as a filter (None: it refuses none), so that only
+    those are read; ``SignInPolicy.refusal`` still decides each one."""
+    conditions: list[ColumnElement[bool]] = []
+    if policy.sso_required:
+        conditions.append(AuthSession.provider.is_(None))
+    if policy.providers:
+        conditions.append(
+            and_(AuthSession.provider.is_not(None), AuthSession.provider.not_in(policy.providers))
+        )
+    return or_(*conditions) if conditions else None
+
+
+def revoke_against_policy(session: Session, org_id: str) -> list[str]:
+    """Inside a write job: end every live session of the organisation's people (its members
+    and the owners of addresses in its domains) that its policy no longer lets in; their ids.
+
+    A session is refused as its sign-in would be now: a password one when SSO is
+    required, one from a provider the organisation is not bound to.
+    """
+    org = session.get(Org, org_id)
+    if org is None:
+        raise NotFoundError("organisation not found")
+    policy = policy_in(session, org)
+    refusable = _refusable(policy)
+    if refusable is None:
+        return []
+    domains = set(session.execute(select(OrgDomain.domain).where(OrgDomain.org_id == org_id))
+                  .scalars())  # fmt: skip
+    members = select(OrgMember.user_id).where(
+        OrgMember.org_id == org_id, OrgMember.removed_at.is_(None)
+    )
+    people = or_(User.id.in_(members), *(_in_domain(domain) for domain in domains))
+    live = (
+        select(AuthSession, User.email, OrgMember.org_id)
+        .join(User, User.id == AuthSession.user_id)
+        .outerjoin(OrgMember, and_(OrgMember.user_id == User.id, OrgMember.removed_at.is_(None)))
+        .where(AuthSession.revoked_at.is_(None), refusable, people)
+    )
+    now, ended = utcnow(), []
+    for row, email, member_of in session.execute(live).all():
+        if member_of != org_id and email_domain(email) not in domains:
+            continue  # a look-alike address the LIKE let through
+        reason = policy.refusal(row.provider)
+        if reason is not None:
+            row.revoked_at, row.revoked_reason = now, reason
+            ended.append(row.id)
+    return ended
 
 
 def with_org(query: SelectT) -> SelectT:
@@ -110,16 +225,17 @@ class OrgStore:
         await self.db.write(lambda session: session.add(org))
         return org
 
-    async def add_domain(self, org_id: str, domain: str) -> str:
+    async def add_domain(self, org_id: str, domain: str) -> tuple[str, list[str]]:
         """Give ``domain`` to the organisation (``ValidationFailedError`` for one that is not a
-        domain, ``EmailTakenError``-like conflict when another organisation owns it)."""
+        domain, ``DomainTakenError`` when another organisation owns it): the domain as
+        stored, and the sessions of its people that the organisation's policy ended."""
         normalised = normalise_domain(domain)
         if normalised is None:
             raise ValidationFailedError(
                 "not a domain", [{"loc": ["domain"], "msg": "not an email domain"}]
             )
 
-        def add(session: Session) -> None:
+        def add(session: Session) -> list[str]:
             if session.get(Org, org_id) is None:
                 raise NotFoundError("organisation not found")
             owner = session.get(OrgDomain, normalised)
@@ -127,20 +243,43 @@ class OrgStore:
                 raise DomainTakenError(f"{normalised} belongs to another organisation")
             if owner is None:
                 session.add(OrgDomain(domain=normalised, org_id=org_id))
+                session.flush()
+            return revoke_against_policy(session, org_id)
 
-        await self.db.write(add)
-        return normalised
+        return normalised, await self.db.write(add)
 
-    async def require_sso(self, org_id: str, required: bool) -> None:
-        """Whether password sign-in is refused for the organisation's domains."""
+    async def set_policy(
+        self,
+        org_id: str,
+        *,
+        sso_required: bool | None = None,
+        providers: Iterable[str] | None = None,
+    ) -> list[str]:
+        """Change the organisation's sign-in policy: whether it requires SSO (passwords refused
+        for its people) and the providers it is bound to (empty: any configured one); None
+        leaves a part as it is. The sessions this ended (``revoke_against_policy``, in the
+        same transaction)."""
+        names = sorted(set(providers)) if providers is not None else None
 
-        def set_flag(session: Session) -> None:
+        def change(session: Session) -> list[str]:
             org = session.get(Org, org_id)
             if org is None:
                 raise NotFoundError("organisation not found")
-            org.sso_required = required
+            if sso_required is not None:
+                org.sso_required = sso_required
+            if names is not None:
+                session.execute(delete(OrgProvider).where(OrgProvider.org_id == org_id))
+                session.add_all(OrgProvider(org_id=org_id, provider=name) for name in names)
+                session.flush()
+            return revoke_against_policy(session, org_id)
 
-        await self.db.write(set_flag)
+        return await self.db.write(change)
+
+    async def providers(self, org_id: str) -> list[str]:
+        """The providers the organisation is bound to (empty: any configured one)."""
+        query = select(OrgProvider.provider).where(OrgProvider.org_id == org_id)
+        async with self.db.session() as session:
+            return sorted((await session.execute(query)).scalars().all())
 
     async def set_plan(self, org_id: str, plan: str) -> str:
         """Change the organisation's plan; the plan it had."""

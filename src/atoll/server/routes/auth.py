@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
 
+from fastapi import APIRouter, Cookie, Request, Response
+
+from atoll.auth.devices import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_TTL
 from atoll.auth.service import IssuedTokens
+from atoll.errors import SessionRevokedError
 from atoll.server.deps import AddressDep, PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.schemas import (
@@ -21,6 +25,8 @@ from atoll.server.schemas import (
 from atoll.store.models import User, utcnow
 
 router = APIRouter(tags=["auth"])
+DeviceCookie = Annotated[str | None, Cookie(alias=DEVICE_COOKIE, max_length=200)]
+CLOSE_REVOKED = 4401
 
 
 def user_out(user: User) -> UserOut:
@@ -45,32 +51,59 @@ def token_out(issued: IssuedTokens) -> TokenOut:
     )
 
 
+def keep_device(request: Request, response: Response, issued: IssuedTokens) -> None:
+    """Give the client its device cookie (``atoll.auth.devices``): HttpOnly, SameSite=Strict,
+    Secure over HTTPS, sent only to ``/api/v1/auth``."""
+    if issued.device_cookie is None:
+        return
+    response.set_cookie(
+        DEVICE_COOKIE, issued.device_cookie, max_age=int(DEVICE_TTL), path=DEVICE_COOKIE_PATH,
+        httponly=True, samesite="strict", secure=request.url.scheme == "https",
+    )  # fmt: skip
+
+
 @router.post("/auth/register", status_code=201, responses=problems(409, 413, 422, 429, 503))
 async def register_account(
-    body: RegisterBody, services: ServicesDep, address: AddressDep
-) -> TokenOut:
+    body: RegisterBody, request: Request, response: Response, services: ServicesDep,
+    address: AddressDep,
+) -> TokenOut:  # fmt: skip
     """Create an account and log in."""
     issued = await services.auth.register(body.email, body.password, body.name, address=address)
+    keep_device(request, response, issued)
     return token_out(issued)
 
 
-@router.post("/auth/login", responses=problems(401, 413, 422, 429, 503))
-async def log_in(body: LoginBody, services: ServicesDep, address: AddressDep) -> TokenOut:
-    """Log in with email and password."""
-    return token_out(await services.auth.login(body.email, body.password, address=address))
+@router.post("/auth/login", responses=problems(401, 403, 413, 422, 429, 503))
+async def log_in(
+    body: LoginBody, request: Request, response: Response, services: ServicesDep,
+    address: AddressDep, device: DeviceCookie = None,
+) -> TokenOut:  # fmt: skip
+    """Log in with email and password. A client that logged in to this account before
+    (its device cookie) is not locked out by strangers' failures from its address."""
+    issued = await services.auth.login(body.email, body.password, address=address, device=device)
+    keep_device(request, response, issued)
+    return token_out(issued)
 
 
 @router.post("/auth/refresh", responses=problems(401, 413, 422, 503))
 async def refresh_tokens(body: RefreshBody, services: ServicesDep) -> TokenOut:
-    """Trade a refresh token for a new pair; the old one is spent."""
-    return token_out(await services.auth.refresh(body.refresh_token))
+    """Trade a refresh token for a new pair; the old one is spent. Presented again within
+    the reuse interval it gets the same pair; after it, the session ends (sockets too)."""
+    try:
+        return token_out(await services.auth.refresh(body.refresh_token))
+    except SessionRevokedError as ended:
+        if ended.session_id is not None:  # this call ended it
+            await services.connections.close_session(
+                ended.session_id, CLOSE_REVOKED, "session_revoked"
+            )
+        raise
 
 
 @router.post("/auth/logout", status_code=204, responses=problems(401, 503))
 async def log_out(principal: PrincipalDep, services: ServicesDep) -> Response:
     """End the session; its tokens stop working at once and its sockets close (4401)."""
     await services.auth.logout(principal)
-    await services.connections.close_session(principal.session_id, 4401, "session_revoked")
+    await services.connections.close_session(principal.session_id, CLOSE_REVOKED, "session_revoked")
     return Response(status_code=204)
 
 

@@ -64,6 +64,7 @@ async def _org_out(services: Services, principal: Principal, org_id: str, role: 
         name=org.name,
         plan=plan_out(services.plans.get(org.plan)),
         sso_required=org.sso_required,
+        providers=await services.orgs.providers(org_id),
         domains=await services.orgs.domains(org_id),
         members=await services.orgs.count_members(org_id),
         role="admin" if role == "admin" else "member",
@@ -95,9 +96,15 @@ async def get_org(org_id: str, principal: PrincipalDep, services: ServicesDep) -
 async def update_org(
     org_id: str, body: OrgPatch, principal: PrincipalDep, services: ServicesDep
 ) -> OrgOut:
-    """Require (or stop requiring) the identity provider for the organisation's domains."""
+    """Bind the organisation to its identity providers (``providers``; empty: any
+    configured one), and require them (``sso_required``). Sessions the new policy would
+    not let in end now (their sockets close with 4401)."""
     member = await services.org_admin.membership_of(principal, org_id, admin=True)
-    await services.org_admin.require_sso(org_id, body.sso_required, by=principal.user_id)
+    ended = await services.org_admin.set_policy(
+        org_id, sso_required=body.sso_required, providers=body.providers, by=principal.user_id
+    )
+    for session_id in ended:
+        await services.connections.close_session(session_id, CLOSE_REMOVED, "session_revoked")
     return await _org_out(services, principal, org_id, member.role)
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from atoll.errors import AtollError, NotFoundError, SignInError
-from atoll.server.deps import PrincipalDep, ServicesDep
+from atoll.server.deps import AddressDep, PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.routes.auth import token_out
 from atoll.server.schemas import INTEGER_TEXT, Body, TokenOut
@@ -88,8 +88,7 @@ async def start_sign_in(
         url, browser = await services.signin.start(
             name, redirect_uri=redirect_uri(request, name), next_url=next
         )
-    except SignInError as exc:
-        await services.audit.record("sign_in_failed", provider=name, reason=exc.reason)
+    except SignInError as exc:  # audited by the sign-in service
         return RedirectResponse(f"/#signin_error={quote(exc.reason)}", status_code=303)
     return _with_cookie(RedirectResponse(url, status_code=303), request, browser)
 
@@ -114,6 +113,7 @@ async def sign_in_callback(
     name: str,
     request: Request,
     services: ServicesDep,
+    address: AddressDep,
     browser: BrowserCookie = None,
     code: Annotated[str | None, Query(max_length=2000)] = None,
     state: Annotated[str | None, Query(max_length=200)] = None,
@@ -122,14 +122,12 @@ async def sign_in_callback(
     """Where the provider returns the browser: back to the page with a one-time code in the
     URL fragment, or with the reason the sign-in failed (never a token)."""
     try:
-        if error is not None:
-            raise SignInError("provider_refused", "the provider did not sign you in")
         target, one_time = await services.signin.callback(
-            name, code=code, state=state, browser=browser, redirect_uri=redirect_uri(request, name)
-        )
+            name, code=code, state=state, browser=browser, redirect_uri=redirect_uri(request, name),
+            error=error, address=address,
+        )  # fmt: skip
         location = f"{target.split('#', 1)[0]}#signin={quote(one_time)}"
-    except SignInError as exc:
-        await services.audit.record("sign_in_failed", provider=name, reason=exc.reason)
+    except SignInError as exc:  # audited by the sign-in service, with who was tried
         location = f"/#signin_error={quote(exc.reason)}"
     except NotFoundError:
         location = "/#signin_error=unknown_provider"

@@ -62,6 +62,7 @@ const SIGN_IN_ERRORS = {
   identity_taken: "That identity is already linked to another account.",
   unknown_provider: "That sign-in provider is not configured.",
   removed_from_org: "Your organisation removed you from Atoll. Ask its admin to restore you.",
+  provider_not_allowed: "Your organisation signs in through another identity provider. Use that one.",
 };
 
 function showAuth(reason) {
