@@ -114,7 +114,9 @@ async def test_a_run_whose_ack_was_lost_is_acknowledged_before_its_events(server
 
 async def test_the_stalled_run_sweep_never_starts_a_run_twice(tmp_path: Path) -> None:
     # A run's state is written as it ends: one ending while the sweep reads the
-    # database is still PENDING in what the sweep read. The sweep must not restart it.
+    # database is still PENDING in what the sweep read; and a run whose turn has just
+    # come (its user's previous run ended) may be put by the sweep before the run that
+    # ended hands it over. Either way it must start once.
     settings = make_settings(
         tmp_path / "data", messages_per_minute=1000, max_concurrent_runs=1, max_waiting_runs=40
     )
@@ -126,14 +128,12 @@ async def test_the_stalled_run_sweep_never_starts_a_run_twice(tmp_path: Path) ->
             (await client.chat(f"What is {n}+1?", agent="assistant"))["run"]["id"]
             for n in range(40)
         ]
-        restarted = 0
 
         async def last_ended() -> bool:
             return (await client.request("GET", f"/runs/{runs[-1]}"))["state"] in TERMINAL
 
         while not await last_ended():  # the runs go one by one (one slot): sweep all along
-            restarted += await services.runs.start_stalled(older_than=0)
-        assert restarted == 0
+            await services.runs.start_stalled(older_than=0)
         for run in runs:
             events = await client.events(run)
             starts = [e for e in events if e["type"] == "agent_started" and not e["parent_agent"]]

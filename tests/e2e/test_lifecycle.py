@@ -114,7 +114,8 @@ async def test_user_create_and_db_upgrade_commands(tmp_path: Path) -> None:
 async def test_sigterm_exits_within_one_grace_and_sse_streams_end_cleanly(
     tmp_path: Path,
 ) -> None:
-    # R4: one grace period in all, SSE streams end with their run's terminal event, no traceback.
+    # R4: one grace period in all, SSE streams end with their run's terminal event (or, for
+    # a run still queued, a reconnect hint: it runs after the restart), no traceback.
     grace = 2.0
     server = ServeProcess(
         tmp_path / "data", ATOLL_SHUTDOWN_GRACE=str(grace), ATOLL_OFFLINE_TOKEN_DELAY="3"
@@ -132,12 +133,20 @@ async def test_sigterm_exits_within_one_grace_and_sse_streams_end_cleanly(
         elapsed = time.monotonic() - started
         assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it is done
         assert elapsed < grace + 6, f"shutdown took {elapsed:.1f} s with a {grace:g} s grace"
-        for stream in streams:
+        for stream in streams[:3]:
             lines = await asyncio.wait_for(stream, 5)
             last = json.loads(next(x for x in reversed(lines) if x.startswith("data: "))[6:])
             assert last["type"] in ("agent_completed", "agent_cancelled"), last
+        # The fourth waited for a slot: still queued, its stream told to reconnect, and it
+        # runs after the restart instead of being lost with the process.
+        queued = await asyncio.wait_for(streams[3], 5)
+        assert "retry: 1000" in queued and not any(x.startswith("data: ") for x in queued)
         log = server.log_text()
         assert "Traceback" not in log and "Exception in ASGI application" not in log
+        server.start()
+        await client.login("sigterm@example.com", PASSWORD)
+        events = [event async for event in client.stream(finished)]
+        assert events[-1]["type"] == "agent_completed"
     finally:
         server.kill()
 

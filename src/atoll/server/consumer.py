@@ -126,8 +126,8 @@ class RunConsumer:
     def put(self, run_id: str, user_id: str, *, prepared: Claim | None = None) -> None:
         """The in-process queue: handle a stored run now, with what ``submit`` already read
         (``prepared``: the claim is then a bare conditional UPDATE). A run put twice (a
-        resend, the stall sweep) is claimed once."""
-        if run_id in self.runs:
+        resend, the stall sweep) is claimed once; one put while stopping stays queued."""
+        if run_id in self.runs or self.stopping:
             return
         if prepared is not None:
             self._prepared_runs[run_id] = prepared
@@ -192,7 +192,7 @@ class RunConsumer:
     async def _claim(self, entry: QueuedRun) -> Claim | None:
         prepared = self._prepared_runs.pop(entry.run_id, None)
         if prepared is not None:
-            taken = await self._store.take(entry.run_id, self.consumer_id)
+            taken = await self._store.take(entry.run_id, self.consumer_id, prepared.plan)
             return prepared if taken else None
         return await self._store.claim(entry.run_id, self.consumer_id)
 

@@ -24,16 +24,15 @@ Dispatch = Callable[[NextRun], Awaitable[None]]
 consumer, or the Redis run queue). Its claim is conditional, so dispatching twice is harmless."""
 
 
-async def hand_over(dispatch: Dispatch, next_run: NextRun | None) -> None:
-    """Dispatch the thread's next run now that the one before it ended (no run waiting for
-    its turn polls: the run before it wakes it). A failure is logged: the stall sweep of a
-    single process, or the queue timeout scaled out, still ends or starts it."""
-    if next_run is None:
-        return
-    try:
-        await dispatch(next_run)
-    except Exception:
-        logger.warning("dispatching run %s after the run before it failed", next_run.run_id)
+async def hand_over(dispatch: Dispatch, next_runs: Sequence[NextRun]) -> None:
+    """Dispatch the runs whose turn came now that a run of their user ended (no waiting run
+    polls: the run it waits for wakes it). A failure is logged: the stall sweep of a single
+    process, or the queue timeout scaled out, still starts or ends it."""
+    for next_run in next_runs:
+        try:
+            await dispatch(next_run)
+        except Exception:
+            logger.warning("dispatching run %s after the run before it failed", next_run.run_id)
 
 
 def chat_history(rows: Sequence[Message]) -> list[ChatMessage]:
@@ -84,7 +83,7 @@ async def execute_run(
             )
             return None
     record = factory.tracker.find(context.run_id)
-    next_run = await store.finish(
+    next_runs = await store.finish(
         context.run_id,
         state=outcome.state.value,
         error=dict(outcome.error) if outcome.error else None,
@@ -93,7 +92,7 @@ async def execute_run(
         answer_message_id=outcome.message_id if outcome.state is ExecutionState.COMPLETED else None,
         worker_id=worker_id,
     )
-    await hand_over(dispatch, next_run)
+    await hand_over(dispatch, next_runs)
     return outcome
 
 
@@ -122,5 +121,5 @@ async def end_outside(
             await bus.publish(ended.event)
         except Exception:
             logger.warning("publishing the end of run %s failed (readers use the log)", run_id)
-    await hand_over(dispatch, ended.next_run)
+    await hand_over(dispatch, ended.next_runs)
     return True

@@ -273,7 +273,7 @@ class RunService:
         known = self._here()
         cutoff = utcnow() - timedelta(seconds=older_than)
         started = 0
-        for run in await self._store.alive(claimed=False, queued_before=cutoff, turn=True):
+        for run in await self._store.claimable(queued_before=cutoff):
             if run.state != ExecutionState.PENDING.value:
                 continue
             if run.id in known or run.id in self._here():
@@ -354,10 +354,12 @@ class RunService:
         }
 
     async def drain(self, grace: float) -> None:
-        """Let live runs finish for up to ``grace`` seconds (shutdown), then end those that
-        are still waiting for their turn (cancelled: ``shutdown``)."""
+        """Let live runs finish for up to ``grace`` seconds (shutdown), then end those held
+        here that had not begun (cancelled: ``shutdown``). Runs still waiting for their turn
+        start no more: they stay queued in the database for the next start."""
         if self._consumer is None:
             return
+        self._consumer.stop()
         tasks = self._consumer.tasks()
         if tasks and grace > 0:
             await asyncio.wait(tasks, timeout=grace)
@@ -374,8 +376,9 @@ class RunService:
     # -- recovery ------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """Mark runs left alive by a crash of this (single) process DEAD and tell their users."""
-        runs = await self._store.alive()
+        """Mark runs a crash of this (single) process left in progress DEAD and tell their
+        users; runs that were only queued (PENDING) stay queued and start (``start_stalled``)."""
+        runs = [r for r in await self._store.alive() if r.state != ExecutionState.PENDING.value]
         ending = Ending.failure(
             ExecutionState.DEAD, RUN_DEAD, "the server stopped while this run was in progress"
         )

@@ -418,11 +418,18 @@ async def running_services(
 
 
 def run_store_of(settings: Settings, db: Database) -> RunStore:
-    """The run store with the waiting bounds of ``settings``."""
+    """The run store with the waiting bounds of ``settings``; with ``run_overflow=wait`` a run
+    waits for its user's slot in the database (held by nothing), not in memory."""
+    plans = PlanCatalog.from_settings(settings)
+
+    def runs_at_once(plan: str | None) -> int:
+        return plans.get(plan or plans.default).runs_at_once
+
     return RunStore(
         db,
         waiting=settings.max_waiting_runs,
         waiting_per_thread=settings.max_waiting_runs_per_thread,
+        runs_at_once=runs_at_once if settings.run_overflow == "wait" else None,
     )
 
 

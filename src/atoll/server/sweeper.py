@@ -144,7 +144,7 @@ class Sweeper:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.queue_timeout)
         message = f"no worker took this run within {self.queue_timeout:g}s"
         ending = Ending.failure(ExecutionState.TIMEOUT, QUEUE_TIMEOUT, message)
-        for run in await self._store.alive(claimed=False, queued_before=cutoff, turn=True):
+        for run in await self._store.claimable(queued_before=cutoff):
             ended = await end_outside(
                 self._store,
                 self._bus,
@@ -158,11 +158,7 @@ class Sweeper:
 
     async def _requeue_waiting(self) -> None:
         """Redis lost its data: queue again every run still waiting in the database."""
-        waiting = [
-            run
-            for run in await self._store.alive(claimed=False, turn=True)
-            if run.state == ExecutionState.PENDING.value
-        ]
+        waiting = await self._store.claimable()
         for run in waiting:
             await self._cluster.queue.put(run.id, run.user_id)
         logger.warning("redis lost its data; re-queued %d waiting run(s)", len(waiting))

@@ -17,12 +17,22 @@ another user's run indistinguishable from a missing one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Exists, Update, bindparam, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Exists,
+    ScalarSelect,
+    Update,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
@@ -69,7 +79,7 @@ _FINISHED = (
         finished_at=bindparam("new_finished_at", type_=_RUNS.c.finished_at.type),
         answer_message_id=bindparam("new_answer"),
     )
-    .returning(Run.thread_id)
+    .returning(Run.thread_id, Run.user_id)
 )
 """``finish``: built once (the statement a run ends with costs nothing to prepare)."""
 _FINISHED_HELD = _FINISHED.where(Run.worker_id == bindparam("key_worker"), Run.state.in_(ALIVE))
@@ -87,9 +97,19 @@ class Submitted:
     """The thread's messages before this one, when it was stored."""
 
 
+RunsAtOnce = Callable[[str | None], int]
+"""How many runs a user on a plan (by name) executes at once: the plan catalog's rule."""
+EXECUTING = [
+    ExecutionState.STARTING.value,
+    ExecutionState.RUNNING.value,
+    ExecutionState.COMPLETING.value,
+]
+
+
 @dataclass(frozen=True, slots=True)
 class NextRun:
-    """A PENDING run whose turn it is (no earlier run of its thread is alive): dispatch it."""
+    """A PENDING run whose turn it is (its thread's oldest alive run, its user with a free
+    slot): dispatch it."""
 
     run_id: str
     user_id: str
@@ -98,10 +118,10 @@ class NextRun:
 @dataclass(frozen=True, slots=True)
 class Ended:
     """What ``end`` did: the terminal event it appended (None when the run's log already
-    ended with one) and the thread's next run, now that this one is over."""
+    ended with one) and the runs whose turn came, now that this one is over."""
 
     event: RunEvent | None
-    next_run: NextRun | None
+    next_runs: list[NextRun]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +141,19 @@ class Claim:
 class RunStore:
     """The database steps of runs (see the module docstring)."""
 
-    def __init__(self, db: Database, *, waiting: int = 20, waiting_per_thread: int = 10) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        waiting: int = 20,
+        waiting_per_thread: int = 10,
+        runs_at_once: RunsAtOnce | None = None,
+    ) -> None:
         self.db = db
+        self.runs_at_once = runs_at_once
+        """With it, a claim also waits for the user's slot: a user executes at most their
+        plan's runs at once, the others stay PENDING (held by nothing) until one ends.
+        Without it (``ATOLL_RUN_OVERFLOW=reject``), the engine refuses runs over the limit."""
         self.waiting = waiting
         """At most this many of a user's runs waiting beyond those their plan runs at once."""
         self.waiting_per_thread = waiting_per_thread
@@ -276,7 +307,9 @@ class RunStore:
         """Take a queued run for ``worker_id`` (PENDING -> STARTING); None if not queued."""
 
         def claim(session: Session) -> Claim | None:
-            run = session.execute(_claiming(run_id, worker_id).returning(Run)).scalar()
+            owner = select(Run.user_id).where(Run.id == run_id).scalar_subquery()
+            limit = self._limit(session, owner)
+            run = session.execute(_claiming(run_id, worker_id, limit).returning(Run)).scalar()
             if run is None:
                 return None
             query = with_org(
@@ -290,10 +323,19 @@ class RunStore:
 
         return await self.db.write(claim)
 
-    async def take(self, run_id: str, worker_id: str) -> bool:
-        """``claim`` without its reads, for a consumer that has the message already."""
-        statement = _claiming(run_id, worker_id)
+    async def take(self, run_id: str, worker_id: str, plan: str) -> bool:
+        """``claim`` without its reads, for a consumer that has the message (and the user's
+        ``plan``) already."""
+        limit = self.runs_at_once(plan) if self.runs_at_once is not None else None
+        statement = _claiming(run_id, worker_id, limit)
         return await self.db.write(lambda session: bool(rows_changed(session, statement)))
+
+    def _limit(self, session: Session, user_id: Any) -> int | None:
+        """The runs at once of ``user_id`` (a value or a subquery); None: nothing counts."""
+        if self.runs_at_once is None:
+            return None
+        plan = with_org(select(effective_plan()).select_from(User).where(User.id == user_id))
+        return self.runs_at_once(session.execute(plan).scalar())
 
     async def start(self, run_id: str, worker_id: str, started_at: datetime) -> None:
         """Record that a worker's run has begun (STARTING -> RUNNING, with its start time)."""
@@ -340,9 +382,9 @@ class RunStore:
         finished_at: datetime,
         answer_message_id: str | None,
         worker_id: str | None = None,
-    ) -> NextRun | None:
+    ) -> list[NextRun]:
         """Record how a run an engine executed ended (a worker's only while it holds it);
-        the thread's next run, if one waits for its turn."""
+        the runs whose turn came (see ``next_runs``)."""
         values: dict[str, Any] = {
             "key_id": run_id,
             "new_state": state,
@@ -355,9 +397,9 @@ class RunStore:
         if worker_id is not None:
             statement, values["key_worker"] = _FINISHED_HELD, worker_id
 
-        def finish(session: Session) -> NextRun | None:
-            thread_id = session.connection().execute(statement, values).scalar()
-            return None if thread_id is None else next_in_thread(session, thread_id)
+        def finish(session: Session) -> list[NextRun]:
+            ended = session.connection().execute(statement, values).first()
+            return [] if ended is None else self.next_runs(session, ended.thread_id, ended.user_id)
 
         return await self.db.write(finish)
 
@@ -407,7 +449,7 @@ class RunStore:
                     state, error = terminal_state_of(last)
                     fix = update(Run).where(Run.id == run_id).values(state=state, error=error)
                     session.connection().execute(fix)
-                    return Ended(None, next_in_thread(session, run.thread_id))
+                    return Ended(None, self.next_runs(session, run.thread_id, run.user_id))
             event = RunEvent.build(
                 type=ending.event_type,
                 run_id=run.id,
@@ -419,28 +461,56 @@ class RunStore:
                 data=ending.data,
             )
             session.connection().execute(insert(RunEventRow), [event_row(event)])
-            return Ended(event, next_in_thread(session, run.thread_id))
+            return Ended(event, self.next_runs(session, run.thread_id, run.user_id))
 
         return await self.db.write(end)
+
+    def next_runs(self, session: Session, thread_id: str, user_id: str) -> list[NextRun]:
+        """Inside the transaction that ended a run of ``thread_id``: the runs whose turn came.
+
+        A PENDING run waits for two things: its thread's earlier runs (always) and, with
+        ``runs_at_once``, a slot of its user. Both are freed only by a run of that user
+        ending, so the ender looks at the user's PENDING runs that lead their thread and
+        hands the turn to as many as the user has free slots, oldest first (without slot
+        counting: the ended run's thread's next run). They are stamped as queued now: the
+        queue timeout counts from their turn, not from when they were sent.
+        """
+        heads = (
+            select(Run.id, Run.thread_id)
+            .where(
+                Run.user_id == user_id,
+                Run.state == ExecutionState.PENDING.value,
+                ~_earlier_alive(),
+            )
+            .order_by(Run.pk)
+            .limit(self.waiting + 1)
+        )
+        rows = session.execute(heads).all()
+        if not rows:
+            return []
+        if self.runs_at_once is None:
+            chosen = [row.id for row in rows if row.thread_id == thread_id][:1]
+        else:
+            free = (self._limit(session, user_id) or 0) - session.execute(
+                select(_executing_of(user_id))
+            ).scalar_one()
+            chosen = [row.id for row in rows[: max(free, 0)]]
+        if chosen:
+            stamp = update(Run).where(Run.id.in_(chosen)).values(queued_at=utcnow())
+            session.connection().execute(stamp)
+        return [NextRun(run_id, user_id) for run_id in chosen]
 
     # -- finding runs ------------------------------------------------------------------
 
     async def alive(
-        self,
-        *,
-        claimed: bool | None = None,
-        queued_before: datetime | None = None,
-        turn: bool = False,
+        self, *, claimed: bool | None = None, queued_before: datetime | None = None
     ) -> Sequence[Run]:
         """Every run not terminal (after a crash: runs that will never finish).
 
-        Only claimed (``worker_id`` set) or unclaimed ones if asked, only those
-        (last) queued before ``queued_before``, and with ``turn`` only those whose
-        turn it is (no earlier run of their thread alive: the others wait for it).
+        Only claimed (``worker_id`` set) or unclaimed ones if asked, and only those
+        (last) queued before ``queued_before``.
         """
         query = select(Run).where(Run.state.in_(ALIVE))
-        if turn:
-            query = query.where(~_earlier_alive())
         if claimed is True:
             query = query.where(Run.worker_id.is_not(None))
         elif claimed is False:
@@ -449,6 +519,31 @@ class RunStore:
             query = query.where(func.coalesce(Run.queued_at, Run.created_at) < queued_before)
         async with self.db.session() as session:
             return (await session.execute(query)).scalars().all()
+
+    async def claimable(self, *, queued_before: datetime | None = None) -> list[Run]:
+        """PENDING runs a claim would take now (their turn in their thread, a free slot of
+        their user), (last) queued before ``queued_before``: those nothing took are stalled.
+        Runs that wait for their turn are not, however long they wait."""
+        query = select(Run).where(Run.state == ExecutionState.PENDING.value, ~_earlier_alive())
+        if queued_before is not None:
+            query = query.where(func.coalesce(Run.queued_at, Run.created_at) < queued_before)
+
+        def read(session: Session) -> list[Run]:
+            runs = list(session.execute(query.order_by(Run.pk)).scalars())
+            free: dict[str, int] = {}
+            for user_id in {run.user_id for run in runs}:
+                limit = self._limit(session, user_id)
+                executing = session.execute(select(_executing_of(user_id))).scalar_one()
+                free[user_id] = len(runs) if limit is None else limit - executing
+            chosen = []
+            for run in runs:
+                if free[run.user_id] > 0:
+                    free[run.user_id] -= 1
+                    chosen.append(run)
+            return chosen
+
+        async with self.db.session() as session:
+            return await session.run_sync(read)
 
     async def alive_of(self, user_id: str, run_ids: list[str]) -> Sequence[Run]:
         """Those of the user's runs ``run_ids`` that are still alive."""
@@ -472,28 +567,22 @@ def _earlier_alive() -> Exists:
     )
 
 
-def _claiming(run_id: str, worker_id: str) -> Update:
+def _claiming(run_id: str, worker_id: str, limit: int | None) -> Update:
     """The conditional UPDATE of a claim: PENDING -> STARTING for ``worker_id``, only when no
-    earlier run of its thread is alive (its answer comes first)."""
+    earlier run of its thread is alive (its answer comes first) and, with ``limit``, while
+    its user executes fewer runs than that."""
+    conditions = [Run.id == run_id, Run.state == ExecutionState.PENDING.value, ~_earlier_alive()]
+    if limit is not None:
+        conditions.append(_executing_of(Run.user_id) < limit)
     return (
         update(Run)
-        .where(Run.id == run_id, Run.state == ExecutionState.PENDING.value, ~_earlier_alive())
+        .where(*conditions)
         .values(state=ExecutionState.STARTING.value, worker_id=worker_id, attempts=Run.attempts + 1)
     )
 
 
-def next_in_thread(session: Session, thread_id: str) -> NextRun | None:
-    """The thread's oldest alive run if it is PENDING (its turn has come), stamped as queued
-    now (the queue timeout counts from its turn, not from when it was sent)."""
-    head = (
-        select(Run.id, Run.user_id, Run.state)
-        .where(Run.thread_id == thread_id, Run.state.in_(ALIVE))
-        .order_by(Run.pk)
-        .limit(1)
-    )
-    row = session.execute(head).first()
-    if row is None or row.state != ExecutionState.PENDING.value:
-        return None
-    stamp = update(Run).where(Run.id == row.id).values(queued_at=utcnow())
-    session.connection().execute(stamp)
-    return NextRun(row.id, row.user_id)
+def _executing_of(user_id: Any) -> ScalarSelect[int]:
+    """How many runs of ``user_id`` (a value or a correlated column) are executing."""
+    busy = aliased(Run)
+    count = select(func.count()).select_from(busy)
+    return count.where(busy.user_id == user_id, busy.state.in_(EXECUTING)).scalar_subquery()
