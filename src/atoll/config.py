@@ -245,6 +245,13 @@ class Settings(BaseSettings):
 
     max_concurrent_runs: int = Field(3, ge=1)
     run_overflow: Literal["wait", "reject"] = "wait"
+    cpu_budget_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="CPU seconds one user's runs may spend on a server per budget period; "
+        "past it, their messages are refused (429 cpu_budget_exceeded) until it refills",
+    )
+    cpu_budget_period: float = Field(60.0, gt=0, description="Seconds the CPU budget refills over")
     max_waiting_runs: int = Field(
         20, ge=1, description="Runs of one user stored but not yet running, across threads"
     )

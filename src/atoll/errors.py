@@ -231,6 +231,13 @@ class QuotaExceededError(RateLimitedError):
         self.details.update(details)
 
 
+class CpuBudgetError(RateLimitedError):
+    """Raised when a user's runs have spent their CPU budget (``ATOLL_CPU_BUDGET_SECONDS`` per
+    ``ATOLL_CPU_BUDGET_PERIOD``); ``retry_after`` is the time until enough has refilled."""
+
+    code = "cpu_budget_exceeded"
+
+
 class TooManyStreamsError(RateLimitedError):
     """Raised when a user already has the maximum number of open event streams."""
 

@@ -1,4 +1,5 @@
-"""Per-key rate limiting (GCRA), shared by tools, messages and logins.
+"""Per-key rate limiting (GCRA), shared by tools, messages and logins, and cost budgets
+(the same algorithm, charged with measured cost instead of one per hit).
 
 ``LocalRateLimiter`` keeps its state in the instance that the app or engine
 factory builds; the scale-out deployment plugs in a Redis implementation of the
@@ -22,6 +23,52 @@ class RateLimiter(Protocol):
 
     async def hit(self, key: str, limit: int | None = None) -> float | None:
         """Record one hit for ``key``; None if allowed, else the retry-after in seconds."""
+
+
+class CostBudget(Protocol):
+    """A budget of measured cost (CPU seconds) per key that refills evenly over a period.
+
+    Cost is charged after it is spent (a run's CPU is known when it ends); new work is
+    refused while the key is over budget, until enough has refilled.
+    """
+
+    async def charge(self, key: str, cost: float) -> None:
+        """Add ``cost`` to what ``key`` has spent."""
+
+    async def check(self, key: str) -> float | None:
+        """None if ``key`` is within its budget, else the seconds until it is."""
+
+
+class LocalCostBudget:
+    """``budget`` of cost per ``period`` seconds per key, in this process (GCRA by cost).
+
+    One timestamp per key: charging ``c`` moves it ``c * period / budget`` seconds ahead
+    (from now, if it lies behind); the key is over budget while it is more than
+    ``period`` ahead of now. So ``budget`` can be spent at once, and it refills evenly.
+    """
+
+    def __init__(
+        self, budget: float, period: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if budget <= 0 or period <= 0:
+            raise ValueError("budget and period must be positive")
+        self.budget = budget
+        self.period = period
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+
+    async def charge(self, key: str, cost: float) -> None:
+        """Add ``cost`` to what ``key`` has spent."""
+        now = self._clock()
+        if len(self._tat) >= 4096:
+            self._tat = {k: t for k, t in self._tat.items() if t > now}
+        tat = max(self._tat.get(key, now), now)
+        self._tat[key] = tat + max(cost, 0.0) * self.period / self.budget
+
+    async def check(self, key: str) -> float | None:
+        """None if ``key`` is within its budget, else the seconds until it is."""
+        over = self._tat.get(key, 0.0) - self._clock() - self.period
+        return over if over > 0 else None
 
 
 class LocalRateLimiter:

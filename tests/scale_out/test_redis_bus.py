@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 from atoll.bus.memory import InMemoryEventBus
 from atoll.bus.queue import CancelSignals, RunQueue, WorkerPresence
 from atoll.bus.redis import (
+    RedisCostBudget,
     RedisEventBus,
     RedisEventRelay,
     RedisFailureCounter,
@@ -19,9 +21,11 @@ from atoll.bus.redis import (
     user_stream,
 )
 from atoll.errors import RunLimitError
+from atoll.ratelimit import CostBudget, LocalCostBudget
 from atoll.runtime.events import EventRecorder, EventType, RunEmitter, RunEvent
 
 from redis_server import redis_server
+from support import until
 
 pytestmark = [pytest.mark.scale_out, pytest.mark.integration]
 
@@ -259,3 +263,37 @@ async def test_the_relay_follows_users_through_a_redis_outage() -> None:
         await node.aclose()
         await publisher.aclose()
         await redis.aclose()
+
+
+@pytest.fixture(params=["local", "redis"])
+async def budget_of(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Any]:
+    """Builds a ``CostBudget`` of each implementation: one contract, both pass it."""
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+
+    def build(budget: float, period: float) -> CostBudget:
+        if request.param == "local":
+            return LocalCostBudget(budget, period)
+        return RedisCostBudget(client, budget, period, prefix="test")
+
+    yield build
+    await client.aclose()
+
+
+async def test_a_cost_budget_refuses_past_its_budget_per_key_and_refills(budget_of: Any) -> None:
+    budget: CostBudget = budget_of(1.0, 60.0)
+    await budget.charge("usr_a", 0.5)
+    assert await budget.check("usr_a") is None  # half spent
+    await budget.charge("usr_a", 0.6)
+    wait = await budget.check("usr_a")
+    assert wait is not None and 0 < wait <= 0.1 * 60 + 0.01  # 0.1 over: 6 s to refill it
+    assert await budget.check("usr_b") is None  # another user's budget is their own
+
+    quick: CostBudget = budget_of(0.1, 0.3)
+    await quick.charge("usr_c", 0.2)  # twice the budget: over for about 0.3 s
+    assert await quick.check("usr_c") is not None
+
+    async def refilled() -> bool:
+        return await quick.check("usr_c") is None
+
+    await until(refilled, within=10, what="the budget refilled")

@@ -238,6 +238,53 @@ return -1
 """
 
 
+_CHARGE = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+tat = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], tat, 'PX', math.ceil(tat - now) + 1)
+return 1
+"""
+
+_OVER = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+return math.floor(tat - now - tonumber(ARGV[1]))
+"""
+
+
+class RedisCostBudget:
+    """``CostBudget`` shared by every node and worker: GCRA by cost, on Redis's clock.
+
+    Workers charge what their runs cost; API nodes check before storing a message.
+    """
+
+    def __init__(self, redis: Redis, budget: float, period: float, *, prefix: str) -> None:
+        if budget <= 0 or period <= 0:
+            raise ValueError("budget and period must be positive")
+        self.budget = budget
+        self._period_ms = round(period * 1000)
+        self._prefix = prefix
+        self._charge = redis.register_script(_CHARGE)
+        self._over = redis.register_script(_OVER)
+
+    def _key(self, key: str) -> str:
+        return f"atoll:cost:{self._prefix}:{key}"
+
+    async def charge(self, key: str, cost: float) -> None:
+        """Add ``cost`` to what ``key`` has spent."""
+        advance_ms = max(cost, 0.0) * self._period_ms / self.budget
+        await self._charge(keys=[self._key(key)], args=[round(advance_ms, 3)])
+
+    async def check(self, key: str) -> float | None:
+        """None if ``key`` is within its budget, else the seconds until it is."""
+        over_ms = int(await self._over(keys=[self._key(key)], args=[self._period_ms]))
+        return over_ms / 1000 if over_ms > 0 else None
+
+
 class RedisRateLimiter:
     """``RateLimiter`` shared by every node: GCRA in one Lua script, on Redis's clock."""
 

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from atoll.aio import run_every, settle_task
 from atoll.bus.queue import CancelSignals, RunQueue, WorkerPresence
 from atoll.bus.redis import (
+    RedisCostBudget,
     RedisEventBus,
     RedisFailureCounter,
     RedisRateLimiter,
@@ -84,6 +85,9 @@ class Cluster:
             redis, settings.login_failures_window, prefix="login"
         )
         self.revocations = RedisSessionRevocations(redis)
+        self.cpu_budget = RedisCostBudget(
+            redis, settings.cpu_budget_seconds, settings.cpu_budget_period, prefix="cpu"
+        )
         self.healthy = True
 
     async def dispatch(self, next_run: NextRun) -> None:

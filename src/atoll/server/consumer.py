@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from atoll.bus.queue import QueuedRun
+from atoll.ratelimit import CostBudget
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.endings import Ending
 from atoll.runtime.events import RunEventBus
@@ -74,6 +75,7 @@ class RunConsumer:
         consumer_id: str,
         capacity: int,
         dispatch: Dispatch | None = None,
+        cpu_budget: CostBudget | None = None,
         before_engine: BeforeEngine | None = None,
         release: Callable[[QueuedRun], Awaitable[None]] | None = None,
     ) -> None:
@@ -83,6 +85,8 @@ class RunConsumer:
         self._bus = bus
         self.consumer_id = consumer_id
         self.capacity = capacity
+        self._cpu_budget = cpu_budget
+        """Where each run's measured CPU is charged to its user (checked at submit)."""
         self.dispatch: Dispatch = dispatch if dispatch is not None else self._put_next
         """How a run that ends here hands the turn to its thread's next run (default: this
         consumer, the in-process queue)."""
@@ -232,7 +236,7 @@ class RunConsumer:
         local = self.runs.get(entry.run_id)
         if local is not None:
             local.began = True
-        await execute_run(
+        outcome = await execute_run(
             self._factory,
             self._store,
             context,
@@ -244,6 +248,11 @@ class RunConsumer:
             worker_id=self.consumer_id,
         )
         self.executed += 1
+        if outcome is not None and self._cpu_budget is not None:
+            try:
+                await self._cpu_budget.charge(run.user_id, outcome.cpu_seconds)
+            except Exception:
+                logger.warning("the CPU of run %s could not be charged to its user", run.id)
 
     async def _end_waiting(self, run_id: str, reason: str) -> None:
         """End a run cancelled while it waited (it has no event yet)."""

@@ -23,10 +23,11 @@ from typing import Any
 from atoll.auth.principal import Principal
 from atoll.errors import (
     AtollError,
+    CpuBudgetError,
     RateLimitedError,
     UnavailableError,
 )
-from atoll.ratelimit import RateLimiter
+from atoll.ratelimit import CostBudget, RateLimiter
 from atoll.runtime.endings import RUN_DEAD, Ending
 from atoll.runtime.engine import check_agent
 from atoll.runtime.factory import ExecutionEngineFactory
@@ -70,11 +71,13 @@ class RunService:
         plans: PlanCatalog,
         usage: UsageStore,
         dispatch: Dispatch,
+        cpu_budget: CostBudget,
         cluster: Cluster | None = None,
         consumer: RunConsumer | None = None,
     ) -> None:
         self._chat = chat
         self._dispatch = dispatch
+        self._cpu_budget = cpu_budget
         self._notices = notices
         self._consumer = consumer
         self._store = store
@@ -139,6 +142,7 @@ class RunService:
         # Spent budgets refuse the message before it is stored (and a run that was
         # admitted here is checked again when it starts: see engine_factory).
         await self._usage.check(principal.user_id, plan, utcnow())
+        await self._check_cpu(principal.user_id)
 
         store = partial(
             self._store.submit,
@@ -159,6 +163,21 @@ class RunService:
         self._submissions.add(job)
         job.add_done_callback(self._submission_done)
         return await asyncio.shield(job)
+
+    async def _check_cpu(self, user_id: str) -> None:
+        """Refuse a message while the user's runs are over their CPU budget."""
+        try:
+            wait = await self._cpu_budget.check(user_id)
+        except REDIS_ERRORS as exc:
+            if self._cluster is not None:
+                self._cluster.failed(exc)
+            raise UnavailableError(QUEUE_DOWN) from None
+        if wait is not None:
+            raise CpuBudgetError(
+                f"your recent runs have used this server's CPU budget for you; "
+                f"retry in {wait:.1f}s",
+                retry_after=wait,
+            )
 
     def default_agent_of(self, plan: Plan) -> str:
         """The agent of a message that names none: the server's default when the plan

@@ -27,7 +27,7 @@ from atoll.bus.memory import InMemoryEventBus, MemorySubscription
 from atoll.bus.redis import RedisEventRelay
 from atoll.config import Settings
 from atoll.errors import ConfigurationError
-from atoll.ratelimit import LocalRateLimiter, SlidingWindowCounter
+from atoll.ratelimit import CostBudget, LocalCostBudget, LocalRateLimiter, SlidingWindowCounter
 from atoll.runtime.agents.base import AgentRegistry
 from atoll.runtime.builtins import builtin_registry
 from atoll.runtime.context import UserExecutionContext
@@ -313,16 +313,20 @@ async def running_services(
         run_store = run_store_of(settings, db)
         consumer: RunConsumer | None = None
         dispatch: Dispatch
+        cpu_budget: CostBudget
         if cluster is None:
+            cpu_budget = LocalCostBudget(settings.cpu_budget_seconds, settings.cpu_budget_period)
             consumer = RunConsumer(
                 store=run_store,
                 factory=factory,
                 bus=local_bus,
                 consumer_id=node_id,
                 capacity=LOCAL_CAPACITY,
+                cpu_budget=cpu_budget,
             )
             dispatch = consumer.dispatch
         else:
+            cpu_budget = cluster.cpu_budget
             dispatch = cluster.dispatch
         notices = UserNotices(local_bus, cluster.bus if cluster is not None else None)
         runs = RunService(
@@ -337,6 +341,7 @@ async def running_services(
             else LocalRateLimiter(settings.messages_per_minute, 60.0),
             cluster=cluster,
             dispatch=dispatch,
+            cpu_budget=cpu_budget,
             plans=factory.plans,
             usage=usage,
         )

@@ -75,6 +75,7 @@ class Worker:
             consumer_id=worker_id,
             capacity=settings.worker_concurrency,
             dispatch=cluster.dispatch,
+            cpu_budget=cluster.cpu_budget,
             before_engine=self._take_slot if settings.run_overflow == "wait" else None,
             release=self._release_entry,
         )
