@@ -252,6 +252,12 @@ class Settings(BaseSettings):
         "past it, their messages are refused (429 cpu_budget_exceeded) until it refills",
     )
     cpu_budget_period: float = Field(60.0, gt=0, description="Seconds the CPU budget refills over")
+    run_capacity: int = Field(
+        1000,
+        ge=1,
+        description="Runs one atoll serve executes at once; more wait, the users whose runs "
+        "cost least CPU lately first",
+    )
     max_waiting_runs: int = Field(
         20, ge=1, description="Runs of one user stored but not yet running, across threads"
     )

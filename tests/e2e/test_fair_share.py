@@ -7,6 +7,7 @@ The budget here is tiny (0.1 ms a day), so one run spends it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -69,3 +70,34 @@ async def test_a_spent_cpu_budget_refuses_the_next_message_on_every_door(tmp_pat
         # Another user's budget is their own.
         other = await bob.chat("What is 6*7?", agent="assistant")
         assert [e async for e in bob.stream(other["run"]["id"])][-1]["type"] == "agent_completed"
+
+
+async def test_runs_waiting_for_room_go_cheapest_user_first_not_first_come(
+    tmp_path: Path,
+) -> None:
+    """One run at a time: a user whose runs cost CPU lately waits behind one whose did not,
+    though the costly user's message came first."""
+    settings = make_settings(tmp_path / "data", run_capacity=1, offline_token_delay=0.05)
+    async with (
+        running_server(settings) as (url, server),
+        AtollClient(url) as ada,
+        AtollClient(url) as bob,
+    ):
+        await ada.register("ada@example.com", PASSWORD)
+        await bob.register("bob@example.com", PASSWORD)
+        consumer = server.config.app.state.services.runs._consumer
+        warm = await ada.chat("What is 6*7?", agent="assistant")  # Ada has spent CPU lately
+        assert [e async for e in ada.stream(warm["run"]["id"])][-1]["type"] == "agent_completed"
+        ada_id = (await ada.request("GET", "/me"))["id"]
+        await until(lambda: consumer.costs.of(ada_id) > 0, what="ada's cost")
+        running = await ada.chat("hello", agent="assistant")  # takes the one place
+        ada_waits = await ada.chat("hello again", agent="assistant")
+        bob_waits = await bob.chat("hello", agent="assistant")
+        await until(lambda: len(consumer.known()) == 3, what="both waiting")
+
+        async def started(client: AtollClient, accepted: dict[str, Any]) -> str:
+            events = [e async for e in client.stream(accepted["run"]["id"])]
+            return str(events[0]["ts"])
+
+        assert await started(ada, running) < await started(bob, bob_waits)
+        assert await started(bob, bob_waits) < await started(ada, ada_waits)

@@ -15,8 +15,10 @@ Redis queue (``atoll.bus.queue.RunQueue``). Both then run this same code.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +45,31 @@ class RunSource(Protocol):
 
     async def ack(self, *entry_ids: str) -> None:
         """The entries are handled."""
+
+
+class RecentCost:
+    """CPU seconds each user's runs took in this process, halved every ``half_life`` seconds."""
+
+    def __init__(self, half_life: float = 60.0, *, clock: Callable[[], float] = time.monotonic):
+        self.half_life = half_life
+        self._clock = clock
+        self._spent: dict[str, tuple[float, float]] = {}
+
+    def add(self, user_id: str, seconds: float) -> None:
+        """Count ``seconds`` more for ``user_id``."""
+        now = self._clock()
+        if len(self._spent) >= 4096:  # forget those whose cost has decayed away
+            self._spent = {u: v for u, v in self._spent.items() if self._now(v, now) > 1e-4}
+        self._spent[user_id] = (self.of(user_id) + seconds, now)
+
+    def of(self, user_id: str) -> float:
+        """What ``user_id``'s runs cost lately (0 for a user never seen)."""
+        spent = self._spent.get(user_id)
+        return 0.0 if spent is None else self._now(spent, self._clock())
+
+    def _now(self, spent: tuple[float, float], now: float) -> float:
+        value, at = spent
+        return float(value * 0.5 ** ((now - at) / self.half_life))
 
 
 @dataclass
@@ -87,6 +114,10 @@ class RunConsumer:
         self.capacity = capacity
         self._cpu_budget = cpu_budget
         """Where each run's measured CPU is charged to its user (checked at submit)."""
+        self.costs = RecentCost()
+        """What each user's runs cost here lately: the order of the backlog."""
+        self._backlog: list[tuple[float, int, QueuedRun]] = []
+        self._backlogged: set[str] = set()
         self.dispatch: Dispatch = dispatch if dispatch is not None else self._put_next
         """How a run that ends here hands the turn to its thread's next run (default: this
         consumer, the in-process queue)."""
@@ -130,12 +161,28 @@ class RunConsumer:
     def put(self, run_id: str, user_id: str, *, prepared: Claim | None = None) -> None:
         """The in-process queue: handle a stored run now, with what ``submit`` already read
         (``prepared``: the claim is then a bare conditional UPDATE). A run put twice (a
-        resend, the stall sweep) is claimed once; one put while stopping stays queued."""
-        if run_id in self.runs or self.stopping:
+        resend, the stall sweep) is claimed once; one put while stopping stays queued.
+
+        At ``capacity``, the run waits for room in a backlog ordered by its user's recent
+        CPU (``RecentCost``), not by arrival: a user whose runs have been costly goes after
+        those whose runs have not.
+        """
+        if run_id in self.runs or run_id in self._backlogged or self.stopping:
             return
         if prepared is not None:
             self._prepared_runs[run_id] = prepared
-        self.start(QueuedRun(f"local-{next(self._ids)}", run_id, user_id))
+        entry = QueuedRun(f"local-{next(self._ids)}", run_id, user_id)
+        if len(self.runs) < self.capacity:
+            self.start(entry)
+            return
+        self._backlogged.add(run_id)
+        heapq.heappush(self._backlog, (self.costs.of(user_id), next(self._ids), entry))
+
+    def _start_backlog(self) -> None:
+        while self._backlog and len(self.runs) < self.capacity and not self.stopping:
+            _, _, entry = heapq.heappop(self._backlog)
+            self._backlogged.discard(entry.run_id)
+            self.start(entry)
 
     async def _put_next(self, next_run: NextRun) -> None:
         self.put(next_run.run_id, next_run.user_id)
@@ -158,8 +205,8 @@ class RunConsumer:
         self._room.set()
 
     def known(self) -> set[str]:
-        """The runs this consumer holds right now."""
-        return set(self.runs)
+        """The runs this consumer holds right now (executing, or in its backlog)."""
+        return set(self.runs) | self._backlogged
 
     # -- cancelling ------------------------------------------------------------------
 
@@ -190,6 +237,7 @@ class RunConsumer:
             self._prepared_runs.pop(entry.run_id, None)
             self._cancel_requests.pop(entry.run_id, None)
             self._room.set()
+            self._start_backlog()
             if self._release is not None:
                 await self._release(entry)
 
@@ -248,6 +296,8 @@ class RunConsumer:
             worker_id=self.consumer_id,
         )
         self.executed += 1
+        if outcome is not None:
+            self.costs.add(run.user_id, outcome.cpu_seconds)
         if outcome is not None and self._cpu_budget is not None:
             try:
                 await self._cpu_budget.charge(run.user_id, outcome.cpu_seconds)

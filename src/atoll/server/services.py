@@ -64,10 +64,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LOCAL_CAPACITY = 1_000_000
-"""Runs one ``atoll serve`` holds at once: no bound of its own (each user's is
-``ATOLL_MAX_CONCURRENT_RUNS``, and ``ATOLL_MESSAGES_PER_MINUTE`` bounds the rate)."""
-
 
 @dataclass
 class Services:
@@ -321,7 +317,7 @@ async def running_services(
                 factory=factory,
                 bus=local_bus,
                 consumer_id=node_id,
-                capacity=LOCAL_CAPACITY,
+                capacity=settings.run_capacity,
                 cpu_budget=cpu_budget,
             )
             dispatch = consumer.dispatch
