@@ -12,6 +12,7 @@ and holds its run until the test opens the gate.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy import text
 
 from atoll.client import ApiError, AtollClient
 from atoll.server.serve import running_server
@@ -173,3 +175,59 @@ async def test_a_user_holds_at_most_their_bound_of_runs_not_yet_running_on_every
         assert (await ada.request("GET", "/threads"))["items"] == threads  # nothing stored
         fake.gate.set()
         await until(lambda: not held_here(services), within=30, what="every run ended")
+
+
+async def test_deleting_a_thread_ends_every_run_of_it_before_the_204(tmp_path: Path) -> None:
+    """Delete a thread while its runs are executing and queued and messages keep coming:
+    before the 204 every run has its one terminal event, afterwards nothing of it runs,
+    nothing is left behind, and a message sent to it meanwhile is refused (404) or ended."""
+    limits = {"max_waiting_runs_per_thread": 50, "max_waiting_runs": 50}
+    async with served(tmp_path, **limits) as (url, services, fake), user(url, "d@x.io") as ada:
+        seen: dict[str, list[str]] = {}
+        async with ada.connect() as socket:
+            first = await socket.send_message("gate", agent="assistant")
+            thread = first["thread_id"]
+            for n in range(5):
+                await socket.send_message(
+                    f"say: {n}", thread_id=thread, multitask="enqueue", agent="assistant"
+                )
+            await until(lambda: len(fake.requests) == 1, what="the first run at the model")
+
+            async def keep_sending() -> list[int]:
+                statuses = []
+                for n in range(20):
+                    body = {"message": f"say: late {n}", "multitask": "enqueue"}
+                    try:
+                        await ada.request("POST", f"/threads/{thread}/runs", json=body)
+                        statuses.append(202)
+                    except ApiError as error:
+                        statuses.append(error.status)
+                return statuses
+
+            sender = asyncio.create_task(keep_sending())
+            await ada.request("DELETE", f"/threads/{thread}")
+            statuses = await sender
+
+            # Every run of the thread that reached the socket has ended there, once.
+            def ended(types: list[str]) -> bool:
+                return any(t in ("agent_completed", "agent_cancelled") for t in types)
+
+            async with asyncio.timeout(10):
+                while len(seen) < 6 or not all(ended(types) for types in seen.values()):
+                    frame = await socket.receive()
+                    if "run_id" in frame and "seq" in frame and not frame["parent_agent"]:
+                        seen.setdefault(frame["run_id"], []).append(frame["type"])
+        assert set(statuses) <= {202, 404}
+        assert statuses[-1] == 404  # the thread is gone
+        for types in seen.values():
+            assert sum(t in ("agent_completed", "agent_cancelled", "agent_error")
+                       for t in types) == 1, types  # fmt: skip
+        fake.gate.set()
+        assert not services.runs._consumer.known()  # nothing of it held, nothing runs
+        assert services.factory.live_runs() == []
+        async with services.db.session() as session:
+            orphans = await session.execute(
+                text("SELECT count(*) FROM run_events WHERE run_id NOT IN (SELECT id FROM runs)")
+            )
+            assert orphans.scalar() == 0
+            assert (await session.execute(text("SELECT count(*) FROM runs"))).scalar() == 0

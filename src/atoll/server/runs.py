@@ -14,6 +14,7 @@ for runs whose worker died.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_AGENT = "supervisor"
 QUEUE_DOWN = "the run queue is unavailable; try again shortly"
+DELETE_GRACE = 10.0
+"""Seconds a deleted thread's executing runs have to end once cancelled."""
 STALL_AFTER = 5.0
 """Seconds after which a PENDING run nothing in this process runs counts as stalled."""
 
@@ -335,19 +338,43 @@ class RunService:
             await self._audit.record("run_cancel", user_id=principal.user_id, run_id=run_id)
         return run
 
-    async def cancel_thread_runs(self, user_id: str, run_ids: list[str]) -> None:
-        """Cancel every live run in ``run_ids`` and wait (up to 10 s) for them to end."""
-        for run_id in run_ids:
+    async def delete_thread(self, user_id: str, thread_id: str) -> None:
+        """Delete the user's thread as an ending of its runs.
+
+        First, in one transaction, the thread is marked (it is missing from then on, and no
+        run can be stored on or claimed from it) and its queued runs end; then its
+        executing runs are cancelled and waited for (``DELETE_GRACE`` seconds, then ended
+        where they stand: an engine still going finds its log closed). Only when every run
+        of the thread has ended with its terminal event are the rows deleted — so nothing of
+        the thread runs or streams after the caller's 204.
+        """
+        ending = Ending.cancelled("thread_deleted")
+        events, executing = await self._store.close_thread(user_id, thread_id, ending)
+        for event in events:
+            with contextlib.suppress(Exception):  # the event is logged; readers catch up
+                await self._bus.publish(event)
+        for run_id in executing:
             await self._cancel_anywhere(run_id, user_id, reason="thread_deleted")
+        left = await self._until_ended(user_id, executing, DELETE_GRACE)
+        for run_id in left:
+            logger.warning("run %s did not end when cancelled; ending it", run_id)
+            await end_outside(self._store, self._bus, run_id, ending, dispatch=self._dispatch)
+        await self._chat.delete_thread(user_id, thread_id)
+
+    async def _until_ended(self, user_id: str, run_ids: list[str], within: float) -> list[str]:
+        """Wait up to ``within`` seconds for ``run_ids`` to end; those still alive."""
         tasks = self._consumer.tasks(run_ids) if self._consumer is not None else []
         if tasks:
-            await asyncio.wait(tasks, timeout=10)
-        deadline = asyncio.get_running_loop().time() + 10
-        while run_ids and asyncio.get_running_loop().time() < deadline:
-            alive = {r.id for r in await self._store.alive_of(user_id, run_ids)}
-            run_ids = [r for r in run_ids if r in alive]
-            if run_ids:
-                await asyncio.sleep(0.1)
+            await asyncio.wait(tasks, timeout=within)
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + within, 0.02
+        while run_ids:
+            run_ids = [r.id for r in await self._store.alive_of(user_id, run_ids)]
+            if not run_ids or loop.time() >= deadline:
+                break
+            await asyncio.sleep(pause)  # on another process (a worker): its end is in the log
+            pause = min(pause * 2, 0.5)
+        return run_ids
 
     # -- state -------------------------------------------------------------------
 

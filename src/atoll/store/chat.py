@@ -87,7 +87,9 @@ class Page(Generic[T]):
 
 def thread_query(user_id: str, thread_id: str) -> Select[Thread]:
     """The user's thread ``thread_id`` (no row for anyone else)."""
-    return select(Thread).where(Thread.id == thread_id, Thread.user_id == user_id)
+    return select(Thread).where(
+        Thread.id == thread_id, Thread.user_id == user_id, Thread.deleted_at.is_(None)
+    )
 
 
 def alive_runs_query(thread_id: str) -> Select[Run]:
@@ -245,7 +247,7 @@ class ChatStore:
         contains it (case-insensitive for ASCII letters on SQLite, all letters on PostgreSQL).
         """
         after = decode_activity_cursor(cursor)
-        query = select(Thread).where(Thread.user_id == user_id)
+        query = select(Thread).where(Thread.user_id == user_id, Thread.deleted_at.is_(None))
         if after is not None:
             at, pk = after
             query = query.where(
@@ -266,13 +268,6 @@ class ChatStore:
         rows = rows[:limit]
         return Page(rows, encode_activity_cursor(rows[-1]) if more and rows else None)
 
-    async def alive_run_ids(self, user_id: str, thread_id: str) -> list[str]:
-        """Ids of the user's thread's alive runs (``NotFoundError`` for no such thread)."""
-        thread = await self.thread(user_id, thread_id)
-        async with self.db.session() as session:
-            runs = (await session.execute(alive_runs_query(thread.id))).scalars().all()
-        return [run.id for run in runs]
-
     async def runs_of_thread(self, thread_id: str, run_ids: list[str]) -> list[str]:
         """Those of ``run_ids`` that are runs of ``thread_id`` (in the order given)."""
         query = select(Run.id).where(Run.thread_id == thread_id, Run.id.in_(run_ids))
@@ -284,7 +279,10 @@ class ChatStore:
         """Delete the thread, its messages, runs and events."""
 
         def delete_job(session: Session) -> None:
-            thread = thread_in(session, user_id, thread_id)
+            query = select(Thread).where(Thread.id == thread_id, Thread.user_id == user_id)
+            thread = session.execute(query).scalar()  # being deleted already: still found
+            if thread is None:
+                raise NotFoundError("thread not found")
             run_ids = list(
                 session.execute(select(Run.id).where(Run.thread_id == thread.id)).scalars().all()
             )

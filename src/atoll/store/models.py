@@ -131,6 +131,9 @@ class Thread(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Set when its deletion begins: from then on it is gone for every read and no run can
+    be stored on it, while the runs it has end (``RunStore.close_thread``)."""
 
     __table_args__ = (
         Index("ix_threads_user_pk", "user_id", "pk"),

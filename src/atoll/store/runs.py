@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
-from atoll.errors import ThreadBusyError, TooManyWaitingError
+from atoll.errors import NotFoundError, ThreadBusyError, TooManyWaitingError
 from atoll.runtime.endings import Ending, terminal_state_of
 from atoll.runtime.events import RunEvent
 from atoll.runtime.ids import new_id
@@ -233,9 +233,9 @@ class RunStore:
                 # The thread's row first (a row lock on PostgreSQL): a run of this thread
                 # ending now either sees this run as its successor or is seen ended here.
                 now = utcnow()
-                execute_core(
-                    session, update(Thread).where(Thread.id == thread.id).values(updated_at=now)
-                )
+                touch = update(Thread).where(Thread.id == thread.id, Thread.deleted_at.is_(None))
+                if not rows_changed(session, touch.values(updated_at=now)):
+                    raise NotFoundError("thread not found")  # its deletion began meanwhile
                 set_committed_value(thread, "updated_at", now)  # not dirty: no second UPDATE
                 runs = list(session.execute(alive_runs_query(thread.id)).scalars())
                 alive = [r.id for r in runs]
@@ -422,48 +422,38 @@ class RunStore:
         """
 
         def end(session: Session) -> Ended | None:
-            conditions = [Run.id == run_id, Run.state.in_(ALIVE)]
-            if queued_only:
-                conditions.append(Run.state == ExecutionState.PENDING.value)
-            if held_by is not None:
-                conditions.append(Run.worker_id == held_by)
-            now = utcnow()
-            ended = (
-                update(Run)
-                .where(*conditions)
-                .values(state=ending.state.value, error=ending.error, finished_at=now)
-            )
-            if not rows_changed(session, ended):
+            ended = _end_run(session, run_id, ending, held_by=held_by, queued_only=queued_only)
+            if ended is None:
                 return None
-            run = session.execute(select(Run).where(Run.id == run_id)).scalar_one()
-            last_query = (
-                select(RunEventRow.seq, RunEventRow.payload)
-                .where(RunEventRow.run_id == run_id)
-                .order_by(RunEventRow.seq.desc())
-                .limit(1)
-            )
-            last_row = session.execute(last_query).first()
-            if last_row is not None:
-                last = RunEvent.from_payload(bytes(last_row.payload), user_id=run.user_id)
-                if last.ends_run:
-                    state, error = terminal_state_of(last)
-                    fix = update(Run).where(Run.id == run_id).values(state=state, error=error)
-                    session.connection().execute(fix)
-                    return Ended(None, self.next_runs(session, run.thread_id, run.user_id))
-            event = RunEvent.build(
-                type=ending.event_type,
-                run_id=run.id,
-                thread_id=run.thread_id,
-                user_id=run.user_id,
-                seq=(last_row.seq if last_row is not None else 0) + 1,
-                agent=run.agent,
-                parent_agent=None,
-                data=ending.data,
-            )
-            session.connection().execute(insert(RunEventRow), [event_row(event)])
+            run, event = ended
             return Ended(event, self.next_runs(session, run.thread_id, run.user_id))
 
         return await self.db.write(end)
+
+    async def close_thread(
+        self, user_id: str, thread_id: str, ending: Ending
+    ) -> tuple[list[RunEvent], list[str]]:
+        """Begin deleting the user's thread, in one transaction: mark it (from now on it is
+        missing for every read, and no run can be stored on or claimed from it) and end its
+        queued runs with ``ending``. Returns their terminal events, to publish, and the ids
+        of its runs still executing, to cancel. ``NotFoundError`` for no such thread."""
+
+        def close(session: Session) -> tuple[list[RunEvent], list[str]]:
+            thread = thread_in(session, user_id, thread_id)
+            now = utcnow()
+            mark = update(Thread).where(Thread.id == thread.id).values(deleted_at=now)
+            execute_core(session, mark)
+            events, executing = [], []
+            for run in session.execute(alive_runs_query(thread.id)).scalars().all():
+                if run.state != ExecutionState.PENDING.value:
+                    executing.append(run.id)
+                    continue
+                ended = _end_run(session, run.id, ending, held_by=None, queued_only=True)
+                if ended is not None and ended[1] is not None:
+                    events.append(ended[1])
+            return events, executing
+
+        return await self.db.write(close)
 
     def next_runs(self, session: Session, thread_id: str, user_id: str) -> list[NextRun]:
         """Inside the transaction that ended a run of ``thread_id``: the runs whose turn came.
@@ -567,11 +557,64 @@ def _earlier_alive() -> Exists:
     )
 
 
+def _end_run(
+    session: Session, run_id: str, ending: Ending, *, held_by: str | None, queued_only: bool
+) -> tuple[Run, RunEvent | None] | None:
+    """Inside a write: ``RunStore.end``'s step for one run (see there); the run and the
+    terminal event appended (None when its log already ended with one)."""
+    conditions = [Run.id == run_id, Run.state.in_(ALIVE)]
+    if queued_only:
+        conditions.append(Run.state == ExecutionState.PENDING.value)
+    if held_by is not None:
+        conditions.append(Run.worker_id == held_by)
+    now = utcnow()
+    ended = (
+        update(Run)
+        .where(*conditions)
+        .values(state=ending.state.value, error=ending.error, finished_at=now)
+    )
+    if not rows_changed(session, ended):
+        return None
+    run = session.execute(select(Run).where(Run.id == run_id)).scalar_one()
+    last_query = (
+        select(RunEventRow.seq, RunEventRow.payload)
+        .where(RunEventRow.run_id == run_id)
+        .order_by(RunEventRow.seq.desc())
+        .limit(1)
+    )
+    last_row = session.execute(last_query).first()
+    if last_row is not None:
+        last = RunEvent.from_payload(bytes(last_row.payload), user_id=run.user_id)
+        if last.ends_run:
+            state, error = terminal_state_of(last)
+            fix = update(Run).where(Run.id == run_id).values(state=state, error=error)
+            session.connection().execute(fix)
+            return run, None
+    event = RunEvent.build(
+        type=ending.event_type,
+        run_id=run.id,
+        thread_id=run.thread_id,
+        user_id=run.user_id,
+        seq=(last_row.seq if last_row is not None else 0) + 1,
+        agent=run.agent,
+        parent_agent=None,
+        data=ending.data,
+    )
+    session.connection().execute(insert(RunEventRow), [event_row(event)])
+    return run, event
+
+
 def _claiming(run_id: str, worker_id: str, limit: int | None) -> Update:
     """The conditional UPDATE of a claim: PENDING -> STARTING for ``worker_id``, only when no
     earlier run of its thread is alive (its answer comes first) and, with ``limit``, while
     its user executes fewer runs than that."""
-    conditions = [Run.id == run_id, Run.state == ExecutionState.PENDING.value, ~_earlier_alive()]
+    closing = select(Thread.pk).where(Thread.id == Run.thread_id, Thread.deleted_at.is_not(None))
+    conditions = [
+        Run.id == run_id,
+        Run.state == ExecutionState.PENDING.value,
+        ~_earlier_alive(),
+        ~closing.exists(),
+    ]
     if limit is not None:
         conditions.append(_executing_of(Run.user_id) < limit)
     return (

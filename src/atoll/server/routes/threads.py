@@ -107,10 +107,8 @@ async def patch_thread(
 
 @router.delete("/threads/{thread_id}", status_code=204, responses=problems(401, 404, 503))
 async def delete_thread(thread_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
-    """Delete a thread; its alive runs are cancelled first."""
-    alive = await services.chat.alive_run_ids(principal.user_id, thread_id)
-    await services.runs.cancel_thread_runs(principal.user_id, alive)
-    await services.chat.delete_thread(principal.user_id, thread_id)
+    """Delete a thread; every run of it has ended (queued ones included) before the 204."""
+    await services.runs.delete_thread(principal.user_id, thread_id)
     await services.notices.thread_deleted(principal.user_id, thread_id)
     return Response(status_code=204)
 
