@@ -6,6 +6,7 @@ call ("call: NAME {json}")."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -116,8 +117,11 @@ async def test_stdio_and_http_servers_tools_run_in_agent_runs(
         # A long text is cut before the model (and the event log) see it; a flood past the
         # SDK's 1 MiB event limit is refused by the SDK: a tool error, the run goes on.
         flood, _ = await call(ada, "web__big", size=300_000)
-        assert flood["ok"] and len(flood["result"]) < 100_100
-        assert flood["result"].endswith("…(cut)")
+        # The event shows a preview of the result the model got: 1,000 characters, and how
+        # many more there were — the cut text, not the 300,000 the server sent.
+        more = re.search(r"… \((\d+) more characters\)$", flood["result"])
+        assert flood["ok"] and more is not None
+        assert 1_000 + int(more.group(1)) < 100_100
         deluge, _ = await call(ada, "web__big", size=2_000_000)
         assert not deluge["ok"] and deluge["error"]["code"] == "tool_error"
         # The server says the call failed: a tool error, and the run goes on.
