@@ -105,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database maintenance").add_subparsers(
         dest="db_command", metavar="ACTION", required=True
     )
-    upgrade = db.add_parser("upgrade", help="apply database migrations")
-    upgrade.add_argument("--data-dir", type=Path)
+    upgrade = db.add_parser("upgrade", help="apply database migrations; says which")
+    current = db.add_parser("current", help="the database's schema revision")
+    history = db.add_parser("history", help="every schema revision this Atoll knows")
+    for action in (upgrade, current, history):
+        action.add_argument("--data-dir", type=Path)
     return parser
 
 
@@ -149,6 +152,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     assert isinstance(settings, Settings)
+    # Migrated (or refused: a newer Atoll's database) before uvicorn starts, so that a
+    # refusal is one line and exit status 2, not a failed start-up's traceback.
+    for line in asyncio.run(_upgrade_database(settings)):
+        if not line.startswith("already"):
+            print(f"atoll: {line}", file=sys.stderr)
     serve(settings)
     return 0
 
@@ -257,23 +265,84 @@ def _org(args: argparse.Namespace) -> int:
     return 0
 
 
-def _db_upgrade(args: argparse.Namespace) -> int:
+def _upgrade_lines(before: str | None, after: str, applied: Sequence[str]) -> list[str]:
+    """What ``atoll db upgrade`` (and ``atoll serve``, when it migrates) says it did."""
+    if not applied:
+        return [f"already at {after}"]
+    from atoll.store.db import migrations
+
+    described = {m.revision: m.description for m in migrations()}
+    return [
+        f"applied {before or '(empty)'} → {after}",
+        *(f"  {revision}  {described[revision]}" for revision in applied),
+    ]
+
+
+async def _upgrade_database(settings: object) -> list[str]:
     from atoll.config import Settings
-    from atoll.store.db import Database, sqlite_url
+    from atoll.server.services import database_of
 
-    settings = _settings(args)
     assert isinstance(settings, Settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = database_of(settings)
+    try:
+        done = await db.upgrade()
+    finally:
+        await db.dispose()
+    return _upgrade_lines(done.before, done.after, done.applied)
 
-    async def upgrade() -> None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.database_url or sqlite_url(settings.data_dir))
-        try:
-            await db.upgrade()
-        finally:
-            await db.dispose()
 
-    asyncio.run(upgrade())
-    print("database is up to date")
+async def _current_revision(settings: object) -> str | None:
+    """The database's revision; None for an empty one (or no SQLite file yet: not made)."""
+    from atoll.config import Settings
+    from atoll.server.services import database_of
+    from atoll.store.db import SQLITE_FILE
+
+    assert isinstance(settings, Settings)
+    if settings.database_url is None and not (settings.data_dir / SQLITE_FILE).exists():
+        return None
+    db = database_of(settings)
+    try:
+        return await db.revision()
+    finally:
+        await db.dispose()
+
+
+def _db_current(revision: str | None) -> list[str]:
+    from atoll.store.db import check_known, head_revision
+
+    check_known(revision)
+    head = head_revision()
+    if revision is None:
+        return [f"none (an empty database; `atoll db upgrade` applies up to {head})"]
+    if revision == head:
+        return [f"{revision} (the newest this Atoll knows)"]
+    return [f"{revision} (behind: this Atoll knows up to {head}; run `atoll db upgrade`)"]
+
+
+def _db_history(revision: str | None) -> list[str]:
+    from atoll.store.db import check_known, migrations
+
+    lines = [
+        f"{m.revision}  {m.description}{'  (current)' if m.revision == revision else ''}"
+        for m in migrations()
+    ]
+    for line in lines:
+        print(line)
+    check_known(revision)  # after the list: what this Atoll knows is still worth seeing
+    return []
+
+
+def _db(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.db_command == "upgrade":
+        lines = asyncio.run(_upgrade_database(settings))
+    elif args.db_command == "current":
+        lines = _db_current(asyncio.run(_current_revision(settings)))
+    else:
+        lines = _db_history(asyncio.run(_current_revision(settings)))
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -300,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "org":
             return _org(args)
         if args.command == "db":
-            return _db_upgrade(args)
+            return _db(args)
     except ConfigurationError as exc:
         print(f"atoll: {exc.message}", file=sys.stderr)
         return 2

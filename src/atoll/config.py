@@ -144,6 +144,12 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("./atoll-data"), description="Where the SQLite file and keys live")
     database_url: str | None = Field(None, description="Default: SQLite file in data_dir")
+    min_free_mb: float = Field(
+        64,
+        ge=0,
+        description="SQLite: /readyz reports storage_full when its file system has less free "
+        "space (MiB) than this (docs/operations.md, 'A full disk')",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 

@@ -15,6 +15,8 @@ class AtollError(Exception):
 
     code: ClassVar[str] = "internal_error"
     status: ClassVar[int] = 500
+    retry_after: float | None = None
+    """Seconds after which the same request may succeed (the ``Retry-After`` header), if any."""
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -30,6 +32,22 @@ class ConfigurationError(AtollError):
     """Raised when settings, a plugin or a provider cannot be set up as configured."""
 
     code = "configuration_error"
+
+
+class DatabaseTooNewError(ConfigurationError):
+    """Raised when the database was migrated by a newer Atoll than this one: this code would
+    misread it, so it refuses to start (``atoll serve``, ``atoll worker``, ``atoll db``)."""
+
+    code = "database_too_new"
+
+    def __init__(self, revision: str, head: str) -> None:
+        super().__init__(
+            f"the database is at revision {revision}, newer than this Atoll (knows up to "
+            f"{head}): upgrade Atoll",
+            details={"revision": revision, "head": head},
+        )
+        self.revision = revision
+        self.head = head
 
 
 class InvalidContextError(AtollError, ValueError):
@@ -192,6 +210,16 @@ class UnavailableError(AtollError):
 
     code = "unavailable"
     status = 503
+    retry_after = 5.0
+
+
+class StorageFullError(UnavailableError):
+    """Raised when the database cannot write because its disk is full (SQLite's file system,
+    PostgreSQL's ``could not extend file``); reads still work, writes resume once an operator
+    frees space (docs/operations.md, "A full disk")."""
+
+    code = "storage_full"
+    retry_after = 30.0
 
 
 class RunLimitError(AtollError):

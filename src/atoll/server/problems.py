@@ -11,10 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from atoll.errors import AtollError, RateLimitedError
+from atoll.errors import AtollError
+from atoll.store.faults import storage_fault
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ PROBLEM_DESCRIPTIONS = {
     413: "Request body too large (`too_large`)",
     422: "Invalid input; `errors` names each field (`validation_error`, `unknown_agent`)",
     429: "Rate or concurrency limit reached; see `Retry-After` (`rate_limited` …)",
-    503: "Shutting down, or the database or run queue is unreachable (`unavailable`)",
+    503: "Shutting down, or the database or run queue is unreachable (`unavailable`), or the "
+    "database's disk is full (`storage_full`); see `Retry-After`",
 }
 
 
@@ -273,8 +276,10 @@ def _loc(loc: Any) -> list[str | int]:
 async def _atoll_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AtollError)
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimitedError):
+    extensions = dict(exc.details)
+    if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        extensions.setdefault("retry_after", round(exc.retry_after, 3))
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     errors = exc.details.get("errors") if isinstance(exc.details.get("errors"), list) else None
@@ -282,7 +287,7 @@ async def _atoll_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("request failed: %s", exc.message)
     return error_response(
         request, exc.status, exc.code, exc.message, errors=errors, headers=headers or None,
-        extensions=exc.details,
+        extensions=extensions,
     )  # fmt: skip
 
 
@@ -322,6 +327,16 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database error that reached a route without passing ``Database`` (which types its
+    faults): a fault of the storage is still a 503, and anything else a 500 that keeps the
+    connection (the catch-all below makes uvicorn drop it)."""
+    fault = storage_fault(exc)
+    if fault is not None:
+        return await _atoll_error(request, fault)
+    return await _unexpected(request, exc)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(request, 500, "internal_error", "an unexpected error occurred")
@@ -332,4 +347,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AtollError, _atoll_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -235,6 +235,15 @@ def engine_factory(
     )
 
 
+def database_of(settings: Settings) -> Database:
+    """The (not yet started) database ``settings`` name: ``ATOLL_DATABASE_URL`` or the SQLite
+    file in the data directory."""
+    return Database(
+        settings.database_url or sqlite_url(settings.data_dir),
+        min_free_bytes=int(settings.min_free_mb * (1 << 20)),
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_database(settings: Settings) -> AsyncIterator[Database]:
     """The migrated, started database of ``settings``; disposed at the end."""
@@ -244,7 +253,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
             "ATOLL_REDIS_URL is set but the database is not PostgreSQL: API nodes and workers "
             "must share one database; SQLite only works with all processes on one machine"
         )
-    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    db = database_of(settings)
     await db.upgrade()
     db.start()
     try:

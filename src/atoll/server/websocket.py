@@ -20,7 +20,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from atoll.auth.principal import Principal
 from atoll.bus.memory import MemorySubscription, Notice, SubscriptionOverflowError
-from atoll.errors import AtollError, AuthenticationError
+from atoll.errors import AtollError, AuthenticationError, UnavailableError
 from atoll.runtime.ids import new_id
 from atoll.server.connections import (
     Ack,
@@ -40,17 +40,37 @@ logger = logging.getLogger(__name__)
 CLOSE_AUTH = 4401
 CLOSE_AUTH_TIMEOUT = 4408
 CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+"""A dependency (the database) is unavailable or its disk full: reconnect after a while."""
 MULTITASK = ("reject", "enqueue", "interrupt")
 
 
 class FrameError(Exception):
-    """A bad client frame: answered with an ``error`` frame."""
+    """A bad client frame, or a refused one: answered with an ``error`` frame."""
 
-    def __init__(self, code: str, detail: str, ref: str | None = None) -> None:
+    def __init__(
+        self, code: str, detail: str, ref: str | None = None, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.ref = ref
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, error: AtollError, ref: str | None) -> FrameError:
+        """The frame error of ``error``: the code and ``Retry-After`` its HTTP answer has."""
+        return cls(error.code, error.message, ref, retry_after=error.retry_after)
+
+
+def error_frame(error: FrameError) -> dict[str, Any]:
+    """The ``error`` frame: ``code``, ``detail``, and ``ref``/``retry_after`` when known."""
+    frame: dict[str, Any] = {"type": "error", "code": error.code, "detail": error.detail}
+    if error.ref is not None:
+        frame["ref"] = error.ref
+    if error.retry_after is not None:
+        frame["retry_after"] = round(error.retry_after, 3)
+    return frame
 
 
 def _bearer(websocket: WebSocket) -> str | None:
@@ -119,7 +139,7 @@ class Session:
                 if size > limit:
                     await self.connection.close(CLOSE_POLICY, "frame too large")
                     return
-                self._error("bad_frame", "frames must be JSON text")
+                self._error(FrameError("bad_frame", "frames must be JSON text"))
                 continue
             if len(text) > limit and len(text.encode()) > limit:
                 await self.connection.close(CLOSE_POLICY, "frame too large")
@@ -127,14 +147,11 @@ class Session:
             try:
                 await self._frame(text)
             except FrameError as exc:
-                self._error(exc.code, exc.detail, exc.ref)
+                self._error(exc)
 
-    def _error(self, code: str, detail: str, ref: str | None = None) -> None:
-        frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
-        if ref is not None:
-            frame["ref"] = ref
-        self.services.metrics.error_frames.labels(code).inc()
-        self.connection.send(frame)
+    def _error(self, error: FrameError) -> None:
+        self.services.metrics.error_frames.labels(error.code).inc()
+        self.connection.send(error_frame(error))
 
     async def _frame(self, text: str) -> None:
         try:
@@ -184,7 +201,7 @@ class Session:
                 acknowledge=self._acknowledge,
             )
         except AtollError as exc:
-            raise FrameError(exc.code, exc.message, ref) from None
+            raise FrameError.of(exc, ref) from None
 
     def _acknowledge(self, submitted: Submitted) -> None:
         """Queue the ack of a stored message, before anything of its run (see RunService)."""
@@ -197,7 +214,7 @@ class Session:
         try:
             run = await self.services.runs.cancel(self.principal, run_id)
         except AtollError as exc:
-            raise FrameError(exc.code, exc.message, run_id) from None
+            raise FrameError.of(exc, run_id) from None
         self.connection.send({"type": "ack", "run_id": run.id, "thread_id": run.thread_id})
 
     async def _resume(self, frame: dict[str, Any]) -> None:
@@ -208,7 +225,7 @@ class Session:
         try:
             await self.services.chat.run(self.principal.user_id, run_id)
         except AtollError as exc:
-            raise FrameError(exc.code, exc.message, run_id) from None
+            raise FrameError.of(exc, run_id) from None
         self.connection.send(Resume(run_id, after))
 
 
@@ -279,6 +296,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         )
         await websocket.close(CLOSE_AUTH, exc.code)
         return
+    except UnavailableError as exc:  # the session could not be read: said, then 1013
+        await websocket.send_text(orjson.dumps(error_frame(FrameError.of(exc, None))).decode())
+        await websocket.close(CLOSE_TRY_AGAIN, exc.code)
+        return
     if principal.scopes is not None and "chat" not in principal.scopes:
         await websocket.close(CLOSE_POLICY, "insufficient_scope")  # a read-only API key
         return
@@ -317,6 +338,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             error = None if task.cancelled() else task.exception()
             if isinstance(error, SlowClientError | SubscriptionOverflowError):
                 await connection.close(CLOSE_POLICY, "client too slow")
+            elif isinstance(error, UnavailableError):  # e.g. an ack the database cannot read
+                await connection.close(CLOSE_TRY_AGAIN, error.code)
             elif error is not None and not _is_disconnect(error):
                 logger.error("websocket %s failed", connection.connection_id, exc_info=error)
                 await connection.close(1011, "server error")

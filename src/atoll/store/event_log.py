@@ -159,7 +159,7 @@ class DatabaseRunEventLog:
             )
             .order_by(RunEventRow.seq)
         )
-        async with self._db.engine.connect() as connection:
+        async with self._db.connect() as connection:
             payloads = (await connection.execute(query)).scalars().all()
         return [RunEvent.from_payload(bytes(p), user_id=user_id) for p in payloads]
 
@@ -177,7 +177,7 @@ class DatabaseRunEventLog:
             query = query.where(RunEventRow.type.not_in(sorted(skip_types)))
         query = query.order_by(RunEventRow.run_id, RunEventRow.seq)
         found: dict[str, list[bytes]] = {run_id: [] for run_id in run_ids}
-        async with self._db.engine.connect() as connection:
+        async with self._db.connect() as connection:
             for run_id, payload in await connection.execute(query):
                 found[run_id].append(bytes(payload))
         return found

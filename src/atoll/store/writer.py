@@ -34,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
 
+from atoll.store.faults import storage_fault
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -175,7 +177,11 @@ class BatchWriter:
             try:
                 outcomes = await self._execute([p.job for p in batch])
             except Exception as exc:  # the database itself failed
-                logger.exception("a write batch of %d jobs failed", len(batch))
+                fault = storage_fault(exc)
+                if fault is None:
+                    logger.exception("a write batch of %d jobs failed", len(batch))
+                else:  # expected while it lasts, and answered 503: no traceback per batch
+                    logger.warning("a write batch of %d jobs failed: %s", len(batch), exc)
                 outcomes = [exc] * len(batch)
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if not pending.done.done():

@@ -17,7 +17,7 @@ READY = {
     "type": "object",
     "properties": {
         "status": {"type": "string"},
-        "database": {"type": "string"},
+        "database": {"type": "string", "enum": ["ok", "unavailable", "storage_full"]},
         "bus": {"type": "string"},
         "accepting": {"type": "boolean"},
         "redis": {"type": "string"},
@@ -40,14 +40,16 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(request: Request) -> JSONResponse:
-    """The database and the bus (Redis, when scaled out) are reachable (503 otherwise)."""
+    """The database can serve requests — it answers and can write (``database``: ``ok``, or
+    the code its requests get: ``unavailable``, ``storage_full``) — and the bus (Redis, when
+    scaled out) is reachable (503 otherwise)."""
     services: Services = request.app.state.services
-    database = await services.db.ping()
+    health = await services.db.health()
     bus = True if services.cluster is None else await services.cluster.ping()
-    ready = database and bus and services.accepting
+    ready = health == "ok" and bus and services.accepting
     body: dict[str, object] = {
         "status": "ready" if ready else "unavailable",
-        "database": "ok" if database else "unreachable",
+        "database": health,
         "bus": ("ok" if bus else "unreachable") if services.cluster else "in-process",
         "accepting": services.accepting,
     }
