@@ -36,34 +36,67 @@ def _as_owner(command: list[str]) -> list[str]:
     return command
 
 
+class PostgresProcess:
+    """A throwaway PostgreSQL server: its data directory, port, and how to stop and start it
+    (for tests of an outage: ``stop`` leaves it down until ``start``)."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="atoll-pg-"))
+        self.data = self.root / "data"
+        self.data.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+            shutil.chown(self.data, "postgres")
+        self.port = free_port()
+        self.url = f"postgresql+asyncpg://atoll@127.0.0.1:{self.port}"
+        """libpq-style base URL (``create_database`` adds a database to it)."""
+        subprocess.run(
+            _as_owner([_binary("initdb"), "-D", str(self.data), "-A", "trust", "-U", "atoll"]),
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def _ctl(self, *action: str, check: bool = True) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            _as_owner([_binary("pg_ctl"), "-D", str(self.data), "-o", options, "-l",
+                       str(self.root / "server.log"), *action]),
+            check=check, capture_output=True,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """Start it and wait until it accepts connections."""
+        self._ctl("-w", "start")
+
+    def stop(self) -> None:
+        """Stop it at once (``-m immediate``: as if it crashed; recovery runs on start)."""
+        self._ctl("-m", "immediate", "-w", "stop", check=False)
+
+    def restart(self) -> None:
+        """``pg_ctl -m immediate restart``: crash and come back, waiting until it accepts."""
+        self._ctl("-m", "immediate", "-w", "restart")
+
+    def remove(self) -> None:
+        """Stop it and delete its files."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_process() -> Iterator[PostgresProcess]:
+    """A started ``PostgresProcess``, stopped and removed at the end."""
+    server = PostgresProcess()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """Start PostgreSQL; yields a libpq-style base URL ``postgresql+asyncpg://atoll@host:port``."""
-    root = Path(tempfile.mkdtemp(prefix="atoll-pg-"))
-    data = root / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-    port = free_port()
-    subprocess.run(
-        _as_owner([_binary("initdb"), "-D", str(data), "-A", "trust", "-U", "atoll"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        _as_owner([_binary("pg_ctl"), "-D", str(data), "-o", options, "-l",
-                   str(root / "server.log"), "-w", "start"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
-    try:
-        yield f"postgresql+asyncpg://atoll@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            _as_owner([_binary("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-            check=False, capture_output=True,
-        )  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_process() as server:
+        yield server.url
 
 
 def create_database(base_url: str) -> str:

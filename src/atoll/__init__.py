@@ -9,8 +9,6 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
     "UserExecutionContext": "atoll.runtime.context",
     "ExecutionState": "atoll.runtime.state",
@@ -72,6 +70,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    __version__: str
     from atoll.errors import AtollError, SubAgentError, ToolError
     from atoll.runtime.agents.base import Agent, AgentFactory, AgentRegistry, AgentRunContext
     from atoll.runtime.context import UserExecutionContext
@@ -95,10 +94,23 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _installed_version()
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'atoll' has no attribute {name!r}")
     return getattr(import_module(module), name)
+
+
+def _installed_version() -> str:
+    """The version of the installed distribution: ``pyproject.toml``'s ``version`` is the one
+    definition, and the package metadata carries it (reinstall after changing it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("atoll")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
 
 
 def __dir__() -> list[str]:

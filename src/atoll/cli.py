@@ -10,13 +10,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from atoll import __version__
+
+class _Version(argparse.Action):
+    """``--version``: the installed version, read (package metadata) only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from atoll import __version__
+
+        print(f"atoll {__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``atoll``."""
     parser = argparse.ArgumentParser(prog="atoll", description="Multi-tenant AI-agent runtime.")
-    parser.add_argument("--version", action="version", version=f"atoll {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server (SQLite and everything in-process)")

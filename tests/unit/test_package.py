@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +61,23 @@ def test_console_script() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == f"atoll {atoll.__version__}"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_version_is_defined_once_and_the_changelog_names_it() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert atoll.__version__ == declared  # read from the installed package's metadata
+    assert "__version__ =" not in (ROOT / "src" / "atoll" / "__init__.py").read_text()
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"\n## {declared} " in changelog
+
+
+def test_the_changelog_names_every_schema_change() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    versions = ROOT / "src" / "atoll" / "store" / "migrations" / "versions"
+    revisions = sorted(path.name.split("_", 1)[0] for path in versions.glob("[0-9]*.py"))
+    assert revisions, versions
+    missing = [r for r in revisions if f"Schema **{r}**" not in changelog]
+    assert not missing, f"CHANGELOG.md does not name migration(s) {missing}"
