@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -476,16 +476,13 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
         stack.push_async_callback(llm.aclose)
         event_log = DatabaseRunEventLog(db)
 
-        async def mark_running(context: UserExecutionContext, started: datetime) -> None:
-            await store.start(context.run_id, worker_id, started)
-
         recorder = EventRecorder(event_log, cluster.bus)
         registry = await build_registry(settings)
         tracing = tracing_from_environment()
         stack.push_async_callback(tracing.aclose)
         factory = engine_factory(
             settings, registry, chat, recorder, llm, cluster,
-            usage=UsageStore(db), start_hook=mark_running, tracing=tracing,
+            usage=UsageStore(db), tracing=tracing,
         )  # fmt: skip
         await stack.enter_async_context(factory)
         factory.processes.start()  # warm tool workers: no call waits for a cold start
