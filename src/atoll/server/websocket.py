@@ -14,7 +14,6 @@ import logging
 from functools import partial
 from typing import Any
 
-import orjson
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
@@ -31,7 +30,7 @@ from atoll.server.connections import (
 )
 from atoll.server.deps import client_address
 from atoll.server.services import Services
-from atoll.store.bounds import MAX_SEQ
+from atoll.store.bounds import MAX_SEQ, InvalidJSONError, load_json
 from atoll.store.models import Message
 from atoll.store.runs import Submitted
 
@@ -71,9 +70,9 @@ async def _authenticate(websocket: WebSocket, services: Services) -> Principal:
         if len(text) > services.settings.max_ws_frame_bytes:
             raise AuthenticationError("the auth frame is too large")
         try:
-            frame = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise AuthenticationError("the auth frame is not JSON") from None
+            frame = load_json(text)
+        except InvalidJSONError as exc:
+            raise AuthenticationError(f"the auth frame is not JSON ({exc.reason})") from None
         if not isinstance(frame, dict) or frame.get("type") != "auth":
             raise AuthenticationError("the first frame must be an auth frame")
         token = frame.get("token")
@@ -138,9 +137,12 @@ class Session:
 
     async def _frame(self, text: str) -> None:
         try:
-            frame = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise FrameError("bad_frame", "the frame is not valid JSON") from None
+            frame = load_json(text)
+        except InvalidJSONError as exc:
+            if not exc.loc:
+                raise FrameError("bad_frame", "the frame is not valid JSON") from None
+            place = ".".join(str(part) for part in exc.loc)
+            raise FrameError("validation_error", f"{place}: {exc.reason}") from None
         if not isinstance(frame, dict):
             raise FrameError("bad_frame", "the frame must be a JSON object")
         kind = frame.get("type")

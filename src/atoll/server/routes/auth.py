@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from atoll.auth.service import IssuedTokens
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.deps import AddressDep, PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.schemas import (
@@ -20,7 +21,7 @@ from atoll.server.schemas import (
 )
 from atoll.store.models import User, utcnow
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], route_class=StrictJSONRoute)
 
 
 def user_out(user: User) -> UserOut:
