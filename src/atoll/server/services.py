@@ -41,7 +41,7 @@ from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.plugins import load_plugins
 from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
-from atoll.server.connections import ConnectionRegistry, StreamSlots
+from atoll.server.connections import ConnectionRegistry, SocketsPerAddress, StreamSlots
 from atoll.server.consumer import RunConsumer, ThreadTurns
 from atoll.server.metrics import Metrics
 from atoll.server.notices import UserNotices
@@ -91,6 +91,7 @@ class Services:
     connections: ConnectionRegistry
     metrics: Metrics
     streams: StreamSlots
+    sockets: SocketsPerAddress
     notices: UserNotices
     tracing: Tracing
     cluster: Cluster | None = None
@@ -392,6 +393,9 @@ async def running_services(
             connections=connections,
             metrics=metrics,
             streams=StreamSlots(settings.max_sse_streams),
+            sockets=SocketsPerAddress(
+                settings.max_sockets_per_address, settings.max_unauthenticated_sockets_per_address
+            ),
             notices=notices,
             tracing=tracing,
             cluster=cluster,

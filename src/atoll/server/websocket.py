@@ -19,16 +19,18 @@ from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from atoll.auth.principal import Principal
 from atoll.bus.memory import MemorySubscription, Notice, SubscriptionOverflowError
-from atoll.errors import AtollError, AuthenticationError
+from atoll.errors import AtollError, AuthenticationError, TooManySocketsError
 from atoll.runtime.ids import new_id
 from atoll.server.connections import (
     Ack,
+    AddressSocket,
     Connection,
     Resume,
     SlowClientError,
     TooManyConnectionsError,
 )
 from atoll.server.deps import client_address
+from atoll.server.problems import atoll_error_response
 from atoll.server.services import Services
 from atoll.store.bounds import MAX_SEQ, InvalidJSONError, load_json
 from atoll.store.models import Message
@@ -265,6 +267,27 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if not origin_allowed(websocket, services.settings.allowed_origins):
         await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accept: HTTP 403
         return
+    try:
+        admitted = services.sockets.admit(client_address(websocket))
+    except TooManySocketsError as exc:
+        await refuse_upgrade(websocket, exc)
+        return
+    try:
+        await _serve_socket(websocket, services, admitted)
+    finally:
+        admitted.release()
+
+
+async def refuse_upgrade(websocket: WebSocket, error: AtollError) -> None:
+    """Answer the upgrade with ``error`` as problem JSON (HTTP), where the server can;
+    else close before accepting (which the client sees as HTTP 403)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(atoll_error_response(websocket, error))
+    else:
+        await websocket.close(CLOSE_POLICY, error.code)
+
+
+async def _serve_socket(websocket: WebSocket, services: Services, admitted: AddressSocket) -> None:
     await websocket.accept()
     if not services.accepting:
         await websocket.close(1001, "server shutting down")
@@ -281,6 +304,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         )
         await websocket.close(CLOSE_AUTH, exc.code)
         return
+    admitted.authenticated()
     if principal.scopes is not None and "chat" not in principal.scopes:
         await websocket.close(CLOSE_POLICY, "insufficient_scope")  # a read-only API key
         return
