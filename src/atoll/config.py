@@ -264,6 +264,13 @@ class Settings(BaseSettings):
         description="MCP servers whose tools agents may use, as a JSON object {name: {command, "
         "args, env, cwd | url, headers; timeout, tools, plans, roles}}",
     )
+    mcp_max_result_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="The largest message read from an MCP server (a tool's result), counted as "
+        "it arrives: past it the call is a tool error and the session ends",
+    )
     mcp_config_file: Path | None = Field(
         None, description='A JSON file {"servers": {name: {...}}}, added to mcp_servers'
     )

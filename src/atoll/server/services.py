@@ -162,6 +162,7 @@ def mcp_servers(settings: Settings) -> list[McpServer]:
             tools=chosen(server.tools),
             plans=chosen(server.plans),
             roles=chosen(server.roles),
+            max_message_bytes=settings.mcp_max_result_bytes,
         )
         for name, server in settings.mcp_servers.items()
     ]
