@@ -238,6 +238,14 @@ class HeadersTooLargeError(AtollError):
     status = 431
 
 
+class MalformedRequestError(AtollError):
+    """Raised when a request is not valid HTTP/1.1 (a control character in a header, a
+    broken request line …); answered 400 before the request reaches the app."""
+
+    code = "malformed_request"
+    status = 400
+
+
 class UriTooLongError(AtollError):
     """Raised when a request line (method, target, version) is over the line limit;
     answered 414 before the request reaches the app."""

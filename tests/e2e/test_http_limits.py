@@ -108,6 +108,16 @@ async def test_request_heads_over_the_limits_get_431_problem_json_on_every_door(
         assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
 
 
+async def test_a_malformed_request_is_problem_json_too(tmp_path: Path) -> None:
+    """A request h11 refuses for another reason (here a NUL in a header value, which
+    would have reached the database as a Last-Event-ID) was a text/plain 400."""
+    async with running_server(make_settings(tmp_path / "data")) as (url, _):
+        port = port_of(url)
+        for start in (PLAIN, UPGRADE):
+            answer = await asyncio.to_thread(exchange, port, [start + b"X-A: a\x00b\r\n\r\n"])
+            refused(answer, 400, "malformed_request")
+
+
 async def test_the_head_limits_are_settings(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", max_header_bytes=4096, max_headers=20)
     async with running_server(settings) as (url, _):

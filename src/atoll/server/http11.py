@@ -27,7 +27,12 @@ import h11
 import orjson
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from atoll.errors import AtollError, HeadersTooLargeError, UriTooLongError
+from atoll.errors import (
+    AtollError,
+    HeadersTooLargeError,
+    MalformedRequestError,
+    UriTooLongError,
+)
 from atoll.server.problems import problem_body
 
 MAX_HEADER_LINE = 8192 - 2
@@ -147,14 +152,13 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a request h11 refused: 431 or 414 (problem JSON) for a head
-        over the limits, uvicorn's 400 for anything else."""
+        """The answer to a request h11 refused, as problem JSON like every error: 431 or 414
+        for a head over the limits, 400 ``malformed_request`` for anything else (uvicorn
+        wrote a text/plain 400)."""
         assert isinstance(self.conn, BoundedConnection)
-        if self.conn.refused is None:
-            super().send_400_response(msg)
-            return
+        refused = self.conn.refused or MalformedRequestError("the request is not valid HTTP/1.1")
         self._disarm_header_deadline()
-        self.transport.write(refusal_answer(self.conn.refused))
+        self.transport.write(refusal_answer(refused))
         self.transport.close()
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
