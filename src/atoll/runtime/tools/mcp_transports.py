@@ -23,7 +23,7 @@ import logging
 import subprocess
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import anyio
@@ -265,38 +265,27 @@ class BoundedStream(httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
-class BoundedTransport(httpx2.AsyncBaseTransport):
-    """HTTP for an MCP server, each answer's messages bounded as they are read
-    (``BoundedStream``); compressed answers are refused (their size after decoding
-    could not be bounded: the client asks for ``identity``)."""
+def bounded_answers(
+    server: str, *, limit: int, report: TransportReport
+) -> Callable[[httpx2.Response], Awaitable[None]]:
+    """A response hook (it runs before the body is read) that bounds every answer of an
+    MCP server (``BoundedStream``) and refuses compressed ones (their decoded size could
+    not be bounded: the client asks for ``identity``)."""
 
-    def __init__(self, server: str, *, limit: int, report: TransportReport) -> None:
-        self._inner = httpx2.AsyncHTTPTransport()
-        self._server = server
-        self._limit = limit
-        self._report = report
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
+    async def bound(response: httpx2.Response) -> None:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            await response.aclose()
-            raise self._report.report(
-                ToolError(f"the MCP server {self._server!r} compressed its answer ({encoding})")
+            raise report.report(
+                ToolError(f"the MCP server {server!r} compressed its answer ({encoding})")
             )
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         events = response.headers.get("content-type", "").lower().startswith("text/event-stream")
-        stream = BoundedStream(
-            response.stream, events=events, fault=too_large(self._server, self._limit),
-            limit=self._limit, report=self._report,
-        )  # fmt: skip
-        return httpx2.Response(
-            response.status_code, headers=response.headers, stream=stream,
-            extensions=response.extensions, request=request,
+        response.stream = BoundedStream(
+            response.stream, events=events, fault=too_large(server, limit), limit=limit,
+            report=report,
         )  # fmt: skip
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    return bound
 
 
 @contextlib.asynccontextmanager
@@ -312,12 +301,10 @@ async def bounded_http(
     """The SDK's streamable-HTTP transport over a client whose answers are bounded."""
     from mcp.client.streamable_http import streamable_http_client
 
-    transport = BoundedTransport(server, limit=limit, report=report)
     client_headers = {**dict(headers or {}), "Accept-Encoding": "identity"}
+    hooks = {"response": [bounded_answers(server, limit=limit, report=report)]}
     async with (
-        httpx2.AsyncClient(
-            transport=transport, headers=client_headers, timeout=http_timeout
-        ) as http,
+        httpx2.AsyncClient(headers=client_headers, timeout=http_timeout, event_hooks=hooks) as http,
         streamable_http_client(url, http_client=http, max_sse_event_size=limit) as streams,
     ):
         yield streams
