@@ -41,7 +41,7 @@ from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.plugins import load_plugins
 from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
-from atoll.server.connections import ConnectionRegistry, StreamSlots
+from atoll.server.connections import ConnectionRegistry, SocketsPerAddress, StreamSlots
 from atoll.server.consumer import RunConsumer
 from atoll.server.execution import Dispatch
 from atoll.server.metrics import Metrics
@@ -88,6 +88,7 @@ class Services:
     connections: ConnectionRegistry
     metrics: Metrics
     streams: StreamSlots
+    sockets: SocketsPerAddress
     notices: UserNotices
     tracing: Tracing
     cluster: Cluster | None = None
@@ -158,6 +159,7 @@ def mcp_servers(settings: Settings) -> list[McpServer]:
             tools=chosen(server.tools),
             plans=chosen(server.plans),
             roles=chosen(server.roles),
+            max_message_bytes=settings.mcp_max_result_bytes,
         )
         for name, server in settings.mcp_servers.items()
     ]
@@ -403,6 +405,9 @@ async def running_services(
             connections=connections,
             metrics=metrics,
             streams=StreamSlots(settings.max_sse_streams),
+            sockets=SocketsPerAddress(
+                settings.max_sockets_per_address, settings.max_unauthenticated_sockets_per_address
+            ),
             notices=notices,
             tracing=tracing,
             cluster=cluster,
