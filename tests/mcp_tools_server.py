@@ -1,8 +1,9 @@
 """A real MCP server for the tests, written with the ``mcp`` SDK's server side.
 
-``python tests/mcp_tools_server.py stdio`` or ``… http PORT`` (streamable HTTP at /mcp).
-Its tools: arithmetic, an error, a crash mid-call, a hang, per-session memory (to show
-no session state crosses calls) and the headers it was sent.
+``python tests/mcp_tools_server.py stdio``, ``… http PORT`` (streamable HTTP at /mcp,
+answers as SSE) or ``… http-json PORT`` (answers as plain JSON). Its tools: arithmetic,
+an error, a crash mid-call, a hang, a result that never ends, per-session memory (to
+show no session state crosses calls) and the headers it was sent.
 """
 
 from __future__ import annotations
@@ -56,6 +57,25 @@ async def crash() -> str:
     os._exit(3)
 
 
+def wire() -> int:
+    """The descriptor the SDK's stdio transport writes its messages to (it moves them off
+    fd 1, so that a stray print cannot corrupt them)."""
+    from mcp.server import stdio as transport
+
+    claim = transport._claims.get(1)
+    return claim.private_fd if claim is not None and claim.private_fd is not None else 1
+
+
+@server.tool()
+def endless() -> str:
+    """Writes one message that never ends, straight to the wire (stdio only): a client that
+    reads a message whole before bounding it waits for ever and grows without limit."""
+    fd = wire()
+    os.write(fd, b'{"jsonrpc": "2.0", "id": 2, "result": {"content": [{"type": "text", "text": "')
+    while True:
+        os.write(fd, b"y" * 65536)
+
+
 @server.tool()
 async def hang() -> str:
     """Never answers."""
@@ -86,4 +106,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         server.run("stdio")
     else:
-        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+        json_response = sys.argv[1] == "http-json"
+        server.run(
+            "streamable-http", host="127.0.0.1", port=int(sys.argv[2]), json_response=json_response
+        )

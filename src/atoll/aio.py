@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Literal, TypeVar
@@ -115,3 +116,34 @@ class _Metered(Awaitable[T]):
                 raise
             except BaseException as exc:  # cancellation, thrown in: pass it on
                 thrown = exc
+
+
+async def retry_until(
+    step: Callable[[], Awaitable[T]],
+    *,
+    within: float,
+    what: str,
+    first_pause: float = 0.1,
+    longest_pause: float = 5.0,
+) -> T:
+    """Call ``step`` until it returns, pausing (doubling, jittered, at most ``longest_pause``)
+    after each failure, for ``within`` seconds at most; then its last error is raised.
+
+    The one retry loop of the code base: each caller says what it retries (``what``, logged
+    once on the first failure) and for how long.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    pause = first_pause
+    failures = 0
+    while True:
+        try:
+            return await step()
+        except Exception as exc:
+            failures += 1
+            if failures == 1:
+                logger.warning("%s failed (%s); retrying for up to %gs", what, exc, within)
+            if loop.time() + pause > deadline:
+                raise
+        await asyncio.sleep(pause * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+        pause = min(pause * 2, longest_pause)

@@ -191,6 +191,17 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(32_000, ge=1)
     max_ws_connections: int = Field(10, ge=1)
     max_ws_frame_bytes: int = Field(64 * 1024, ge=1024)
+    max_sockets_per_address: int = Field(
+        256,
+        ge=1,
+        description="Open WebSockets per client address, per node (signed in or not; HTTP 429 "
+        "too_many_sockets on the upgrade beyond it)",
+    )
+    max_unauthenticated_sockets_per_address: int = Field(
+        32,
+        ge=1,
+        description="Of those, sockets that have not authenticated yet (HTTP 429 beyond it)",
+    )
     messages_per_minute: int = Field(60, ge=1)
     ws_auth_timeout: float = Field(10.0, gt=0)
     ws_send_queue: int = Field(1000, ge=10)
@@ -202,6 +213,19 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a connection has to send a request's headers (408)"
     )
     http_keepalive_timeout: float = Field(5.0, gt=0, description="Idle keep-alive connections")
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1 << 20,
+        description="Largest request head: the request line and every header line together, "
+        "plain HTTP and WebSocket upgrades alike (431 over; one line is at most 8,190 bytes)",
+    )
+    max_headers: int = Field(
+        100,
+        ge=8,
+        le=128,  # the WebSocket handshake parser's own limit
+        description="Most header lines in a request, plain HTTP and WebSocket upgrades (431 over)",
+    )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="The event loop of serve and worker: auto is uvloop where installed"
     )
@@ -311,6 +335,13 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="MCP servers whose tools agents may use, as a JSON object {name: {command, "
         "args, env, cwd | url, headers; timeout, tools, plans, roles}}",
+    )
+    mcp_max_result_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="The largest message read from an MCP server (a tool's result), counted as "
+        "it arrives: past it the call is a tool error and the session ends",
     )
     mcp_config_file: Path | None = Field(
         None, description='A JSON file {"servers": {name: {...}}}, added to mcp_servers'

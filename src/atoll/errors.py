@@ -272,6 +272,37 @@ class TooManyStreamsError(RateLimitedError):
     code = "too_many_streams"
 
 
+class TooManySocketsError(RateLimitedError):
+    """Raised when a client address already has the maximum number of open WebSockets (or
+    of WebSockets that have not authenticated yet)."""
+
+    code = "too_many_sockets"
+
+
+class HeadersTooLargeError(AtollError):
+    """Raised when a request's head (its request line and headers) is over the size or
+    count limits; answered 431 before the request reaches the app."""
+
+    code = "headers_too_large"
+    status = 431
+
+
+class MalformedRequestError(AtollError):
+    """Raised when a request is not valid HTTP/1.1 (a control character in a header, a
+    broken request line …); answered 400 before the request reaches the app."""
+
+    code = "malformed_request"
+    status = 400
+
+
+class UriTooLongError(AtollError):
+    """Raised when a request line (method, target, version) is over the line limit;
+    answered 414 before the request reaches the app."""
+
+    code = "uri_too_long"
+    status = 414
+
+
 class EventConflictError(AtollError):
     """Raised when a run's ``seq`` is already logged: another process ended the run.
 

@@ -286,10 +286,10 @@ async def test_repeated_query_parameters_get_422_naming_them(url: str) -> None:
         answer = await http.get("/threads?limit=1&limit=100")
         assert answer.status_code == 422
         assert [e["loc"] for e in answer.json()["errors"]] == [["query", "limit"]]
-        many = "&".join(f"k{n % 1000}=1" for n in range(2000))  # ~14 KB, 1,000 repeated keys
+        many = "&".join(f"k{n % 500}=1" for n in range(1000))  # ~7 KB, 500 repeated keys
         answer = await http.get(f"/threads?{many}")
         assert answer.status_code == 422
-        assert len(answer.json()["errors"]) == 1000
+        assert len(answer.json()["errors"]) == 500
 
 
 async def test_f5_f6_f7_metadata_is_checked_by_round_trip_and_size(url: str) -> None:

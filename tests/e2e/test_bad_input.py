@@ -175,3 +175,72 @@ async def test_an_identity_id_outside_the_storage_range_is_a_422_not_a_500(
         f"/api/v1/me/identities/{2**63 - 1}", headers=client._headers()
     )
     assert missing.status_code == 404
+
+
+REFUSED_TEXT = ["\ud800x", "x\udc00", "a\x00b"]
+"""Text no door stores: lone surrogates (not Unicode) and U+0000 (PostgreSQL cannot hold it)."""
+
+
+def refused_bodies(bad: str, thread: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(door, path, body) with ``bad`` in one place each: what is stored, and what is not."""
+    message = {"role": "user", "content": "hi"}
+    agui = {"threadId": "t1", "runId": "r1", "messages": [{"id": "m1", **message}],
+            "tools": [], "context": [], "state": {}, "forwardedProps": {}}  # fmt: skip
+    return [
+        ("rest", "/api/v1/chat", {"message": bad}),
+        ("rest", "/api/v1/chat", {"message": "hi", "thread_id": bad}),
+        ("rest", "/api/v1/chat", {"message": "hi", "metadata": {bad: 1}}),
+        ("rest", f"/api/v1/threads/{thread}/runs", {"message": bad}),
+        ("rest", "/api/v1/threads", {"title": bad}),
+        ("openai", "/v1/chat/completions", {"model": "assistant", "messages": [
+            {"role": "user", "content": bad}]}),
+        ("openai", "/v1/chat/completions", {"model": "assistant", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": bad}]}]}),
+        ("openai", "/v1/chat/completions", {"model": bad, "messages": [message]}),
+        ("openai", "/v1/chat/completions", {"model": "assistant", "messages": [message],
+                                            "tools": [{"name": bad}]}),
+        ("agui", "/api/v1/agui", {**agui, "threadId": bad}),
+        ("agui", "/api/v1/agui", {**agui, "runId": bad}),
+        ("agui", "/api/v1/agui", {**agui, "messages": [{"id": bad, **message}]}),
+        ("agui", "/api/v1/agui", {**agui, "messages": [{"id": "m1", "role": "user",
+                                                         "content": bad}]}),
+        ("agui", "/api/v1/agui", {**agui, "state": {"note": [bad]}}),
+    ]  # fmt: skip
+
+
+async def test_refused_text_is_a_422_on_every_door_and_nothing_is_stored(
+    new_client: Callable[..., Any], server: str
+) -> None:
+    """Issue 23 F2: a lone surrogate in an AG-UI body was a 500 (it reached the database),
+    and U+0000 was stored on SQLite but a 500 on PostgreSQL, on every door."""
+    client: AtollClient = await new_client()
+    thread = (await client.request("POST", "/threads", json={}))["id"]
+    headers = {"Authorization": f"Bearer {client.access_token}", "content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=server, headers=headers) as http:
+        for bad in REFUSED_TEXT:
+            for door, path, body in refused_bodies(bad, thread):
+                answer = await http.post(path, content=json.dumps(body))
+                assert answer.status_code == 422, (door, body, answer.text)
+                if door == "openai":
+                    error = answer.json()["error"]
+                    assert error["code"] == "validation_error" and error["param"], answer.text
+                else:
+                    assert fields(answer), answer.text
+                    assert answer.json()["code"] == "validation_error"
+        # In a URL (which cannot carry a lone surrogate: it is not UTF-8), U+0000 as %00.
+        for path in ("/api/v1/runs/a%00/stream", "/api/v1/threads/a%00b/messages",
+                     "/api/v1/threads?q=a%00b", f"/api/v1/runs/{thread}/events?x=%00"):  # fmt: skip
+            answer = await http.get(path)
+            assert (answer.status_code, answer.json()["code"]) == (422, "validation_error"), path
+            assert fields(answer), answer.text
+    async with client.connect() as socket:
+        for bad in REFUSED_TEXT:
+            for frame in ({"content": bad}, {"content": "hi", "thread_id": bad},
+                          {"content": "hi", "client_id": bad}):  # fmt: skip
+                await socket.connection.send(json.dumps({"type": "message", **frame}))
+                error = await asyncio.wait_for(socket.receive(), 5)
+                assert (error["type"], error["code"]) == ("error", "validation_error"), frame
+        assert (await socket.ping())["type"] == "pong"
+    assert [t["id"] for t in (await client.request("GET", "/threads"))["items"]] == [thread]
+    messages = await client.request("GET", f"/threads/{thread}/messages")
+    assert messages["items"] == []

@@ -1,5 +1,7 @@
-"""Generated inputs against a live server: the OpenAPI document tells the truth, and no
-WebSocket frame, however odd, closes a socket with 1011 or answers with a server error.
+"""Generated inputs against a live server: the OpenAPI document tells the truth, no
+WebSocket frame, however odd, closes a socket with 1011 or answers with a server error,
+and text no door may store (U+0000, lone surrogates), put anywhere in a body of the
+REST, OpenAI-compatible or AG-UI door, is a 422 that stores nothing.
 
 Bounded for CI (a fixed seed and budget); ``bench/adversarial.py`` runs the big version.
 """
@@ -48,6 +50,113 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
     assert result.ok, result.output[-6000:]
     assert result.generated > 500
     assert "Traceback" not in server.log_text()
+
+
+# -- refused text, anywhere in a body, on every door -----------------------------------
+
+REFUSED_CHARACTER = st.just("\x00") | st.characters(categories=["Cs"])
+REFUSED_TEXT = st.builds(
+    lambda before, bad, after: before + bad + after,
+    st.text(max_size=4),
+    REFUSED_CHARACTER,
+    st.text(max_size=4),
+)
+VALID_BODIES = {
+    "/v1/chat/completions": {
+        "model": "assistant",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}], "name": "ada"},
+        ],
+        "stream": False,
+        "user": "someone",
+    },
+    "/api/v1/agui": {
+        "threadId": "client-thread",
+        "runId": "client-run",
+        "messages": [
+            {"id": "m1", "role": "user", "content": "hi"},
+            {"id": "m2", "role": "assistant", "content": "hello"},
+            {"id": "m3", "role": "user", "content": [{"type": "text", "text": "more"}]},
+        ],
+        "tools": [{"name": "frontend", "description": "d", "parameters": {}}],
+        "context": [{"description": "page", "value": "home"}],
+        "state": {"k": "v"},
+        "forwardedProps": {"p": ["q"]},
+    },
+    "/api/v1/chat": {"message": "hi", "agent": "assistant", "metadata": {"k": "v"}},
+}
+"""A body each door accepts; the test puts refused text in one place of it."""
+
+
+def text_places(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths to every string of ``value`` and every object (where a key can go)."""
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [path] + [p for k, v in value.items() for p in text_places(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in text_places(v, (*path, i))]
+    return []
+
+
+def with_text(body: Any, path: tuple[Any, ...], bad: str) -> Any:
+    """``body`` (a copy) with ``bad`` as the string at ``path``, or as a new key of the
+    object there."""
+    body = json.loads(json.dumps(body))
+    if not path:
+        return {**body, bad: bad} if isinstance(body, dict) else bad
+    parent = body
+    for part in path[:-1]:
+        parent = parent[part]
+    target = parent[path[-1]]
+    parent[path[-1]] = {**target, bad: 1} if isinstance(target, dict) else bad
+    return body
+
+
+PLACED = st.sampled_from(sorted(VALID_BODIES)).flatmap(
+    lambda door: st.tuples(
+        st.just(door), st.sampled_from(text_places(VALID_BODIES[door])), REFUSED_TEXT
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def bystander(live: tuple[ServeProcess, str]) -> Iterator[httpx.Client]:
+    """A user of its own (so "nothing stored" is theirs alone), as an HTTP client."""
+    server, _ = live
+    answer = httpx.post(
+        f"{server.url}/api/v1/auth/register",
+        json={"email": "refused@example.com", "password": PASSWORD},
+    )
+    token = answer.json()["access_token"]
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+        yield http
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(placed=PLACED)
+def test_refused_text_anywhere_is_a_422_on_every_door(
+    bystander: httpx.Client, placed: tuple[str, tuple[Any, ...], str]
+) -> None:
+    door, path, bad = placed
+    body = with_text(VALID_BODIES[door], path, bad)
+    answer = bystander.post(door, content=json.dumps(body))  # escapes: \u0000, \ud800
+    assert answer.status_code == 422, (door, path, answer.text)
+    error = answer.json()["error"] if door.startswith("/v1/") else answer.json()
+    assert error["code"] == "validation_error", answer.text
+
+
+def test_refused_text_stored_nothing(bystander: httpx.Client) -> None:
+    assert bystander.get("/api/v1/threads").json()["items"] == []
+    accepted = bystander.post("/api/v1/chat", json=VALID_BODIES["/api/v1/chat"])
+    assert accepted.status_code == 202  # the bodies were valid but for the refused text
 
 
 # -- the WebSocket frame fuzzer --------------------------------------------------------

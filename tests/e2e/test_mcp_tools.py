@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,12 @@ def stdio(**extra: Any) -> dict[str, Any]:
     return {"command": sys.executable, "args": [SERVER, "stdio"], **extra}
 
 
-@pytest.fixture
-def http_mcp() -> Iterator[str]:
-    """The test MCP server over streamable HTTP, as a process of its own."""
+@contextmanager
+def served_mcp(mode: str) -> Iterator[str]:
+    """The test MCP server over streamable HTTP (``mode``: ``http`` answers as SSE,
+    ``http-json`` as JSON), as a process of its own."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, SERVER, "http", str(port)])
+    process = subprocess.Popen([sys.executable, SERVER, mode, str(port)])
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -62,13 +63,22 @@ def http_mcp() -> Iterator[str]:
         process.wait()
 
 
+@pytest.fixture
+def http_mcp() -> Iterator[str]:
+    """The test MCP server over streamable HTTP (SSE answers)."""
+    with served_mcp("http") as url:
+        yield url
+
+
 @asynccontextmanager
-async def atoll_with(servers: dict[str, Any], tmp_path: Path) -> AsyncIterator[str]:
+async def atoll_with(
+    servers: dict[str, Any], tmp_path: Path, **overrides: Any
+) -> AsyncIterator[str]:
     async with serve_fake_openai() as fake:
         settings = make_settings(
             tmp_path / "data", llm_provider="openai", llm_base_url=fake.base_url,
             llm_api_key=API_KEY, llm_model="fake-model", mcp_servers=servers,
-            tool_calls_per_minute=1000,
+            tool_calls_per_minute=1000, **overrides,
         )  # fmt: skip
         async with running_server(settings) as (url, _):
             yield url
@@ -166,7 +176,7 @@ async def test_a_server_that_crashes_or_hangs_mid_call_is_a_tool_error(
         ada = await user(url, "ada@example.com")
         crashed, _ = await call(ada, "calc__crash")
         assert not crashed["ok"] and crashed["error"]["code"] == "tool_error"
-        assert "calc" in crashed["error"]["message"]
+        assert crashed["error"]["message"] == "the MCP server 'calc' exited with status 3"
         again, _ = await call(ada, "calc__add", a=1, b=1)  # the next call starts afresh
         assert again["result"] == {"result": 2}
         hung, _ = await call(ada, "slow__hang")
@@ -208,3 +218,59 @@ async def test_one_agent_invocation_keeps_one_session_and_the_next_run_gets_a_ne
         model=ScriptedModel(call_tool("web__recall"), say("done")),
     )  # fmt: skip
     assert [r.result for r in second.tool_results()] == [{"result": "nothing"}]
+
+
+async def test_results_are_bounded_in_bytes_while_they_are_read(
+    tmp_path: Path, http_mcp: str
+) -> None:
+    """Issue 23: docs/integrations.md promised a 1 MiB limit that did not exist — a 30-100 MB
+    result was bounded only by the timeout. Now every message is counted as it arrives and
+    refused past ATOLL_MCP_MAX_RESULT_BYTES, on stdio and HTTP (SSE or JSON answers); one
+    that never ends is refused long before the call's timeout would end it."""
+    with served_mcp("http-json") as json_mcp:
+        servers = {
+            "calc": stdio(timeout=120),
+            "web": {"url": http_mcp},
+            "plain": {"url": json_mcp},
+        }
+        async with atoll_with(servers, tmp_path, mcp_max_result_bytes=200_000) as url:
+            ada = await user(url, "ada@example.com")
+            for tool in ("calc__big", "web__big", "plain__big"):
+                fits, _ = await call(ada, tool, size=90_000)  # ~180 KB: as text and structured
+                assert fits["ok"] and fits["result"] == {"result": "y" * 90_000}, tool
+                flood, _ = await call(ada, tool, size=300_000)
+                assert not flood["ok"] and flood["error"]["code"] == "tool_error", flood
+                server = tool.split("__")[0]
+                assert flood["error"]["message"] == (
+                    f"the MCP server {server!r} sent a message larger than 200000 bytes "
+                    "(ATOLL_MCP_MAX_RESULT_BYTES); it was not read"
+                )
+            endless, _ = await call(ada, "calc__endless")
+            assert endless["error"]["code"] == "tool_error", endless  # not tool_timeout (120 s)
+            assert "larger than 200000 bytes" in endless["error"]["message"]
+            await until(lambda: not mcp_processes(), within=10, what="stdio MCP servers gone")
+            again, _ = await call(ada, "calc__add", a=1, b=2)  # the next call starts afresh
+            assert again["result"] == {"result": 3}
+            await ada.aclose()
+
+
+async def test_a_server_that_fails_at_start_is_named_with_its_exit_status_and_stderr(
+    tmp_path: Path,
+) -> None:
+    """Issue 23: a stdio server that exits at start was reported as "ExceptionGroup:
+    unhandled errors in a TaskGroup" after a long traceback."""
+    failing = (
+        "import sys; print('cannot open /srv/tools.db: no such file', file=sys.stderr); sys.exit(3)"
+    )
+    servers = {"db": {"command": sys.executable, "args": ["-c", failing]}}
+    settings = make_settings(tmp_path / "data", mcp_servers=servers)
+    with pytest.raises(ConfigurationError) as refused:
+        async with running_services(settings):
+            pass
+    message = str(refused.value)
+    assert message.startswith(
+        "MCP server 'db' could not be reached to list its tools: "
+        "the MCP server 'db' exited with status 3; its stderr ends:"
+    ), message
+    assert "cannot open /srv/tools.db: no such file" in message
+    assert "ExceptionGroup" not in message and "TaskGroup" not in message

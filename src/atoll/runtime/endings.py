@@ -48,13 +48,13 @@ class Ending:
 
     @classmethod
     def of_error(cls, state: ExecutionState, error: Mapping[str, Any] | None) -> Ending:
-        """The ``agent_error`` ending of ``state`` for an error dict (any extra keys kept
-        on the run's recorded error, only code and message in the event)."""
+        """The ``agent_error`` ending of ``state`` for an error dict (its extra keys, such as
+        a budget's ``scope``, in the event too: the run's recorded error is derived from it)."""
         details = dict(error or {"code": state.value, "message": f"run {state.value}"})
-        code = str(details.get("code", state.value))
-        message = str(details.get("message", ""))
-        data = {"state": state.value, "code": code, "message": message}
-        return cls(state, EventType.AGENT_ERROR, data, details)
+        details["code"] = str(details.get("code", state.value))
+        details["message"] = str(details.get("message", ""))
+        details.pop("state", None)
+        return cls(state, EventType.AGENT_ERROR, {"state": state.value, **details}, details)
 
     @classmethod
     def cancelled(cls, reason: str) -> Ending:
@@ -69,4 +69,4 @@ def terminal_state_of(event: RunEvent) -> tuple[str, dict[str, Any] | None]:
     if event.type is EventType.AGENT_CANCELLED:
         return ExecutionState.CANCELLED.value, None
     data = dict(event.data)
-    return str(data.get("state", ExecutionState.FAILED.value)), data
+    return str(data.pop("state", ExecutionState.FAILED.value)), data

@@ -206,6 +206,11 @@ class UserExecutionEngine:
         return self._emitter.message_id
 
     @property
+    def ended_in_log(self) -> bool:
+        """Whether the run's terminal event was logged (which also ended its row)."""
+        return self._emitter.closed
+
+    @property
     def is_running(self) -> bool:
         """True between the start of ``run`` and its end."""
         return self._task is not None and not self._done.is_set()

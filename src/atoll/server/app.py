@@ -14,7 +14,8 @@ from starlette.responses import Response
 
 from atoll import __version__
 from atoll.config import Settings
-from atoll.server.deps import single_valued_query
+from atoll.server.bodies import StrictJSONRoute
+from atoll.server.deps import plain_parameters
 from atoll.server.middleware import (
     BodyLimitMiddleware,
     SecurityHeadersMiddleware,
@@ -28,6 +29,13 @@ from atoll.server.websocket import websocket_endpoint
 from atoll.telemetry import Tracing, tracing_from_environment
 
 API = "/api/v1"
+DESCRIPTION = (
+    "Text anywhere in a request — JSON bodies, WebSocket frames, path and query "
+    "parameters, object keys included — may not contain U+0000 or lone surrogates "
+    "(PostgreSQL cannot store the one, UTF-8 cannot encode the others): 422 "
+    "`validation_error` naming the place, on every door. Request heads over the limits "
+    "(docs/operations.md) are answered 431 `headers_too_large`."
+)
 WEB = Path(__file__).resolve().parent / "web"
 
 
@@ -63,18 +71,20 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
         title="Atoll",
         version=__version__,
         summary="Multi-tenant AI-agent runtime",
+        description=DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
+    app.router.route_class = StrictJSONRoute
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     if tracing.enabled:  # outermost: the span covers everything the server does
         app.add_middleware(TracingMiddleware, tracing=tracing)
     install_problem_handlers(app)
     install_openapi(app)
-    once = [Depends(single_valued_query)]
+    once = [Depends(plain_parameters)]
     app.include_router(auth.router, prefix=API, dependencies=once)
     app.include_router(signin.router, prefix=API, dependencies=once)
     app.include_router(threads.router, prefix=API, dependencies=once)

@@ -25,13 +25,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketState
 
 from atoll.bus.memory import Closing, Resync
-from atoll.errors import TooManyStreamsError
+from atoll.errors import TooManySocketsError, TooManyStreamsError
 from atoll.runtime.events import RunEvent, RunEventLog
 from atoll.server.metrics import Metrics
 
@@ -300,3 +301,70 @@ class StreamSlots:
     def count(self, user_id: str) -> int:
         """Open streams of ``user_id``."""
         return self._open.get(user_id, 0)
+
+
+class SocketsPerAddress:
+    """Open WebSockets per client address, and how many of them have not authenticated.
+
+    Counted from before the upgrade is accepted until the socket ends, on every socket
+    whoever it turns out to be: signing in costs nothing, so the sockets that have not
+    (yet) are held to a tighter limit — a flood of silent sockets holds at most that
+    many per address, each for at most the auth timeout. Per node, like the per-user
+    connection limit.
+    """
+
+    def __init__(self, limit: int, unauthenticated_limit: int) -> None:
+        self.limit = limit
+        self.unauthenticated_limit = unauthenticated_limit
+        self._open: dict[str, int] = {}
+        self._unauthenticated: dict[str, int] = {}
+
+    def admit(self, address: str) -> AddressSocket:
+        """Count a new socket from ``address``; ``TooManySocketsError`` past either limit."""
+        open_here = self._open.get(address, 0)
+        waiting = self._unauthenticated.get(address, 0)
+        if open_here >= self.limit or waiting >= self.unauthenticated_limit:
+            which = "open" if open_here >= self.limit else "unauthenticated"
+            limit = self.limit if which == "open" else self.unauthenticated_limit
+            raise TooManySocketsError(
+                f"this address already has {limit} {which} WebSockets; close one first",
+                retry_after=1.0,
+            )
+        self._open[address] = open_here + 1
+        self._unauthenticated[address] = waiting + 1
+        return AddressSocket(
+            signed_in=partial(self._drop, self._unauthenticated, address),
+            ended=partial(self._drop, self._open, address),
+        )
+
+    def count(self, address: str) -> tuple[int, int]:
+        """Open sockets of ``address``, and how many of them have not authenticated."""
+        return self._open.get(address, 0), self._unauthenticated.get(address, 0)
+
+    def _drop(self, counts: dict[str, int], address: str) -> None:
+        left = counts.get(address, 0) - 1
+        if left > 0:
+            counts[address] = left
+        else:
+            counts.pop(address, None)
+
+
+class AddressSocket:
+    """One admitted socket: ``authenticated()`` once signed in, ``release()`` at its end."""
+
+    def __init__(self, *, signed_in: Callable[[], None], ended: Callable[[], None]) -> None:
+        self._signed_in: Callable[[], None] | None = signed_in
+        self._ended: Callable[[], None] | None = ended
+
+    def authenticated(self) -> None:
+        """The socket has signed in: it no longer counts as unauthenticated (once)."""
+        signed_in, self._signed_in = self._signed_in, None
+        if signed_in is not None:
+            signed_in()
+
+    def release(self) -> None:
+        """The socket has ended (once)."""
+        self.authenticated()
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            ended()

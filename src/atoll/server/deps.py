@@ -17,6 +17,7 @@ from atoll.errors import (
     ValidationFailedError,
 )
 from atoll.server.services import Services
+from atoll.store.bounds import REFUSED_CHARACTERS, UnstorableError, check_text
 from atoll.telemetry import hashed
 
 bearer = HTTPBearer(auto_error=False, description="The access token from /auth/login")
@@ -84,9 +85,10 @@ async def get_services(request: Request) -> Services:
     return services_of(request)
 
 
-async def single_valued_query(request: Request) -> None:
+async def plain_parameters(request: Request) -> None:
     """Every query parameter of the API is a single value: a repeated one is a 422, not
-    whichever copy the framework happens to read."""
+    whichever copy the framework happens to read. And no path or query parameter holds
+    text that cannot be stored (``check_text``, as bodies and frames: ``load_json``)."""
     counts = Counter(key for key, _ in request.query_params.multi_items())
     repeated = sorted(key for key, count in counts.items() if count > 1)
     if repeated:
@@ -94,6 +96,17 @@ async def single_valued_query(request: Request) -> None:
             "repeated query parameter",
             [{"loc": ["query", key], "msg": "given more than once"} for key in repeated],
         )
+    places = [("path", k, v) for k, v in request.path_params.items() if isinstance(v, str)]
+    places += [("query", k, v) for k, v in request.query_params.multi_items()]
+    refused = []
+    for where, key, value in places:
+        try:
+            check_text(key)
+            check_text(value)
+        except UnstorableError as exc:
+            refused.append({"loc": [where, REFUSED_CHARACTERS.sub("\ufffd", key)], "msg": str(exc)})
+    if refused:
+        raise ValidationFailedError("invalid parameter", refused)
 
 
 async def get_address(request: Request) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 
-from atoll.errors import RunLimitError
+from atoll.aio import retry_until
+from atoll.errors import RunLimitError, UnavailableError
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.endings import Ending
 from atoll.runtime.engine import RunOutcome, RunRequest
@@ -82,18 +82,40 @@ async def execute_run(
                 held_by=worker_id,
             )
             return None
-    record = factory.tracker.find(context.run_id)
-    next_runs = await store.finish(
-        context.run_id,
-        state=outcome.state.value,
-        error=dict(outcome.error) if outcome.error else None,
-        started_at=record.started_wall if record is not None else None,
-        finished_at=datetime.now(UTC),
-        answer_message_id=outcome.message_id if outcome.state is ExecutionState.COMPLETED else None,
-        worker_id=worker_id,
-    )
-    await hand_over(dispatch, next_runs)
+    if not engine.ended_in_log:
+        # Its terminal event was not logged: ended elsewhere meanwhile (then this finds it
+        # ended and does nothing), or the database failed. End it once the database answers.
+        await end_unrecorded(store, factory.recorder.bus, context.run_id, dispatch, worker_id)
+        return outcome
+    await hand_over(dispatch, await store.next_after(context.run_id))
     return outcome
+
+
+UNRECORDED = Ending.failure(
+    ExecutionState.FAILED,
+    UnavailableError.code,
+    "the end of this run could not be recorded (the database did not answer)",
+)
+END_RETRY_SECONDS = 600.0
+"""How long a process keeps trying to record the end of a run whose terminal event failed."""
+
+
+async def end_unrecorded(
+    store: RunStore, bus: RunEventBus, run_id: str, dispatch: Dispatch, worker_id: str | None
+) -> None:
+    """End a run whose engine could not log its terminal event, retrying while the database
+    is unavailable; the run ends ``failed`` (``unavailable``) unless something else ended it."""
+
+    async def end() -> bool:
+        return await end_outside(
+            store, bus, run_id, UNRECORDED, dispatch=dispatch, held_by=worker_id
+        )
+
+    try:
+        if await retry_until(end, within=END_RETRY_SECONDS, what=f"ending run {run_id}"):
+            logger.warning("run %s: its terminal event could not be logged; ended", run_id)
+    except Exception:
+        logger.error("run %s: its end could not be recorded; recovery will end it", run_id)
 
 
 async def end_outside(

@@ -4,63 +4,115 @@
   connection opening (or of the previous answer on a kept-alive connection):
   an idle or trickling (slowloris) connection is answered 408 and closed instead
   of being held for ever.
-- A WebSocket upgrade whose header lines the WebSocket parser would refuse
-  (over 8 KiB, or more than 128 headers) is answered 431 at once; uvicorn would
-  otherwise hand it over and leave the client without an answer.
-- Query strings are redacted in uvicorn's logs (``RedactingFilter``), so a token
-  someone puts in a URL is never written to a log.
+- A request head over the limits — all of it over ``max_header_bytes``, a header
+  line over ``MAX_HEADER_LINE``, more than ``max_headers`` header lines — is answered
+  431 with problem JSON (``headers_too_large``; a request line over ``MAX_HEADER_LINE``:
+  414 ``uri_too_long``) and the connection closed, before anything reaches the app:
+  plain HTTP and WebSocket upgrades alike, however the bytes arrive. (h11 alone
+  refused a head only while it was incomplete, so its limit held or not depending on
+  how TCP cut the bytes, with a text/plain 400; and the WebSocket handshake parser
+  has its own limits, which these stay within.)
+
+Logs (uvicorn's access log included) are redacted by ``atoll.server.logs``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import h11
+import orjson
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-WS_MAX_LINE = 8192 - 2
-"""The longest header line (without CRLF) the WebSocket handshake parser accepts."""
-WS_MAX_HEADERS = 128
-SENSITIVE_QUERY = re.compile(
-    r"(?i)([?&](?:access_token|refresh_token|id_token|token|api_key|apikey|key|password|secret)"
-    r"=)[^&\s\"]*"
+from atoll.errors import (
+    AtollError,
+    HeadersTooLargeError,
+    MalformedRequestError,
+    UriTooLongError,
 )
+from atoll.server.problems import problem_body
+
+MAX_HEADER_LINE = 8192 - 2
+"""The longest request or header line (without CRLF): what the WebSocket handshake
+parser (``websockets``) accepts, so an upgrade is refused by us, with an answer."""
+WS_MAX_HEADERS = 128
+"""The most header lines the WebSocket handshake parser accepts (``max_headers`` at most)."""
 
 
-def redact_query(text: str) -> str:
-    """``text`` with the values of credential-like query parameters replaced."""
-    return SENSITIVE_QUERY.sub(r"\1[redacted]", text)
+@dataclass(frozen=True, slots=True)
+class HeaderLimits:
+    """How large a request head may be (``Settings.max_header_bytes``, ``max_headers``)."""
+
+    max_bytes: int
+    max_count: int
+    max_line: int = MAX_HEADER_LINE
+
+    def refusal(self, request: h11.Request) -> AtollError | None:
+        """Why ``request``'s head is over the limits, or None."""
+        line = len(request.method) + len(request.target) + len(b"  HTTP/1.1")
+        fields = request.headers.raw_items()
+        lines = [len(name) + len(value) + 2 for name, value in fields]
+        if line > self.max_line:
+            return UriTooLongError(f"the request line is longer than {self.max_line} bytes")
+        if len(fields) > self.max_count:
+            return HeadersTooLargeError(f"more than {self.max_count} header lines")
+        if max(lines, default=0) > self.max_line:
+            return HeadersTooLargeError(f"a header line is longer than {self.max_line} bytes")
+        if line + sum(lines) + 2 * (len(lines) + 2) > self.max_bytes:
+            detail = f"the request line and headers are larger than {self.max_bytes} bytes"
+            return HeadersTooLargeError(detail)
+        return None
 
 
-class RedactingFilter(logging.Filter):
-    """Redacts credential-like query parameters in a log record's arguments."""
+class BoundedConnection(h11.Connection):
+    """h11's server side, refusing request heads over ``limits`` whether they arrive
+    whole or in pieces; ``refused`` says why (the protocol answers with it)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact_query(a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.msg, str):
-            record.msg = redact_query(record.msg)
-        return True
+    def __init__(self, limits: HeaderLimits) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=limits.max_bytes)
+        self.limits = limits
+        self.refused: AtollError | None = None
+
+    def next_event(self) -> Any:
+        """h11's next event; ``RemoteProtocolError`` for a head over the limits."""
+        try:
+            event = super().next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:  # an incomplete head already over max_bytes
+                detail = f"the request head is larger than {self.limits.max_bytes} bytes"
+                self.refused = HeadersTooLargeError(detail)
+            raise
+        if isinstance(event, h11.Request):
+            self.refused = self.limits.refusal(event)
+            if self.refused is not None:
+                status = self.refused.status
+                raise h11.RemoteProtocolError(self.refused.message, error_status_hint=status)
+        return event
 
 
-def install_log_redaction() -> None:
-    """Add ``RedactingFilter`` to uvicorn's loggers (once)."""
-    for name in ("uvicorn.access", "uvicorn.error"):
-        target = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in target.filters):
-            target.addFilter(RedactingFilter())
+def refusal_answer(error: AtollError) -> bytes:
+    """The whole HTTP/1.1 answer (problem JSON, connection closed) refusing a request head."""
+    body = orjson.dumps(problem_body(error.status, error.code, error.message))
+    reason = HTTPStatus(error.status).phrase.encode()
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (error.status, reason, len(body), body)
+    )
 
 
 class GuardedH11Protocol(H11Protocol):
-    """``H11Protocol`` with a header deadline and WebSocket header limits (module docs)."""
+    """``H11Protocol`` with a header deadline and header limits (module docs)."""
 
     header_timeout: float = 10.0
+    header_limits: HeaderLimits = HeaderLimits(max_bytes=16 * 1024, max_count=100)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.conn = BoundedConnection(self.header_limits)
         self._header_deadline: asyncio.TimerHandle | None = None
 
     def _arm_header_deadline(self) -> None:
@@ -99,23 +151,25 @@ class GuardedH11Protocol(H11Protocol):
         )
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """The answer to a request h11 refused, as problem JSON like every error: 431 or 414
+        for a head over the limits, 400 ``malformed_request`` for anything else (uvicorn
+        wrote a text/plain 400)."""
+        assert isinstance(self.conn, BoundedConnection)
+        refused = self.conn.refused or MalformedRequestError("the request is not valid HTTP/1.1")
+        self._disarm_header_deadline()
+        self.transport.write(refusal_answer(refused))
+        self.transport.close()
+
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
-        too_long = len(event.target) + len(event.method) + 10 > WS_MAX_LINE or any(
-            len(name) + len(value) + 2 > WS_MAX_LINE for name, value in self.headers
-        )
-        if too_long or len(self.headers) > WS_MAX_HEADERS:
-            self._disarm_header_deadline()
-            body = b"request header fields too large for a WebSocket upgrade"
-            self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-            )
-            self.transport.close()
-            return
         self._disarm_header_deadline()
         super().handle_websocket_upgrade(event)
 
 
-def guarded_h11(header_timeout: float) -> type[GuardedH11Protocol]:
-    """``GuardedH11Protocol`` with its header deadline set to ``header_timeout`` seconds."""
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"header_timeout": header_timeout})
+def guarded_h11(
+    header_timeout: float, *, max_header_bytes: int, max_headers: int
+) -> type[GuardedH11Protocol]:
+    """``GuardedH11Protocol`` with this header deadline (seconds) and these head limits."""
+    limits = HeaderLimits(max_bytes=max_header_bytes, max_count=max_headers)
+    attributes = {"header_timeout": header_timeout, "header_limits": limits}
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), attributes)

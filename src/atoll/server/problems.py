@@ -13,9 +13,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.routing import Match
 
 from atoll.errors import AtollError
+from atoll.store.bounds import InvalidJSONError
 from atoll.store.faults import storage_fault
 
 logger = logging.getLogger(__name__)
@@ -60,8 +62,10 @@ PROBLEM_DESCRIPTIONS = {
     404: "No such resource, or another user's (`not_found`)",
     409: "Conflict (`thread_busy`, `email_taken`)",
     413: "Request body too large (`too_large`)",
+    414: "Request line over the limit (`uri_too_long`; docs/operations.md)",
     422: "Invalid input; `errors` names each field (`validation_error`, `unknown_agent`)",
     429: "Rate or concurrency limit reached; see `Retry-After` (`rate_limited` …)",
+    431: "Request headers over the size or count limits (`headers_too_large`; docs/operations.md)",
     503: "Shutting down, or the database or run queue is unreachable (`unavailable`), or the "
     "database's disk is full (`storage_full`); see `Retry-After`",
 }
@@ -82,7 +86,11 @@ def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
             )
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -94,6 +102,7 @@ def install_openapi(app: FastAPI) -> None:
             schemas.update(openai_schema.pop("$defs", {}))
             schemas["OpenAIError"] = openai_schema
             drop_null_parameters(document)
+            document_head_limits(document)
             require_discriminators(document)
             services = getattr(app.state, "services", None)
             if services is not None:
@@ -102,6 +111,19 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+HEAD_LIMITS = (414, 431)
+"""What any request may be answered before it reaches a route: a head over the limits."""
+
+
+def document_head_limits(document: dict[str, Any]) -> None:
+    """Every operation may answer 414 or 431 (``http11``): say so in each."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, response in problems(*HEAD_LIMITS).items():
+                responses.setdefault(str(status), response)
 
 
 def drop_null_parameters(document: dict[str, Any]) -> None:
@@ -163,16 +185,11 @@ def _name_agents(field: dict[str, Any], agents: list[str]) -> None:
             option.pop("minLength", None)
 
 
-def problem(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
-    extensions: dict[str, Any] | None = None,
-) -> JSONResponse:
-    """A problem+json response; ``extensions`` are the error's details (RFC 9457 extension
+def problem_body(
+    status: int, code: str, detail: str, *,
+    errors: list[dict[str, Any]] | None = None, extensions: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The RFC 9457 problem object; ``extensions`` are the error's details (extension
     members: ``reason``, ``retry_after``, ``limit``, ``scope`` …), never replacing a member."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE + code,
@@ -184,6 +201,20 @@ def problem(
     }
     for key, value in (extensions or {}).items():
         body.setdefault(key, value)
+    return body
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> JSONResponse:
+    """A problem+json response (``problem_body``)."""
+    body = problem_body(status, code, detail, errors=errors, extensions=extensions)
     return JSONResponse(
         body, status_code=status, media_type="application/problem+json", headers=headers
     )
@@ -244,7 +275,7 @@ def openai_error_body(
 
 
 def error_response(
-    request: Request,
+    request: HTTPConnection,
     status: int,
     code: str,
     detail: str,
@@ -273,8 +304,8 @@ def _loc(loc: Any) -> list[str | int]:
     return [part for part in loc if isinstance(part, str | int)]
 
 
-async def _atoll_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AtollError)
+def atoll_error_response(connection: HTTPConnection, exc: AtollError) -> JSONResponse:
+    """The answer to ``exc`` for a request (or a WebSocket handshake it refuses)."""
     headers: dict[str, str] = {}
     extensions = dict(exc.details)
     if exc.retry_after is not None:
@@ -283,12 +314,17 @@ async def _atoll_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     errors = exc.details.get("errors") if isinstance(exc.details.get("errors"), list) else None
-    if exc.status >= 500:
-        logger.error("request failed: %s", exc.message)
     return error_response(
-        request, exc.status, exc.code, exc.message, errors=errors, headers=headers or None,
+        connection, exc.status, exc.code, exc.message, errors=errors, headers=headers or None,
         extensions=extensions,
     )  # fmt: skip
+
+
+async def _atoll_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AtollError)
+    if exc.status >= 500:
+        logger.error("request failed: %s", exc.message)
+    return atoll_error_response(request, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -296,6 +332,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = [
         {"loc": _loc(err.get("loc", ())), "msg": err.get("msg", "invalid")} for err in exc.errors()
     ]
+    if isinstance(exc.__cause__, InvalidJSONError):  # the body did not pass ``load_json``
+        errors = [{"loc": ["body", *exc.__cause__.loc], "msg": exc.__cause__.reason}]
     fields = ", ".join(".".join(str(p) for p in e["loc"][1:] or e["loc"]) for e in errors)
     return error_response(
         request, 422, "validation_error", f"invalid request: {fields}", errors=errors

@@ -379,24 +379,17 @@ class RunService:
     # -- state -------------------------------------------------------------------
 
     def live_state(self, run: Run) -> dict[str, Any]:
-        """The run's fields, with the live state when it is executing here."""
-        record = self._factory.tracker.find(run.id)
-        state, started, finished, error = run.state, run.started_at, run.finished_at, run.error
-        if record is not None and ExecutionState.parse(run.state).is_alive:
-            state = record.state.value
-            started = record.started_wall or started
-            if record.state.is_terminal:
-                finished = record.transitions[-1][1]
-                error = record.error
+        """The run's fields, as its row says: the row is derived from its log (its start and
+        its end move it in the transaction that logs them), so it is the live state too."""
         return {
             "id": run.id,
             "thread_id": run.thread_id,
             "agent": run.agent,
-            "state": state,
+            "state": run.state,
             "created_at": run.created_at,
-            "started_at": started,
-            "finished_at": finished,
-            "error": error,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+            "error": run.error,
         }
 
     async def drain(self, grace: float) -> None:

@@ -39,9 +39,10 @@ the value is parsed exactly as its OpenAPI type says."""
 class Body(BaseModel):
     """Base of request bodies: extra fields are ignored, never a reason for 422.
 
-    Every field is checked to be storable *and* sendable back: text must be valid
-    Unicode (no lone surrogates), metadata objects must pass ``check_metadata``
-    (size, depth, JSON round trip) — see ``atoll.store.bounds``.
+    Every field is checked to be storable *and* sendable back: text must pass
+    ``check_text`` (no lone surrogate, no U+0000 — which ``load_json`` already refuses
+    anywhere in a body), metadata objects must pass ``check_metadata`` (size, depth,
+    JSON round trip) — see ``atoll.store.bounds``.
     """
 
     model_config = ConfigDict(extra="ignore")

@@ -21,7 +21,8 @@ import uvicorn
 from atoll.aio import resolved_loop, run_in_loop
 from atoll.config import Settings
 from atoll.server.app import create_app
-from atoll.server.http11 import guarded_h11, install_log_redaction
+from atoll.server.http11 import guarded_h11
+from atoll.server.logs import install_log_redaction
 from atoll.server.services import Services, running_worker
 from atoll.telemetry import Tracing
 
@@ -84,7 +85,11 @@ def uvicorn_config(
         host=host,
         port=port,
         log_level=log_level,
-        http=guarded_h11(settings.http_header_timeout),
+        http=guarded_h11(
+            settings.http_header_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+        ),
         ws="websockets-sansio",
         loop=resolved_loop(settings.event_loop),
         ws_per_message_deflate=False,
@@ -100,6 +105,7 @@ def uvicorn_config(
 
 def serve(settings: Settings) -> None:
     """Run Atoll until interrupted."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)  # Atoll's and libraries'
     AtollServer(
         uvicorn_config(settings, host=settings.host, port=settings.port, log_level="info")
     ).run()
@@ -116,9 +122,8 @@ class QuietServer(uvicorn.Server):
 
 def run_worker(settings: Settings) -> None:
     """Run an ``atoll worker`` until SIGTERM/SIGINT, then stop gracefully."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    install_log_redaction()
     run_in_loop(_work(settings), settings.event_loop)
 
 

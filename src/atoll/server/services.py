@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.plugins import load_plugins
 from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
-from atoll.server.connections import ConnectionRegistry, StreamSlots
+from atoll.server.connections import ConnectionRegistry, SocketsPerAddress, StreamSlots
 from atoll.server.consumer import RunConsumer
 from atoll.server.execution import Dispatch
 from atoll.server.metrics import Metrics
@@ -88,6 +88,7 @@ class Services:
     connections: ConnectionRegistry
     metrics: Metrics
     streams: StreamSlots
+    sockets: SocketsPerAddress
     notices: UserNotices
     tracing: Tracing
     cluster: Cluster | None = None
@@ -158,6 +159,7 @@ def mcp_servers(settings: Settings) -> list[McpServer]:
             tools=chosen(server.tools),
             plans=chosen(server.plans),
             roles=chosen(server.roles),
+            max_message_bytes=settings.mcp_max_result_bytes,
         )
         for name, server in settings.mcp_servers.items()
     ]
@@ -412,6 +414,9 @@ async def running_services(
             connections=connections,
             metrics=metrics,
             streams=StreamSlots(settings.max_sse_streams),
+            sockets=SocketsPerAddress(
+                settings.max_sockets_per_address, settings.max_unauthenticated_sockets_per_address
+            ),
             notices=notices,
             tracing=tracing,
             cluster=cluster,
@@ -485,16 +490,13 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
         stack.push_async_callback(llm.aclose)
         event_log = DatabaseRunEventLog(db)
 
-        async def mark_running(context: UserExecutionContext, started: datetime) -> None:
-            await store.start(context.run_id, worker_id, started)
-
         recorder = EventRecorder(event_log, cluster.bus)
         registry = await build_registry(settings)
         tracing = tracing_from_environment()
         stack.push_async_callback(tracing.aclose)
         factory = engine_factory(
             settings, registry, chat, recorder, llm, cluster,
-            usage=UsageStore(db), start_hook=mark_running, tracing=tracing,
+            usage=UsageStore(db), tracing=tracing,
         )  # fmt: skip
         await stack.enter_async_context(factory)
         factory.processes.start()  # warm tool workers: no call waits for a cold start

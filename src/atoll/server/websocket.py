@@ -14,24 +14,25 @@ import logging
 from functools import partial
 from typing import Any
 
-import orjson
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from atoll.auth.principal import Principal
 from atoll.bus.memory import MemorySubscription, Notice, SubscriptionOverflowError
-from atoll.errors import AtollError, AuthenticationError, UnavailableError
+from atoll.errors import AtollError, AuthenticationError, TooManySocketsError, UnavailableError
 from atoll.runtime.ids import new_id
 from atoll.server.connections import (
     Ack,
+    AddressSocket,
     Connection,
     Resume,
     SlowClientError,
     TooManyConnectionsError,
 )
 from atoll.server.deps import client_address
+from atoll.server.problems import atoll_error_response
 from atoll.server.services import Services
-from atoll.store.bounds import MAX_SEQ
+from atoll.store.bounds import MAX_SEQ, InvalidJSONError, load_json
 from atoll.store.models import Message
 from atoll.store.runs import Submitted
 
@@ -91,9 +92,9 @@ async def _authenticate(websocket: WebSocket, services: Services) -> Principal:
         if len(text) > services.settings.max_ws_frame_bytes:
             raise AuthenticationError("the auth frame is too large")
         try:
-            frame = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise AuthenticationError("the auth frame is not JSON") from None
+            frame = load_json(text)
+        except InvalidJSONError as exc:
+            raise AuthenticationError(f"the auth frame is not JSON ({exc.reason})") from None
         if not isinstance(frame, dict) or frame.get("type") != "auth":
             raise AuthenticationError("the first frame must be an auth frame")
         token = frame.get("token")
@@ -155,9 +156,12 @@ class Session:
 
     async def _frame(self, text: str) -> None:
         try:
-            frame = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise FrameError("bad_frame", "the frame is not valid JSON") from None
+            frame = load_json(text)
+        except InvalidJSONError as exc:
+            if not exc.loc:
+                raise FrameError("bad_frame", "the frame is not valid JSON") from None
+            place = ".".join(str(part) for part in exc.loc)
+            raise FrameError("validation_error", f"{place}: {exc.reason}") from None
         if not isinstance(frame, dict):
             raise FrameError("bad_frame", "the frame must be a JSON object")
         kind = frame.get("type")
@@ -280,6 +284,27 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if not origin_allowed(websocket, services.settings.allowed_origins):
         await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accept: HTTP 403
         return
+    try:
+        admitted = services.sockets.admit(client_address(websocket))
+    except TooManySocketsError as exc:
+        await refuse_upgrade(websocket, exc)
+        return
+    try:
+        await _serve_socket(websocket, services, admitted)
+    finally:
+        admitted.release()
+
+
+async def refuse_upgrade(websocket: WebSocket, error: AtollError) -> None:
+    """Answer the upgrade with ``error`` as problem JSON (HTTP), where the server can;
+    else close before accepting (which the client sees as HTTP 403)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(atoll_error_response(websocket, error))
+    else:
+        await websocket.close(CLOSE_POLICY, error.code)
+
+
+async def _serve_socket(websocket: WebSocket, services: Services, admitted: AddressSocket) -> None:
     await websocket.accept()
     if not services.accepting:
         await websocket.close(1001, "server shutting down")
@@ -297,9 +322,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_AUTH, exc.code)
         return
     except UnavailableError as exc:  # the session could not be read: said, then 1013
-        await websocket.send_text(orjson.dumps(error_frame(FrameError.of(exc, None))).decode())
+        await websocket.send_json(error_frame(FrameError.of(exc, None)))
         await websocket.close(CLOSE_TRY_AGAIN, exc.code)
         return
+    admitted.authenticated()
     if principal.scopes is not None and "chat" not in principal.scopes:
         await websocket.close(CLOSE_POLICY, "insufficient_scope")  # a read-only API key
         return

@@ -6,12 +6,17 @@ raises (``OverflowError`` on SQLite, ``DataError`` on PostgreSQL) and the
 request fails with a 500. Every JSON value that is stored must also come back
 out: a lone surrogate (``"\\udfff"``) is accepted by Python's ``json`` but cannot
 be encoded as UTF-8, and deeply nested values break the serialisers, so
-metadata is checked by a round trip before it is stored.
+metadata is checked by a round trip before it is stored. PostgreSQL cannot store
+U+0000 (NUL) in text at all. So every request body and WebSocket frame is decoded
+by ``load_json``, which refuses what cannot be stored (``check_text``) wherever it
+is in the document, on every door alike.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 MAX_SEQ = 2**31 - 1
@@ -92,9 +97,93 @@ def check_metadata(value: dict[str, Any]) -> None:
         raise UnstorableError("does not survive a JSON round trip")
 
 
+REFUSED_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+"""What text may not contain: U+0000 (PostgreSQL text cannot hold it) and lone
+surrogates (not Unicode scalar values: they cannot be encoded as UTF-8)."""
+_MAYBE_REFUSED = re.compile(r"\\u(?:0000|[dD][89a-fA-F])|[\x00\ud800-\udfff]")
+"""In JSON text: an escape that may decode to a refused character, or one written as is."""
+
+
 def check_text(value: str) -> None:
-    """``UnstorableError`` for text that cannot be encoded as UTF-8 (lone surrogates)."""
+    """``UnstorableError`` for text that cannot be stored and sent back (``REFUSED_CHARACTERS``)."""
+    found = REFUSED_CHARACTERS.search(value)
+    if found is None:
+        return
+    if found.group() == "\x00":
+        raise UnstorableError("contains U+0000 (NUL), which cannot be stored")
+    raise UnstorableError("contains characters that are not valid Unicode (a lone surrogate)")
+
+
+def find_unstorable_text(value: Any) -> tuple[list[str | int], str] | None:
+    """Where in a decoded JSON ``value`` (its keys included) the first text that
+    ``check_text`` refuses is, and why; None when there is none. Iterative: any depth."""
+    pending: list[tuple[list[str | int], Any]] = [([], value)]
+    while pending:
+        loc, item = pending.pop()
+        if isinstance(item, str):
+            items: list[tuple[list[str | int], Any]] = []
+            texts = [(loc, item)]
+        elif isinstance(item, dict):
+            items = [([*loc, key], child) for key, child in item.items()]
+            texts = [([*loc, REFUSED_CHARACTERS.sub("\ufffd", key)], key) for key in item]
+        elif isinstance(item, list):
+            items = [([*loc, index], child) for index, child in enumerate(item)]
+            texts = []
+        else:
+            continue
+        for place, text in texts:
+            try:
+                check_text(text)
+            except UnstorableError as exc:
+                return place, str(exc)
+        pending.extend(reversed(items))
+    return None
+
+
+class InvalidJSONError(json.JSONDecodeError):
+    """A body or frame that is not JSON Atoll accepts: not UTF-8, not JSON, a number JSON
+    cannot carry back (NaN, Infinity, 1e999), or text ``check_text`` refuses. ``loc`` is
+    the path to the offending value inside the document (empty: the document itself)."""
+
+    def __init__(self, reason: str, document: str = "", loc: list[str | int] | None = None):
+        super().__init__(reason, document, 0)
+        self.reason = reason
+        self.loc: list[str | int] = loc or []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.reason, self.doc, self.loc)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def load_json(data: bytes | str) -> Any:
+    """Decode a request body or frame: the one decoding of client JSON on every door.
+
+    Strict where ``json.loads`` is lax: UTF-8 only, no NaN/Infinity, no number that
+    overflows a float, and no text ``check_text`` refuses anywhere in the document
+    (``InvalidJSONError`` naming where). Integers keep their exact value.
+    """
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UnstorableError("contains characters that are not valid Unicode") from None
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    except UnicodeDecodeError:
+        raise InvalidJSONError("the body is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except json.JSONDecodeError as exc:
+        raise InvalidJSONError(f"not valid JSON: {exc}", text) from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJSONError(f"not valid JSON: {exc or 'nested too deeply'}", text) from None
+    if _MAYBE_REFUSED.search(text) is not None:
+        found = find_unstorable_text(value)
+        if found is not None:
+            raise InvalidJSONError(found[1], text, found[0])
+    return value

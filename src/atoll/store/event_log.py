@@ -1,9 +1,19 @@
-"""The run event log in the database.
+"""The run event log in the database: the one truth of a run.
 
 Appends go through the database's one writer, which commits everything that
 arrived while its previous transaction was committing in a single transaction
 (group commit) and only then resolves the appenders, who then publish. So
 "logged before pushed" holds without one commit per event.
+
+A run's row is derived from its log, in the transaction that stores the event
+(``record_move``): its top-level ``agent_started`` moves it ``starting ->
+running``, its terminal event moves it from any alive state to the state the event
+stands for (with its error, end time and answer). Each move is a conditional UPDATE
+checked against the states it may leave, so exactly one terminal event can end a
+run: a terminal event whose run was already ended (by a cancel, a sweeper, a
+deleted thread) is refused and withdrawn, with everything the batch stored for that
+run after it. Whoever ends a run — the engine through this log, or ``RunStore.end``
+for a run no engine executes — goes through ``record_move``.
 
 The INSERT skips rows whose ``(run_id, seq)`` is already taken and returns the
 ones it stored: an event that collides (a run another process has ended) fails
@@ -13,17 +23,21 @@ alone with ``EventConflictError``, never the batch it shares.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from atoll.errors import EventConflictError
-from atoll.runtime.events import RunEvent
+from atoll.runtime.endings import terminal_state_of
+from atoll.runtime.events import EventType, RunEvent
+from atoll.runtime.state import ExecutionState
+from atoll.store.chat import ALIVE
 from atoll.store.db import Database
-from atoll.store.models import RunEventRow
+from atoll.store.models import Run, RunEventRow
 
 PRUNE_CHUNK = 2_000
 """Events one pruning job deletes at most."""
@@ -47,6 +61,44 @@ SQLITE_INSERT = (
 )
 """The hot path's INSERT on SQLite, handed to the driver as it is: compiling the
 statement and binding every row through SQLAlchemy cost more than the insert itself."""
+
+
+_STARTED = (
+    update(Run)
+    .where(Run.id == bindparam("key_id"), Run.state == ExecutionState.STARTING.value)
+    .values(state=ExecutionState.RUNNING.value, started_at=bindparam("new_at"))
+)
+
+
+def record_move(session: Session, event: RunEvent, *, when: Sequence[Any] = ()) -> bool | None:
+    """Inside a write: move ``event``'s run to what ``event`` says (its start, its end) if
+    its state allows (and ``when``, extra conditions of the caller, holds).
+
+    True when the row moved; False when its state refused (the run ended elsewhere); None
+    when ``event`` moves nothing (not a top-level start or end) or the run has no row.
+    """
+    if event.parent_agent is not None:
+        return None
+    now = datetime.now(UTC)
+    if event.type is EventType.AGENT_STARTED:
+        result = session.connection().execute(_STARTED, {"key_id": event.run_id, "new_at": now})
+    elif event.type.is_terminal:
+        state, error = terminal_state_of(event)
+        answer = None
+        if event.type is EventType.AGENT_COMPLETED:
+            answer = (event.data.get("message") or {}).get("id")
+        ended = (
+            update(Run)
+            .where(Run.id == event.run_id, Run.state.in_(ALIVE), *when)
+            .values(state=state, error=error, finished_at=now, answer_message_id=answer)
+        )
+        result = session.connection().execute(ended)
+    else:
+        return None
+    if int(getattr(result, "rowcount", 0) or 0) == 1:
+        return True
+    exists = session.execute(select(Run.pk).where(Run.id == event.run_id)).first()
+    return False if exists is not None else None
 
 
 class DatabaseRunEventLog:
@@ -77,13 +129,21 @@ class DatabaseRunEventLog:
         if not events:
             return set()
         stored = self._insert(session, events)
-        if len(stored) == len(events):
-            return stored  # no conflict: the hot path
         first_conflict: dict[str, int] = {}
         for event in events:
-            if (event.run_id, event.seq) not in stored:
+            key = (event.run_id, event.seq)
+            if key in stored and record_move(session, event) is False:
+                stored.discard(key)  # its run was ended elsewhere: the event is withdrawn
+                session.execute(
+                    delete(RunEventRow).where(
+                        RunEventRow.run_id == event.run_id, RunEventRow.seq == event.seq
+                    )
+                )
+            if key not in stored:
                 first = first_conflict.get(event.run_id, event.seq)
                 first_conflict[event.run_id] = min(event.seq, first)
+        if not first_conflict:
+            return stored  # no conflict: the hot path
         for run_id, seq in first_conflict.items():
             self._fenced.add(run_id)
             late = [key for key in stored if key[0] == run_id and key[1] > seq]

@@ -23,11 +23,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     Exists,
     ScalarSelect,
     Update,
-    bindparam,
     func,
     insert,
     select,
@@ -38,7 +36,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from atoll.errors import NotFoundError, ThreadBusyError, TooManyWaitingError
-from atoll.runtime.endings import Ending, terminal_state_of
+from atoll.runtime.endings import Ending
 from atoll.runtime.events import RunEvent
 from atoll.runtime.ids import new_id
 from atoll.runtime.state import ExecutionState
@@ -54,7 +52,7 @@ from atoll.store.chat import (
     thread_in,
 )
 from atoll.store.db import Database
-from atoll.store.event_log import event_row
+from atoll.store.event_log import event_row, record_move
 from atoll.store.models import (
     Message,
     Org,
@@ -67,22 +65,6 @@ from atoll.store.models import (
 )
 from atoll.store.orgs import effective_plan, with_org
 from atoll.store.writer import execute_core, insert_rows, rows_changed
-
-_RUNS = Run.__table__
-_FINISHED = (
-    update(Run)
-    .where(Run.id == bindparam("key_id"))
-    .values(
-        state=bindparam("new_state"),
-        error=bindparam("new_error", type_=JSON(none_as_null=True)),  # None: SQL NULL
-        started_at=bindparam("new_started_at", type_=_RUNS.c.started_at.type),
-        finished_at=bindparam("new_finished_at", type_=_RUNS.c.finished_at.type),
-        answer_message_id=bindparam("new_answer"),
-    )
-    .returning(Run.thread_id, Run.user_id)
-)
-"""``finish``: built once (the statement a run ends with costs nothing to prepare)."""
-_FINISHED_HELD = _FINISHED.where(Run.worker_id == bindparam("key_worker"), Run.state.in_(ALIVE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,19 +319,6 @@ class RunStore:
         plan = with_org(select(effective_plan()).select_from(User).where(User.id == user_id))
         return self.runs_at_once(session.execute(plan).scalar())
 
-    async def start(self, run_id: str, worker_id: str, started_at: datetime) -> None:
-        """Record that a worker's run has begun (STARTING -> RUNNING, with its start time)."""
-        statement = (
-            update(Run)
-            .where(
-                Run.id == run_id,
-                Run.worker_id == worker_id,
-                Run.state == ExecutionState.STARTING.value,
-            )
-            .values(state=ExecutionState.RUNNING.value, started_at=started_at)
-        )
-        await self.db.write(lambda session: execute_core(session, statement))
-
     async def requeue(
         self, run_id: str, worker_id: str, *, max_attempts: int | None = None
     ) -> bool:
@@ -372,36 +341,18 @@ class RunStore:
 
     # -- ending ------------------------------------------------------------------------
 
-    async def finish(
-        self,
-        run_id: str,
-        *,
-        state: str,
-        error: dict[str, Any] | None,
-        started_at: datetime | None,
-        finished_at: datetime,
-        answer_message_id: str | None,
-        worker_id: str | None = None,
-    ) -> list[NextRun]:
-        """Record how a run an engine executed ended (a worker's only while it holds it);
-        the runs whose turn came (see ``next_runs``)."""
-        values: dict[str, Any] = {
-            "key_id": run_id,
-            "new_state": state,
-            "new_error": error,
-            "new_started_at": started_at,
-            "new_finished_at": finished_at,
-            "new_answer": answer_message_id,
-        }
-        statement = _FINISHED
-        if worker_id is not None:
-            statement, values["key_worker"] = _FINISHED_HELD, worker_id
+    async def next_after(self, run_id: str) -> list[NextRun]:
+        """The runs whose turn came now that ``run_id`` ended (none while it is alive): its
+        engine logged its terminal event, which moved its row (``record_move``)."""
 
-        def finish(session: Session) -> list[NextRun]:
-            ended = session.connection().execute(statement, values).first()
-            return [] if ended is None else self.next_runs(session, ended.thread_id, ended.user_id)
+        def after(session: Session) -> list[NextRun]:
+            query = select(Run.thread_id, Run.user_id, Run.state).where(Run.id == run_id)
+            row = session.execute(query).first()
+            if row is None or row.state in ALIVE:
+                return []
+            return self.next_runs(session, row.thread_id, row.user_id)
 
-        return await self.db.write(finish)
+        return await self.db.write(after)
 
     async def end(
         self,
@@ -562,20 +513,14 @@ def _end_run(
 ) -> tuple[Run, RunEvent | None] | None:
     """Inside a write: ``RunStore.end``'s step for one run (see there); the run and the
     terminal event appended (None when its log already ended with one)."""
-    conditions = [Run.id == run_id, Run.state.in_(ALIVE)]
-    if queued_only:
-        conditions.append(Run.state == ExecutionState.PENDING.value)
-    if held_by is not None:
-        conditions.append(Run.worker_id == held_by)
-    now = utcnow()
-    ended = (
-        update(Run)
-        .where(*conditions)
-        .values(state=ending.state.value, error=ending.error, finished_at=now)
-    )
-    if not rows_changed(session, ended):
+    run = session.execute(select(Run).where(Run.id == run_id)).scalar()
+    if run is None or run.state not in ALIVE:
         return None
-    run = session.execute(select(Run).where(Run.id == run_id)).scalar_one()
+    when = []
+    if queued_only:
+        when.append(Run.state == ExecutionState.PENDING.value)
+    if held_by is not None:
+        when.append(Run.worker_id == held_by)
     last_query = (
         select(RunEventRow.seq, RunEventRow.payload)
         .where(RunEventRow.run_id == run_id)
@@ -585,11 +530,8 @@ def _end_run(
     last_row = session.execute(last_query).first()
     if last_row is not None:
         last = RunEvent.from_payload(bytes(last_row.payload), user_id=run.user_id)
-        if last.ends_run:
-            state, error = terminal_state_of(last)
-            fix = update(Run).where(Run.id == run_id).values(state=state, error=error)
-            session.connection().execute(fix)
-            return run, None
+        if last.ends_run:  # logged before its row could be moved (data of an older release)
+            return (run, None) if record_move(session, last, when=when) else None
     event = RunEvent.build(
         type=ending.event_type,
         run_id=run.id,
@@ -600,6 +542,8 @@ def _end_run(
         parent_agent=None,
         data=ending.data,
     )
+    if not record_move(session, event, when=when):
+        return None
     session.connection().execute(insert(RunEventRow), [event_row(event)])
     return run, event
 

@@ -20,7 +20,10 @@ needs its own auth, which Atoll does not forward.
 A server that crashes mid-call, closes the connection, answers an error or hangs
 gives a tool error (``tool_error``, or ``tool_timeout`` after the call's timeout),
 never a stuck run: leaving the call's context ends the session and kills a stdio
-server's process.
+server's process. Every message a server sends is bounded in bytes while it is read
+(``mcp_transports``: ``Settings.mcp_max_result_bytes``), and a stdio server that
+exits is named with its exit status (its stderr goes to the log, and into the
+start-up error when it fails at start).
 
 ``mcp`` is imported only when a server is configured, so runs without MCP never
 load it.
@@ -42,6 +45,7 @@ from pydantic import BaseModel
 
 from atoll.errors import ConfigurationError, ToolError, ToolValidationError
 from atoll.runtime.tools.base import Tool, ToolContext
+from atoll.runtime.tools.mcp_transports import TransportReport, bounded_http, bounded_stdio
 
 if TYPE_CHECKING:
     from mcp import ClientSession
@@ -74,35 +78,29 @@ class McpServer:
     plans: frozenset[str] | None = None
     roles: frozenset[str] | None = None
 
+    max_message_bytes: int = 1 << 20
+    """The largest message read from the server (``Settings.mcp_max_result_bytes``)."""
+
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[ClientSession]:
-        """A new, initialised session; closed (the process ended) when the block ends."""
+    async def session(self, report: TransportReport | None = None) -> AsyncIterator[ClientSession]:
+        """A new, initialised session; closed (the process ended) when the block ends.
+        What its transport finds wrong with the server goes to ``report``."""
         from mcp import ClientSession
 
-        async with contextlib.AsyncExitStack() as stack:
-            if self.command is not None:
-                from mcp.client.stdio import StdioServerParameters, stdio_client
-
-                parameters = StdioServerParameters(
-                    command=self.command,
-                    args=list(self.args),
-                    env=dict(self.env) if self.env else None,
-                    cwd=self.cwd,
-                )
-                # The server's stderr is ours: it goes to the operator's log.
-                streams = await stack.enter_async_context(stdio_client(parameters))
-            else:
-                import httpx2
-                from mcp.client.streamable_http import streamable_http_client
-
-                assert self.url is not None
-                http = await stack.enter_async_context(
-                    httpx2.AsyncClient(headers=dict(self.headers or {}), timeout=self.timeout)
-                )
-                streams = await stack.enter_async_context(
-                    streamable_http_client(self.url, http_client=http)
-                )
-            session = await stack.enter_async_context(ClientSession(streams[0], streams[1]))
+        report = report if report is not None else TransportReport()
+        limit = self.max_message_bytes
+        if self.command is not None:
+            transport = bounded_stdio(
+                self.name, command=self.command, args=self.args, env=self.env, cwd=self.cwd,
+                limit=limit, report=report,
+            )  # fmt: skip
+        else:
+            assert self.url is not None
+            transport = bounded_http(
+                self.name, url=self.url, headers=self.headers, http_timeout=self.timeout,
+                limit=limit, report=report,
+            )  # fmt: skip
+        async with transport as streams, ClientSession(streams[0], streams[1]) as session:
             await session.initialize()
             yield session
 
@@ -118,6 +116,7 @@ class McpSession:
 
     def __init__(self, server: McpServer) -> None:
         self.server = server
+        self.report = TransportReport()
         self.broken = False
         self._calls: asyncio.Queue[tuple[str, dict[str, Any], asyncio.Future[Any]] | None] = (
             asyncio.Queue()
@@ -128,7 +127,7 @@ class McpSession:
     async def _serve(self) -> None:
         pending: asyncio.Future[Any] | None = None
         try:
-            async with self.server.session() as session:
+            async with self.server.session(self.report) as session:
                 self._ready.set_result(None)
                 while (item := await self._calls.get()) is not None:
                     name, arguments, pending = item
@@ -136,7 +135,7 @@ class McpSession:
                         result = await session.call_tool(name, arguments)
                     except Exception as exc:
                         if not pending.done():
-                            pending.set_exception(exc)
+                            pending.set_exception(self.report.fault or exc)
                         self.broken = True
                         return
                     if not pending.done():
@@ -144,7 +143,11 @@ class McpSession:
                     pending = None
         except BaseException as exc:
             self.broken = True
-            error = exc if isinstance(exc, Exception) else ToolError("the MCP session ended")
+            error: Exception = (
+                self.report.fault
+                or (exc if isinstance(exc, Exception) else None)
+                or ToolError("the MCP session ended")
+            )
             for future in (self._ready, pending):
                 if future is not None and not future.done():
                     future.set_exception(error)
@@ -272,6 +275,14 @@ def mcp_tool(server: McpServer, spec: Any) -> Tool:
     )
 
 
+def unreachable(name: str, exc: Exception, report: TransportReport) -> str:
+    """Why a server could not be listed: its transport's words (an exit status and the end
+    of its stderr) rather than the task group wrapping them."""
+    reason = report.fault.message if report.fault is not None else f"{type(exc).__name__}: {exc}"
+    stderr = f"; its stderr ends:\n{report.stderr}" if report.stderr else ""
+    return f"MCP server {name!r} could not be reached to list its tools: {reason}{stderr}"
+
+
 async def discover_mcp_tools(servers: list[McpServer]) -> list[Tool]:
     """Every configured server's tools (``ConfigurationError`` naming one that fails)."""
     import anyio
@@ -279,9 +290,10 @@ async def discover_mcp_tools(servers: list[McpServer]) -> list[Tool]:
 
     tools: list[Tool] = []
     for server in servers:
+        report = TransportReport()
         try:
             with anyio.fail_after(DISCOVERY_TIMEOUT):
-                async with server.session() as session:
+                async with server.session(report) as session:
                     listed = []
                     cursor: str | None = None
                     for _ in range(100):  # pages, bounded
@@ -292,10 +304,7 @@ async def discover_mcp_tools(servers: list[McpServer]) -> list[Tool]:
                         if not cursor:
                             break
         except Exception as exc:
-            raise ConfigurationError(
-                f"MCP server {server.name!r} could not be reached to list its tools: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            raise ConfigurationError(unreachable(server.name, exc, report)) from exc
         for spec in listed:
             if server.tools is not None and spec.name not in server.tools:
                 continue

@@ -67,6 +67,7 @@ from fastapi.responses import StreamingResponse
 
 from atoll.runtime.engine import check_agent
 from atoll.runtime.events import EventType, RunEvent
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.conversations import split_conversation
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
@@ -81,7 +82,7 @@ from atoll.server.sse import (
 )
 from atoll.store.runs import Submitted
 
-router = APIRouter(tags=["ag-ui"])
+router = APIRouter(tags=["ag-ui"], route_class=StrictJSONRoute)
 
 ALIAS_SOURCE = "agui"
 MAX_ID = 200

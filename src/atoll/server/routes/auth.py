@@ -9,6 +9,7 @@ from fastapi import APIRouter, Cookie, Request, Response
 from atoll.auth.devices import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_TTL
 from atoll.auth.service import IssuedTokens
 from atoll.errors import SessionRevokedError
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.deps import AddressDep, PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.schemas import (
@@ -24,7 +25,7 @@ from atoll.server.schemas import (
 )
 from atoll.store.models import User, utcnow
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], route_class=StrictJSONRoute)
 DeviceCookie = Annotated[str | None, Cookie(alias=DEVICE_COOKIE, max_length=200)]
 CLOSE_REVOKED = 4401
 

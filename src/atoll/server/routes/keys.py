@@ -9,12 +9,13 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from atoll.auth.keys import KEY_PREFIX
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.schemas import Body
 from atoll.store.models import ApiKey
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], route_class=StrictJSONRoute)
 CLOSE_REVOKED = 4401
 
 

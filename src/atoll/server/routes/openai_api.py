@@ -37,6 +37,7 @@ from pydantic.config import JsonDict
 
 from atoll.errors import ValidationFailedError
 from atoll.runtime.events import EventType, RunEvent
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.conversations import split_conversation
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import openai_error_body, openai_errors
@@ -54,7 +55,7 @@ from atoll.server.sse import (
 )
 from atoll.store.runs import Submitted
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJSONRoute)
 
 MAX_MESSAGES = 200
 """Messages one call may send (each is stored when it starts a thread)."""

@@ -9,10 +9,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from atoll.errors import AuthenticationError, NotFoundError
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.problems import problems
 from atoll.server.services import Services
 
-router = APIRouter(tags=["ops"])
+router = APIRouter(tags=["ops"], route_class=StrictJSONRoute)
 READY = {
     "type": "object",
     "properties": {

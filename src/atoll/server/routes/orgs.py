@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Response
 from atoll.auth.principal import Principal
 from atoll.errors import ValidationFailedError
 from atoll.runtime.plans import Spent
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.routes.threads import Limit
@@ -33,7 +34,7 @@ from atoll.server.services import Services
 from atoll.store.models import utcnow
 from atoll.store.orgs import MemberRow
 
-router = APIRouter(tags=["organisations"])
+router = APIRouter(tags=["organisations"], route_class=StrictJSONRoute)
 
 MemberCursor = Annotated[
     str | None,

@@ -15,6 +15,7 @@ from atoll.errors import ValidationFailedError
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.events import EventType
 from atoll.runtime.ids import new_id
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.schemas import (
@@ -40,7 +41,7 @@ from atoll.server.sse import (
 from atoll.store.bounds import MAX_SEQ, SEQ_PATTERN
 from atoll.store.runs import Submitted
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 Accepted = TypeVar("Accepted", bound=RunAccepted)
 SSE_EVENT = {
     "type": "object",

@@ -11,13 +11,14 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from atoll.errors import AtollError, NotFoundError, SignInError
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.deps import AddressDep, PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.routes.auth import token_out
 from atoll.server.schemas import INTEGER_TEXT, Body, TokenOut
 from atoll.store.bounds import MAX_ROW_KEY
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], route_class=StrictJSONRoute)
 COOKIE = "atoll_signin"
 COOKIE_PATH = "/api/v1/auth/oidc"
 BrowserCookie = Annotated[str | None, Cookie(alias=COOKIE, max_length=100)]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
+from atoll.server.bodies import StrictJSONRoute
 from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.schemas import (
@@ -31,7 +32,7 @@ from atoll.server.schemas import (
 from atoll.store.bounds import ACTIVITY_CURSOR_PATTERN, CURSOR_PATTERN, MAX_SEARCH_CHARS
 from atoll.store.models import Message, Thread
 
-router = APIRouter(tags=["threads"])
+router = APIRouter(tags=["threads"], route_class=StrictJSONRoute)
 
 Limit = Annotated[int, Field(ge=1, le=100), INTEGER_TEXT, Query()]
 Cursor = Annotated[
