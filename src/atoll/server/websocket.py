@@ -50,27 +50,37 @@ class FrameError(Exception):
     """A bad client frame, or a refused one: answered with an ``error`` frame."""
 
     def __init__(
-        self, code: str, detail: str, ref: str | None = None, *, retry_after: float | None = None
+        self,
+        code: str,
+        detail: str,
+        ref: str | None = None,
+        *,
+        extensions: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.ref = ref
-        self.retry_after = retry_after
+        self.extensions = extensions or {}
 
     @classmethod
     def of(cls, error: AtollError, ref: str | None) -> FrameError:
-        """The frame error of ``error``: the code and ``Retry-After`` its HTTP answer has."""
-        return cls(error.code, error.message, ref, retry_after=error.retry_after)
+        """The frame error of ``error``: the code, details and ``retry_after`` its HTTP answer
+        has (as problem extension members and the ``Retry-After`` header)."""
+        extensions = dict(error.details)
+        if error.retry_after is not None:
+            extensions.setdefault("retry_after", round(error.retry_after, 3))
+        return cls(error.code, error.message, ref, extensions=extensions)
 
 
 def error_frame(error: FrameError) -> dict[str, Any]:
-    """The ``error`` frame: ``code``, ``detail``, and ``ref``/``retry_after`` when known."""
+    """The ``error`` frame: ``code``, ``detail``, ``ref`` when known, and the error's details
+    (``retry_after`` …), never replacing one of those."""
     frame: dict[str, Any] = {"type": "error", "code": error.code, "detail": error.detail}
     if error.ref is not None:
         frame["ref"] = error.ref
-    if error.retry_after is not None:
-        frame["retry_after"] = round(error.retry_after, 3)
+    for key, value in error.extensions.items():
+        frame.setdefault(key, value)
     return frame
 
 
