@@ -8,6 +8,7 @@ port nobody listens on is refused as a stopped server is.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -149,3 +150,26 @@ async def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None
         f"the database is at revision 0999, newer than this Atoll (knows up to "
         f"{head_revision()}): upgrade Atoll"
     )
+
+
+async def test_a_postgresql_that_never_answers_is_unavailable_not_a_hang() -> None:
+    """A partition looks like a server that accepts and then says nothing: the connection
+    attempt gives up (``CONNECT_TIMEOUT``) and the read is ``unavailable``."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # kept open, never answered
+
+    listener = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    db = Database(f"postgresql+asyncpg://atoll@127.0.0.1:{port}/atoll")
+    try:
+        with pytest.raises(UnavailableError):
+            async with db.session() as session:
+                await session.execute(text("SELECT 1"))
+    finally:
+        await db.dispose()
+        for writer in silent:
+            writer.close()
+        listener.close()
+        await listener.wait_closed()

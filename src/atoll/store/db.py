@@ -35,6 +35,8 @@ from atoll.store.writer import BatchWriter, T, WriteJob
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 Health = Literal["ok", "unavailable", "storage_full"]
+CONNECT_TIMEOUT = 5.0
+"""Seconds a new connection to PostgreSQL may take."""
 
 
 SQLITE_FILE = "atoll.db"
@@ -85,6 +87,10 @@ class Database:
         options: dict[str, Any] = {"echo": echo, "json_serializer": json_text}
         if not self.is_sqlite:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        if make_url(url).get_driver_name() == "asyncpg":
+            # A database that does not answer is refused within CONNECT_TIMEOUT (503
+            # ``unavailable``) instead of holding every request for asyncpg's 60 s.
+            options["connect_args"] = {"timeout": CONNECT_TIMEOUT}
         self.engine: AsyncEngine = create_async_engine(url, **options)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         if self.is_sqlite:

@@ -25,8 +25,11 @@ from atoll.errors import AtollError, StorageFullError, UnavailableError
 STORAGE_FULL = "the database's disk is full: writes are refused until space is freed"
 UNAVAILABLE = "the database is unavailable; try again later"
 
-# SQLite primary result codes (the low byte of ``sqlite3.Error.sqlite_errorcode``).
+# SQLite result codes: primary ones are the low byte of ``sqlite3.Error.sqlite_errorcode``.
 _SQLITE_FULL = 13
+_SQLITE_IOERR_SHMSIZE = 10 | (19 << 8)
+"""The WAL index (``-shm``) could not grow: on a full file system, SQLite says "disk I/O
+error" where it means "disk full"."""
 _SQLITE_UNAVAILABLE = frozenset(
     {
         5,  # SQLITE_BUSY: still locked after the busy timeout
@@ -87,7 +90,7 @@ def _kind(error: BaseException) -> str | None:
     sqlite_code = getattr(error, "sqlite_errorcode", None)
     if isinstance(sqlite_code, int):
         primary = sqlite_code & 0xFF
-        if primary == _SQLITE_FULL:
+        if primary == _SQLITE_FULL or sqlite_code == _SQLITE_IOERR_SHMSIZE:
             return "full"
         return "unavailable" if primary in _SQLITE_UNAVAILABLE else None
     sqlstate = getattr(error, "sqlstate", None)
