@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import websockets
 
 from atoll.client import AtollClient, ends_run
 
+from disks import fill, small_disk
 from postgres import create_database, postgres_process
 from serving import PASSWORD, ServeProcess, serve_process
 
@@ -33,37 +32,6 @@ pytestmark = [pytest.mark.e2e]
 
 WRITE_REFUSED = {"storage_full": "30", "unavailable": "5"}
 """Each code of a refused request, and its ``Retry-After``."""
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, megabytes: int) -> Iterator[Path]:
-    """A tmpfs of ``megabytes`` at ``path`` (skipped only where mounting is impossible),
-    unmounted at the end."""
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True, capture_output=True)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the file system is full; returns it (delete it to free space)."""
-    filler = disk / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for chunk in (1 << 20, 4096, 512):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(descriptor, b"\0" * chunk)
-    finally:
-        os.close(descriptor)
-    return filler
 
 
 def assert_refused(response: httpx.Response, code: str) -> None:

@@ -22,7 +22,9 @@ from atoll.errors import DatabaseTooNewError, StorageFullError, UnavailableError
 from atoll.store.db import Database, alembic_config, head_revision, migrations, sqlite_url
 from atoll.store.faults import storage_fault
 
+from disks import small_disk
 from ports import free_port
+from postgres import create_database, postgres_process
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +175,50 @@ async def test_a_postgresql_that_never_answers_is_unavailable_not_a_hang() -> No
             writer.close()
         listener.close()
         await listener.wait_closed()
+
+
+BALLAST = (
+    "INSERT INTO ballast SELECT decode(string_agg(md5(random()::text), ''), 'hex') "
+    "FROM generate_series(1, 4096)"
+)
+"""64 KiB of random bytes (stored as they are: the column is ``STORAGE EXTERNAL``)."""
+
+
+def add_ballast(session: Session) -> None:
+    session.execute(text(BALLAST))
+
+
+async def test_a_full_postgresql_disk_refuses_writes_as_storage_full() -> None:
+    """PostgreSQL's own words for a full disk — ``could not extend file … No space left on
+    device`` (SQLSTATE 53100) — from a table in a tablespace on a 1 MiB tmpfs, while the
+    server itself (and its WAL) has room and goes on."""
+    with (
+        postgres_process() as postgres,
+        small_disk(postgres.root / "tablespace", 1, owner="postgres") as disk,
+    ):
+        url = await asyncio.to_thread(create_database, postgres.url)
+        ddl = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        async with ddl.connect() as connection:
+            await connection.execute(text(f"CREATE TABLESPACE small LOCATION '{disk}'"))
+            await connection.execute(text("CREATE TABLE ballast (x bytea) TABLESPACE small"))
+            await connection.execute(text("ALTER TABLE ballast ALTER x SET STORAGE EXTERNAL"))
+        await ddl.dispose()
+        db = Database(url)
+        await db.upgrade()
+        db.start()
+
+        async def fill_the_table() -> None:
+            for _ in range(1_000):  # 64 KiB each, into 1 MiB
+                await db.write(add_ballast)
+
+        try:
+            with pytest.raises(StorageFullError) as refused:
+                await fill_the_table()
+            assert "could not extend file" in str(refused.value.__cause__)
+            async with db.session() as session:  # reads are served
+                assert (await session.execute(text("SELECT count(*) FROM ballast"))).scalar()
+            assert await db.health() == "storage_full"
+            await db.write(_insert_user)  # elsewhere there is room: only that table was full
+        finally:
+            await db.dispose()
+            postgres.stop()  # before the tmpfs is unmounted: it holds the table's files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from atoll.store.writer import BatchWriter, T, WriteJob
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 Health = Literal["ok", "unavailable", "storage_full"]
+FULL_MEMORY = StorageFullError.retry_after or 30.0
+"""PostgreSQL: seconds a write refused for lack of space keeps ``health`` at
+``storage_full`` (the ``Retry-After`` its requests got)."""
 CONNECT_TIMEOUT = 5.0
 """Seconds a new connection to PostgreSQL may take."""
 
@@ -82,8 +86,8 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self.min_free_bytes = min_free_bytes
         """SQLite: less free space than this on its file system is ``storage_full``."""
-        self._refused_for_space = False
-        """The last write failed for lack of space (until one commits again)."""
+        self._refused_for_space_at: float | None = None
+        """When a write last failed for lack of space (SQLite: until one commits again)."""
         options: dict[str, Any] = {"echo": echo, "json_serializer": json_text}
         if not self.is_sqlite:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -118,9 +122,10 @@ class Database:
             if fault is None:
                 raise
             if isinstance(fault, StorageFullError):
-                self._refused_for_space = True
+                self._refused_for_space_at = time.monotonic()
             raise fault from exc
-        self._refused_for_space = False
+        if self.is_sqlite:  # on SQLite every commit needed space; see ``health``
+            self._refused_for_space_at = None
         return result
 
     @asynccontextmanager
@@ -151,10 +156,13 @@ class Database:
         """Whether a request that needs the database can be served: ``ok``, ``unavailable``
         (it does not answer) or ``storage_full`` (it answers but cannot write).
 
-        A read must answer; on SQLite the file system must have ``min_free_bytes`` free;
-        and if the last write failed for lack of space, a probe write must commit now (the
-        answer cannot wait for a request's write: a load balancer sends none to a node
-        that is not ready).
+        A read must answer. SQLite: its file system must have ``min_free_bytes`` free, and
+        after a write refused for lack of space a probe write must commit now (a node a
+        load balancer took out of service gets no request whose write could tell).
+        PostgreSQL: no write may have been refused for lack of space in the last
+        ``FULL_MEMORY`` seconds — a probe cannot tell there (an update in place commits
+        while an insert that needs a new page is refused), and the memory expires so that
+        a node taken out of service is tried again.
         """
         try:
             async with self.connect() as connection:
@@ -164,13 +172,17 @@ class Database:
             return "storage_full" if isinstance(fault, StorageFullError) else "unavailable"
         if self.is_sqlite and self.free_bytes() < self.min_free_bytes:
             return "storage_full"
-        if self._refused_for_space:
-            try:
-                await self.write(_touch)
-            except StorageFullError:
-                return "storage_full"
-            except Exception:
-                return "unavailable"
+        refused_at = self._refused_for_space_at
+        if refused_at is None:
+            return "ok"
+        if not self.is_sqlite:
+            return "storage_full" if time.monotonic() - refused_at < FULL_MEMORY else "ok"
+        try:
+            await self.write(_touch)
+        except StorageFullError:
+            return "storage_full"
+        except Exception:
+            return "unavailable"
         return "ok"
 
     def free_bytes(self) -> int:
