@@ -86,3 +86,25 @@ def test_requiring_sso_from_the_command_line_ends_password_sessions(tmp_path: Pa
     assert unknown.returncode == 1 and "unknown provider 'acme'" in unknown.stderr
     unbound = org(data, "set-providers", org_id)
     assert unbound.stdout.strip() == "providers: any configured provider; 0 session(s) ended"
+
+
+async def test_an_operator_command_beside_a_live_server_leaves_its_runs_alone(
+    tmp_path: Path,
+) -> None:
+    """`atoll org` and `atoll user` touch accounts and organisations only: a command run
+    beside a live single-process server must not take the server's runs for a crashed
+    process's (before, every such command marked the server's runs in progress dead)."""
+    from atoll.client import AtollClient
+
+    data = tmp_path / "data"
+    with serve_process(data, ATOLL_OFFLINE_TOKEN_DELAY="0.2") as server:
+        async with AtollClient(server.url) as ada:
+            await ada.register("ada@example.com", PASSWORD)
+            accepted = await ada.chat("How do plugins work?", agent="assistant")  # ~10 s
+            run_id = accepted["run"]["id"]
+            stream = ada.stream(run_id)
+            first = await anext(stream)  # the run is going
+            assert first["type"] == "agent_started"
+            assert org(data, "create", "Beside").returncode == 0
+            rest = [event async for event in stream]
+        assert rest[-1]["type"] == "agent_completed", rest[-1]

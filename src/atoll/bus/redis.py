@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from atoll.aio import settle_task
 from atoll.bus.memory import InMemoryEventBus, MemorySubscription, Notice
+from atoll.errors import UnavailableError
 from atoll.ratelimit import Reservation
 from atoll.runtime.events import RunEvent
 from atoll.runtime.limits import run_limit_error
@@ -238,6 +239,8 @@ return -1
 """
 
 
+SHARED_LIMITS_DOWN = "the shared limits are unavailable (redis); try again shortly"
+
 _CHARGE = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
@@ -280,8 +283,12 @@ class RedisCostBudget:
         await self._charge(keys=[self._key(key)], args=[round(advance_ms, 3)])
 
     async def check(self, key: str) -> float | None:
-        """None if ``key`` is within its budget, else the seconds until it is."""
-        over_ms = int(await self._over(keys=[self._key(key)], args=[self._period_ms]))
+        """None if ``key`` is within its budget, else the seconds until it is
+        (``UnavailableError`` while Redis does not answer)."""
+        try:
+            over_ms = int(await self._over(keys=[self._key(key)], args=[self._period_ms]))
+        except (RedisError, OSError):
+            raise UnavailableError(SHARED_LIMITS_DOWN) from None
         return over_ms / 1000 if over_ms > 0 else None
 
 
@@ -310,7 +317,7 @@ class RedisRateLimiter:
             )
         except (RedisError, OSError):
             if not self.fail_open:
-                raise
+                raise UnavailableError(SHARED_LIMITS_DOWN) from None
             logger.warning("rate limit %s not checked: redis is unreachable", self._prefix)
             return None
         return None if int(wait_ms) < 0 else int(wait_ms) / 1000

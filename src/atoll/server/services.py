@@ -43,7 +43,7 @@ from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
 from atoll.server.connections import ConnectionRegistry, SocketsPerAddress, StreamSlots
 from atoll.server.consumer import RunConsumer
-from atoll.server.execution import Dispatch
+from atoll.server.dispatch import LocalRunDispatch, QueueRunDispatch, RunDispatch
 from atoll.server.metrics import Metrics
 from atoll.server.notices import UserNotices
 from atoll.server.runs import STALL_AFTER, RunService
@@ -255,6 +255,76 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
         await db.dispose()
 
 
+def build_auth(
+    settings: Settings, db: Database, audit: AuditLog, orgs: OrgStore, cluster: Cluster | None
+) -> AuthService:
+    """The one ``AuthService`` of a process (its limits shared through Redis when scaled out)."""
+    return AuthService(
+        db,
+        token_codec(settings),
+        Passwords(),
+        audit,
+        failures=cluster.login_failures
+        if cluster is not None
+        else SlidingWindowCounter(settings.login_failures_window),
+        limits=LoginLimits(
+            per_email=settings.login_failures_limit,
+            per_address=settings.login_failures_per_address,
+            per_account=settings.login_failures_per_account,
+        ),
+        signups=cluster.signup_limiter
+        if cluster is not None
+        else LocalRateLimiter(settings.signups_per_hour, 3600.0),
+        sessions=SessionCache(settings.session_cache_seconds),
+        revocations=cluster.revocations if cluster is not None else None,
+        orgs=orgs,
+        default_plan=settings.default_plan,
+        refresh_reuse=settings.refresh_reuse_seconds,
+    )
+
+
+def build_org_admin(
+    settings: Settings, orgs: OrgStore, auth: AuthService, audit: AuditLog
+) -> OrgAdmin:
+    """Organisation administration, with the configured plans and providers."""
+    return OrgAdmin(
+        orgs,
+        auth,
+        audit,
+        PlanCatalog.from_settings(settings),
+        providers=frozenset(p.name for p in settings.oidc_providers),
+    )
+
+
+@dataclass
+class Operator:
+    """What the operator's commands (``atoll user``, ``atoll org``) work with: accounts and
+    organisations, never runs — a command run beside a live server must not touch them."""
+
+    auth: AuthService
+    orgs: OrgStore
+    org_admin: OrgAdmin
+
+
+@contextlib.asynccontextmanager
+async def running_operator(settings: Settings) -> AsyncIterator[Operator]:
+    """The database (and, scaled out, Redis for revocations) and the account services, for
+    one operator command; no runs recovered, no background work started."""
+    async with contextlib.AsyncExitStack() as stack:
+        db = await stack.enter_async_context(open_database(settings))
+        cluster = (
+            await stack.enter_async_context(
+                connected_cluster(settings, node_id=process_id("operator"))
+            )
+            if settings.redis_url is not None
+            else None
+        )
+        audit = AuditLog(db)
+        orgs = OrgStore(db)
+        auth = build_auth(settings, db, audit, orgs, cluster)
+        yield Operator(auth, orgs, build_org_admin(settings, orgs, auth, audit))
+
+
 @contextlib.asynccontextmanager
 async def running_services(
     settings: Settings, tracing: Tracing | None = None
@@ -273,28 +343,7 @@ async def running_services(
         )
         audit = AuditLog(db)
         orgs = OrgStore(db)
-        auth = AuthService(
-            db,
-            token_codec(settings),
-            Passwords(),
-            audit,
-            failures=cluster.login_failures
-            if cluster is not None
-            else SlidingWindowCounter(settings.login_failures_window),
-            limits=LoginLimits(
-                per_email=settings.login_failures_limit,
-                per_address=settings.login_failures_per_address,
-                per_account=settings.login_failures_per_account,
-            ),
-            signups=cluster.signup_limiter
-            if cluster is not None
-            else LocalRateLimiter(settings.signups_per_hour, 3600.0),
-            sessions=SessionCache(settings.session_cache_seconds),
-            revocations=cluster.revocations if cluster is not None else None,
-            orgs=orgs,
-            default_plan=settings.default_plan,
-            refresh_reuse=settings.refresh_reuse_seconds,
-        )
+        auth = build_auth(settings, db, audit, orgs, cluster)
         chat = ChatStore(db, audit)
         local_bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
         llm = build_llm_provider(settings)
@@ -309,8 +358,7 @@ async def running_services(
         )
         assert factory.plans is not None
         run_store = run_store_of(settings, db)
-        consumer: RunConsumer | None = None
-        dispatch: Dispatch
+        dispatch: RunDispatch
         cpu_budget: CostBudget
         if cluster is None:
             cpu_budget = LocalCostBudget(settings.cpu_budget_seconds, settings.cpu_budget_period)
@@ -322,23 +370,21 @@ async def running_services(
                 capacity=settings.run_capacity,
                 cpu_budget=cpu_budget,
             )
-            dispatch = consumer.dispatch
+            dispatch = LocalRunDispatch(consumer, factory)
         else:
             cpu_budget = cluster.cpu_budget
-            dispatch = cluster.dispatch
+            dispatch = QueueRunDispatch(cluster)
         notices = UserNotices(local_bus, cluster.bus if cluster is not None else None)
         runs = RunService(
             chat=chat,
             notices=notices,
             store=run_store,
-            consumer=consumer,
             factory=factory,
             audit=audit,
             message_limiter=cluster.message_limiter
             if cluster is not None
             else LocalRateLimiter(settings.messages_per_minute, 60.0),
-            cluster=cluster,
-            dispatch=dispatch,
+            runs=dispatch,
             cpu_budget=cpu_budget,
             plans=factory.plans,
             usage=usage,
@@ -347,6 +393,7 @@ async def running_services(
         connections = ConnectionRegistry(settings.max_ws_connections, metrics)
         relay: RedisEventRelay | None = None
         if cluster is None:
+            factory.processes.start()  # this process executes runs: no cold tool start
             await runs.recover()
             stalled = partial(run_every, STALL_AFTER, step=runs.start_stalled)
             background(stack, stalled, "atoll-stalled-runs")
@@ -382,13 +429,7 @@ async def running_services(
             factory=factory,
             auth=auth,
             orgs=orgs,
-            org_admin=OrgAdmin(
-                orgs,
-                auth,
-                audit,
-                factory.plans,
-                providers=frozenset(p.name for p in settings.oidc_providers),
-            ),
+            org_admin=build_org_admin(settings, orgs, auth, audit),
             usage=usage,
             plans=factory.plans,
             keys=ApiKeys(db, audit),

@@ -36,6 +36,7 @@ from atoll.config import Settings
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.consumer import RunConsumer
+from atoll.server.dispatch import QueueRunDispatch
 from atoll.server.metrics import WorkerMetrics
 from atoll.server.sweeper import Sweeper
 from atoll.store.models import Run
@@ -74,7 +75,7 @@ class Worker:
             bus=cluster.bus,
             consumer_id=worker_id,
             capacity=settings.worker_concurrency,
-            dispatch=cluster.dispatch,
+            dispatch=QueueRunDispatch(cluster).dispatch,
             cpu_budget=cluster.cpu_budget,
             before_engine=self._take_slot if settings.run_overflow == "wait" else None,
             release=self._release_entry,
