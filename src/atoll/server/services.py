@@ -19,6 +19,7 @@ from atoll.auth.keys import ApiKeys
 from atoll.auth.oidc import OIDCProvider
 from atoll.auth.org_admin import OrgAdmin
 from atoll.auth.passwords import Passwords
+from atoll.auth.principal import Principal
 from atoll.auth.service import AuthService, LoginLimits
 from atoll.auth.sessions import SessionCache
 from atoll.auth.signin import SignInService
@@ -47,6 +48,7 @@ from atoll.server.execution import Dispatch
 from atoll.server.metrics import Metrics
 from atoll.server.notices import UserNotices
 from atoll.server.runs import STALL_AFTER, RunService
+from atoll.server.session_watch import Revocations, SessionWatch
 from atoll.server.sweeper import Sweeper
 from atoll.server.worker import Worker
 from atoll.store.audit import AuditLog
@@ -94,6 +96,8 @@ class Services:
     streams: StreamSlots
     notices: UserNotices
     tracing: Tracing
+    watch: SessionWatch
+    """What each session has open here (its sockets' and streams' subscriptions)."""
     cluster: Cluster | None = None
     relay: RedisEventRelay | None = None
     accepting: bool = True
@@ -121,11 +125,15 @@ class Services:
         self.bus.closing()
         self._stopped.set()
 
-    async def subscribe(self, user_id: str) -> MemorySubscription:
-        """A subscription to ``user_id``'s events, wherever they are produced."""
+    async def subscribe(self, principal: Principal) -> MemorySubscription:
+        """A subscription to ``principal``'s events, wherever they are produced, that ends
+        (``SessionEnded``) when the session or key it was opened with ends."""
         if self.relay is not None:
-            return await self.relay.subscribe(user_id)
-        return self.bus.subscribe(user_id)
+            subscription = await self.relay.subscribe(principal.user_id)
+        else:
+            subscription = self.bus.subscribe(principal.user_id)
+        self.watch.hold(principal, subscription)
+        return subscription
 
 
 async def build_registry(settings: Settings) -> AgentRegistry:
@@ -275,6 +283,8 @@ async def running_services(
         )
         audit = AuditLog(db)
         orgs = OrgStore(db)
+        session_cache = SessionCache(settings.session_cache_seconds)
+        watch = SessionWatch(session_cache)
         auth = AuthService(
             db,
             token_codec(settings),
@@ -291,8 +301,8 @@ async def running_services(
             signups=cluster.signup_limiter
             if cluster is not None
             else LocalRateLimiter(settings.signups_per_hour, 3600.0),
-            sessions=SessionCache(settings.session_cache_seconds),
-            revocations=cluster.revocations if cluster is not None else None,
+            sessions=session_cache,
+            revocations=Revocations(watch, cluster.revocations if cluster is not None else None),
             orgs=orgs,
             default_plan=settings.default_plan,
             refresh_reuse=settings.refresh_reuse_seconds,
@@ -348,19 +358,18 @@ async def running_services(
             stalled = partial(run_every, STALL_AFTER, step=runs.start_stalled)
             background(stack, stalled, "atoll-stalled-runs")
         else:
-            sessions = auth.sessions
-            sessions.distrust()  # until the revocation channel is subscribed
+            session_cache.distrust()  # until the revocation channel is subscribed
 
-            async def revoked(session_id: str) -> None:
-                """A session ended on some node: refuse its tokens, close its sockets here."""
-                sessions.invalidate(session_id)
-                await connections.close_session(session_id, 4401, "session_revoked")
+            async def revoked(session_id: str, reason: str) -> None:
+                """A session ended on some node: refuse its tokens, end its sockets and
+                streams here."""
+                watch.end(session_id, reason)
 
             listen = partial(
                 cluster.revocations.listen,
                 revoked=revoked,
-                subscribed=sessions.trust,
-                lost=sessions.distrust,
+                subscribed=session_cache.trust,
+                lost=session_cache.distrust,
             )
             background(stack, listen, "atoll-session-revocations")
             relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
@@ -404,10 +413,13 @@ async def running_services(
             streams=StreamSlots(settings.max_sse_streams),
             notices=notices,
             tracing=tracing,
+            watch=watch,
             cluster=cluster,
             relay=relay,
         )
         await stack.enter_async_context(factory)
+        check = partial(watch.watch, ended=auth.ended, interval=settings.session_check_seconds)
+        background(stack, check, "atoll-session-check")
         retention = timedelta(hours=settings.event_retention_hours)
         prune = partial(prune_events, event_log, retention)
         background(stack, partial(run_every, 3600.0, step=prune), "atoll-event-pruner")
