@@ -54,11 +54,20 @@ MULTITASK = ("reject", "enqueue", "interrupt")
 class FrameError(Exception):
     """A bad client frame: answered with an ``error`` frame."""
 
-    def __init__(self, code: str, detail: str, ref: str | None = None) -> None:
+    def __init__(
+        self, code: str, detail: str, ref: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.ref = ref
+        self.details = details or {}
+        """The error's details (``retry_after``, ``scope``…), as a problem's extensions."""
+
+    @classmethod
+    def of(cls, error: AtollError, ref: str | None) -> FrameError:
+        """The frame error of an ``AtollError``: its code, message and details."""
+        return cls(error.code, error.message, ref, error.details)
 
 
 def _bearer(websocket: WebSocket) -> str | None:
@@ -137,7 +146,7 @@ class Session:
             await self.connection.close(CLOSE_AUTH, ended_code(reason))
             raise SessionEndedError from None
         except AtollError as exc:  # the database is unavailable: this frame fails, not the socket
-            raise FrameError(exc.code, exc.message, ref) from None
+            raise FrameError.of(exc, ref) from None
         return self.principal
 
     async def read(self) -> None:
@@ -161,14 +170,18 @@ class Session:
             try:
                 await self._frame(text)
             except FrameError as exc:
-                self._error(exc.code, exc.detail, exc.ref)
+                self._error(exc.code, exc.detail, exc.ref, exc.details)
             except SessionEndedError:
                 return
 
-    def _error(self, code: str, detail: str, ref: str | None = None) -> None:
+    def _error(
+        self, code: str, detail: str, ref: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
         if ref is not None:
             frame["ref"] = ref
+        for name, value in (details or {}).items():  # never replacing a standard member
+            frame.setdefault(name, value)
         self.services.metrics.error_frames.labels(code).inc()
         self.connection.send(frame)
 
@@ -221,7 +234,7 @@ class Session:
                 acknowledge=self._acknowledge,
             )
         except AtollError as exc:
-            raise FrameError(exc.code, exc.message, ref) from None
+            raise FrameError.of(exc, ref) from None
 
     def _acknowledge(self, submitted: Submitted) -> None:
         """Queue the ack of a stored message, before anything of its run (see RunService)."""
@@ -235,7 +248,7 @@ class Session:
         try:
             run = await self.services.runs.cancel(principal, run_id)
         except AtollError as exc:
-            raise FrameError(exc.code, exc.message, run_id) from None
+            raise FrameError.of(exc, run_id) from None
         self.connection.send({"type": "ack", "run_id": run.id, "thread_id": run.thread_id})
 
     async def _resume(self, frame: dict[str, Any]) -> None:
@@ -247,7 +260,7 @@ class Session:
         try:
             await self.services.chat.run(principal.user_id, run_id)
         except AtollError as exc:
-            raise FrameError(exc.code, exc.message, run_id) from None
+            raise FrameError.of(exc, run_id) from None
         self.connection.send(Resume(run_id, after))
 
 

@@ -283,7 +283,7 @@ async def complete(
     """Wait for the run's end and answer with the whole completion."""
     others: list[dict[str, Any]] = []
     async for item in events:
-        if item in CUT_SHORT:
+        if isinstance(item, Tick) and item in CUT_SHORT:
             status, body = CUT_SHORT[item]
             return JSONResponse(body, status_code=status, headers=headers)
         if isinstance(item, Tick):
@@ -342,7 +342,7 @@ async def stream_items(
         if item is Tick.KEEPALIVE:
             yield b": keep-alive\n\n"
             continue
-        if item in CUT_SHORT:
+        if isinstance(item, Tick) and item in CUT_SHORT:
             _, error = CUT_SHORT[item]
             yield b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n"
             return
