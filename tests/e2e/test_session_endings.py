@@ -1,7 +1,8 @@
 """Every way a session ends ends everything open with it, on every door (issue 24, item 4).
 
 A user has a run streaming on each door at once — the WebSocket, ``GET /runs/{id}/stream``,
-a streamed ``POST /chat``, the OpenAI door and AG-UI — each run held mid-answer by the
+a streamed ``POST /chat``, the OpenAI door (streamed, and a whole answer being waited
+for) and AG-UI — each run held mid-answer by the
 model (the fake's "gate"), so nothing ends by itself. Then the session (or API key)
 ends: a logout, a refresh token reused, the key revoked, the member removed, SSO
 required. Every socket closes with 4401 and every stream ends with its door's error
@@ -33,6 +34,7 @@ from atoll.store.models import AuthSession, OrgMember, Run, utcnow
 from integration.fake_openai import API_KEY, FakeOpenAI, serve_fake_openai
 
 from serving import PASSWORD, make_settings
+from support import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.security]
 GATED = "gate: wait here"
@@ -205,11 +207,23 @@ async def ends_everything(
     """Open every door with ``token``; after ``end()`` each closes with the session's end,
     while every run still waits at the model's gate."""
     async with everything_open(served, token) as (socket, streams):
+        asked = len(served.fake.requests)
+        completion = {"model": "assistant", "messages": [{"role": "user", "content": GATED}]}
+        whole = asyncio.create_task(
+            served.http.post(
+                "/v1/chat/completions",
+                json=completion,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        )  # a completion not streamed: its answer is waited for
+        await until(lambda: len(served.fake.requests) > asked, DEADLINE, "the run at the model")
         await end()
         assert await socket_closed(socket) == (4401, reason)
         for stream in streams:
             messages = await stream.ended()
             assert session_error(stream.door, messages) == "session_revoked", stream.door
+        answer = await asyncio.wait_for(whole, DEADLINE)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (401, "session_revoked")
         assert not served.fake.gate.is_set()  # no run ended by itself: the session did
     refused = await served.http.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert (refused.status_code, refused.json()["code"]) == (401, "session_revoked")

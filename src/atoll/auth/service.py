@@ -377,16 +377,12 @@ class AuthService:
             await self._revoked(claims.session_id, ENDED)
             if rotation.outcome == "refused":
                 raise SessionRevokedError(
-                    "your organisation no longer allows this way of signing in; sign in again",
-                    session_id=claims.session_id,
+                    "your organisation no longer allows this way of signing in; sign in again"
                 )
             await self._audit.record(
                 "refresh_reuse", user_id=claims.user_id, session_id=claims.session_id
             )
-            raise RefreshReuseError(
-                "this refresh token was already used; the session is revoked",
-                session_id=claims.session_id,
-            )
+            raise RefreshReuseError("this refresh token was already used; the session is revoked")
         assert rotation.user is not None
         assert rotation.issued_at is not None
         await self._audit.record(
