@@ -123,23 +123,18 @@ def _ref(frame: dict[str, Any]) -> str | None:
 class Session:
     """One authenticated socket: reads frames and hands everything to the writer."""
 
-    def __init__(
-        self,
-        services: Services,
-        credential: Credential,
-        principal: Principal,
-        connection: Connection,
-    ) -> None:
+    def __init__(self, services: Services, credential: Credential, connection: Connection) -> None:
         self.services = services
         self.credential = credential
-        self.principal = principal
+        """What the socket authenticated with: its principal is read again for every frame
+        that starts work, never kept."""
         self.connection = connection
 
     async def _checked(self, ref: str | None) -> Principal:
         """The socket's principal as it is now (``principal_for``, like every request); a
         session that ended closes the socket (4401) and ends what else it has open here."""
         try:
-            self.principal = await self.services.auth.principal_for(self.credential)
+            return await self.services.auth.principal_for(self.credential)
         except AuthenticationError as exc:
             reason = exc.reason if isinstance(exc, SessionRevokedError) else None
             self.services.watch.end(self.credential.session_id, reason or exc.code)
@@ -147,7 +142,6 @@ class Session:
             raise SessionEndedError from None
         except AtollError as exc:  # the database is unavailable: this frame fails, not the socket
             raise FrameError.of(exc, ref) from None
-        return self.principal
 
     async def read(self) -> None:
         websocket = self.connection.websocket
@@ -353,7 +347,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_POLICY, "too many connections")
         return
     subscription = await services.subscribe(principal)
-    session = Session(services, credential, principal, connection)
+    session = Session(services, credential, connection)
     connection.send(
         {
             "type": "connection_established",
