@@ -486,8 +486,10 @@ REVOKED_CHANNEL = "atoll:sessions:revoked"
 class RedisSessionRevocations:
     """Revoked sessions, announced to every process on a pub/sub channel.
 
-    ``publish`` is the ``RevocationNotifier`` of ``AuthService``; ``listen`` runs in
-    every API node and calls ``revoked(session_id)`` for each announcement. It
+    ``publish`` announces to every API node (the ``RevocationNotifier`` of
+    ``AuthService`` calls it); ``listen`` runs in every API node and calls
+    ``revoked(session_id, reason)`` for each announcement (a message is the session id,
+    a space and the reason; a bare id, from an older node, has the reason ``""``). It
     calls ``subscribed()`` once it receives announcements, and ``lost()`` as soon as
     it may not (an outage, a dropped connection): pub/sub keeps nothing for a
     subscriber that was away, so the session cache must not be trusted meanwhile.
@@ -496,15 +498,15 @@ class RedisSessionRevocations:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def publish(self, session_id: str) -> None:
-        """Announce that ``session_id`` was revoked."""
-        await self._redis.publish(REVOKED_CHANNEL, session_id)
+    async def publish(self, session_id: str, reason: str) -> None:
+        """Announce that ``session_id`` was revoked, for ``reason``."""
+        await self._redis.publish(REVOKED_CHANNEL, f"{session_id} {reason}")
 
     async def listen(
         self,
         stop: asyncio.Event,
         *,
-        revoked: Callable[[str], Awaitable[None]],
+        revoked: Callable[[str, str], Awaitable[None]],
         subscribed: Callable[[], None],
         lost: Callable[[], None],
     ) -> None:
@@ -520,7 +522,9 @@ class RedisSessionRevocations:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
-                        await revoked(data.decode() if isinstance(data, bytes) else str(data))
+                        text = data.decode() if isinstance(data, bytes) else str(data)
+                        session_id, _, reason = text.partition(" ")
+                        await revoked(session_id, reason)
             except (TimeoutError, RedisError, OSError) as exc:
                 lost()
                 logger.warning("session revocations: redis unavailable (%s)", type(exc).__name__)

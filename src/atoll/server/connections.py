@@ -254,18 +254,6 @@ class ConnectionRegistry:
             return len(self._by_user.get(user_id, ()))
         return sum(len(c) for c in self._by_user.values())
 
-    async def close_session(self, session_id: str, code: int, reason: str) -> None:
-        """Close the connections opened with ``session_id`` (logout: 4401)."""
-        for connections in list(self._by_user.values()):
-            for connection in list(connections):
-                if connection.session_id == session_id:
-                    await connection.close(code, reason)
-
-    async def close_user(self, user_id: str, code: int, reason: str) -> None:
-        """Close every connection of ``user_id`` (removed from their organisation: 4401)."""
-        for connection in list(self._by_user.get(user_id, ())):
-            await connection.close(code, reason)
-
     async def close_all(self, code: int, reason: str) -> None:
         """Close every connection (shutdown: 1001, clients reconnect)."""
         for connections in list(self._by_user.values()):

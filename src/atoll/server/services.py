@@ -19,6 +19,7 @@ from atoll.auth.keys import ApiKeys
 from atoll.auth.oidc import OIDCProvider
 from atoll.auth.org_admin import OrgAdmin
 from atoll.auth.passwords import Passwords
+from atoll.auth.principal import Principal
 from atoll.auth.service import AuthService, LoginLimits
 from atoll.auth.sessions import SessionCache
 from atoll.auth.signin import SignInService
@@ -47,6 +48,7 @@ from atoll.server.dispatch import LocalRunDispatch, QueueRunDispatch, RunDispatc
 from atoll.server.metrics import Metrics
 from atoll.server.notices import UserNotices
 from atoll.server.runs import STALL_AFTER, RunService
+from atoll.server.session_watch import Revocations, SessionWatch
 from atoll.server.sweeper import Sweeper
 from atoll.server.worker import Worker
 from atoll.store.audit import AuditLog
@@ -91,6 +93,8 @@ class Services:
     sockets: SocketsPerAddress
     notices: UserNotices
     tracing: Tracing
+    watch: SessionWatch
+    """What each session has open here (its sockets' and streams' subscriptions)."""
     cluster: Cluster | None = None
     relay: RedisEventRelay | None = None
     accepting: bool = True
@@ -118,11 +122,15 @@ class Services:
         self.bus.closing()
         self._stopped.set()
 
-    async def subscribe(self, user_id: str) -> MemorySubscription:
-        """A subscription to ``user_id``'s events, wherever they are produced."""
+    async def subscribe(self, principal: Principal) -> MemorySubscription:
+        """A subscription to ``principal``'s events, wherever they are produced, that ends
+        (``SessionEnded``) when the session or key it was opened with ends."""
         if self.relay is not None:
-            return await self.relay.subscribe(user_id)
-        return self.bus.subscribe(user_id)
+            subscription = await self.relay.subscribe(principal.user_id)
+        else:
+            subscription = self.bus.subscribe(principal.user_id)
+        self.watch.hold(principal, subscription)
+        return subscription
 
 
 async def build_registry(settings: Settings) -> AgentRegistry:
@@ -256,9 +264,15 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
 
 
 def build_auth(
-    settings: Settings, db: Database, audit: AuditLog, orgs: OrgStore, cluster: Cluster | None
+    settings: Settings,
+    db: Database,
+    audit: AuditLog,
+    orgs: OrgStore,
+    cluster: Cluster | None,
+    watch: SessionWatch,
 ) -> AuthService:
-    """The one ``AuthService`` of a process (its limits shared through Redis when scaled out)."""
+    """The one ``AuthService`` of a process (its limits shared through Redis when scaled out;
+    the sessions it ends end their sockets and streams through ``watch``)."""
     return AuthService(
         db,
         token_codec(settings),
@@ -275,8 +289,8 @@ def build_auth(
         signups=cluster.signup_limiter
         if cluster is not None
         else LocalRateLimiter(settings.signups_per_hour, 3600.0),
-        sessions=SessionCache(settings.session_cache_seconds),
-        revocations=cluster.revocations if cluster is not None else None,
+        sessions=watch.cache,
+        revocations=Revocations(watch, cluster.revocations if cluster is not None else None),
         orgs=orgs,
         default_plan=settings.default_plan,
         refresh_reuse=settings.refresh_reuse_seconds,
@@ -321,7 +335,8 @@ async def running_operator(settings: Settings) -> AsyncIterator[Operator]:
         )
         audit = AuditLog(db)
         orgs = OrgStore(db)
-        auth = build_auth(settings, db, audit, orgs, cluster)
+        watch = SessionWatch(SessionCache(settings.session_cache_seconds))  # no sockets here
+        auth = build_auth(settings, db, audit, orgs, cluster, watch)
         yield Operator(auth, orgs, build_org_admin(settings, orgs, auth, audit))
 
 
@@ -343,7 +358,9 @@ async def running_services(
         )
         audit = AuditLog(db)
         orgs = OrgStore(db)
-        auth = build_auth(settings, db, audit, orgs, cluster)
+        session_cache = SessionCache(settings.session_cache_seconds)
+        watch = SessionWatch(session_cache)
+        auth = build_auth(settings, db, audit, orgs, cluster, watch)
         chat = ChatStore(db, audit)
         local_bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
         llm = build_llm_provider(settings)
@@ -398,19 +415,18 @@ async def running_services(
             stalled = partial(run_every, STALL_AFTER, step=runs.start_stalled)
             background(stack, stalled, "atoll-stalled-runs")
         else:
-            sessions = auth.sessions
-            sessions.distrust()  # until the revocation channel is subscribed
+            session_cache.distrust()  # until the revocation channel is subscribed
 
-            async def revoked(session_id: str) -> None:
-                """A session ended on some node: refuse its tokens, close its sockets here."""
-                sessions.invalidate(session_id)
-                await connections.close_session(session_id, 4401, "session_revoked")
+            async def revoked(session_id: str, reason: str) -> None:
+                """A session ended on some node: refuse its tokens, end its sockets and
+                streams here."""
+                watch.end(session_id, reason)
 
             listen = partial(
                 cluster.revocations.listen,
                 revoked=revoked,
-                subscribed=sessions.trust,
-                lost=sessions.distrust,
+                subscribed=session_cache.trust,
+                lost=session_cache.distrust,
             )
             background(stack, listen, "atoll-session-revocations")
             relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
@@ -451,10 +467,13 @@ async def running_services(
             ),
             notices=notices,
             tracing=tracing,
+            watch=watch,
             cluster=cluster,
             relay=relay,
         )
         await stack.enter_async_context(factory)
+        check = partial(watch.watch, ended=auth.ended, interval=settings.session_check_seconds)
+        background(stack, check, "atoll-session-check")
         retention = timedelta(hours=settings.event_retention_hours)
         prune = partial(prune_events, event_log, retention)
         background(stack, partial(run_every, 3600.0, step=prune), "atoll-event-pruner")
