@@ -43,5 +43,5 @@ async def test_finished_runs_leave_no_trace_in_memory(tmp_path: Path) -> None:
             assert not factory._engines
             assert factory.slots.active(client.user["id"]) == 0  # type: ignore[attr-defined,index]
             (connection,) = services.connections._by_user[client.user["id"]]  # type: ignore[index]
-            assert connection._cursor == {}
+            assert connection._following == {}
             assert len(connection._ended) == 30

@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from atoll.auth.principal import Principal
 from atoll.bus.memory import Closing, MemorySubscription, Notice, Resync, SessionEnded
 from atoll.runtime.events import RunEvent
+from atoll.server.follower import RunCursor
 from atoll.server.services import Services
 from atoll.store.runs import Submitted
 
@@ -142,22 +143,17 @@ async def follow_run(
     however the iteration ends. Every adapter of a run to a wire format (SSE, the
     OpenAI-compatible API, AG-UI) reads a run through this.
     """
-    user_id = principal.user_id
     replay = subscription is None
     if subscription is None:
         subscription = await services.subscribe(principal)
+    cursor = RunCursor(services.event_log, run_id=run_id, user_id=principal.user_id, after=after)
     try:
-        last = after
-        logged_events = (
-            await services.event_log.read(run_id, user_id=user_id, after=after) if replay else []
-        )
-        for index, logged in enumerate(logged_events):
-            if logged.ends_run:
-                yield logged_events[: index + 1]
+        if replay:
+            logged = await cursor.catch_up()
+            if logged:
+                yield logged
+            if cursor.ended:
                 return
-        if logged_events:
-            yield logged_events
-            last = logged_events[-1].seq
         while True:
             try:
                 async with asyncio.timeout(KEEPALIVE_SECONDS):  # no task per wait (wait_for)
@@ -173,25 +169,15 @@ async def follow_run(
                         yield batch
                     yield Tick.CLOSING if isinstance(event, Closing) else Tick.SESSION_ENDED
                     return
-                if isinstance(event, Resync):  # events may have been missed: catch up from the log
-                    items = await services.event_log.read(run_id, user_id=user_id, after=last)
-                elif isinstance(event, Notice):
+                if isinstance(event, Notice):
                     continue  # a thread or message change: the WebSocket's business
-                elif event.run_id != run_id or event.user_id != user_id or event.seq <= last:
-                    continue
-                elif event.seq > last + 1:  # a gap: fill it from the log
-                    missed = await services.event_log.read(run_id, user_id=user_id, after=last)
-                    items = [*(m for m in missed if m.seq < event.seq), event]
+                if isinstance(event, Resync):  # events may have been missed: from the log
+                    batch += await cursor.catch_up()
                 else:
-                    items = [event]
-                for item in items:
-                    if item.seq <= last:
-                        continue
-                    batch.append(item)
-                    last = item.seq
-                    if item.ends_run:
-                        yield batch
-                        return
+                    batch += await cursor.take(event)
+                if cursor.ended:
+                    yield batch
+                    return
             if batch:
                 yield batch
     finally:
