@@ -106,13 +106,9 @@ class LocalRunDispatch:
             await asyncio.wait(tasks, timeout=within)
 
     async def drain(self, grace: float) -> None:
-        """Start no more (queued runs stay queued for the next start), give executing runs
-        ``grace`` seconds, then cancel those held that had not begun (``shutdown``)."""
-        self.consumer.stop()
-        tasks = self.consumer.tasks()
-        if tasks and grace > 0:
-            await asyncio.wait(tasks, timeout=grace)
-        self.consumer.cancel_waiting("shutdown")
+        """The consumer's shutdown (``RunConsumer.drain``): queued runs stay queued for the
+        next start."""
+        await self.consumer.drain(grace)
 
     async def wait_all(self) -> None:
         """Wait for every run task of the consumer."""
