@@ -171,11 +171,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _create_user(args: argparse.Namespace, password: str) -> str:
     from atoll.config import Settings
-    from atoll.server.services import running_services
+    from atoll.server.services import running_operator
 
     settings = _settings(args)
     assert isinstance(settings, Settings)
-    async with running_services(settings) as services:
+    async with running_operator(settings) as services:
         if args.plan is not None:
             services.org_admin.check_plan(args.plan)
         user = await services.auth.create_user(
@@ -225,11 +225,11 @@ def _chat(args: argparse.Namespace) -> int:
 
 async def _org_action(args: argparse.Namespace) -> list[str]:
     from atoll.config import Settings
-    from atoll.server.services import running_services
+    from atoll.server.services import running_operator
 
     settings = _settings(args)
     assert isinstance(settings, Settings)
-    async with running_services(settings) as services:
+    async with running_operator(settings) as services:
         admin, orgs = services.org_admin, services.orgs
         if args.org_command == "create":
             return [(await admin.create(args.name, args.plan)).id]

@@ -181,6 +181,14 @@ class Settings(BaseSettings):
         description="How long a verified session is reused without a database read (revocations "
         "in Atoll apply at once; other changes to the database within this time); 0: never",
     )
+    session_check_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="How often a server asks the database which sessions its sockets and streams "
+        "were opened with have ended (by another process: `atoll org remove` beside a single "
+        "`atoll serve`); revocations made by a server reach every node at once",
+    )
     signups_per_hour: int = Field(20, ge=1, description="Sign-ups per client address per hour")
     forwarded_allow_ips: str | None = Field(
         None,

@@ -124,10 +124,10 @@ class SessionRevokedError(AuthenticationError):
 
     code = "session_revoked"
 
-    def __init__(self, message: str, *, session_id: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
-        self.session_id = session_id
-        """The session this very call ended (its sockets are to close); never sent."""
+        self.reason = reason
+        """Why the session had ended (its ``revoked_reason``), when known; never sent."""
 
 
 class RefreshReuseError(SessionRevokedError):

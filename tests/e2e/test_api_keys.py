@@ -127,3 +127,33 @@ async def test_at_most_twenty_live_keys(new_client: Any) -> None:
     )  # fmt: skip
     await ada.request("DELETE", f"/keys/{made[0]['id']}")
     await ada.request("POST", "/keys", json={"name": "now it fits"})
+
+
+async def test_a_socket_opened_with_a_key_closes_when_the_key_expires(
+    settings_factory: Callable[..., Any],
+) -> None:
+    """Expiry is an ending nobody announces: the server's check of the keys its sockets
+    were opened with finds it (docs/auth.md, "When a session ends")."""
+    async with running_server(settings_factory()) as (server, uvicorn_server):
+        services = uvicorn_server.config.app.state.services
+        async with AtollClient(server) as ada:
+            await ada.register("ada@example.com", PASSWORD)
+            made = await ada.request("POST", "/keys", json={"name": "week", "expires_in_days": 7})
+            async with as_key(server, made["key"]) as bot, bot.connect() as socket:
+                await socket.ping()
+                statement = (
+                    update(ApiKey)
+                    .where(ApiKey.id == made["id"])
+                    .values(expires_at=utcnow() - timedelta(seconds=1))
+                )
+                await services.db.write(lambda session: session.execute(statement))
+                with pytest.raises(websockets.ConnectionClosed) as gone:
+                    await asyncio.wait_for(until_closed(socket), 10)
+                assert gone.value.rcvd is not None
+                assert (gone.value.rcvd.code, gone.value.rcvd.reason) == (4401, "session_revoked")
+
+
+async def until_closed(socket: Any) -> None:
+    """Read the socket until the server closes it."""
+    while True:
+        await socket.receive()

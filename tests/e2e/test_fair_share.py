@@ -85,7 +85,7 @@ async def test_runs_waiting_for_room_go_cheapest_user_first_not_first_come(
     ):
         await ada.register("ada@example.com", PASSWORD)
         await bob.register("bob@example.com", PASSWORD)
-        consumer = server.config.app.state.services.runs._consumer
+        consumer = server.config.app.state.services.runs._runs.consumer
         warm = await ada.chat("What is 6*7?", agent="assistant")  # Ada has spent CPU lately
         assert [e async for e in ada.stream(warm["run"]["id"])][-1]["type"] == "agent_completed"
         ada_id = (await ada.request("GET", "/me"))["id"]

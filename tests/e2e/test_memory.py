@@ -33,7 +33,7 @@ async def test_finished_runs_leave_no_trace_in_memory(tmp_path: Path) -> None:
                 assert [e async for e in socket.run_events(ack["run_id"])][-1]["data"]
             runs, factory = services.runs, services.factory
             await until(lambda: len(factory.tracker) == 0, 10, "the tracker forgot the runs")
-            consumer = runs._consumer
+            consumer = runs._runs.consumer
             assert consumer is not None
             await until(lambda: not consumer.runs, 5, "the run tasks are gone")
             totals = factory.tracker.finished_totals()  # the counts outlive the records
@@ -43,5 +43,5 @@ async def test_finished_runs_leave_no_trace_in_memory(tmp_path: Path) -> None:
             assert not factory._engines
             assert factory.slots.active(client.user["id"]) == 0  # type: ignore[attr-defined,index]
             (connection,) = services.connections._by_user[client.user["id"]]  # type: ignore[index]
-            assert connection._cursor == {}
+            assert connection._following == {}
             assert len(connection._ended) == 30

@@ -19,6 +19,7 @@ from atoll.store.models import OrgMember, utcnow
 from integration.fake_openai import API_KEY, FakeOpenAI, serve_fake_openai
 
 from serving import PASSWORD, make_settings
+from support import until
 
 pytestmark = [pytest.mark.e2e]
 TOKENS_PER_CALL = 18  # the fake's usage chunk: 11 prompt + 7 completion
@@ -210,3 +211,37 @@ async def test_usage_counts_every_model_call_and_concurrent_ends_add_up(tmp_path
         me = await fay.request("GET", "/me")
         assert me["usage"]["tokens"] == (2 + 8) * TOKENS_PER_CALL
         assert me["limits"]["monthly_tokens"] is None
+
+
+async def test_an_open_socket_works_under_the_plan_rest_applies_at_that_moment(
+    tmp_path: Path,
+) -> None:
+    """Issue 24: a socket opened on a plan with every agent and no budget, then the
+    organisation moved to a smaller plan: once REST applies the new plan (within the
+    session cache's lifetime, here 1 s), the socket refuses the same agent (403) and the
+    spent budget (429) — it checks the session, and takes its plan, for every message."""
+    plans = {"pro": {}, "free": {"agents": ["assistant"], "monthly_tokens": 10}}
+    async with served_with_model(tmp_path, plans, session_cache_seconds=1) as (url, services, _):
+        acme = await services.org_admin.create("Acme", "pro")
+        async with user(url, "ada@acme.test") as ada:
+            await into_org(services, ada, acme.id)
+            async with ada.connect() as socket:
+                ack = await socket.send_message("hello", agent="supervisor")
+                assert ack["type"] == "ack"  # pro: every agent, no budget
+                assert (await finished(ada, ack["run_id"]))[-1]["type"] == "agent_completed"
+                assert (await ada.request("GET", "/me"))["usage"]["tokens"] >= TOKENS_PER_CALL
+                await services.org_admin.set_plan(acme.id, "free", by=None)
+
+                async def rest_applies_free() -> bool:
+                    return bool((await ada.request("GET", "/me"))["plan"] == "free")
+
+                await until(rest_applies_free, within=10, what="REST applying the new plan")
+                forbidden = await refusal(ada.chat("hi", agent="supervisor"))
+                assert (forbidden.status, forbidden.code) == (403, "agent_forbidden")
+                spent = await refusal(ada.chat("hi", agent="assistant"))
+                assert (spent.status, spent.code) == (429, "quota_exceeded")
+                frame = await socket.send_message("hi", agent="supervisor")
+                assert (frame["type"], frame["code"]) == ("error", "agent_forbidden")
+                frame = await socket.send_message("hi", agent="assistant")
+                assert (frame["type"], frame["code"]) == ("error", "quota_exceeded")
+                assert frame["scope"] == "user" and frame["budget"] == 10

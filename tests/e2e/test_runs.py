@@ -220,8 +220,8 @@ async def test_a_cancel_that_reaches_a_run_during_its_claim_or_before_ends_it(
         during = await services.runs.submit(
             principal, content="one", thread_id=None, agent="assistant", multitask="reject"
         )
-        assert services.runs.cancel_local(during.run.id, principal.user_id, reason="user")
-        store, consumer = services.runs._store, services.runs._consumer
+        await services.runs._runs.cancel(during.run.id, principal.user_id, "user")
+        store, consumer = services.runs._store, services.runs._runs.consumer
         before, _ = await store.submit(
             principal.user_id, content="two", thread_id=None, agent="assistant",
             multitask="reject", metadata=None, client_id=None,

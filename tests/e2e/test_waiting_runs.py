@@ -66,7 +66,7 @@ async def refused(call: Any) -> ApiError:
 
 
 def held_here(services: Services) -> set[str]:
-    consumer = services.runs._consumer
+    consumer = services.runs._runs.consumer
     assert consumer is not None
     return consumer.known()
 
@@ -223,7 +223,7 @@ async def test_deleting_a_thread_ends_every_run_of_it_before_the_204(tmp_path: P
             assert sum(t in ("agent_completed", "agent_cancelled", "agent_error")
                        for t in types) == 1, types  # fmt: skip
         fake.gate.set()
-        assert not services.runs._consumer.known()  # nothing of it held, nothing runs
+        assert not services.runs._runs.consumer.known()  # nothing of it held, nothing runs
         assert services.factory.live_runs() == []
         async with services.db.session() as session:
             orphans = await session.execute(

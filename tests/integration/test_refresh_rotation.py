@@ -41,7 +41,17 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def auth_service(db: Database, clock: Callable[[], datetime]) -> AuthService:
+class Announced(list[tuple[str, str]]):
+    """The ``RevocationNotifier`` of a test: what was announced (a server ends the
+    session's sockets and streams on every node with it)."""
+
+    async def publish(self, session_id: str, reason: str) -> None:
+        self.append((session_id, reason))
+
+
+def auth_service(
+    db: Database, clock: Callable[[], datetime], announced: Announced | None = None
+) -> AuthService:
     codec = TokenCodec(
         SECRET, issuer="atoll", audience="atoll-api", access_ttl=900, refresh_ttl=86400
     )
@@ -49,6 +59,7 @@ def auth_service(db: Database, clock: Callable[[], datetime]) -> AuthService:
         db, codec, Passwords(time_cost=1, memory_cost=8192), AuditLog(db),
         failures=SlidingWindowCounter(900), limits=LoginLimits(),
         signups=LocalRateLimiter(100, 3600), refresh_reuse=REUSE, clock=clock,
+        revocations=announced,
     )  # fmt: skip
 
 
@@ -58,8 +69,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def signed_in(database: Database, clock: Clock) -> tuple[AuthService, IssuedTokens]:
-    auth = auth_service(database, clock)
+def announced() -> Announced:
+    return Announced()
+
+
+@pytest.fixture
+async def signed_in(
+    database: Database, clock: Clock, announced: Announced
+) -> tuple[AuthService, IssuedTokens]:
+    auth = auth_service(database, clock, announced)
     user = await auth.create_user("ada@example.com", "correct horse battery")
     return auth, await auth.session_for(user, None)
 
@@ -114,15 +132,15 @@ async def test_the_spent_token_within_the_interval_gets_the_same_pair(
 
 
 async def test_the_spent_token_after_the_interval_revokes_the_session(
-    signed_in: tuple[AuthService, IssuedTokens], clock: Clock
+    signed_in: tuple[AuthService, IssuedTokens], clock: Clock, announced: Announced
 ) -> None:
     auth, first = signed_in
     rotated = await auth.refresh(first.refresh_token)
     session_id = (await auth.authenticate(rotated.access_token)).session_id
     clock.advance(REUSE)
-    with pytest.raises(RefreshReuseError) as reused:
+    with pytest.raises(RefreshReuseError):
         await auth.refresh(first.refresh_token)
-    assert reused.value.session_id == session_id  # its sockets are to close
+    assert announced == [(session_id, "session_revoked")]  # its sockets and streams end
     with pytest.raises(SessionRevokedError):
         await auth.authenticate(rotated.access_token)
     with pytest.raises(SessionRevokedError):
@@ -142,9 +160,9 @@ async def test_a_token_two_rotations_old_revokes_at_once(
 
 
 async def test_a_policy_change_ends_password_sessions_and_a_refresh_checks_it_again(
-    database: Database, clock: Clock
+    database: Database, clock: Clock, announced: Announced
 ) -> None:
-    auth = auth_service(database, clock)
+    auth = auth_service(database, clock, announced)
     orgs = OrgStore(database)
     org = await orgs.create("Example")
     await orgs.add_domain(org.id, "example.com")
@@ -159,12 +177,12 @@ async def test_a_policy_change_ends_password_sessions_and_a_refresh_checks_it_ag
     by_provider = await auth.refresh(by_provider.refresh_token)
     await auth.refresh(outsider.refresh_token)
     # A session that began in the instant the policy changed (here: the policy changes
-    # behind the sweep's back) ends at its next refresh, its sockets to be closed.
+    # behind the sweep's back) ends at its next refresh, its sockets and streams with it.
     slipped = await auth.session_for(ada, "social")
     await database.write(lambda session: session.add(OrgProvider(org_id=org.id, provider="acme")))
-    with pytest.raises(SessionRevokedError) as refused:
+    with pytest.raises(SessionRevokedError):
         await auth.refresh(slipped.refresh_token)
-    assert refused.value.session_id == session_of(slipped)
+    assert announced == [(session_of(slipped), "session_revoked")]
     assert await orgs.set_policy(org.id, providers=["acme"]) == []  # acme's session stays
     await auth.refresh(by_provider.refresh_token)
 

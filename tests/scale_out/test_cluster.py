@@ -263,7 +263,7 @@ async def test_cancel_sent_to_node_b_stops_the_run_on_its_worker(deployment: Dep
         assert row.worker_id in deployment.workers
 
 
-async def test_a_run_waiting_on_a_worker_for_its_slot_is_cancelled_at_once(
+async def test_a_run_waiting_for_its_slot_waits_in_the_database_and_is_cancelled_at_once(
     deployment: Deployment,
 ) -> None:
     async with (
@@ -273,7 +273,9 @@ async def test_a_run_waiting_on_a_worker_for_its_slot_is_cancelled_at_once(
     ):
         first, _ = await start_long_run(socket, until="agent_started")
         waiting = (await on_a.chat("What is 5*5?", agent="assistant"))["run"]["id"]
-        await deployment.claimed(waiting)  # it waits on its worker for the user's one slot
+        # It waits for the user's one slot in the database: no worker holds it meanwhile.
+        row = await deployment.run_row(waiting)
+        assert (row.state, row.worker_id) == ("pending", None)
         await on_b.request("POST", f"/runs/{waiting}/cancel")
         run = await wait_for_state(on_b, waiting, TERMINAL, 5)
         assert run["state"] == "cancelled"
@@ -384,7 +386,7 @@ async def test_an_organisation_s_plan_budget_holds_on_nodes_and_workers(
             assert usage["tokens"] > 0 and usage["org_tokens"] == usage["tokens"]
 
 
-async def test_a_stopping_worker_finishes_its_run_and_hands_back_the_unstarted_one(
+async def test_a_stopping_worker_finishes_its_run_and_the_waiting_one_runs_elsewhere(
     deployment: Deployment,
 ) -> None:
     async with (
@@ -393,28 +395,25 @@ async def test_a_stopping_worker_finishes_its_run_and_hands_back_the_unstarted_o
     ):
         async with client.connect() as socket:
             run_id, events = await start_long_run(socket, until="agent_started")
-            # The user's limit is 1: this one is claimed by worker-1 and waits.
+            # The user's limit is 1: this one waits for the slot, in the database.
             waiting = (await client.chat("What is 3*14?", agent="assistant"))["run"]
-            await deployment.claimed(waiting["id"])
             workers["worker-1"].process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             events += [e async for e in socket.run_events(run_id)]
         assert events[-1]["type"] == "agent_completed"  # finished within the grace
         assert gapless(events)
         code = await asyncio.to_thread(workers["worker-1"].stop, 0)  # 0: just wait
         assert code == 0
-        log = workers["worker-1"].log_text()
-        assert f"run {waiting['id']} handed back to the queue" in log
-        assert "waiting up to 10s for 1 run(s)" in log
+        assert "waiting up to 10s for 1 run(s)" in workers["worker-1"].log_text()
         row = await deployment.run_row(waiting["id"])
-        assert (row.state, row.worker_id) == ("pending", None)  # back in the queue
+        assert (row.state, row.worker_id) == ("pending", None)  # queued, held by nobody
         await asyncio.to_thread(workers["worker-2"].start)
         run = await wait_for_state(client, waiting["id"], TERMINAL, 30)
         assert run["state"] == "completed"
         row = await deployment.run_row(waiting["id"])
-        assert (row.worker_id, row.attempts) == ("worker-2", 2)
+        assert (row.worker_id, row.attempts) == ("worker-2", 1)
 
 
-async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_one(
+async def test_kill_9_of_a_worker_marks_its_run_dead_and_the_waiting_one_runs_elsewhere(
     deployment: Deployment,
 ) -> None:
     async with (
@@ -423,11 +422,11 @@ async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_o
     ):
         async with client.connect() as socket:
             started, _ = await start_long_run(socket, until="agent_started")  # holds the slot
-            # The user's limit is 1: this run is claimed by worker-1 but waits for a slot.
+            # The user's limit is 1: this run waits for the slot in the database.
             waiting = await client.chat("What is 12*12?", agent="assistant")
             waiting_id = waiting["run"]["id"]
-            row = await deployment.claimed(waiting_id)
-            assert (row.worker_id, row.state) == ("worker-1", "starting")
+            row = await deployment.run_row(waiting_id)
+            assert (row.worker_id, row.state) == (None, "pending")
             assert await client.events(waiting_id) == []  # not begun: no event yet
             killed_at = time.monotonic()  # while the first run still streams (for seconds)
             await asyncio.to_thread(workers["worker-1"].stop, signal.SIGKILL)
@@ -446,7 +445,7 @@ async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_o
         retried = await wait_for_state(client, waiting_id, TERMINAL, 30)
         assert retried["state"] == "completed"
         row = await deployment.run_row(waiting_id)
-        assert (row.worker_id, row.attempts) == ("worker-2", 2)
+        assert (row.worker_id, row.attempts) == ("worker-2", 1)  # its turn came: the dead run
         events = await client.events(waiting_id)
         assert gapless(events)
         assert "144" in events[-1]["data"]["message"]["content"]

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import websockets
 
 from atoll.client import ApiError, AtollClient
 from atoll.config import Settings
@@ -194,3 +197,63 @@ async def test_two_tabs_refreshing_on_two_nodes_get_the_same_pair(
         on_b.access_token, on_b.refresh_token = next(iter(pairs))
         assert (await on_b.request("GET", "/me"))["email"] == "tabs@example.com"
         await on_b.refresh()  # the family goes on, on either node
+
+
+async def test_a_key_revoked_on_one_node_ends_its_socket_and_stream_on_the_other(
+    servers: tuple[str, str], tmp_path: Path
+) -> None:
+    """Issue 24: a program's socket and streamed POST are open on node B with an API key;
+    the key is revoked on node A. B hears it through Redis (its own check of open sessions
+    is a minute away here): the socket closes with 4401 and the stream ends with its error
+    event, though the run (queued: no workers) has not ended."""
+    postgres, redis_url = servers
+    database_url = await asyncio.to_thread(create_database, postgres)
+    shared = {"database_url": database_url, "redis_url": redis_url,
+              "secret_key": secrets.token_urlsafe(48), "session_check_seconds": 60.0}  # fmt: skip
+    async with (
+        running_server(make_settings(tmp_path / "a", **shared)) as (node_a, _),
+        running_server(make_settings(tmp_path / "b", **shared)) as (node_b, server_b),
+        AtollClient(node_a) as ada,
+        AtollClient(node_b) as program,
+        httpx.AsyncClient(base_url=node_b, timeout=30) as http,
+    ):
+        cache = services_of(server_b).auth.sessions
+        for _ in range(100):  # B subscribes to revocations in the background
+            if cache.trusted:
+                break
+            await asyncio.sleep(0.05)
+        assert cache.trusted
+        await ada.register("program@example.com", PASSWORD)
+        made = await ada.request("POST", "/keys", json={"name": "program"})
+        program.access_token = made["key"]
+        headers = {"Authorization": f"Bearer {made['key']}", "Accept": "text/event-stream"}
+        async with (
+            program.connect() as socket,
+            http.stream(
+                "POST", "/api/v1/chat", json={"message": "queued"}, headers=headers
+            ) as answer,
+        ):
+            assert answer.status_code == 200
+            lines = answer.aiter_lines()
+            assert await anext(lines) == "event: ack"  # subscribed on B from here on
+            await ada.request("DELETE", f"/keys/{made['id']}")
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(until_closed(socket), 10)
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, "session_revoked")
+            rest = await asyncio.wait_for(remaining(lines), 10)
+        assert not any(line.startswith("id: ") for line in rest)  # no event of the run: pending
+        ending = rest.index("event: error")
+        error = json.loads(rest[ending + 1].removeprefix("data: "))
+        assert (error["type"], error["code"]) == ("error", "session_revoked")
+
+
+async def until_closed(socket: Any) -> None:
+    """Read the socket until the server closes it."""
+    while True:
+        await socket.receive()
+
+
+async def remaining(lines: AsyncIterator[str]) -> list[str]:
+    """The rest of a stream's lines, until the server ends it."""
+    return [line async for line in lines]

@@ -121,10 +121,20 @@ async def test_a_resume_never_repeats_what_this_socket_already_sent() -> None:
 
 
 async def test_a_resume_replays_from_the_clients_position_when_it_is_further() -> None:
+    # The ack rule holds for a resume too: the socket starts to see the run, so its ack
+    # comes first (before, a resumed run's events came with no ack).
     h, run = Harness(), new_id("run")
     await h.log_events(run, 9, ended=True)
     await h.feed(Resume(run, 4), event(run, 3), event(run, 9, last=True))
-    assert h.seen(run) == [5, 6, 7, 8, 9]
+    assert h.seen(run) == ["ack", 5, 6, 7, 8, 9]
+
+
+async def test_a_resume_of_a_run_this_socket_follows_sends_no_second_ack() -> None:
+    h, run = Harness(), new_id("run")
+    await h.log_events(run, 5)
+    await h.feed(event(run, 1), event(run, 2), Resume(run, 0), event(run, 5))
+    assert h.seen(run) == ["ack", 1, 2, 3, 4, 5]
+    assert h.lookups == [run]
 
 
 async def test_events_of_a_run_without_an_ack_here_are_preceded_by_its_ack() -> None:
@@ -169,7 +179,7 @@ async def test_an_ended_run_is_not_written_again_by_late_duplicates_or_resumes()
     only = event(run, 1, last=True)
     await h.feed(only, only, Resume(run, 0), Resync(), only)
     assert h.seen(run) == ["ack", 1]
-    assert run not in h.connection._cursor  # a finished run holds no cursor
+    assert run not in h.connection._following  # a finished run holds no cursor
 
 
 async def test_another_users_event_is_never_written() -> None:

@@ -1,13 +1,18 @@
-"""The session cache: reuse for a few seconds, never past a revocation."""
+"""The session cache: reuse for a few seconds, never past a revocation; the watch that ends
+what a session has open (sockets, streams) when it ends."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 import pytest
 
 from atoll.auth.principal import Principal
 from atoll.auth.sessions import SessionCache
+from atoll.bus.memory import InMemoryEventBus, SessionEnded
+from atoll.server.session_watch import SessionWatch
 
 pytestmark = pytest.mark.unit
 
@@ -67,3 +72,66 @@ def test_a_lifetime_of_zero_caches_nothing_and_the_size_is_bounded() -> None:
     assert len(small) == 3
     assert small.get("ses_0") is None
     assert small.get("ses_4") is not None
+
+
+def key(key_id: str = "key_a") -> Principal:
+    return Principal(
+        user_id="usr_a", session_id=key_id, email="a@example.com", name=None, plan="free",
+        roles=frozenset(), created_at=datetime.now(UTC), scopes=frozenset({"chat"}),
+    )  # fmt: skip
+
+
+def test_ending_a_session_ends_every_open_subscription_held_for_it_and_no_other() -> None:
+    cache = SessionCache(10.0)
+    watch = SessionWatch(cache)
+    bus = InMemoryEventBus()
+    tab, stream, other = bus.subscribe("usr_a"), bus.subscribe("usr_a"), bus.subscribe("usr_a")
+    watch.hold(principal("ses_a"), tab)
+    watch.hold(principal("ses_a"), stream)
+    watch.hold(key("key_a"), other)
+    cache.put(principal("ses_a"), epoch=cache.epoch)
+    assert watch.end("ses_a", "removed_from_org") == 2
+    assert tab.drain() == [SessionEnded("removed_from_org")]
+    assert stream.drain() == [SessionEnded("removed_from_org")]
+    assert other.drain() == []
+    assert cache.get("ses_a") is None  # refused here from now on
+    assert watch.end("ses_a", "logout") == 0  # once
+    assert [p.session_id for p in watch.held()] == ["key_a"]
+    assert watch.end("key_a", "logout") == 1
+    assert other.drain() == [SessionEnded("session_revoked")]  # what a client is told
+
+
+def test_closed_subscriptions_are_let_go() -> None:
+    watch = SessionWatch(SessionCache(10.0))
+    bus = InMemoryEventBus()
+    gone, kept = bus.subscribe("usr_a"), bus.subscribe("usr_a")
+    watch.hold(principal("ses_a"), gone)
+    watch.hold(principal("ses_b"), kept)
+    asyncio.run(gone.aclose())
+    assert [p.session_id for p in watch.held()] == ["ses_b"]
+    assert watch.end("ses_a", "logout") == 0
+
+
+async def test_the_check_ends_what_the_database_says_ended_and_survives_its_failures() -> None:
+    watch = SessionWatch(SessionCache(10.0))
+    bus = InMemoryEventBus()
+    ended, alive = bus.subscribe("usr_a"), bus.subscribe("usr_a")
+    watch.hold(principal("ses_a"), ended)
+    watch.hold(key("key_a"), alive)
+    asked: list[set[str]] = []
+
+    async def failing(held: Collection[Principal]) -> dict[str, str]:
+        raise OSError("the database is down")
+
+    async def database(held: Collection[Principal]) -> dict[str, str]:
+        asked.append({p.session_id for p in held})
+        return {"ses_a": "removed_from_org"}
+
+    await watch.check(failing)  # logged; nothing ends, the next check tries again
+    assert ended.drain() == []
+    await watch.check(database)
+    assert asked == [{"ses_a", "key_a"}]
+    assert ended.drain() == [SessionEnded("removed_from_org")]
+    assert alive.drain() == []
+    await watch.check(database)
+    assert asked[-1] == {"key_a"}

@@ -1,14 +1,14 @@
 """``OrgAdmin``: what an organisation's admins (over REST) and operators (the CLI) change.
 
 Every change is audited with who made it (``by``: the acting user's id, None for an
-operator at the command line). Removing a member ends all their sessions at once
-and keeps them out (no sign-in, no password login) until an admin restores them;
+operator at the command line). Removing a member ends all their sessions and API
+keys at once and keeps them out (no sign-in, no password login) until an admin restores them;
 an organisation never loses its last admin through this door.
 
 A change of the sign-in policy (SSO required, the providers it is bound to, a new
 domain) ends, in the same transaction, every session of the organisation's people
-that the new policy would not let in, and announces each one like a logout. The
-methods answer the ended session ids so that the server closes their sockets.
+that the new policy would not let in, and announces each one like a logout (their
+sockets and streams end). The methods answer the ended session ids.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from atoll.auth.principal import Principal
-from atoll.auth.service import AuthService
+from atoll.auth.service import REMOVED_FROM_ORG, AuthService
 from atoll.errors import (
     LastSignInError,
     NotFoundError,
@@ -98,9 +98,9 @@ class OrgAdmin:
         return previous
 
     async def remove(self, org_id: str, user_id: str, *, by: str | None) -> int:
-        """Remove a member and end every session of theirs; how many sessions ended."""
+        """Remove a member and end every session and API key of theirs; how many ended."""
         await self.orgs.remove_member(org_id, user_id, by=by)
-        ended = await self._auth.revoke_all(user_id, "removed_from_org")
+        ended = await self._auth.revoke_all(user_id, REMOVED_FROM_ORG)
         await self._audited("org_member_removed", org_id, by, member=user_id, sessions=ended)
         return ended
 

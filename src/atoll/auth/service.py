@@ -11,7 +11,7 @@ import dataclasses
 import hmac
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, NoReturn
@@ -57,6 +57,12 @@ from atoll.store.writer import rows_changed
 logger = logging.getLogger(__name__)
 SSO_REQUIRED = "your organisation requires signing in with its identity provider"
 REMOVED = "your organisation removed you; ask its admin"
+REMOVED_FROM_ORG = "removed_from_org"
+"""Why the sessions of a member removed from their organisation ended (``revoked_reason``)."""
+ENDED = "session_revoked"
+"""What a client is told when its session (or key) ended, unless it was removed."""
+CHUNK = 500
+"""Ids per ``IN (…)`` of ``AuthService.ended`` (well under every database's parameter limit)."""
 
 _NOT_IN_ADDRESS = r"@\x00-\x20\x7f"
 EMAIL_SHAPE = rf"[^{_NOT_IN_ADDRESS}]{{1,64}}@[^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}]+"
@@ -82,6 +88,22 @@ class IssuedTokens:
     expires_in: int
     device_cookie: str | None = None
     """For the client to keep (``atoll.auth.devices``); None: nothing to set."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What a genuine bearer token names: a session (an access token's), or an API key.
+
+    The first half of the one validation (``AuthService.credential_of``); the second,
+    ``AuthService.principal_for``, reads what it names as it is now.
+    """
+
+    session_id: str
+    """The session's id, or the key's."""
+    user_id: str | None
+    """The access token's user; None for a key (its owner is read with it)."""
+    key_digest: str | None = None
+    """A key's digest, compared with the stored one on every check; None: an access token."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +174,23 @@ class LoginLimits:
     def device_keys(self, nonce: str) -> dict[str, int]:
         """The failure key of a trusted client (a valid device cookie): its own, alone."""
         return {f"device:{nonce}": self.per_email}
+
+
+def session_live(row: AuthSession) -> bool:
+    """Whether a session row may authenticate (the rule for one and for many at once)."""
+    return row.revoked_at is None
+
+
+def ended_code(reason: str | None) -> str:
+    """What a socket or stream of a session that ended for ``reason`` is told:
+    ``removed_from_org`` for a removed member, else ``session_revoked``."""
+    return REMOVED_FROM_ORG if reason == REMOVED_FROM_ORG else ENDED
+
+
+def chunked(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``ids`` in slices of at most ``CHUNK``."""
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]
 
 
 def principal_of(
@@ -335,19 +374,15 @@ class AuthService:
         claims = self._codec.decode(refresh_token, expected="refresh")
         rotation = await self._db.write(lambda session: self._rotate(session, claims))
         if rotation.outcome in ("reused", "refused"):
-            await self._revoked(claims.session_id)
+            await self._revoked(claims.session_id, ENDED)
             if rotation.outcome == "refused":
                 raise SessionRevokedError(
-                    "your organisation no longer allows this way of signing in; sign in again",
-                    session_id=claims.session_id,
+                    "your organisation no longer allows this way of signing in; sign in again"
                 )
             await self._audit.record(
                 "refresh_reuse", user_id=claims.user_id, session_id=claims.session_id
             )
-            raise RefreshReuseError(
-                "this refresh token was already used; the session is revoked",
-                session_id=claims.session_id,
-            )
+            raise RefreshReuseError("this refresh token was already used; the session is revoked")
         assert rotation.user is not None
         assert rotation.issued_at is not None
         await self._audit.record(
@@ -413,89 +448,109 @@ class AuthService:
                 row.revoked_reason = "logout"
 
         await self._db.write(revoke)
-        await self._revoked(principal.session_id)
+        await self._revoked(principal.session_id, ENDED)
         await self._audit.record(
             "logout", user_id=principal.user_id, session_id=principal.session_id
         )
 
     async def revoke_all(self, user_id: str, reason: str) -> int:
-        """End every session of ``user_id`` (removed from their organisation, …); how many."""
+        """End every session and API key of ``user_id`` (removed from their organisation,
+        …), in one transaction; how many ended. A key revoked here stays revoked."""
 
         def revoke(session: Session) -> list[str]:
-            rows = (
-                session.execute(
-                    select(AuthSession).where(
-                        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
-                    )
-                )
-                .scalars()
-                .all()
-            )
             now = utcnow()
+            live = AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
+            rows = session.execute(select(AuthSession).where(*live)).scalars().all()
             for row in rows:
                 row.revoked_at, row.revoked_reason = now, reason
-            return [row.id for row in rows]
+            live_keys = ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None)
+            keys = session.execute(select(ApiKey).where(*live_keys)).scalars().all()
+            for key in keys:
+                key.revoked_at = now
+            return [row.id for row in rows] + [key.id for key in keys]
 
         ended = await self._db.write(revoke)
         for session_id in ended:
-            await self._revoked(session_id)
+            await self._revoked(session_id, reason)
         return len(ended)
 
-    async def forget(self, session_id: str) -> None:
-        """A session (or API key) ended elsewhere: drop it here and tell the other processes
-        (their sockets opened with it close)."""
-        await self._revoked(session_id)
+    async def forget(self, session_id: str, reason: str = ENDED) -> None:
+        """A session (or API key) ended elsewhere (a policy change, a revoked key): drop it
+        here, end what is open with it here, and tell the other processes."""
+        await self._revoked(session_id, reason)
 
-    async def _revoked(self, session_id: str) -> None:
-        """Forget a revoked session here at once, and tell the other processes."""
+    async def _revoked(self, session_id: str, reason: str) -> None:
+        """Forget a revoked session here at once, and announce it (``RevocationNotifier``:
+        what is open with it here ends at once, and on the other processes)."""
         self.sessions.invalidate(session_id)
         if self._revocations is not None:
             try:
-                await self._revocations.publish(session_id)
+                await self._revocations.publish(session_id, reason)
             except Exception:
                 logger.warning(
                     "could not announce a revoked session to the other processes; they "
-                    "refuse it within %gs (their session cache's lifetime)",
+                    "refuse it within %gs (their session cache's lifetime) and end its "
+                    "sockets and streams at their next session check",
                     self.sessions.ttl,
                 )
 
-    async def authenticate(self, token: str | None) -> Principal:
-        """The one token validation: signature, claims, then a live session and user.
-
-        The session and user come from the session cache when they were read in the
-        last few seconds and not revoked since (``atoll.auth.sessions``).
-        """
+    def credential_of(self, token: str | None) -> Credential:
+        """The first half of the one validation: what ``token`` names, if it is genuine
+        (an access token's signature and claims; an API key's shape and digest)."""
         if not token:
             raise AuthenticationError("authentication required")
         key_id = key_id_of(token)
         if key_id is not None:
-            return await self._key_principal(key_id, token)
+            return Credential(key_id, None, key_digest(token))
         claims = self._codec.decode(token, expected="access")
-        cached = self.sessions.get(claims.session_id)
+        return Credential(claims.session_id, claims.user_id)
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The one token validation: signature, claims, then a live session (or key) and user.
+
+        ``principal_for(credential_of(token))``: a socket keeps the credential it
+        opened with and asks ``principal_for`` again for every frame that starts
+        work, so a request and a frame are judged by the same rule, with the same plan.
+        """
+        return await self.principal_for(self.credential_of(token))
+
+    async def principal_for(self, credential: Credential) -> Principal:
+        """The second half of the one validation: the credential's session (or key) and
+        user as they are now — ``SessionRevokedError`` once it ended.
+
+        The session and user come from the session cache when they were read in the
+        last few seconds and not revoked since (``atoll.auth.sessions``); a key is read
+        every time.
+        """
+        if credential.key_digest is not None:
+            return await self._key_principal(credential.session_id, credential.key_digest)
+        cached = self.sessions.get(credential.session_id)
         if cached is not None:
-            if cached.user_id != claims.user_id:
+            if cached.user_id != credential.user_id:
                 raise AuthenticationError("the token is invalid")
             return cached
         epoch = self.sessions.epoch  # before the read: see atoll.auth.sessions
         query = with_org(
             select(AuthSession, User, effective_plan(), OrgMember.org_id, OrgMember.role)
             .join(User, User.id == AuthSession.user_id)
-            .where(AuthSession.id == claims.session_id)
+            .where(AuthSession.id == credential.session_id)
         )
         async with self._db.session() as session:
             found = (await session.execute(query)).first()
         if found is None:
             raise AuthenticationError("the token is invalid")
         row, user, plan, org_id, org_role = found
-        if row.user_id != claims.user_id:
+        if row.user_id != credential.user_id:
             raise AuthenticationError("the token is invalid")
-        if row.revoked_at is not None:
-            raise SessionRevokedError("this session has ended; log in again")
+        if not session_live(row):
+            raise SessionRevokedError(
+                "this session has ended; log in again", reason=row.revoked_reason
+            )
         principal = principal_of(user, row.id, plan, org_id, org_role)
         self.sessions.put(principal, epoch=epoch)
         return principal
 
-    async def _key_principal(self, key_id: str, key: str) -> Principal:
+    async def _key_principal(self, key_id: str, digest: str) -> Principal:
         """An API key's principal: read on every request (revocation is at once)."""
         query = with_org(
             select(ApiKey, User, effective_plan(), OrgMember.org_id, OrgMember.role)
@@ -504,12 +559,42 @@ class AuthService:
         )
         async with self._db.session() as session:
             found = (await session.execute(query)).first()
-        if found is None or not hmac.compare_digest(found[0].key_hash, key_digest(key)):
+        if found is None or not hmac.compare_digest(found[0].key_hash, digest):
             raise AuthenticationError("the token is invalid")
         row, user, plan, org_id, org_role = found
         if not usable(row, utcnow()):
             raise SessionRevokedError("this API key is revoked or expired")
         return principal_of(user, row.id, plan, org_id, org_role, frozenset(row.scopes or ()))
+
+    async def ended(self, principals: Collection[Principal]) -> dict[str, str]:
+        """Which of these principals' sessions and keys no longer authenticate anyone, read
+        from the database now (not the cache), each with the reason it ended.
+
+        The same rules as ``principal_for`` (``session_live``, ``usable``), for many at
+        once: what a server checks, every few tenths of a second, of the sessions its
+        sockets and streams were opened with, to learn of endings made by another process
+        (``atoll org remove`` beside a single ``atoll serve``) or behind Atoll's back.
+        """
+        keys = [p.session_id for p in principals if p.scopes is not None]
+        sessions = [p.session_id for p in principals if p.scopes is None]
+        ended: dict[str, str] = {}
+        now = utcnow()
+        async with self._db.session() as session:
+            for chunk in chunked(sessions):
+                found = select(AuthSession).where(AuthSession.id.in_(chunk))
+                rows = {row.id: row for row in (await session.execute(found)).scalars()}
+                for session_id in chunk:
+                    row = rows.get(session_id)
+                    if row is None or not session_live(row):
+                        ended[session_id] = (row.revoked_reason if row else None) or ENDED
+            for chunk in chunked(keys):
+                found_keys = select(ApiKey).where(ApiKey.id.in_(chunk))
+                keys_found = {k.id: k for k in (await session.execute(found_keys)).scalars()}
+                for key_id in chunk:
+                    key = keys_found.get(key_id)
+                    if key is None or not usable(key, now):
+                        ended[key_id] = ENDED
+        return ended
 
     async def session_for(self, user: User, provider: str | None) -> IssuedTokens:
         """Start a session for ``user``, who proved who they are through ``provider`` (a

@@ -32,10 +32,12 @@ MAX_ENTRIES = 100_000
 
 
 class RevocationNotifier(Protocol):
-    """Tells every other process that a session was revoked (scaled out: Redis pub/sub)."""
+    """Announces that a session was revoked: what is open with it in this process ends at
+    once, and every other process is told (scaled out: Redis pub/sub)."""
 
-    async def publish(self, session_id: str) -> None:
-        """Announce that ``session_id`` no longer authenticates anyone."""
+    async def publish(self, session_id: str, reason: str) -> None:
+        """Announce that ``session_id`` no longer authenticates anyone; ``reason``: why
+        (its ``revoked_reason``; ``atoll.auth.service.ended_code`` says what clients are told)."""
 
 
 class SessionCache:

@@ -40,6 +40,19 @@ class Closing:
     """Delivered to subscribers when the process shuts down: whoever follows runs stops."""
 
 
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """Delivered to the subscriptions held for a session that ended (logout, revocation,
+    removal…): the socket or stream that reads it stops (``atoll.server.session_watch``)."""
+
+    code: str
+    """What the client is told: ``session_revoked`` or ``removed_from_org``."""
+
+
+Delivered = RunEvent | Notice | Resync | Closing | SessionEnded
+"""What a subscription delivers."""
+
+
 class SubscriptionOverflowError(Exception):
     """Raised to a subscriber that fell further behind than its queue allows."""
 
@@ -87,11 +100,11 @@ class MemorySubscription:
     def __init__(self, bus: InMemoryEventBus, user_id: str, max_queue: int) -> None:
         self._bus = bus
         self.user_id = user_id
-        self._queue: asyncio.Queue[RunEvent | Notice | Resync | Closing] = asyncio.Queue(max_queue)
+        self._queue: asyncio.Queue[Delivered] = asyncio.Queue(max_queue)
         self.overflowed = False
         self.closed = False
 
-    def offer(self, event: RunEvent | Notice | Resync | Closing) -> None:
+    def offer(self, event: Delivered) -> None:
         """Queue ``event``, or mark the subscription overflowed when it is full."""
         if isinstance(event, RunEvent | Notice) and event.user_id != self.user_id:
             return
@@ -100,23 +113,23 @@ class MemorySubscription:
         except asyncio.QueueFull:
             self.overflowed = True
 
-    async def get(self) -> RunEvent | Notice | Resync | Closing:
+    async def get(self) -> Delivered:
         """The next event (or ``Resync``); ``SubscriptionOverflowError`` if events were dropped."""
         if self.overflowed:
             raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
         event = await self._queue.get()
         return event
 
-    def drain(self) -> list[RunEvent | Notice | Resync | Closing]:
+    def drain(self) -> list[Delivered]:
         """Every event queued right now, without waiting."""
         if self.overflowed:
             raise SubscriptionOverflowError(f"subscriber of {self.user_id} fell behind")
-        events: list[RunEvent | Notice | Resync | Closing] = []
+        events: list[Delivered] = []
         while not self._queue.empty():
             events.append(self._queue.get_nowait())
         return events
 
-    async def __aiter__(self) -> AsyncIterator[RunEvent | Notice | Resync | Closing]:
+    async def __aiter__(self) -> AsyncIterator[Delivered]:
         while not self.closed:
             yield await self.get()
 

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from atoll.aio import settle_task
 from atoll.bus.memory import InMemoryEventBus, MemorySubscription, Notice
+from atoll.errors import UnavailableError
 from atoll.ratelimit import Reservation
 from atoll.runtime.events import RunEvent
 from atoll.runtime.limits import run_limit_error
@@ -238,6 +239,8 @@ return -1
 """
 
 
+SHARED_LIMITS_DOWN = "the shared limits are unavailable (redis); try again shortly"
+
 _CHARGE = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
@@ -280,8 +283,12 @@ class RedisCostBudget:
         await self._charge(keys=[self._key(key)], args=[round(advance_ms, 3)])
 
     async def check(self, key: str) -> float | None:
-        """None if ``key`` is within its budget, else the seconds until it is."""
-        over_ms = int(await self._over(keys=[self._key(key)], args=[self._period_ms]))
+        """None if ``key`` is within its budget, else the seconds until it is
+        (``UnavailableError`` while Redis does not answer)."""
+        try:
+            over_ms = int(await self._over(keys=[self._key(key)], args=[self._period_ms]))
+        except (RedisError, OSError):
+            raise UnavailableError(SHARED_LIMITS_DOWN) from None
         return over_ms / 1000 if over_ms > 0 else None
 
 
@@ -310,7 +317,7 @@ class RedisRateLimiter:
             )
         except (RedisError, OSError):
             if not self.fail_open:
-                raise
+                raise UnavailableError(SHARED_LIMITS_DOWN) from None
             logger.warning("rate limit %s not checked: redis is unreachable", self._prefix)
             return None
         return None if int(wait_ms) < 0 else int(wait_ms) / 1000
@@ -479,8 +486,10 @@ REVOKED_CHANNEL = "atoll:sessions:revoked"
 class RedisSessionRevocations:
     """Revoked sessions, announced to every process on a pub/sub channel.
 
-    ``publish`` is the ``RevocationNotifier`` of ``AuthService``; ``listen`` runs in
-    every API node and calls ``revoked(session_id)`` for each announcement. It
+    ``publish`` announces to every API node (the ``RevocationNotifier`` of
+    ``AuthService`` calls it); ``listen`` runs in every API node and calls
+    ``revoked(session_id, reason)`` for each announcement (a message is the session id,
+    a space and the reason; a bare id, from an older node, has the reason ``""``). It
     calls ``subscribed()`` once it receives announcements, and ``lost()`` as soon as
     it may not (an outage, a dropped connection): pub/sub keeps nothing for a
     subscriber that was away, so the session cache must not be trusted meanwhile.
@@ -489,15 +498,15 @@ class RedisSessionRevocations:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def publish(self, session_id: str) -> None:
-        """Announce that ``session_id`` was revoked."""
-        await self._redis.publish(REVOKED_CHANNEL, session_id)
+    async def publish(self, session_id: str, reason: str) -> None:
+        """Announce that ``session_id`` was revoked, for ``reason``."""
+        await self._redis.publish(REVOKED_CHANNEL, f"{session_id} {reason}")
 
     async def listen(
         self,
         stop: asyncio.Event,
         *,
-        revoked: Callable[[str], Awaitable[None]],
+        revoked: Callable[[str, str], Awaitable[None]],
         subscribed: Callable[[], None],
         lost: Callable[[], None],
     ) -> None:
@@ -513,7 +522,9 @@ class RedisSessionRevocations:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
-                        await revoked(data.decode() if isinstance(data, bytes) else str(data))
+                        text = data.decode() if isinstance(data, bytes) else str(data)
+                        session_id, _, reason = text.partition(" ")
+                        await revoked(session_id, reason)
             except (TimeoutError, RedisError, OSError) as exc:
                 lost()
                 logger.warning("session revocations: redis unavailable (%s)", type(exc).__name__)

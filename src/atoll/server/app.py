@@ -62,8 +62,6 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_services(settings, tracing) as services:
             app.state.services = services
-            if services.cluster is None:  # this process executes runs: no cold tool start
-                services.factory.processes.start()
             yield
 
     docs = settings.docs_enabled

@@ -33,7 +33,6 @@ from atoll.bus.redis import (
     RedisSessionRevocations,
 )
 from atoll.config import Settings
-from atoll.store.runs import NextRun
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +88,6 @@ class Cluster:
             redis, settings.cpu_budget_seconds, settings.cpu_budget_period, prefix="cpu"
         )
         self.healthy = True
-
-    async def dispatch(self, next_run: NextRun) -> None:
-        """Put a stored run on the run queue (a worker claims it); ``QUEUE_TIMEOUT`` at most."""
-        await asyncio.wait_for(self.queue.put(next_run.run_id, next_run.user_id), QUEUE_TIMEOUT)
 
     async def ping(self) -> bool:
         """Whether Redis answers now (and remember it)."""

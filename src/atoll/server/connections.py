@@ -6,13 +6,13 @@ writes to the socket. The writer checks the owner of every event right before
 writing it, and a client too slow to drain its queue is disconnected (1008)
 instead of growing memory.
 
-Delivery keeps one cursor per (socket, run): the highest ``seq`` this socket has
-written. Live events, resume replays, gap fills and resyncs all go through it,
-so a socket never writes an event twice and never skips one. And a run's
-``ack`` always comes first: a run submitted on this socket is acknowledged
-before its first event; a run this socket sees for the first time without
-having acknowledged it (another tab's, or one whose ack was lost with an
-earlier socket) is acknowledged by the writer itself before its first event.
+Delivery keeps one ``RunCursor`` per (socket, run) — the same follower every
+stream uses (``server/follower.py``). Live events, resume replays, gap fills and
+resyncs all go through it, so a socket never writes an event twice and never
+skips one. And a run's ``ack`` always comes first: a run submitted on this socket
+is acknowledged before its first event; a run this socket starts to see any other
+way — another tab's run, one whose ack was lost with an earlier socket, or a
+``resume`` — is acknowledged by the writer itself before its first event.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from atoll.bus.memory import Closing, Resync
 from atoll.errors import TooManySocketsError, TooManyStreamsError
 from atoll.runtime.events import RunEvent, RunEventLog
+from atoll.server.follower import RunCursor
 from atoll.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -99,8 +100,8 @@ class Connection:
         self._metrics = metrics
         self._ack_lookup = ack_lookup
         self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(queue_size)
-        self._cursor: dict[str, int] = {}
-        """run_id -> highest seq written here, for the runs this socket follows."""
+        self._following: dict[str, RunCursor] = {}
+        """The runs this socket follows and has not seen end: their cursors."""
         self._ended: OrderedDict[str, int] = OrderedDict()
         """run_id -> seq of its terminal event, for recently ended runs."""
         self.slow = False
@@ -117,7 +118,8 @@ class Connection:
         """The highest ``seq`` of ``run_id`` written here; None for a run not followed."""
         if run_id in self._ended:
             return self._ended[run_id]
-        return self._cursor.get(run_id)
+        following = self._following.get(run_id)
+        return following.last if following is not None else None
 
     async def writer(self) -> None:
         """Write queued items to the socket, in order, until cancelled."""
@@ -136,79 +138,78 @@ class Connection:
             else:
                 await self.websocket.send_text(orjson.dumps(item).decode())
 
-    async def _write_event(self, event: RunEvent) -> None:
-        if event.user_id != self.user_id:  # the last line of defence: never another's event
-            logger.error(
-                "refused to write an event of run %s to another user's socket", event.run_id
-            )
-            return
-        cursor = self.cursor(event.run_id)
-        if cursor is None or event.seq != cursor + 1:
-            return  # not the next one of a followed run: already written, or not ours to start
-        await self.websocket.send_text(event.payload.decode())
-        if event.ends_run:
-            self._cursor.pop(event.run_id, None)
-            self._ended[event.run_id] = event.seq
+    async def _event(self, event: RunEvent) -> None:
+        """A live event: through its run's cursor (the run's ack first, if this socket sees
+        the run for the first time)."""
+        following = self._following.get(event.run_id)
+        if following is None:
+            if event.run_id in self._ended or event.seq != 1 or event.user_id != self.user_id:
+                return  # ended here, or predates this connection: the client resumes it
+            if not await self._acknowledge(event.run_id):
+                return
+            following = self._follow(event.run_id, 0)
+        await self._write(following, await following.take(event))
+
+    async def _write(self, following: RunCursor, events: list[RunEvent]) -> None:
+        """Write what ``following`` handed out; forget the run once its end is written."""
+        for event in events:
+            if event.user_id != self.user_id:  # the last line of defence: never another's event
+                logger.error(
+                    "refused to write an event of run %s to another user's socket", event.run_id
+                )
+                return
+            await self.websocket.send_text(event.payload.decode())
+            with contextlib.suppress(ValueError):
+                stamped = datetime.fromisoformat(event.ts.replace("Z", "+00:00")).timestamp()
+                self._metrics.event_delivery.observe(max(0.0, time.time() - stamped))
+        if following.ended:
+            self._following.pop(following.run_id, None)
+            self._ended[following.run_id] = following.last
             while len(self._ended) > ENDED_MEMORY:
                 self._ended.popitem(last=False)
-        else:
-            self._cursor[event.run_id] = event.seq
-        with contextlib.suppress(ValueError):
-            stamped = datetime.fromisoformat(event.ts.replace("Z", "+00:00")).timestamp()
-            self._metrics.event_delivery.observe(max(0.0, time.time() - stamped))
 
-    async def _event(self, event: RunEvent) -> None:
-        if event.user_id != self.user_id:
-            await self._write_event(event)  # refused and logged there
-            return
-        cursor = self.cursor(event.run_id)
-        if cursor is None:
-            if event.seq != 1:
-                return  # a run that predates this connection: the client resumes it if it wants
-            frame = await self._ack_lookup(self.user_id, event.run_id)
-            if frame is None:
-                return
-            await self.websocket.send_text(orjson.dumps(frame).decode())
-            self._follow(event.run_id, 0)
-            cursor = 0
-        if event.seq <= cursor:
-            return
-        if event.seq > cursor + 1:  # a publish was lost (or not seen): fill the gap from the log
-            await self._catch_up(event.run_id, until=event.seq)
-        await self._write_event(event)
-
-    async def _catch_up(self, run_id: str, *, until: int | None = None) -> None:
-        """Write the run's logged events after this socket's cursor (those before ``until``)."""
-        cursor = self.cursor(run_id)
-        if cursor is None or run_id in self._ended:
-            return
-        for event in await self._log.read(run_id, user_id=self.user_id, after=cursor):
-            if until is not None and event.seq >= until:
-                break
-            await self._write_event(event)
+    async def _acknowledge(self, run_id: str) -> bool:
+        """Write the ``ack`` of a run this socket starts to see without having sent it (another
+        tab's, or a resumed one): a client may drop the events of a run it has no ack for."""
+        frame = await self._ack_lookup(self.user_id, run_id)
+        if frame is None:
+            return False
+        await self.websocket.send_text(orjson.dumps(frame).decode())
+        return True
 
     async def _ack(self, ack: Ack) -> None:
         await self.websocket.send_text(orjson.dumps(ack.frame).decode())
-        if self.cursor(ack.run_id) is None:
-            self._follow(ack.run_id, 0)
-        if ack.catch_up:
-            await self._catch_up(ack.run_id)
+        following = self._following.get(ack.run_id)
+        if following is None and ack.run_id not in self._ended:
+            following = self._follow(ack.run_id, 0)
+        if ack.catch_up and following is not None:
+            await self._write(following, await following.catch_up())
 
     async def _replay(self, run_id: str, after: int) -> None:
-        cursor = self.cursor(run_id)
-        if cursor is None or (after > cursor and run_id not in self._ended):
-            self._follow(run_id, after)
-        await self._catch_up(run_id)
+        """A ``resume``: the run's events after ``after`` (or after what this socket wrote,
+        if further), then live; acknowledged first if this socket had not seen the run."""
+        if run_id in self._ended:
+            return  # written here to its end already
+        following = self._following.get(run_id)
+        if following is None:
+            if not await self._acknowledge(run_id):
+                return
+            following = self._follow(run_id, after)
+        elif after > following.last:
+            following.last = after
+        await self._write(following, await following.catch_up())
 
-    def _follow(self, run_id: str, cursor: int) -> None:
-        self._cursor[run_id] = cursor
-        if len(self._cursor) > FOLLOWED_MEMORY:  # runs whose end this socket never saw
-            del self._cursor[next(iter(self._cursor))]
+    def _follow(self, run_id: str, after: int) -> RunCursor:
+        following = RunCursor(self._log, run_id=run_id, user_id=self.user_id, after=after)
+        self._following[run_id] = following
+        if len(self._following) > FOLLOWED_MEMORY:  # runs whose end this socket never saw
+            del self._following[next(iter(self._following))]
+        return following
 
     async def _resync(self) -> None:
         """Catch up, from the log, every run this socket follows that has not ended."""
-        for run_id in list(self._cursor):
-            await self._catch_up(run_id)
+        for following in list(self._following.values()):
+            await self._write(following, await following.catch_up())
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close the socket (once) with ``code``."""
@@ -253,18 +254,6 @@ class ConnectionRegistry:
         if user_id is not None:
             return len(self._by_user.get(user_id, ()))
         return sum(len(c) for c in self._by_user.values())
-
-    async def close_session(self, session_id: str, code: int, reason: str) -> None:
-        """Close the connections opened with ``session_id`` (logout: 4401)."""
-        for connections in list(self._by_user.values()):
-            for connection in list(connections):
-                if connection.session_id == session_id:
-                    await connection.close(code, reason)
-
-    async def close_user(self, user_id: str, code: int, reason: str) -> None:
-        """Close every connection of ``user_id`` (removed from their organisation: 4401)."""
-        for connection in list(self._by_user.get(user_id, ())):
-            await connection.close(code, reason)
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every connection (shutdown: 1001, clients reconnect)."""

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from atoll.aio import settle_task
 from atoll.bus.queue import QueuedRun
 from atoll.ratelimit import CostBudget
 from atoll.runtime.context import UserExecutionContext
@@ -193,16 +194,32 @@ class RunConsumer:
             return [local.task for local in self.runs.values()]
         return [self.runs[r].task for r in run_ids if r in self.runs]
 
-    def cancel_waiting(self, reason: str) -> None:
-        """Cancel every run held that has not begun (each ends with ``agent_cancelled``)."""
-        for run_id, local in list(self.runs.items()):
-            if not local.began:
-                self.cancel(run_id, reason)
-
     def stop(self) -> None:
         """Take no more entries (the runs taken go on)."""
         self.stopping = True
         self._room.set()
+
+    async def drain(self, grace: float) -> None:
+        """The one shutdown of every process that executes runs: take nothing more, hand the
+        runs held that had not begun back to the queue (they stay PENDING and run on another
+        worker, or after the restart), give those executing ``grace`` seconds, then cancel
+        what is left (each still ends with its terminal event) and wait for it."""
+        self.stop()
+        for run_id, local in list(self.runs.items()):
+            if local.began:
+                continue
+            await settle_task(local.task, 0)  # cancel it (bounded: see atoll.aio)
+            if await self._store.requeue(run_id, self.consumer_id):
+                await self.dispatch(NextRun(run_id, local.entry.user_id))
+                logger.info("run %s handed back to the queue", run_id)
+        running = [local.task for local in self.runs.values() if local.began]
+        if running and grace > 0:
+            logger.info("waiting up to %gs for %d run(s)", grace, len(running))
+            await asyncio.wait(running, timeout=grace)
+        await self._factory.aclose("shutdown")
+        remaining = self.tasks()
+        if remaining:
+            await asyncio.wait(remaining)
 
     def known(self) -> set[str]:
         """The runs this consumer holds right now (executing, or in its backlog)."""

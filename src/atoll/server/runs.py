@@ -1,14 +1,13 @@
-"""Accepting messages, and executing their runs here or queueing them for workers.
+"""Accepting messages, cancelling runs and deleting threads: the application's run service.
 
 ``RunService.submit`` stores the user's message and the PENDING run in one
 transaction (``RunStore.submit``; every database step of a run is in
-``atoll.store.runs``) *before* anything is acknowledged, then hands the run to
-the engine factory (one process) or to the Redis run queue (scale-out: a worker
-claims it; see ``atoll.server.worker``). The answer is stored by the completion hook before
-``agent_completed`` is emitted; the run's final state is written when it ends.
-On start, a single process marks runs that a crash left alive DEAD, with an
-``agent_error`` event their users can read; scaled out, the sweeper does that
-for runs whose worker died.
+``atoll.store.runs``) *before* anything is acknowledged, then hands the run to its
+``RunDispatch`` — this process's consumer, or the Redis run queue a worker takes it
+from; which one is decided once, in the wiring. The answer is stored by the completion
+hook before ``agent_completed`` is emitted; the run's row follows its log. On start, a
+single process marks runs that a crash left in progress DEAD, with an ``agent_error``
+event their users can read; scaled out, the sweeper does that for runs whose worker died.
 """
 
 from __future__ import annotations
@@ -34,20 +33,18 @@ from atoll.runtime.engine import check_agent
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.state import ExecutionState
-from atoll.server.cluster import QUEUE_TIMEOUT, REDIS_ERRORS, Cluster
-from atoll.server.consumer import RunConsumer
-from atoll.server.execution import Dispatch, end_outside
+from atoll.server.dispatch import QUEUE_DOWN, RunDispatch
+from atoll.server.execution import end_outside
 from atoll.server.notices import UserNotices
 from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.models import Run, utcnow
-from atoll.store.runs import Claim, RunStore, Submitted
+from atoll.store.runs import Claim, NextRun, RunStore, Submitted
 from atoll.store.usage import UsageStore
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_AGENT = "supervisor"
-QUEUE_DOWN = "the run queue is unavailable; try again shortly"
 DELETE_GRACE = 10.0
 """Seconds a deleted thread's executing runs have to end once cancelled."""
 STALL_AFTER = 5.0
@@ -73,18 +70,14 @@ class RunService:
         notices: UserNotices,
         plans: PlanCatalog,
         usage: UsageStore,
-        dispatch: Dispatch,
+        runs: RunDispatch,
         cpu_budget: CostBudget,
-        cluster: Cluster | None = None,
-        consumer: RunConsumer | None = None,
     ) -> None:
         self._chat = chat
-        self._dispatch = dispatch
+        self._runs = runs
         self._cpu_budget = cpu_budget
         self._notices = notices
-        self._consumer = consumer
         self._store = store
-        self._cluster = cluster
         self._factory = factory
         self._bus = factory.recorder.bus
         self._audit = audit
@@ -126,17 +119,12 @@ class RunService:
         agent_name = agent if agent is not None else self.default_agent_of(plan)
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
         check_agent(plan, agent_name)
-        if self._cluster is not None and not self._cluster.healthy:
+        if not self._runs.healthy:
             raise UnavailableError(QUEUE_DOWN)  # nothing stored: the client may simply retry
         # Resends of a client_id count too: the limit is on frames, and this saves a read.
-        try:
-            retry_after = await self._limiter.hit(
-                f"messages:{principal.user_id}", plan.messages_per_minute
-            )
-        except REDIS_ERRORS as exc:
-            if self._cluster is not None:
-                self._cluster.failed(exc)
-            raise UnavailableError(QUEUE_DOWN) from None
+        retry_after = await self._limiter.hit(
+            f"messages:{principal.user_id}", plan.messages_per_minute
+        )
         if retry_after is not None:
             raise RateLimitedError(
                 f"message rate limit reached; retry in {retry_after:.1f}s",
@@ -169,12 +157,7 @@ class RunService:
 
     async def _check_cpu(self, user_id: str) -> None:
         """Refuse a message while the user's runs are over their CPU budget."""
-        try:
-            wait = await self._cpu_budget.check(user_id)
-        except REDIS_ERRORS as exc:
-            if self._cluster is not None:
-                self._cluster.failed(exc)
-            raise UnavailableError(QUEUE_DOWN) from None
+        wait = await self._cpu_budget.check(user_id)
         if wait is not None:
             raise CpuBudgetError(
                 f"your recent runs have used this server's CPU budget for you; "
@@ -211,16 +194,14 @@ class RunService:
                         await self._cancel_anywhere(
                             previous, principal.user_id, reason="interrupted"
                         )
-                if self._cluster is not None:
-                    await self._enqueue(self._cluster, submitted.run)
+                await self._accept(submitted.run)
             finally:
                 self._stored.discard(submitted.run.id)
         if acknowledge is not None:
             acknowledge(submitted)
-        if submitted.created and self._consumer is not None:
-            # The in-process queue: handed to this process's consumer, with what the
-            # submit already read (the claim is then a bare conditional UPDATE).
-            # Behind an alive run, its claim reads the history afresh once its turn comes.
+        if submitted.created:
+            # With what the submit already read, the claim is a bare conditional UPDATE;
+            # behind an alive run, the claim reads the history afresh once its turn comes.
             prepared = None
             if not alive:
                 prepared = Claim(
@@ -231,8 +212,24 @@ class RunService:
                     history=submitted.history,
                     org_id=principal.org_id,
                 )
-            self._consumer.put(submitted.run.id, submitted.run.user_id, prepared=prepared)
+            self._runs.start(submitted.run, prepared)
         return submitted
+
+    async def _accept(self, run: Run) -> None:
+        """Make sure the stored run will execute before it is acknowledged; if that cannot
+        be done (the queue is down), end it and answer 503."""
+        try:
+            await self._runs.accept(run)
+        except UnavailableError:
+            ending = Ending.failure(ExecutionState.FAILED, UnavailableError.code, QUEUE_DOWN)
+            await end_outside(
+                self._store, self._bus, run.id, ending, dispatch=self.dispatch, queued_only=True
+            )
+            raise
+
+    async def dispatch(self, next_run: NextRun) -> None:
+        """Hand a run whose turn came to whatever executes runs (``RunDispatch``)."""
+        await self._runs.dispatch(next_run)
 
     def _submission_done(self, job: asyncio.Task[Submitted]) -> None:
         self._submissions.discard(job)
@@ -244,91 +241,47 @@ class RunService:
 
     def _here(self) -> set[str]:
         """The runs this process is storing, about to queue, or holding in its consumer."""
-        held = self._consumer.known() if self._consumer is not None else set()
-        return held | self._stored
+        return self._runs.held() | self._stored
 
     async def _restart_if_stuck(self, submitted: Submitted, known: set[str]) -> None:
         """A resend found its run: make sure something will run it if it is still PENDING.
 
-        ``known`` is what ran here before the run was read: one process writes a run's
-        state as it ends, so a run that ended meanwhile was read as PENDING. Queueing a
-        run twice is harmless: the claim is conditional.
+        ``known`` is what ran here before the run was read: a run that ended meanwhile was
+        read as PENDING. Dispatching a run twice is harmless: the claim is conditional.
         """
         run = submitted.run
-        if run.state != ExecutionState.PENDING.value:
-            return
-        if self._cluster is not None:
-            await self._enqueue(self._cluster, run, end_on_failure=False)
-        elif self._consumer is not None and run.id not in known and run.id not in self._here():
-            logger.warning("run %s was stored but never started; starting it now", run.id)
-            self._consumer.put(run.id, run.user_id)
-
-    async def _enqueue(self, cluster: Cluster, run: Run, *, end_on_failure: bool = True) -> None:
-        """Put a stored run on the queue; if Redis fails, end it (if asked) and answer 503."""
-        try:
-            await asyncio.wait_for(cluster.queue.put(run.id, run.user_id), QUEUE_TIMEOUT)
-        except REDIS_ERRORS as exc:
-            cluster.failed(exc)
-            if end_on_failure:
-                ending = Ending.failure(ExecutionState.FAILED, UnavailableError.code, QUEUE_DOWN)
-                await end_outside(
-                    self._store,
-                    self._bus,
-                    run.id,
-                    ending,
-                    dispatch=self._dispatch,
-                    queued_only=True,
-                )
-            raise UnavailableError(QUEUE_DOWN, details={"run_id": run.id}) from None
+        if run.state == ExecutionState.PENDING.value and run.id not in known | self._here():
+            await self._runs.restart(run)
 
     async def start_stalled(self, *, older_than: float = STALL_AFTER) -> int:
-        """Queue again PENDING runs that nothing in this (single) process holds; how many.
+        """Dispatch again PENDING runs whose turn came long ago and nothing here holds (the
+        sweep of a single process); how many.
 
-        Defence in depth behind ``submit``: a stored run is always queued by the
-        submission that stored it, so this should find nothing.
+        Defence in depth: a stored run is dispatched by the submission that stored it, and a
+        waiting one by the run it waited for, so this should find nothing.
         """
-        if self._consumer is None:
-            return 0
         # Who holds what, taken *before* the database is read: a run that ends during
-        # the read is still PENDING in what the read returns (its state is written as
-        # it ends), but it is in this snapshot.
+        # the read is still PENDING in what the read returns, but it is in this snapshot.
         known = self._here()
         cutoff = utcnow() - timedelta(seconds=older_than)
         started = 0
         for run in await self._store.claimable(queued_before=cutoff):
-            if run.state != ExecutionState.PENDING.value:
-                continue
             if run.id in known or run.id in self._here():
                 continue
-            logger.warning("run %s was stored but never started; starting it now", run.id)
-            self._consumer.put(run.id, run.user_id)
+            await self._runs.restart(run)
             started += 1
         return started
 
     # -- cancelling ----------------------------------------------------------------
 
-    def cancel_local(self, run_id: str, user_id: str, *, reason: str) -> bool:
-        """Cancel a run this process executes (or holds, waiting to execute it)."""
-        if self._factory.cancel(run_id, user_id=user_id, reason=reason):
-            return True
-        return self._consumer is not None and self._consumer.cancel(run_id, reason, user_id=user_id)
-
     async def _cancel_anywhere(self, run_id: str, user_id: str, *, reason: str) -> None:
-        """Cancel a run wherever it is: still queued, held here, or on a worker."""
+        """Cancel a run wherever it is: still queued (ended here), or where it executes."""
         cancelled = Ending.cancelled(reason)
         ended = await end_outside(
-            self._store, self._bus, run_id, cancelled, dispatch=self._dispatch, queued_only=True
+            self._store, self._bus, run_id, cancelled, dispatch=self.dispatch, queued_only=True
         )
-        if ended:
-            return  # still queued: ended here, and the consumer's claim will find it ended
-        if self._cluster is None:
-            self.cancel_local(run_id, user_id, reason=reason)
-            return
-        try:
-            await asyncio.wait_for(self._cluster.signals.send(run_id, reason), QUEUE_TIMEOUT)
-        except REDIS_ERRORS as exc:
-            self._cluster.failed(exc)
-            raise UnavailableError("the cancel could not reach the worker; try again") from None
+        if not ended:
+            await self._runs.cancel(run_id, user_id, reason)
 
     async def cancel(self, principal: Principal, run_id: str, *, reason: str = "user") -> Run:
         """Cancel the user's run (idempotent; a finished run is returned as it is)."""
@@ -358,14 +311,12 @@ class RunService:
         left = await self._until_ended(user_id, executing, DELETE_GRACE)
         for run_id in left:
             logger.warning("run %s did not end when cancelled; ending it", run_id)
-            await end_outside(self._store, self._bus, run_id, ending, dispatch=self._dispatch)
+            await end_outside(self._store, self._bus, run_id, ending, dispatch=self.dispatch)
         await self._chat.delete_thread(user_id, thread_id)
 
     async def _until_ended(self, user_id: str, run_ids: list[str], within: float) -> list[str]:
         """Wait up to ``within`` seconds for ``run_ids`` to end; those still alive."""
-        tasks = self._consumer.tasks(run_ids) if self._consumer is not None else []
-        if tasks:
-            await asyncio.wait(tasks, timeout=within)
+        await self._runs.wait_ended(run_ids, within)
         loop = asyncio.get_running_loop()
         deadline, pause = loop.time() + within, 0.02
         while run_ids:
@@ -393,24 +344,14 @@ class RunService:
         }
 
     async def drain(self, grace: float) -> None:
-        """Let live runs finish for up to ``grace`` seconds (shutdown), then end those held
-        here that had not begun (cancelled: ``shutdown``). Runs still waiting for their turn
-        start no more: they stay queued in the database for the next start."""
-        if self._consumer is None:
-            return
-        self._consumer.stop()
-        tasks = self._consumer.tasks()
-        if tasks and grace > 0:
-            await asyncio.wait(tasks, timeout=grace)
-        self._consumer.cancel_waiting("shutdown")
+        """Shutting down: see ``RunDispatch.drain``."""
+        await self._runs.drain(grace)
 
     async def wait_all(self) -> None:
         """Wait until every submission and run task has recorded its end."""
         if self._submissions:
             await asyncio.wait(list(self._submissions))
-        tasks = self._consumer.tasks() if self._consumer is not None else []
-        if tasks:
-            await asyncio.wait(tasks)
+        await self._runs.wait_all()
 
     # -- recovery ------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from atoll.auth.keys import ApiKeys
 from atoll.auth.oidc import OIDCProvider
 from atoll.auth.org_admin import OrgAdmin
 from atoll.auth.passwords import Passwords
+from atoll.auth.principal import Principal
 from atoll.auth.service import AuthService, LoginLimits
 from atoll.auth.sessions import SessionCache
 from atoll.auth.signin import SignInService
@@ -43,10 +44,11 @@ from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.cluster import Cluster, connected_cluster, process_id
 from atoll.server.connections import ConnectionRegistry, SocketsPerAddress, StreamSlots
 from atoll.server.consumer import RunConsumer
-from atoll.server.execution import Dispatch
+from atoll.server.dispatch import LocalRunDispatch, QueueRunDispatch, RunDispatch
 from atoll.server.metrics import Metrics
 from atoll.server.notices import UserNotices
 from atoll.server.runs import STALL_AFTER, RunService
+from atoll.server.session_watch import Revocations, SessionWatch
 from atoll.server.sweeper import Sweeper
 from atoll.server.worker import Worker
 from atoll.store.audit import AuditLog
@@ -91,6 +93,8 @@ class Services:
     sockets: SocketsPerAddress
     notices: UserNotices
     tracing: Tracing
+    watch: SessionWatch
+    """What each session has open here (its sockets' and streams' subscriptions)."""
     cluster: Cluster | None = None
     relay: RedisEventRelay | None = None
     accepting: bool = True
@@ -118,11 +122,15 @@ class Services:
         self.bus.closing()
         self._stopped.set()
 
-    async def subscribe(self, user_id: str) -> MemorySubscription:
-        """A subscription to ``user_id``'s events, wherever they are produced."""
+    async def subscribe(self, principal: Principal) -> MemorySubscription:
+        """A subscription to ``principal``'s events, wherever they are produced, that ends
+        (``SessionEnded``) when the session or key it was opened with ends."""
         if self.relay is not None:
-            return await self.relay.subscribe(user_id)
-        return self.bus.subscribe(user_id)
+            subscription = await self.relay.subscribe(principal.user_id)
+        else:
+            subscription = self.bus.subscribe(principal.user_id)
+        self.watch.hold(principal, subscription)
+        return subscription
 
 
 async def build_registry(settings: Settings) -> AgentRegistry:
@@ -264,6 +272,83 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
         await db.dispose()
 
 
+def build_auth(
+    settings: Settings,
+    db: Database,
+    audit: AuditLog,
+    orgs: OrgStore,
+    cluster: Cluster | None,
+    watch: SessionWatch,
+) -> AuthService:
+    """The one ``AuthService`` of a process (its limits shared through Redis when scaled out;
+    the sessions it ends end their sockets and streams through ``watch``)."""
+    return AuthService(
+        db,
+        token_codec(settings),
+        Passwords(),
+        audit,
+        failures=cluster.login_failures
+        if cluster is not None
+        else SlidingWindowCounter(settings.login_failures_window),
+        limits=LoginLimits(
+            per_email=settings.login_failures_limit,
+            per_address=settings.login_failures_per_address,
+            per_account=settings.login_failures_per_account,
+        ),
+        signups=cluster.signup_limiter
+        if cluster is not None
+        else LocalRateLimiter(settings.signups_per_hour, 3600.0),
+        sessions=watch.cache,
+        revocations=Revocations(watch, cluster.revocations if cluster is not None else None),
+        orgs=orgs,
+        default_plan=settings.default_plan,
+        refresh_reuse=settings.refresh_reuse_seconds,
+    )
+
+
+def build_org_admin(
+    settings: Settings, orgs: OrgStore, auth: AuthService, audit: AuditLog
+) -> OrgAdmin:
+    """Organisation administration, with the configured plans and providers."""
+    return OrgAdmin(
+        orgs,
+        auth,
+        audit,
+        PlanCatalog.from_settings(settings),
+        providers=frozenset(p.name for p in settings.oidc_providers),
+    )
+
+
+@dataclass
+class Operator:
+    """What the operator's commands (``atoll user``, ``atoll org``) work with: accounts and
+    organisations, never runs — a command run beside a live server must not touch them."""
+
+    auth: AuthService
+    orgs: OrgStore
+    org_admin: OrgAdmin
+
+
+@contextlib.asynccontextmanager
+async def running_operator(settings: Settings) -> AsyncIterator[Operator]:
+    """The database (and, scaled out, Redis for revocations) and the account services, for
+    one operator command; no runs recovered, no background work started."""
+    async with contextlib.AsyncExitStack() as stack:
+        db = await stack.enter_async_context(open_database(settings))
+        cluster = (
+            await stack.enter_async_context(
+                connected_cluster(settings, node_id=process_id("operator"))
+            )
+            if settings.redis_url is not None
+            else None
+        )
+        audit = AuditLog(db)
+        orgs = OrgStore(db)
+        watch = SessionWatch(SessionCache(settings.session_cache_seconds))  # no sockets here
+        auth = build_auth(settings, db, audit, orgs, cluster, watch)
+        yield Operator(auth, orgs, build_org_admin(settings, orgs, auth, audit))
+
+
 @contextlib.asynccontextmanager
 async def running_services(
     settings: Settings, tracing: Tracing | None = None
@@ -282,28 +367,9 @@ async def running_services(
         )
         audit = AuditLog(db)
         orgs = OrgStore(db)
-        auth = AuthService(
-            db,
-            token_codec(settings),
-            Passwords(),
-            audit,
-            failures=cluster.login_failures
-            if cluster is not None
-            else SlidingWindowCounter(settings.login_failures_window),
-            limits=LoginLimits(
-                per_email=settings.login_failures_limit,
-                per_address=settings.login_failures_per_address,
-                per_account=settings.login_failures_per_account,
-            ),
-            signups=cluster.signup_limiter
-            if cluster is not None
-            else LocalRateLimiter(settings.signups_per_hour, 3600.0),
-            sessions=SessionCache(settings.session_cache_seconds),
-            revocations=cluster.revocations if cluster is not None else None,
-            orgs=orgs,
-            default_plan=settings.default_plan,
-            refresh_reuse=settings.refresh_reuse_seconds,
-        )
+        session_cache = SessionCache(settings.session_cache_seconds)
+        watch = SessionWatch(session_cache)
+        auth = build_auth(settings, db, audit, orgs, cluster, watch)
         chat = ChatStore(db, audit)
         local_bus = InMemoryEventBus(max_queue=settings.ws_send_queue * 4)
         llm = build_llm_provider(settings)
@@ -318,8 +384,7 @@ async def running_services(
         )
         assert factory.plans is not None
         run_store = run_store_of(settings, db)
-        consumer: RunConsumer | None = None
-        dispatch: Dispatch
+        dispatch: RunDispatch
         cpu_budget: CostBudget
         if cluster is None:
             cpu_budget = LocalCostBudget(settings.cpu_budget_seconds, settings.cpu_budget_period)
@@ -331,23 +396,21 @@ async def running_services(
                 capacity=settings.run_capacity,
                 cpu_budget=cpu_budget,
             )
-            dispatch = consumer.dispatch
+            dispatch = LocalRunDispatch(consumer, factory)
         else:
             cpu_budget = cluster.cpu_budget
-            dispatch = cluster.dispatch
+            dispatch = QueueRunDispatch(cluster)
         notices = UserNotices(local_bus, cluster.bus if cluster is not None else None)
         runs = RunService(
             chat=chat,
             notices=notices,
             store=run_store,
-            consumer=consumer,
             factory=factory,
             audit=audit,
             message_limiter=cluster.message_limiter
             if cluster is not None
             else LocalRateLimiter(settings.messages_per_minute, 60.0),
-            cluster=cluster,
-            dispatch=dispatch,
+            runs=dispatch,
             cpu_budget=cpu_budget,
             plans=factory.plans,
             usage=usage,
@@ -356,23 +419,23 @@ async def running_services(
         connections = ConnectionRegistry(settings.max_ws_connections, metrics)
         relay: RedisEventRelay | None = None
         if cluster is None:
+            factory.processes.start()  # this process executes runs: no cold tool start
             await runs.recover()
             stalled = partial(run_every, STALL_AFTER, step=runs.start_stalled)
             background(stack, stalled, "atoll-stalled-runs")
         else:
-            sessions = auth.sessions
-            sessions.distrust()  # until the revocation channel is subscribed
+            session_cache.distrust()  # until the revocation channel is subscribed
 
-            async def revoked(session_id: str) -> None:
-                """A session ended on some node: refuse its tokens, close its sockets here."""
-                sessions.invalidate(session_id)
-                await connections.close_session(session_id, 4401, "session_revoked")
+            async def revoked(session_id: str, reason: str) -> None:
+                """A session ended on some node: refuse its tokens, end its sockets and
+                streams here."""
+                watch.end(session_id, reason)
 
             listen = partial(
                 cluster.revocations.listen,
                 revoked=revoked,
-                subscribed=sessions.trust,
-                lost=sessions.distrust,
+                subscribed=session_cache.trust,
+                lost=session_cache.distrust,
             )
             background(stack, listen, "atoll-session-revocations")
             relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
@@ -391,13 +454,7 @@ async def running_services(
             factory=factory,
             auth=auth,
             orgs=orgs,
-            org_admin=OrgAdmin(
-                orgs,
-                auth,
-                audit,
-                factory.plans,
-                providers=frozenset(p.name for p in settings.oidc_providers),
-            ),
+            org_admin=build_org_admin(settings, orgs, auth, audit),
             usage=usage,
             plans=factory.plans,
             keys=ApiKeys(db, audit),
@@ -419,10 +476,13 @@ async def running_services(
             ),
             notices=notices,
             tracing=tracing,
+            watch=watch,
             cluster=cluster,
             relay=relay,
         )
         await stack.enter_async_context(factory)
+        check = partial(watch.watch, ended=auth.ended, interval=settings.session_check_seconds)
+        background(stack, check, "atoll-session-check")
         retention = timedelta(hours=settings.event_retention_hours)
         prune = partial(prune_events, event_log, retention)
         background(stack, partial(run_every, 3600.0, step=prune), "atoll-event-pruner")

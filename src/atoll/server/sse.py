@@ -9,12 +9,14 @@ from enum import Enum
 from functools import partial
 
 import anyio
+import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from atoll.auth.principal import Principal
-from atoll.bus.memory import Closing, MemorySubscription, Notice, Resync
+from atoll.bus.memory import Closing, MemorySubscription, Notice, Resync, SessionEnded
 from atoll.runtime.events import RunEvent
+from atoll.server.follower import RunCursor
 from atoll.server.services import Services
 from atoll.store.runs import Submitted
 
@@ -33,6 +35,7 @@ SSE_MESSAGE = {
 KEEPALIVE_SECONDS = 15.0
 RECONNECT = b"retry: 1000\n: the server is shutting down; reconnect with Last-Event-ID\n\n"
 """Sent when the server stops before the run ends: reconnect in 1 s, resume from the last id."""
+SESSION_ENDED_DETAIL = "this session has ended; log in again"
 
 
 class RunStreamResponse(StreamingResponse):
@@ -119,18 +122,21 @@ class Tick(Enum):
     """Nothing happened for ``KEEPALIVE_SECONDS``: say something, so proxies keep the line."""
     CLOSING = "closing"
     """The server is shutting down before the run ended; the stream ends after this."""
+    SESSION_ENDED = "session_ended"
+    """The session (or key) the stream was opened with ended; the stream ends after this."""
 
 
 async def follow_run(
     services: Services,
     *,
     run_id: str,
-    user_id: str,
+    principal: Principal,
     after: int,
     subscription: MemorySubscription | None = None,
 ) -> AsyncGenerator[list[RunEvent] | Tick]:
     """The run's events after ``after`` in ``seq`` order, without gaps or repeats, in
-    batches (what arrived together), live until its terminal event.
+    batches (what arrived together), live until its terminal event — or until
+    ``principal``'s session ends (``Tick.SESSION_ENDED``).
 
     A ``subscription`` made before the run was stored has seen every event of it, so
     the log is not read first (it still fills any gap). The subscription is closed
@@ -139,19 +145,15 @@ async def follow_run(
     """
     replay = subscription is None
     if subscription is None:
-        subscription = await services.subscribe(user_id)
+        subscription = await services.subscribe(principal)
+    cursor = RunCursor(services.event_log, run_id=run_id, user_id=principal.user_id, after=after)
     try:
-        last = after
-        logged_events = (
-            await services.event_log.read(run_id, user_id=user_id, after=after) if replay else []
-        )
-        for index, logged in enumerate(logged_events):
-            if logged.ends_run:
-                yield logged_events[: index + 1]
+        if replay:
+            logged = await cursor.catch_up()
+            if logged:
+                yield logged
+            if cursor.ended:
                 return
-        if logged_events:
-            yield logged_events
-            last = logged_events[-1].seq
         while True:
             try:
                 async with asyncio.timeout(KEEPALIVE_SECONDS):  # no task per wait (wait_for)
@@ -162,30 +164,20 @@ async def follow_run(
             # Everything queued meanwhile goes out together: one write, not one each.
             batch: list[RunEvent] = []
             for event in [first, *subscription.drain()]:
-                if isinstance(event, Closing):
+                if isinstance(event, Closing | SessionEnded):
                     if batch:
                         yield batch
-                    yield Tick.CLOSING
+                    yield Tick.CLOSING if isinstance(event, Closing) else Tick.SESSION_ENDED
                     return
-                if isinstance(event, Resync):  # events may have been missed: catch up from the log
-                    items = await services.event_log.read(run_id, user_id=user_id, after=last)
-                elif isinstance(event, Notice):
+                if isinstance(event, Notice):
                     continue  # a thread or message change: the WebSocket's business
-                elif event.run_id != run_id or event.user_id != user_id or event.seq <= last:
-                    continue
-                elif event.seq > last + 1:  # a gap: fill it from the log
-                    missed = await services.event_log.read(run_id, user_id=user_id, after=last)
-                    items = [*(m for m in missed if m.seq < event.seq), event]
+                if isinstance(event, Resync):  # events may have been missed: from the log
+                    batch += await cursor.catch_up()
                 else:
-                    items = [event]
-                for item in items:
-                    if item.seq <= last:
-                        continue
-                    batch.append(item)
-                    last = item.seq
-                    if item.ends_run:
-                        yield batch
-                        return
+                    batch += await cursor.take(event)
+                if cursor.ended:
+                    yield batch
+                    return
             if batch:
                 yield batch
     finally:
@@ -197,7 +189,7 @@ async def run_stream(
     services: Services,
     *,
     run_id: str,
-    user_id: str,
+    principal: Principal,
     after: int,
     subscription: MemorySubscription | None = None,
     preface: bytes = b"",
@@ -206,7 +198,7 @@ async def run_stream(
     if preface:
         yield preface
     events = follow_run(
-        services, run_id=run_id, user_id=user_id, after=after, subscription=subscription
+        services, run_id=run_id, principal=principal, after=after, subscription=subscription
     )
     async with contextlib.aclosing(events):
         async for item in events:
@@ -214,12 +206,21 @@ async def run_stream(
                 yield b": keep-alive\n\n"
             elif item is Tick.CLOSING:
                 yield RECONNECT
+            elif item is Tick.SESSION_ENDED:
+                yield session_ended_frame()
             else:
                 yield b"".join(sse_frame(event) for event in item)
 
 
+def session_ended_frame() -> bytes:
+    """The last message of an SSE stream whose session ended: an ``error`` event shaped
+    like the socket's error frame, with no ``retry`` (reconnecting needs a new sign-in)."""
+    frame = {"type": "error", "code": "session_revoked", "detail": SESSION_ENDED_DETAIL}
+    return sse_preface("error", orjson.dumps(frame))
+
+
 async def watched_submit(
-    services: Services, user_id: str, submit: Callable[[], Awaitable[Submitted]]
+    services: Services, principal: Principal, submit: Callable[[], Awaitable[Submitted]]
 ) -> tuple[Submitted, MemorySubscription]:
     """Take one of the user's stream slots and subscribe to their events, *then* submit:
     a refused stream stores nothing, and no event of the run can be missed.
@@ -227,16 +228,16 @@ async def watched_submit(
     On success the caller owns the slot (``services.streams.release``) and the
     subscription (``follow_run`` closes it); on failure both are given back here.
     """
-    services.streams.acquire(user_id)
+    services.streams.acquire(principal.user_id)
     try:
-        subscription = await services.subscribe(user_id)
+        subscription = await services.subscribe(principal)
         try:
             return await submit(), subscription
         except BaseException:
             await subscription.aclose()
             raise
     except BaseException:
-        services.streams.release(user_id)
+        services.streams.release(principal.user_id)
         raise
 
 
@@ -264,14 +265,15 @@ def run_headers(submitted: Submitted) -> dict[str, str]:
 
 
 async def follow_submission(
-    services: Services, user_id: str, submit: Callable[[], Awaitable[Submitted]]
+    services: Services, principal: Principal, submit: Callable[[], Awaitable[Submitted]]
 ) -> tuple[Submitted, AsyncGenerator[list[RunEvent] | Tick]]:
     """``watched_submit``, then ``follow_run`` of the run it stored (the caller releases
     the stream slot; closing the generator closes the subscription)."""
-    submitted, subscription = await watched_submit(services, user_id, submit)
+    submitted, subscription = await watched_submit(services, principal, submit)
     events = follow_run(
-        services, run_id=submitted.run.id, user_id=user_id, after=0, subscription=subscription
-    )
+        services, run_id=submitted.run.id, principal=principal, after=0,
+        subscription=subscription,
+    )  # fmt: skip
     return submitted, events
 
 

@@ -29,6 +29,7 @@ from atoll.runtime.endings import QUEUE_TIMEOUT, WORKER_LOST, Ending
 from atoll.runtime.events import RunEventBus
 from atoll.runtime.state import ExecutionState
 from atoll.server.cluster import REDIS_ERRORS, Cluster
+from atoll.server.dispatch import QueueRunDispatch
 from atoll.server.execution import end_outside
 from atoll.store.models import Run
 from atoll.store.runs import RunStore
@@ -54,6 +55,7 @@ class Sweeper:
         grace: float = 2.0,
     ) -> None:
         self._cluster = cluster
+        self._queue = QueueRunDispatch(cluster)
         self._store = store
         self._bus = bus
         self.retries = retries
@@ -126,7 +128,7 @@ class Sweeper:
             self._bus,
             run.id,
             ending,
-            dispatch=self._cluster.dispatch,
+            dispatch=self._queue.dispatch,
             held_by=worker_id,
         ):
             self.dead += 1
@@ -150,7 +152,7 @@ class Sweeper:
                 self._bus,
                 run.id,
                 ending,
-                dispatch=self._cluster.dispatch,
+                dispatch=self._queue.dispatch,
                 queued_only=True,
             )
             if ended:

@@ -4,6 +4,13 @@ Authentication is the ``Authorization: Bearer`` header of the upgrade request or
 an ``{"type": "auth", "token"}`` first frame within the auth timeout — never a
 token in the URL. Bad frames are answered with ``error`` frames and the
 connection stays open; a client error never closes with 1011.
+
+The socket lives as long as its session. Every frame that starts work (a message,
+a resend, a cancel, a resume; not a ping) checks the session again through
+``AuthService.principal_for`` — the second half of the validation every request
+goes through, with the session cache — and works as the principal it gets: the
+plan, organisation and budget REST applies at that moment. A session that has ended
+closes the socket with 4401 instead, and ends everything else it has open here.
 """
 
 from __future__ import annotations
@@ -18,8 +25,15 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from atoll.auth.principal import Principal
-from atoll.bus.memory import MemorySubscription, Notice, SubscriptionOverflowError
-from atoll.errors import AtollError, AuthenticationError, TooManySocketsError, UnavailableError
+from atoll.auth.service import Credential, ended_code
+from atoll.bus.memory import MemorySubscription, Notice, SessionEnded, SubscriptionOverflowError
+from atoll.errors import (
+    AtollError,
+    AuthenticationError,
+    SessionRevokedError,
+    TooManySocketsError,
+    UnavailableError,
+)
 from atoll.runtime.ids import new_id
 from atoll.server.connections import (
     Ack,
@@ -47,40 +61,36 @@ MULTITASK = ("reject", "enqueue", "interrupt")
 
 
 class FrameError(Exception):
-    """A bad client frame, or a refused one: answered with an ``error`` frame."""
+    """A bad client frame: answered with an ``error`` frame."""
 
     def __init__(
-        self,
-        code: str,
-        detail: str,
-        ref: str | None = None,
-        *,
-        extensions: dict[str, Any] | None = None,
+        self, code: str, detail: str, ref: str | None = None, details: dict[str, Any] | None = None
     ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.ref = ref
-        self.extensions = extensions or {}
+        self.details = details or {}
+        """The error's details (``retry_after``, ``scope``…), as a problem's extensions."""
 
     @classmethod
     def of(cls, error: AtollError, ref: str | None) -> FrameError:
-        """The frame error of ``error``: the code, details and ``retry_after`` its HTTP answer
-        has (as problem extension members and the ``Retry-After`` header)."""
-        extensions = dict(error.details)
+        """The frame error of an ``AtollError``: its code, message and details, and the
+        ``retry_after`` its HTTP answer gives as ``Retry-After`` (``unavailable`` …)."""
+        details = dict(error.details)
         if error.retry_after is not None:
-            extensions.setdefault("retry_after", round(error.retry_after, 3))
-        return cls(error.code, error.message, ref, extensions=extensions)
+            details.setdefault("retry_after", round(error.retry_after, 3))
+        return cls(error.code, error.message, ref, details)
 
 
 def error_frame(error: FrameError) -> dict[str, Any]:
-    """The ``error`` frame: ``code``, ``detail``, ``ref`` when known, and the error's details
-    (``retry_after`` …), never replacing one of those."""
+    """The ``error`` frame: ``code``, ``detail``, ``ref`` when known, and the error's
+    details, never replacing one of those."""
     frame: dict[str, Any] = {"type": "error", "code": error.code, "detail": error.detail}
     if error.ref is not None:
         frame["ref"] = error.ref
-    for key, value in error.extensions.items():
-        frame.setdefault(key, value)
+    for name, value in error.details.items():
+        frame.setdefault(name, value)
     return frame
 
 
@@ -92,7 +102,11 @@ def _bearer(websocket: WebSocket) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-async def _authenticate(websocket: WebSocket, services: Services) -> Principal:
+class SessionEndedError(Exception):
+    """The socket's session ended: it was closed with 4401."""
+
+
+async def _authenticate(websocket: WebSocket, services: Services) -> tuple[Credential, Principal]:
     token = _bearer(websocket)
     if token is None:
         raw = await asyncio.wait_for(websocket.receive(), services.settings.ws_auth_timeout)
@@ -110,7 +124,8 @@ async def _authenticate(websocket: WebSocket, services: Services) -> Principal:
         token = frame.get("token")
         if not isinstance(token, str):
             raise AuthenticationError("the auth frame needs a token")
-    return await services.auth.authenticate(token)
+    credential = services.auth.credential_of(token)
+    return credential, await services.auth.principal_for(credential)
 
 
 def _field(frame: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:
@@ -132,10 +147,25 @@ def _ref(frame: dict[str, Any]) -> str | None:
 class Session:
     """One authenticated socket: reads frames and hands everything to the writer."""
 
-    def __init__(self, services: Services, principal: Principal, connection: Connection) -> None:
+    def __init__(self, services: Services, credential: Credential, connection: Connection) -> None:
         self.services = services
-        self.principal = principal
+        self.credential = credential
+        """What the socket authenticated with: its principal is read again for every frame
+        that starts work, never kept."""
         self.connection = connection
+
+    async def _checked(self, ref: str | None) -> Principal:
+        """The socket's principal as it is now (``principal_for``, like every request); a
+        session that ended closes the socket (4401) and ends what else it has open here."""
+        try:
+            return await self.services.auth.principal_for(self.credential)
+        except AuthenticationError as exc:
+            reason = exc.reason if isinstance(exc, SessionRevokedError) else None
+            self.services.watch.end(self.credential.session_id, reason or exc.code)
+            await self.connection.close(CLOSE_AUTH, ended_code(reason))
+            raise SessionEndedError from None
+        except AtollError as exc:  # the database is unavailable: this frame fails, not the socket
+            raise FrameError.of(exc, ref) from None
 
     async def read(self) -> None:
         websocket = self.connection.websocket
@@ -159,6 +189,8 @@ class Session:
                 await self._frame(text)
             except FrameError as exc:
                 self._error(exc)
+            except SessionEndedError:
+                return
 
     def _error(self, error: FrameError) -> None:
         self.services.metrics.error_frames.labels(error.code).inc()
@@ -204,9 +236,10 @@ class Session:
             raise FrameError("validation_error", f"multitask must be one of {MULTITASK}", ref)
         if client_id is not None and not 0 < len(client_id) <= 128:
             raise FrameError("validation_error", "client_id must be 1-128 characters", ref)
+        principal = await self._checked(ref)
         try:
             await self.services.runs.submit(
-                self.principal,
+                principal,
                 content=content,
                 thread_id=thread_id,
                 agent=agent,
@@ -225,8 +258,9 @@ class Session:
 
     async def _cancel(self, frame: dict[str, Any]) -> None:
         run_id = _field(frame, "run_id", str, required=True)
+        principal = await self._checked(run_id)
         try:
-            run = await self.services.runs.cancel(self.principal, run_id)
+            run = await self.services.runs.cancel(principal, run_id)
         except AtollError as exc:
             raise FrameError.of(exc, run_id) from None
         self.connection.send({"type": "ack", "run_id": run.id, "thread_id": run.thread_id})
@@ -236,8 +270,9 @@ class Session:
         after = _field(frame, "after", int) or 0
         if not 0 <= after <= MAX_SEQ:
             raise FrameError("validation_error", f"after must be 0-{MAX_SEQ}", run_id)
+        principal = await self._checked(run_id)
         try:
-            await self.services.chat.run(self.principal.user_id, run_id)
+            await self.services.chat.run(principal.user_id, run_id)
         except AtollError as exc:
             raise FrameError.of(exc, run_id) from None
         self.connection.send(Resume(run_id, after))
@@ -284,6 +319,9 @@ async def _pump(subscription: MemorySubscription, connection: Connection) -> Non
         if isinstance(item, Notice):
             if item.user_id == connection.user_id:
                 connection.send(item.frame)
+        elif isinstance(item, SessionEnded):
+            await connection.close(CLOSE_AUTH, item.code)
+            return
         else:
             connection.send(item)
 
@@ -320,7 +358,7 @@ async def _serve_socket(websocket: WebSocket, services: Services, admitted: Addr
         await websocket.close(1001, "server shutting down")
         return
     try:
-        principal = await _authenticate(websocket, services)
+        credential, principal = await _authenticate(websocket, services)
     except TimeoutError:
         await websocket.close(CLOSE_AUTH_TIMEOUT, "no auth frame in time")
         return
@@ -354,8 +392,8 @@ async def _serve_socket(websocket: WebSocket, services: Services, admitted: Addr
     except TooManyConnectionsError:
         await websocket.close(CLOSE_POLICY, "too many connections")
         return
-    subscription = await services.subscribe(principal.user_id)
-    session = Session(services, principal, connection)
+    subscription = await services.subscribe(principal)
+    session = Session(services, credential, connection)
     connection.send(
         {
             "type": "connection_established",

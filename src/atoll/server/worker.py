@@ -2,17 +2,17 @@
 
 A worker reads the run queue as one consumer of the ``workers`` group, up to
 ``worker_concurrency`` runs at a time. For each entry it *claims* the run in the
-database (PENDING -> STARTING, with its id), waits for earlier runs of the same
-thread, and executes it with a fresh engine from its factory, whose start hook
-marks the run RUNNING in the database (API nodes read a worker's run state
-there); events are logged in the database, then published to the user's Redis
-stream. Every heartbeat
+database (PENDING -> STARTING, with its id; a run whose turn has not come stays
+queued in the database) and executes it with a fresh engine from its factory; events
+are logged in the database (which moves the run's row: API nodes read a worker's run
+state there), then published to the user's Redis stream. Every heartbeat
 (at most a second) it refreshes its presence key, renews its run-slot leases and
 picks up cancel flags; pub/sub delivers cancels sooner. It also runs a sweeper.
 
-SIGTERM: stop taking entries, hand runs that have not begun back to the queue,
-give the others ``shutdown_grace`` seconds, then cancel them (each still ends
-with its terminal event) and leave.
+SIGTERM: ``RunConsumer.drain``, the same shutdown as ``atoll serve``'s: stop taking
+entries, hand runs that have not begun back to the queue, give the others
+``shutdown_grace`` seconds, then cancel them (each still ends with its terminal
+event) and leave.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from atoll.config import Settings
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.server.cluster import REDIS_ERRORS, Cluster
 from atoll.server.consumer import RunConsumer
+from atoll.server.dispatch import QueueRunDispatch
 from atoll.server.metrics import WorkerMetrics
 from atoll.server.sweeper import Sweeper
 from atoll.store.models import Run
@@ -74,7 +75,7 @@ class Worker:
             bus=cluster.bus,
             consumer_id=worker_id,
             capacity=settings.worker_concurrency,
-            dispatch=cluster.dispatch,
+            dispatch=QueueRunDispatch(cluster).dispatch,
             cpu_budget=cluster.cpu_budget,
             before_engine=self._take_slot if settings.run_overflow == "wait" else None,
             release=self._release_entry,
@@ -234,26 +235,5 @@ class Worker:
     # -- stopping ------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        """Hand back runs that have not begun; let the others finish within the grace."""
-        for run_id, local in list(self._runs.items()):
-            if local.began:
-                continue
-            await settle_task(local.task, 0)  # cancel it (bounded: see atoll.aio)
-            await self._store.requeue(run_id, self.worker_id)
-            run = await self._store.find(run_id)
-            if run is not None and run.state == "pending" and run.worker_id is None:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await self._cluster.queue.put(run_id, local.entry.user_id)
-                    logger.info("run %s handed back to the queue", run_id)
-        # The grace is for the runs that began; the others were handed back (a task whose
-        # cancel waits on a Redis call to return may still be listed: it is not counted).
-        running = [local.task for local in self._runs.values() if local.began]
-        if running and self._settings.shutdown_grace > 0:
-            logger.info(
-                "waiting up to %gs for %d run(s)", self._settings.shutdown_grace, len(running)
-            )
-            await asyncio.wait(running, timeout=self._settings.shutdown_grace)
-        await self._factory.aclose("shutdown")
-        remaining = [local.task for local in self._runs.values()]
-        if remaining:
-            await asyncio.wait(remaining)
+        """The consumer's one shutdown (``RunConsumer.drain``), as ``atoll serve``'s."""
+        await self.consumer.drain(self._settings.shutdown_grace)

@@ -73,6 +73,7 @@ from atoll.server.deps import PrincipalDep, ServicesDep
 from atoll.server.problems import problems
 from atoll.server.routes.runs import check_conversation_length
 from atoll.server.sse import (
+    SESSION_ENDED_DETAIL,
     SSE_MESSAGE,
     Progress,
     RunStreamResponse,
@@ -152,7 +153,7 @@ async def agui(
         earlier=() if own_thread else earlier,
         alias=None if own_thread else (ALIAS_SOURCE, body.thread_id),
     )
-    submitted, events = await follow_submission(services, principal.user_id, submit)
+    submitted, events = await follow_submission(services, principal, submit)
     return unresumable_response(
         services, principal, submitted, partial(agui_events, body, submitted, events)
     )
@@ -277,6 +278,9 @@ async def agui_events(
                 yield encode(
                     RunErrorEvent(message="the server is shutting down", code="unavailable")
                 )
+                return
+            if item is Tick.SESSION_ENDED:
+                yield encode(RunErrorEvent(message=SESSION_ENDED_DETAIL, code="session_revoked"))
                 return
             assert not isinstance(item, Tick)
             out = bytearray()

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Cookie, Request, Response
 
 from atoll.auth.devices import DEVICE_COOKIE, DEVICE_COOKIE_PATH, DEVICE_TTL
 from atoll.auth.service import IssuedTokens
-from atoll.errors import SessionRevokedError
 from atoll.server.bodies import StrictJSONRoute
 from atoll.server.deps import AddressDep, PrincipalDep, ServicesDep
 from atoll.server.problems import problems
@@ -27,7 +26,6 @@ from atoll.store.models import User, utcnow
 
 router = APIRouter(tags=["auth"], route_class=StrictJSONRoute)
 DeviceCookie = Annotated[str | None, Cookie(alias=DEVICE_COOKIE, max_length=200)]
-CLOSE_REVOKED = 4401
 
 
 def user_out(user: User) -> UserOut:
@@ -90,21 +88,14 @@ async def log_in(
 async def refresh_tokens(body: RefreshBody, services: ServicesDep) -> TokenOut:
     """Trade a refresh token for a new pair; the old one is spent. Presented again within
     the reuse interval it gets the same pair; after it, the session ends (sockets too)."""
-    try:
-        return token_out(await services.auth.refresh(body.refresh_token))
-    except SessionRevokedError as ended:
-        if ended.session_id is not None:  # this call ended it
-            await services.connections.close_session(
-                ended.session_id, CLOSE_REVOKED, "session_revoked"
-            )
-        raise
+    return token_out(await services.auth.refresh(body.refresh_token))
 
 
 @router.post("/auth/logout", status_code=204, responses=problems(401, 503))
 async def log_out(principal: PrincipalDep, services: ServicesDep) -> Response:
-    """End the session; its tokens stop working at once and its sockets close (4401)."""
+    """End the session; its tokens stop working at once, its sockets close (4401) and its
+    streams end, on every node."""
     await services.auth.logout(principal)
-    await services.connections.close_session(principal.session_id, CLOSE_REVOKED, "session_revoked")
     return Response(status_code=204)
 
 

@@ -16,7 +16,6 @@ from atoll.server.schemas import Body
 from atoll.store.models import ApiKey
 
 router = APIRouter(tags=["keys"], route_class=StrictJSONRoute)
-CLOSE_REVOKED = 4401
 
 
 class KeyCreate(Body):
@@ -63,8 +62,8 @@ async def list_keys(principal: PrincipalDep, services: ServicesDep) -> list[KeyO
 
 @router.delete("/keys/{key_id}", status_code=204, responses=problems(401, 403, 404, 503))
 async def revoke_key(key_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
-    """Revoke a key: refused from the next request on; sockets opened with it close."""
+    """Revoke a key: refused from the next request on; sockets opened with it close and
+    streams opened with it end, on every node."""
     await services.keys.revoke(principal.user_id, key_id)
     await services.auth.forget(key_id)
-    await services.connections.close_session(key_id, CLOSE_REVOKED, "session_revoked")
     return Response(status_code=204)

@@ -44,6 +44,7 @@ from atoll.server.problems import openai_error_body, openai_errors
 from atoll.server.routes.runs import check_conversation_length
 from atoll.server.schemas import Body
 from atoll.server.sse import (
+    SESSION_ENDED_DETAIL,
     SSE_MESSAGE,
     THREAD_HEADER,
     Progress,
@@ -163,6 +164,14 @@ STREAMED = {
 }
 
 
+CUT_SHORT: dict[Tick, tuple[int, dict[str, Any]]] = {
+    Tick.CLOSING: (503, openai_error_body(503, "unavailable", "the server is shutting down")),
+    Tick.SESSION_ENDED: (401, openai_error_body(401, "session_revoked", SESSION_ENDED_DETAIL)),
+}
+"""How a completion ends when its run's follower stops before the run: the status and
+error of a whole answer, or the error chunk (then ``[DONE]``) of a stream."""
+
+
 def usage_of(data: dict[str, Any]) -> CompletionUsage:
     """OpenAI's usage from an ``agent_completed`` event's ``usage``."""
     usage = data.get("usage") or {}
@@ -251,7 +260,7 @@ async def chat_completions(
         metadata={"via": "openai"},
         earlier=() if thread_id is not None else earlier,
     )
-    submitted, events = await follow_submission(services, principal.user_id, submit)
+    submitted, events = await follow_submission(services, principal, submit)
     if not body.stream:
         try:
             return await complete(submitted, events, run_headers(submitted))
@@ -275,9 +284,9 @@ async def complete(
     """Wait for the run's end and answer with the whole completion."""
     others: list[dict[str, Any]] = []
     async for item in events:
-        if item is Tick.CLOSING:
-            body = openai_error_body(503, "unavailable", "the server is shutting down")
-            return JSONResponse(body, status_code=503, headers=headers)
+        if isinstance(item, Tick) and item in CUT_SHORT:
+            status, body = CUT_SHORT[item]
+            return JSONResponse(body, status_code=status, headers=headers)
         if isinstance(item, Tick):
             continue
         for event in item:
@@ -304,7 +313,7 @@ async def complete(
                 ),
             )
             return JSONResponse(completion.model_dump(mode="json"), headers=headers)
-    raise AssertionError("follow_run ends with the run's terminal event or CLOSING")
+    raise AssertionError("follow_run ends with the run's terminal event, or is cut short")
 
 
 async def openai_chunks(
@@ -334,8 +343,8 @@ async def stream_items(
         if item is Tick.KEEPALIVE:
             yield b": keep-alive\n\n"
             continue
-        if item is Tick.CLOSING:
-            error = openai_error_body(503, "unavailable", "the server is shutting down")
+        if isinstance(item, Tick) and item in CUT_SHORT:
+            _, error = CUT_SHORT[item]
             yield b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n"
             return
         assert not isinstance(item, Tick)

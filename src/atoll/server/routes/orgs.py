@@ -40,7 +40,6 @@ MemberCursor = Annotated[
     str | None,
     Query(pattern=r"^[A-Za-z0-9_-]{1,600}$", description="The next_cursor of the previous page"),
 ]
-CLOSE_REMOVED = 4401
 
 
 def _encode(email: str) -> str:
@@ -101,11 +100,9 @@ async def update_org(
     configured one), and require them (``sso_required``). Sessions the new policy would
     not let in end now (their sockets close with 4401)."""
     member = await services.org_admin.membership_of(principal, org_id, admin=True)
-    ended = await services.org_admin.set_policy(
+    await services.org_admin.set_policy(
         org_id, sso_required=body.sso_required, providers=body.providers, by=principal.user_id
     )
-    for session_id in ended:
-        await services.connections.close_session(session_id, CLOSE_REMOVED, "session_revoked")
     return await _org_out(services, principal, org_id, member.role)
 
 
@@ -154,11 +151,11 @@ async def set_member_role(
 async def remove_member(
     org_id: str, user_id: str, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
-    """Remove a member: every session of theirs ends now (their sockets close with 4401)
-    and they cannot sign in again until restored."""
+    """Remove a member: every session and API key of theirs ends now (their sockets close
+    with 4401 ``removed_from_org``, their streams end) and they cannot sign in again until
+    restored."""
     await services.org_admin.membership_of(principal, org_id, admin=True)
     await services.org_admin.remove(org_id, user_id, by=principal.user_id)
-    await services.connections.close_user(user_id, CLOSE_REMOVED, "removed_from_org")
     return Response(status_code=204)
 
 

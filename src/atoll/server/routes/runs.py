@@ -111,12 +111,12 @@ async def submit_and_answer(
     if not accepts_event_stream(request.headers.get("accept")):
         return accepted(await submit())
     user_id = principal.user_id
-    submitted, subscription = await watched_submit(services, user_id, submit)
+    submitted, subscription = await watched_submit(services, principal, submit)
     ack = sse_preface("ack", accepted(submitted).model_dump_json().encode())
     events = run_stream(
         services,
         run_id=submitted.run.id,
-        user_id=user_id,
+        principal=principal,
         after=0,
         subscription=subscription,
         preface=ack,
@@ -220,7 +220,7 @@ async def stream_run(
     user_id = principal.user_id
     services.streams.acquire(user_id)
     return RunStreamResponse(
-        run_stream(services, run_id=run_id, user_id=user_id, after=after),
+        run_stream(services, run_id=run_id, principal=principal, after=after),
         release=lambda: services.streams.release(user_id),
     )
 
