@@ -29,7 +29,6 @@ from atoll.errors import (
 )
 from atoll.ratelimit import CostBudget, RateLimiter
 from atoll.runtime.endings import RUN_DEAD, Ending
-from atoll.runtime.engine import check_agent
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.state import ExecutionState
@@ -118,7 +117,7 @@ class RunService:
         plan = self._plans.get(principal.plan)
         agent_name = agent if agent is not None else self.default_agent_of(plan)
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
-        check_agent(plan, agent_name)
+        plan.check_agent(agent_name)
         if not self._runs.healthy:
             raise UnavailableError(QUEUE_DOWN)  # nothing stored: the client may simply retry
         # Resends of a client_id count too: the limit is on frames, and this saves a read.

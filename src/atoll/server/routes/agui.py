@@ -65,7 +65,6 @@ from ag_ui.core import (
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from atoll.runtime.engine import check_agent
 from atoll.runtime.events import EventType, RunEvent
 from atoll.server.bodies import StrictJSONRoute
 from atoll.server.conversations import split_conversation
@@ -131,7 +130,7 @@ async def agui(
     """Run an agent on an AG-UI ``RunAgentInput``; stream AG-UI events."""
     if agent is not None:  # an unknown or forbidden agent is an HTTP error, before anything
         services.registry.agent(agent)
-        check_agent(services.plans.get(principal.plan), agent)
+        services.plans.get(principal.plan).check_agent(agent)
     if len(body.thread_id) > MAX_ID or len(body.run_id) > MAX_ID:
         return refusal(body, "validation_error", f"threadId and runId are at most {MAX_ID} long")
     content, earlier = split_conversation(
