@@ -80,7 +80,7 @@ from atoll.server.sse import (
     follow_submission,
     unresumable_response,
 )
-from atoll.store.runs import Submitted
+from atoll.store.runs import Submission, Submitted
 
 router = APIRouter(tags=["ag-ui"], route_class=StrictJSONRoute)
 
@@ -141,9 +141,7 @@ async def agui(
     earlier = earlier[-MAX_EARLIER:]  # what a first run stores of a long conversation
     check_conversation_length(services, content, earlier)
     own_thread = body.thread_id.startswith(THREAD_PREFIX)
-    submit = partial(
-        services.runs.submit,
-        principal,
+    submission = Submission(
         content=content,
         thread_id=body.thread_id if own_thread else None,
         agent=agent,
@@ -152,6 +150,7 @@ async def agui(
         earlier=() if own_thread else earlier,
         alias=None if own_thread else (ALIAS_SOURCE, body.thread_id),
     )
+    submit = partial(services.runs.submit, principal, submission)
     submitted, events = await follow_submission(services, principal, submit)
     return unresumable_response(
         services, principal, submitted, partial(agui_events, body, submitted, events)
