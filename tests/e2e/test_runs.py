@@ -13,6 +13,7 @@ import websockets
 
 from atoll.client import ApiError, AtollClient
 from atoll.server.serve import running_server
+from atoll.store.runs import Submission
 
 from serving import PASSWORD, make_settings
 from support import until
@@ -217,15 +218,12 @@ async def test_a_cancel_that_reaches_a_run_during_its_claim_or_before_ends_it(
         services = server.config.app.state.services
         await client.register("claiming@example.com", PASSWORD)
         principal = await services.auth.authenticate(client.access_token)
-        during = await services.runs.submit(
-            principal, content="one", thread_id=None, agent="assistant", multitask="reject"
-        )
+        during = await services.runs.submit(principal, Submission(content="one", agent="assistant"))
         await services.runs._runs.cancel(during.run.id, principal.user_id, "user")
         store, consumer = services.runs._store, services.runs._runs.consumer
         before, _ = await store.submit(
-            principal.user_id, content="two", thread_id=None, agent="assistant",
-            multitask="reject", metadata=None, client_id=None,
-        )  # fmt: skip
+            principal.user_id, Submission(content="two"), agent="assistant"
+        )
         consumer.put(before.run.id, principal.user_id)
         assert consumer.cancel(before.run.id, "user")
         for run_id in (during.run.id, before.run.id):

@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from atoll.runtime.events import RunEvent
 
@@ -137,6 +137,25 @@ class MemorySubscription:
         """Unsubscribe."""
         self.closed = True
         self._bus.unsubscribe(self)
+
+
+class EventSubscriptions(Protocol):
+    """Where a process subscribes to a user's events: its own bus, or (scaled out) the
+    relay that feeds it from Redis. Picked once, in the wiring."""
+
+    async def subscribe(self, user_id: str) -> MemorySubscription:
+        """A subscription to ``user_id``'s events from now on."""
+
+
+class LocalSubscriptions:
+    """``EventSubscriptions`` of one process: every event is produced here."""
+
+    def __init__(self, bus: InMemoryEventBus) -> None:
+        self._bus = bus
+
+    async def subscribe(self, user_id: str) -> MemorySubscription:
+        """A subscription to ``user_id``'s events on this process's bus."""
+        return self._bus.subscribe(user_id)
 
 
 class InMemoryEventBus:

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from atoll.errors import (
-    AgentForbiddenError,
     AtollError,
     InvalidContextError,
     RunClosedError,
@@ -313,7 +312,7 @@ class UserExecutionEngine:
                 await services.slots.acquire(ctx.user_id, ctx.run_id, limit)
                 holding = True
             if plan is not None:
-                check_agent(plan, request.agent)
+                plan.check_agent(request.agent)
                 if services.admission is not None:
                     await services.admission(ctx, plan)
             record = self._tracker.transition(ctx.run_id, ExecutionState.STARTING)
@@ -436,7 +435,7 @@ class UserExecutionEngine:
         try:
             self._agent_factory.registry.agent(name)
             if self.plan is not None:
-                check_agent(self.plan, name)
+                self.plan.check_agent(name)
             child = parent_context.child(f"agent:{name}")
         except (AtollError, InvalidContextError) as exc:
             raise SubAgentError(name, exc.to_dict()) from None
@@ -547,15 +546,6 @@ class UserExecutionEngine:
             duration_ms=_ms_since(started),
         )
         return self.outcome
-
-
-def check_agent(plan: Plan, name: str) -> None:
-    """Raise ``AgentForbiddenError`` unless ``plan`` includes agent ``name``."""
-    if not plan.allows_agent(name):
-        raise AgentForbiddenError(
-            f"the agent {name!r} is not included in the {plan.name} plan",
-            details={"agent": name, "plan": plan.name},
-        )
 
 
 def _ms_since(started: float) -> float:

@@ -189,13 +189,6 @@ class ExecutionEngineFactory:
             return False
         return engine.cancel(reason)
 
-    def engine(self, run_id: str, *, user_id: str) -> UserExecutionEngine | None:
-        """The live engine of ``run_id`` if it belongs to ``user_id``."""
-        engine = self._engines.get(run_id)
-        if engine is None or engine.context.user_id != user_id:
-            return None
-        return engine
-
     def live_runs(self, user_id: str | None = None) -> list[str]:
         """Run ids of the engines alive in this process (optionally of one user)."""
         return [

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Self
 
 from atoll.config import PlanSettings, Settings
-from atoll.errors import QuotaExceededError
+from atoll.errors import AgentForbiddenError, QuotaExceededError
 
 
 def month_of(at: datetime) -> str:
@@ -60,6 +60,15 @@ class Plan:
     def allows_agent(self, name: str) -> bool:
         """Whether the plan includes agent ``name``."""
         return self.agents is None or name in self.agents
+
+    def check_agent(self, name: str) -> None:
+        """Raise ``AgentForbiddenError`` unless the plan includes agent ``name`` (the one rule,
+        applied by every door before storing and by the engine for every sub-agent)."""
+        if not self.allows_agent(name):
+            raise AgentForbiddenError(
+                f"the agent {name!r} is not included in the {self.name} plan",
+                details={"agent": name, "plan": self.name},
+            )
 
     def refusal(self, spent: Spent, now: datetime) -> QuotaExceededError | None:
         """The error for a new run when a budget is spent, else None."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -29,7 +29,6 @@ from atoll.errors import (
 )
 from atoll.ratelimit import CostBudget, RateLimiter
 from atoll.runtime.endings import RUN_DEAD, Ending
-from atoll.runtime.engine import check_agent
 from atoll.runtime.factory import ExecutionEngineFactory
 from atoll.runtime.plans import Plan, PlanCatalog
 from atoll.runtime.state import ExecutionState
@@ -39,7 +38,7 @@ from atoll.server.notices import UserNotices
 from atoll.store.audit import AuditLog
 from atoll.store.chat import ChatStore
 from atoll.store.models import Run, utcnow
-from atoll.store.runs import Claim, NextRun, RunStore, Submitted
+from atoll.store.runs import Claim, NextRun, RunStore, Submission, Submitted
 from atoll.store.usage import UsageStore
 
 logger = logging.getLogger(__name__)
@@ -94,31 +93,23 @@ class RunService:
     async def submit(
         self,
         principal: Principal,
+        submission: Submission,
         *,
-        content: str,
-        thread_id: str | None,
-        agent: str | None,
-        multitask: str,
-        metadata: dict[str, Any] | None = None,
-        client_id: str | None = None,
         acknowledge: Acknowledge | None = None,
-        earlier: Sequence[tuple[str, str]] = (),
-        alias: tuple[str, str] | None = None,
     ) -> Submitted:
         """Store the message and a PENDING run (atomically), then start the run.
 
-        Storing and starting are one unit that cancelling the caller cannot split
-        (a socket that closes mid-send): they run in a task of their own, which the
-        caller only waits for. ``acknowledge(submitted)`` is called once the run is
-        stored and before it can emit anything (the WebSocket queues its ``ack``
-        there, so the ack precedes every event of the run). A resend of a
-        ``client_id`` returns the run it started, restarted first if nothing runs it.
-        ``earlier`` messages start a new thread, ``alias`` names it (``RunStore.submit``).
+        Every door hands over one ``Submission``. Storing and starting are one unit that
+        cancelling the caller cannot split (a socket that closes mid-send): they run in a
+        task of their own, which the caller only waits for. ``acknowledge(submitted)`` is
+        called once the run is stored and before it can emit anything (the WebSocket
+        queues its ``ack`` there, so the ack precedes every event of the run). A resend of
+        a ``client_id`` returns the run it started, restarted first if nothing runs it.
         """
         plan = self._plans.get(principal.plan)
-        agent_name = agent if agent is not None else self.default_agent_of(plan)
+        agent_name = submission.agent or self.default_agent_of(plan)
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
-        check_agent(plan, agent_name)
+        plan.check_agent(agent_name)
         if not self._runs.healthy:
             raise UnavailableError(QUEUE_DOWN)  # nothing stored: the client may simply retry
         # Resends of a client_id count too: the limit is on frames, and this saves a read.
@@ -138,18 +129,13 @@ class RunService:
         store = partial(
             self._store.submit,
             principal.user_id,
-            content=content,
-            thread_id=thread_id,
+            submission,
             agent=agent_name,
-            multitask=multitask,
-            metadata=metadata,
-            client_id=client_id,
-            earlier=earlier,
-            alias=alias,
             runs_at_once=plan.runs_at_once,
         )
         job = asyncio.create_task(
-            self._store_and_start(principal, store, multitask, acknowledge), name="atoll-submit"
+            self._store_and_start(principal, store, submission.multitask, acknowledge),
+            name="atoll-submit",
         )
         self._submissions.add(job)
         job.add_done_callback(self._submission_done)

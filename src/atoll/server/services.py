@@ -24,7 +24,12 @@ from atoll.auth.service import AuthService, LoginLimits
 from atoll.auth.sessions import SessionCache
 from atoll.auth.signin import SignInService
 from atoll.auth.tokens import TokenCodec, load_or_create_secret
-from atoll.bus.memory import InMemoryEventBus, MemorySubscription
+from atoll.bus.memory import (
+    EventSubscriptions,
+    InMemoryEventBus,
+    LocalSubscriptions,
+    MemorySubscription,
+)
 from atoll.bus.redis import RedisEventRelay
 from atoll.config import Settings
 from atoll.errors import ConfigurationError
@@ -95,8 +100,9 @@ class Services:
     tracing: Tracing
     watch: SessionWatch
     """What each session has open here (its sockets' and streams' subscriptions)."""
+    subscriptions: EventSubscriptions
+    """This process's own bus, or (scaled out) the relay that feeds it from Redis."""
     cluster: Cluster | None = None
-    relay: RedisEventRelay | None = None
     accepting: bool = True
     started_at: float = field(default_factory=time.time)
     """When these services were built (seconds since the epoch)."""
@@ -125,10 +131,7 @@ class Services:
     async def subscribe(self, principal: Principal) -> MemorySubscription:
         """A subscription to ``principal``'s events, wherever they are produced, that ends
         (``SessionEnded``) when the session or key it was opened with ends."""
-        if self.relay is not None:
-            subscription = await self.relay.subscribe(principal.user_id)
-        else:
-            subscription = self.bus.subscribe(principal.user_id)
+        subscription = await self.subscriptions.subscribe(principal.user_id)
         self.watch.hold(principal, subscription)
         return subscription
 
@@ -417,8 +420,9 @@ async def running_services(
         )
         metrics = Metrics(factory.tracker)
         connections = ConnectionRegistry(settings.max_ws_connections, metrics)
-        relay: RedisEventRelay | None = None
+        subscriptions: EventSubscriptions
         if cluster is None:
+            subscriptions = LocalSubscriptions(local_bus)
             factory.processes.start()  # this process executes runs: no cold tool start
             await runs.recover()
             stalled = partial(run_every, STALL_AFTER, step=runs.start_stalled)
@@ -441,6 +445,7 @@ async def running_services(
             relay = RedisEventRelay(cluster.redis, local_bus, node_id=node_id)
             relay.start()
             stack.push_async_callback(relay.aclose)
+            subscriptions = relay
             sweeper = build_sweeper(settings, cluster, run_store)
             background(
                 stack, partial(sweeper.run_forever, settings.sweep_interval), "atoll-sweeper"
@@ -478,7 +483,7 @@ async def running_services(
             tracing=tracing,
             watch=watch,
             cluster=cluster,
-            relay=relay,
+            subscriptions=subscriptions,
         )
         await stack.enter_async_context(factory)
         check = partial(watch.watch, ended=auth.ended, interval=settings.session_check_seconds)

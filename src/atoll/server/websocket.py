@@ -48,7 +48,7 @@ from atoll.server.problems import atoll_error_response
 from atoll.server.services import Services
 from atoll.store.bounds import MAX_SEQ, InvalidJSONError, load_json
 from atoll.store.models import Message
-from atoll.store.runs import Submitted
+from atoll.store.runs import Submission, Submitted
 
 logger = logging.getLogger(__name__)
 
@@ -238,15 +238,14 @@ class Session:
             raise FrameError("validation_error", "client_id must be 1-128 characters", ref)
         principal = await self._checked(ref)
         try:
-            await self.services.runs.submit(
-                principal,
+            submission = Submission(
                 content=content,
                 thread_id=thread_id,
                 agent=agent,
                 multitask=multitask,
                 client_id=client_id,
-                acknowledge=self._acknowledge,
             )
+            await self.services.runs.submit(principal, submission, acknowledge=self._acknowledge)
         except AtollError as exc:
             raise FrameError.of(exc, ref) from None
 

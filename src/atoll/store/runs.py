@@ -68,6 +68,24 @@ from atoll.store.writer import execute_core, insert_rows, rows_changed
 
 
 @dataclass(frozen=True, slots=True)
+class Submission:
+    """One message as a door hands it to ``RunService.submit``: the same value whatever the
+    door (a WebSocket frame, REST, the OpenAI-compatible API, AG-UI)."""
+
+    content: str
+    thread_id: str | None = None
+    agent: str | None = None
+    """None: the plan's default agent."""
+    multitask: str = "reject"
+    metadata: dict[str, Any] | None = None
+    client_id: str | None = None
+    earlier: Sequence[tuple[str, str]] = ()
+    """(role, content) pairs of a conversation begun elsewhere, stored first in a new thread."""
+    alias: tuple[str, str] | None = None
+    """(source, external id): another protocol's name for the thread (see ``ThreadAlias``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Submitted:
     """What ``submit`` stored: the thread, the user's message and the run."""
 
@@ -144,20 +162,10 @@ class RunStore:
     # -- submitting ------------------------------------------------------------------
 
     async def submit(
-        self,
-        user_id: str,
-        *,
-        content: str,
-        thread_id: str | None,
-        agent: str,
-        multitask: str,
-        metadata: dict[str, Any] | None,
-        client_id: str | None,
-        earlier: Sequence[tuple[str, str]] = (),
-        alias: tuple[str, str] | None = None,
-        runs_at_once: int = 1,
+        self, user_id: str, submission: Submission, *, agent: str, runs_at_once: int = 1
     ) -> tuple[Submitted, list[str]]:
-        """Store the message and a PENDING run atomically; also the thread's alive runs.
+        """Store the message and a PENDING run of ``agent`` atomically; also the thread's
+        alive runs.
 
         A ``client_id`` the user already sent returns what that message stored
         (``created`` False). With ``multitask="reject"`` a thread with an alive run
@@ -169,6 +177,14 @@ class RunStore:
         thread gets that name (see ``ThreadAlias``). A user may have ``runs_at_once`` runs
         (their plan's) plus ``waiting`` alive; a thread ``waiting_per_thread`` PENDING.
         """
+
+        content, thread_id, client_id = (
+            submission.content,
+            submission.thread_id,
+            submission.client_id,
+        )
+        earlier, alias, multitask = submission.earlier, submission.alias, submission.multitask
+        metadata = submission.metadata
 
         def store(session: Session) -> tuple[Submitted, list[str]]:
             if client_id is not None:

@@ -65,7 +65,6 @@ from ag_ui.core import (
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from atoll.runtime.engine import check_agent
 from atoll.runtime.events import EventType, RunEvent
 from atoll.server.bodies import StrictJSONRoute
 from atoll.server.conversations import split_conversation
@@ -81,7 +80,7 @@ from atoll.server.sse import (
     follow_submission,
     unresumable_response,
 )
-from atoll.store.runs import Submitted
+from atoll.store.runs import Submission, Submitted
 
 router = APIRouter(tags=["ag-ui"], route_class=StrictJSONRoute)
 
@@ -131,7 +130,7 @@ async def agui(
     """Run an agent on an AG-UI ``RunAgentInput``; stream AG-UI events."""
     if agent is not None:  # an unknown or forbidden agent is an HTTP error, before anything
         services.registry.agent(agent)
-        check_agent(services.plans.get(principal.plan), agent)
+        services.plans.get(principal.plan).check_agent(agent)
     if len(body.thread_id) > MAX_ID or len(body.run_id) > MAX_ID:
         return refusal(body, "validation_error", f"threadId and runId are at most {MAX_ID} long")
     content, earlier = split_conversation(
@@ -142,9 +141,7 @@ async def agui(
     earlier = earlier[-MAX_EARLIER:]  # what a first run stores of a long conversation
     check_conversation_length(services, content, earlier)
     own_thread = body.thread_id.startswith(THREAD_PREFIX)
-    submit = partial(
-        services.runs.submit,
-        principal,
+    submission = Submission(
         content=content,
         thread_id=body.thread_id if own_thread else None,
         agent=agent,
@@ -153,6 +150,7 @@ async def agui(
         earlier=() if own_thread else earlier,
         alias=None if own_thread else (ALIAS_SOURCE, body.thread_id),
     )
+    submit = partial(services.runs.submit, principal, submission)
     submitted, events = await follow_submission(services, principal, submit)
     return unresumable_response(
         services, principal, submitted, partial(agui_events, body, submitted, events)

@@ -54,7 +54,7 @@ from atoll.server.sse import (
     run_headers,
     unresumable_response,
 )
-from atoll.store.runs import Submitted
+from atoll.store.runs import Submission, Submitted
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJSONRoute)
 
@@ -250,9 +250,7 @@ async def chat_completions(
     """Run the agent ``model`` on the conversation; streamed with ``stream: true``."""
     content, earlier = conversation(body)
     check_conversation_length(services, content, earlier)
-    submit = partial(
-        services.runs.submit,
-        principal,
+    submission = Submission(
         content=content,
         thread_id=thread_id,
         agent=body.model,
@@ -260,6 +258,7 @@ async def chat_completions(
         metadata={"via": "openai"},
         earlier=() if thread_id is not None else earlier,
     )
+    submit = partial(services.runs.submit, principal, submission)
     submitted, events = await follow_submission(services, principal, submit)
     if not body.stream:
         try:

@@ -39,7 +39,7 @@ from atoll.server.sse import (
     watched_submit,
 )
 from atoll.store.bounds import MAX_SEQ, SEQ_PATTERN
-from atoll.store.runs import Submitted
+from atoll.store.runs import Submission, Submitted
 
 router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 Accepted = TypeVar("Accepted", bound=RunAccepted)
@@ -99,15 +99,14 @@ async def submit_and_answer(
     Streaming (``Accept: text/event-stream``) goes through ``watched_submit``.
     """
     check_message_length(services, body.message)
-    submit = partial(
-        services.runs.submit,
-        principal,
+    submission = Submission(
         content=body.message,
         thread_id=thread_id,
         agent=body.agent,
         multitask=body.multitask,
         metadata=body.metadata,
     )
+    submit = partial(services.runs.submit, principal, submission)
     if not accepts_event_stream(request.headers.get("accept")):
         return accepted(await submit())
     user_id = principal.user_id
