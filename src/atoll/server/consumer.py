@@ -25,6 +25,7 @@ from typing import Protocol
 
 from atoll.aio import settle_task
 from atoll.bus.queue import QueuedRun
+from atoll.errors import UnavailableError
 from atoll.ratelimit import CostBudget
 from atoll.runtime.context import UserExecutionContext
 from atoll.runtime.endings import Ending
@@ -247,6 +248,8 @@ class RunConsumer:
             await self._execute(entry)
         except asyncio.CancelledError:
             raise
+        except UnavailableError as exc:  # the database: the run stays queued, or is ended later
+            logger.warning("run %s could not be executed now: %s", entry.run_id, exc.message)
         except Exception:
             logger.exception("run %s could not be executed", entry.run_id)
         finally:

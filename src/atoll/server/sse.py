@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from atoll.auth.principal import Principal
 from atoll.bus.memory import Closing, MemorySubscription, Notice, Resync, SessionEnded
+from atoll.errors import UnavailableError
 from atoll.runtime.events import RunEvent
 from atoll.server.follower import RunCursor
 from atoll.server.services import Services
@@ -201,15 +202,18 @@ async def run_stream(
         services, run_id=run_id, principal=principal, after=after, subscription=subscription
     )
     async with contextlib.aclosing(events):
-        async for item in events:
-            if item is Tick.KEEPALIVE:
-                yield b": keep-alive\n\n"
-            elif item is Tick.CLOSING:
-                yield RECONNECT
-            elif item is Tick.SESSION_ENDED:
-                yield session_ended_frame()
-            else:
-                yield b"".join(sse_frame(event) for event in item)
+        try:
+            async for item in events:
+                if item is Tick.KEEPALIVE:
+                    yield b": keep-alive\n\n"
+                elif item is Tick.CLOSING:
+                    yield RECONNECT
+                elif item is Tick.SESSION_ENDED:
+                    yield session_ended_frame()
+                else:
+                    yield b"".join(sse_frame(event) for event in item)
+        except UnavailableError:  # the log could not be read: the client comes back later
+            yield RECONNECT
 
 
 def session_ended_frame() -> bytes:
