@@ -1,4 +1,6 @@
-"""Shared fixtures: a real in-process runtime (factory, in-memory event log and bus)."""
+"""Shared fixtures: a real in-process runtime (factory, in-memory event log and bus), a real
+server (``server``, ``new_client``), the app in the test's event loop (``app``,
+``app_client``); the markers of the slow tiers (docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -23,8 +25,14 @@ from atoll.runtime.llm.offline import OfflineProvider
 from atoll.runtime.tools.knowledge import KnowledgeBase
 from atoll.server.serve import running_server
 
-from serving import PASSWORD, make_settings
+from inprocess import InProcessApp, running_app
+from serving import PASSWORD, build_template, make_settings
 from support import Runtime
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Migrate the SQLite template the test servers start from (serving.TEMPLATE)."""
+    build_template()
 
 
 @pytest.fixture
@@ -82,6 +90,30 @@ async def new_client(server: str) -> AsyncIterator[Callable[..., Any]]:
 
     async def make(email: str | None = None) -> AtollClient:
         client = AtollClient(server)
+        clients.append(client)
+        await client.register(email or f"u{new_id('usr')[4:14].lower()}@example.com", PASSWORD)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def app(settings_factory: Callable[..., Settings]) -> AsyncIterator[InProcessApp]:
+    """The app with default settings in this test's event loop, reached with no socket
+    (REST and SSE; WebSockets need ``server``)."""
+    async with running_app(settings_factory()) as running:
+        yield running
+
+
+@pytest.fixture
+async def app_client(app: InProcessApp) -> AsyncIterator[Callable[..., Any]]:
+    """``new_client`` for the in-process ``app``: registers a fresh user, returns its client."""
+    clients: list[AtollClient] = []
+
+    async def make(email: str | None = None) -> AtollClient:
+        client = app.client()
         clients.append(client)
         await client.register(email or f"u{new_id('usr')[4:14].lower()}@example.com", PASSWORD)
         return client

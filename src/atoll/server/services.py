@@ -277,7 +277,9 @@ async def running_services(
         auth = AuthService(
             db,
             token_codec(settings),
-            Passwords(),
+            Passwords(
+                time_cost=settings.password_time_cost, memory_kib=settings.password_memory_kib
+            ),
             audit,
             failures=cluster.login_failures
             if cluster is not None
