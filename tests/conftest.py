@@ -30,9 +30,43 @@ from serving import PASSWORD, build_template, make_settings
 from support import Runtime
 
 
+TESTS = Path(__file__).resolve().parent
+SLOW_DIRECTORIES = {"browser", "scale_out", "terminal"}
+"""Chromium; PostgreSQL, Redis and processes; ``atoll chat`` in a terminal."""
+REAL_SERVER_FIXTURES = {"server", "new_client", "postgres", "browser"}
+"""Fixtures that start a real server (uvicorn on a socket, PostgreSQL) or Chromium."""
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Migrate the SQLite template the test servers start from (serving.TEMPLATE)."""
     build_template()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tiers (docs/testing.md): ``inprocess`` for tests of the in-process ``app``;
+    ``slow`` for whatever needs a real server, process, Chromium or PostgreSQL: the slow
+    directories, the fixtures that start one, the PostgreSQL variant of ``database``, and
+    every e2e test that is not in-process (a new test there is slow until it says
+    otherwise, so the fast tier stays fast); ``browser`` and ``scale_out`` by directory."""
+    for item in items:
+        if not item.path.is_relative_to(TESTS):
+            continue
+        directory = item.path.relative_to(TESTS).parts[0]
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "app" in names:
+            item.add_marker(pytest.mark.inprocess)
+        if directory == "browser":
+            item.add_marker(pytest.mark.browser)
+        if directory == "scale_out":
+            item.add_marker(pytest.mark.scale_out)
+        if (
+            directory in SLOW_DIRECTORIES
+            or names & REAL_SERVER_FIXTURES
+            or params.get("database") == "postgresql"
+            or (directory == "e2e" and item.get_closest_marker("inprocess") is None)
+        ):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from atoll.store.models import User
 from inprocess import InProcessApp, running_app
 from serving import PASSWORD, make_settings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.security]
+pytestmark = [pytest.mark.e2e, pytest.mark.security, pytest.mark.inprocess]
 
 
 async def stored_hash(app: InProcessApp, email: str) -> str:
