@@ -36,7 +36,7 @@ async def served(
     """The app with ``plans``: in-process, or (``socket``) a real server."""
     config = make_settings(tmp_path / "data", plans=plans, **settings)
     if socket:
-        async with running_server(config) as (app, server):
+        async with running_server(config) as (url, server):
             yield url, server.config.app.state.services
     else:
         async with running_app(config) as app:
