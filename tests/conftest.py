@@ -29,7 +29,6 @@ from inprocess import InProcessApp, running_app
 from serving import PASSWORD, build_template, make_settings
 from support import Runtime
 
-
 TESTS = Path(__file__).resolve().parent
 SLOW_DIRECTORIES = {"browser", "scale_out", "terminal"}
 """Chromium; PostgreSQL, Redis and processes; ``atoll chat`` in a terminal."""

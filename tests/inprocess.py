@@ -230,3 +230,14 @@ async def running_app(
         finally:
             await running.services.stop()  # ends every stream, as AtollServer.shutdown does
             await running.transport.finish()
+
+
+Target = str | InProcessApp
+"""Where a test's clients go: a real server's base URL (WebSockets need one) or the app."""
+
+
+def client_of(target: Target, *, timeout: float = 30.0) -> AtollClient:
+    """An ``AtollClient`` of a real server (by URL) or of the in-process app."""
+    if isinstance(target, str):
+        return AtollClient(target, timeout=timeout)
+    return target.client(timeout=timeout)

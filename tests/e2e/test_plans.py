@@ -18,15 +18,11 @@ from atoll.server.services import Services
 from atoll.store.models import OrgMember, utcnow
 from integration.fake_openai import API_KEY, FakeOpenAI, serve_fake_openai
 
-from inprocess import InProcessApp, running_app
+from inprocess import Target, client_of, running_app
 from serving import PASSWORD, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.inprocess]
 TOKENS_PER_CALL = 18  # the fake's usage chunk: 11 prompt + 7 completion
-
-
-Target = str | InProcessApp
-"""A real server's URL (for the WebSocket) or the in-process app."""
 
 
 @asynccontextmanager
@@ -57,7 +53,7 @@ async def served_with_model(
 
 @asynccontextmanager
 async def user(target: Target, email: str) -> AsyncIterator[AtollClient]:
-    async with AtollClient(target) if isinstance(target, str) else target.client() as client:
+    async with client_of(target) as client:
         await client.register(email, PASSWORD)
         yield client
 
