@@ -57,8 +57,14 @@ class Chromium:
         return self.browser
 
 
+EXPECT_TIMEOUT_MS = 30_000
+"""How long ``expect`` waits for a page to show what it should (Playwright's default,
+5 s, is too short on a busy machine: the wait ends as soon as the page shows it)."""
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def chromium() -> AsyncIterator[Chromium]:
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     async with async_playwright() as playwright:
         shared = Chromium(playwright)
         yield shared
