@@ -42,6 +42,9 @@ TEST_SIGNUPS_PER_HOUR = 100_000
 TEST_PASSWORD_COST = {"password_time_cost": 1, "password_memory_kib": 64}
 """A cheap argon2id for the tests' thousands of sign-ups and logins (production: 2 passes
 over 19 MiB, about 0.2 s on this machine's cores); tests of the cost set their own."""
+TEST_SHUTDOWN_GRACE = 0.0
+"""A test's server stops at the end of the test: what still runs then is cancelled at
+once instead of being given 10 s (tests of the grace set their own)."""
 TEMPLATE = Path(tempfile.gettempdir()) / f"atoll-tests-{migrations_key()}.db"
 """A SQLite file migrated to head by ``build_template`` (once per test session), which
 ``make_settings`` copies into a new data directory: its server then finds the schema
@@ -71,6 +74,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a test server in ``data_dir``; on SQLite, a new data directory
     starts with the migrated ``TEMPLATE``."""
     overrides.setdefault("signups_per_hour", TEST_SIGNUPS_PER_HOUR)
+    overrides.setdefault("shutdown_grace", TEST_SHUTDOWN_GRACE)
     for name, cost in TEST_PASSWORD_COST.items():
         overrides.setdefault(name, cost)
     settings = Settings(data_dir=data_dir, **overrides)
