@@ -281,14 +281,14 @@ async def test_reading_above_is_not_pulled_down_and_jump_to_latest(
             await sign_up(page, url, "scroll@example.com")
             await page.get_by_label("Agent").select_option("assistant")
             for turn in range(3):  # enough to scroll
-                await ask(page, f"say: {'A long answer to read again. ' * 12}({turn})")
+                await ask(page, f"say: {'A long answer to read again. ' * 24}({turn})")
                 await expect(page.locator(".run").last).to_have_class(COMPLETED)
             # The model writes its first word, then waits (the gate) until the reader has
             # scrolled up: the rest arrives below what is being read, whatever the pace.
             await ask(page, "gate")
             await expect(page.locator(".run").last.locator(".answer")).to_have_text("Waiting")
             timeline = page.locator("#timeline")
-            assert await timeline.evaluate("t => t.scrollHeight - t.clientHeight") > 600
+            assert await timeline.evaluate("t => t.scrollHeight - t.clientHeight") > 400
             await timeline.evaluate(
                 "t => { t.scrollTop = 0; t.dispatchEvent(new Event('scroll')); }"
             )

@@ -419,6 +419,7 @@ async def test_a_stopping_worker_finishes_its_run_and_hands_back_the_unstarted_o
         assert (row.worker_id, row.attempts) == ("worker-2", 2)
 
 
+@pytest.mark.chaos
 async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_one(
     deployment: Deployment,
 ) -> None:
@@ -459,6 +460,7 @@ async def test_kill_9_of_a_worker_marks_its_run_dead_and_retries_the_unstarted_o
         assert "144" in events[-1]["data"]["message"]["content"]
 
 
+@pytest.mark.chaos
 async def test_a_worker_paused_past_its_heartbeat_cannot_overwrite_its_runs_end(
     deployment: Deployment,
 ) -> None:
