@@ -4,7 +4,8 @@
 #   scripts/test.sh --fast   every check and the fast tier: unit, integration on SQLite and
 #                            the e2e tests of the in-process app (pytest -m "not slow"; no
 #                            real server, process, Chromium, PostgreSQL or Redis): docs/testing.md
-# Extra arguments go to pytest (e.g. scripts/test.sh -m unit -x, scripts/test.sh --fast -x).
+# Extra arguments go to pytest (e.g. scripts/test.sh -m unit -x, scripts/test.sh --fast -x);
+# ATOLL_TEST_WORKERS sets the pytest-xdist workers of the whole suite (default 2; 0: none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fast=false
@@ -81,6 +82,14 @@ if [ "$fast" = true ]; then
     echo "== pytest, the fast tier"
     .venv/bin/pytest -m "not slow" "$@"
 else
-    echo "== pytest"
-    .venv/bin/pytest "$@"
+    # The whole suite mostly waits (on servers, processes, Chromium): two pytest-xdist
+    # workers, each module on one of them (its module fixtures start once), and each
+    # worker's ports its own (scripts/ports.py). ATOLL_TEST_WORKERS=0: one process.
+    workers=${ATOLL_TEST_WORKERS:-2}
+    echo "== pytest ($workers workers)"
+    if [ "$workers" -gt 0 ]; then
+        .venv/bin/pytest -n "$workers" --dist loadfile "$@"
+    else
+        .venv/bin/pytest "$@"
+    fi
 fi
