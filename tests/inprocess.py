@@ -182,8 +182,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             task.result()  # raises the app's error
             raise RuntimeError(f"the app ended its lifespan during {to}")
         if answer.result()["type"] != f"lifespan.{to}.complete":
-            with contextlib.suppress(Exception):
-                await task
+            await asyncio.wait({task}, timeout=SETTLE_SECONDS)  # it raises what failed
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
             raise RuntimeError(f"lifespan {to} failed: {answer.result().get('message', '')}")
 
     await reply("startup")
