@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,15 +16,11 @@ from typing import Any
 
 from joserfc.jwk import RSAKey
 
+from ports import free_port
+
 HERE = Path(__file__).resolve().parent / "oidc"
 CLIENT_ID = "atoll-tests"
 CLIENT_SECRET = "client-secret-for-tests-only"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def install() -> None:

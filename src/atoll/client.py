@@ -131,9 +131,18 @@ class AtollSocket:
 class AtollClient:
     """REST calls with the current access token, and ``connect()`` for the socket."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """``transport``: how REST calls reach the server; httpx's own network transport
+        unless given (e.g. an ASGI transport that calls an app in the same process).
+        ``connect()`` always opens a real WebSocket to ``base_url``."""
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
         self.access_token: str | None = None
         self.refresh_token: str | None = None
         self.user: dict[str, Any] | None = None

@@ -190,6 +190,16 @@ class Settings(BaseSettings):
         "`atoll serve`); revocations made by a server reach every node at once",
     )
     signups_per_hour: int = Field(20, ge=1, description="Sign-ups per client address per hour")
+    password_time_cost: int = Field(
+        2, ge=1, le=100, description="argon2id passes over memory per password hash"
+    )
+    password_memory_kib: int = Field(
+        19_456,
+        ge=64,
+        le=4 * 1024 * 1024,
+        description="argon2id memory per password hash, in KiB (the default, 19 MiB with 2 "
+        "passes, is OWASP's minimum: raise both as the hardware allows)",
+    )
     forwarded_allow_ips: str | None = Field(
         None,
         description="Proxies trusted to set X-Forwarded-For (comma-separated IPs, as uvicorn's "

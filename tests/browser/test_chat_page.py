@@ -92,6 +92,7 @@ async def test_server_restart_mid_run_the_page_reconnects_and_shows_the_end(
     settings = make_settings(tmp_path / "data", offline_token_delay=0.5, shutdown_grace=0)
     async with running_server(settings) as (url, _):
         page = await browser.new_page()
+        await page.clock.install()  # the page's timers, to hold its reconnect backoff below
         await sign_up(page, url, "restart@example.com")
         await page.get_by_label("Agent").select_option("assistant")
         await ask(page, "hello")
@@ -99,12 +100,15 @@ async def test_server_restart_mid_run_the_page_reconnects_and_shows_the_end(
         port = url.rsplit(":", 1)[1]
     await expect(page.locator("#connection")).to_contain_text("retrying in")
     await expect(page.get_by_role("button", name="Retry now")).to_be_visible()
+    # The page's time stops: its backoff timer cannot fire, only the button can reconnect.
+    await page.clock.pause_at(await page.evaluate("Date.now()") + 1)
     async with running_server(settings, port=int(port)) as (again, _):
         assert again == url
         await page.get_by_role("button", name="Retry now").click()  # no waiting for the backoff
-        await expect(page.locator("#connection")).to_have_text("online", timeout=5_000)
+        await expect(page.locator("#connection")).to_have_text("online")
+        await page.clock.resume()
         await expect(page.locator(".run .state")).to_have_text(
-            "Stopped: the server restarted. Send your message again.", timeout=20_000
+            "Stopped: the server restarted. Send your message again."
         )
 
 

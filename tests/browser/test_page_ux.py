@@ -127,26 +127,32 @@ async def test_a_send_while_the_server_is_down_is_kept_and_retried(
 async def test_while_a_run_is_going_the_composer_offers_queue_or_stop(
     browser: Browser, settings_factory: Callable[..., Any]
 ) -> None:
-    async with running_server(settings_factory(offline_token_delay=0.2)) as (url, _):
-        page = await browser.new_page()
-        await sign_up(page, url, "busy@example.com")
-        await page.get_by_label("Agent").select_option("assistant")
-        await ask(page, "hello")
-        await expect(page.locator(".run .answer")).not_to_have_text("")
-        await ask(page, "What is 4*4?")
-        choice = page.get_by_role("group", name="A run is in progress")
-        await expect(choice).to_be_visible()
-        await choice.get_by_role("button", name="Send after it").click()
-        await expect(page.locator(".run")).to_have_count(2)
-        await ask(page, "What is 5*5?")
-        await choice.get_by_role("button", name="Stop it and send").click()
-        await expect(page.locator(".run").nth(2)).to_have_class(COMPLETED, timeout=20_000)
-        await expect(page.locator(".run").nth(2).locator(".answer")).to_contain_text("25")
-        # It stopped what was in progress: the answer being written and the one queued.
-        await expect(page.locator(".state.cancelled")).to_have_text(
-            ["Stopped: you sent a new message.", "Stopped: you sent a new message."]
-        )
-        await expect(page.locator(".msg.user.failed")).to_have_count(0)
+    async with serve_fake_openai() as fake:
+        settings = settings_factory(
+            llm_provider="openai", llm_base_url=fake.base_url, llm_api_key=API_KEY,
+            llm_model="fake-model",
+        )  # fmt: skip
+        async with running_server(settings) as (url, _):
+            page = await browser.new_page()
+            await sign_up(page, url, "busy@example.com")
+            await page.get_by_label("Agent").select_option("assistant")
+            await ask(page, "gate")  # its first word, then it waits: in progress until the end
+            await expect(page.locator(".run .answer")).not_to_have_text("")
+            await ask(page, "What is 4*4?")
+            choice = page.get_by_role("group", name="A run is in progress")
+            await expect(choice).to_be_visible()
+            await choice.get_by_role("button", name="Send after it").click()
+            await expect(page.locator(".run")).to_have_count(2)
+            await ask(page, "say: 5*5 = 25")
+            await choice.get_by_role("button", name="Stop it and send").click()
+            await expect(page.locator(".run").nth(2)).to_have_class(COMPLETED)
+            await expect(page.locator(".run").nth(2).locator(".answer")).to_contain_text("25")
+            # It stopped what was in progress: the answer being written and the one queued.
+            await expect(page.locator(".state.cancelled")).to_have_text(
+                ["Stopped: you sent a new message.", "Stopped: you sent a new message."]
+            )
+            await expect(page.locator(".msg.user.failed")).to_have_count(0)
+            fake.gate.set()
 
 
 async def test_markdown_is_rendered_and_html_in_answers_or_messages_never_runs(
@@ -265,27 +271,39 @@ async def test_refreshing_is_single_flight_across_tabs(
 async def test_reading_above_is_not_pulled_down_and_jump_to_latest(
     browser: Browser, settings_factory: Callable[..., Any]
 ) -> None:
-    async with running_server(settings_factory(offline_token_delay=0.15)) as (url, _):
-        page = await browser.new_page(viewport={"width": 900, "height": 500})
-        await sign_up(page, url, "scroll@example.com")
-        await page.get_by_label("Agent").select_option("assistant")
-        for _ in range(3):
-            await ask(page, "hello")
-            await expect(page.locator(".run").last).to_have_class(COMPLETED, timeout=20_000)
-        # A long answer (the knowledge search, many seconds at this pace): it is still
-        # streaming when the reader scrolls up (a short one could end first: flaky in CI).
-        await ask(page, "Tell me about the runtime")
-        await expect(page.locator(".run").last.locator(".answer")).not_to_have_text("")
-        timeline = page.locator("#timeline")
-        await timeline.evaluate("t => { t.scrollTop = 0; }")
-        await page.wait_for_timeout(100)
-        jump = page.get_by_role("button", name="↓ Jump to the latest")
-        await expect(jump).to_be_visible()  # new text arrived below what is being read
-        await page.wait_for_timeout(1500)  # the run streams on meanwhile
-        assert await timeline.evaluate("t => t.scrollTop") < 300
-        await jump.click()
-        assert await timeline.evaluate("t => t.scrollHeight - t.scrollTop - t.clientHeight") < 48
-        await expect(jump).to_be_hidden()
+    async with serve_fake_openai() as fake:
+        settings = settings_factory(
+            llm_provider="openai", llm_base_url=fake.base_url, llm_api_key=API_KEY,
+            llm_model="fake-model",
+        )  # fmt: skip
+        async with running_server(settings) as (url, _):
+            page = await browser.new_page(viewport={"width": 900, "height": 500})
+            await sign_up(page, url, "scroll@example.com")
+            await page.get_by_label("Agent").select_option("assistant")
+            for turn in range(3):  # enough to scroll
+                await ask(page, f"say: {'A long answer to read again. ' * 24}({turn})")
+                await expect(page.locator(".run").last).to_have_class(COMPLETED)
+            # The model writes its first word, then waits (the gate) until the reader has
+            # scrolled up: the rest arrives below what is being read, whatever the pace.
+            await ask(page, "gate")
+            await expect(page.locator(".run").last.locator(".answer")).to_have_text("Waiting")
+            timeline = page.locator("#timeline")
+            assert await timeline.evaluate("t => t.scrollHeight - t.clientHeight") > 400
+            await timeline.evaluate(
+                "t => { t.scrollTop = 0; t.dispatchEvent(new Event('scroll')); }"
+            )
+            jump = page.get_by_role("button", name="↓ Jump to the latest")
+            await expect(jump).to_be_hidden()
+            fake.gate.set()
+            await expect(page.locator(".run").last).to_have_class(COMPLETED)
+            await expect(page.locator(".run").last.locator(".answer")).to_have_text("Waiting done.")
+            await expect(jump).to_be_visible()  # new text arrived below what is being read
+            assert await timeline.evaluate("t => t.scrollTop") < 300  # and it stayed put
+            await jump.click()
+            assert (
+                await timeline.evaluate("t => t.scrollHeight - t.scrollTop - t.clientHeight") < 48
+            )
+            await expect(jump).to_be_hidden()
 
 
 async def test_phone_drawer_badge_and_a_short_answer_on_one_screen(

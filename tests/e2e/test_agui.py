@@ -14,12 +14,12 @@ from ag_ui.core import Event, EventType
 from pydantic import TypeAdapter
 
 from atoll.client import AtollClient
-from atoll.server.serve import running_server
 
+from inprocess import running_app
 from ports import free_port
 from serving import PASSWORD, make_settings
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.inprocess]
 EVENT = TypeAdapter(Event)
 
 
@@ -39,20 +39,17 @@ def run_input(thread_id: str, *messages: tuple[str, str]) -> dict[str, Any]:
 
 
 async def agui(
-    server: str, token: str, body: dict[str, Any], **params: str
+    client: AtollClient, body: dict[str, Any], **params: str
 ) -> tuple[httpx.Headers, list[Any]]:
-    """POST the input; every ``data:`` line parsed as an AG-UI event."""
+    """POST the input as ``client``'s user; every ``data:`` line parsed as an AG-UI event."""
     events: list[Any] = []
-    async with (
-        httpx.AsyncClient(timeout=30) as http,
-        http.stream(
-            "POST",
-            f"{server}/api/v1/agui",
-            json=body,
-            params=params,
-            headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
-        ) as answer,
-    ):
+    async with client.http.stream(
+        "POST",
+        "/api/v1/agui",
+        json=body,
+        params=params,
+        headers={"Authorization": f"Bearer {client.access_token}", "Accept": "text/event-stream"},
+    ) as answer:
         assert answer.status_code == 200, await answer.aread()
         assert answer.headers["content-type"].startswith("text/event-stream")
         async for line in answer.aiter_lines():
@@ -92,12 +89,10 @@ def check_order(events: list[Any]) -> None:
     assert not open_messages and not open_calls and not steps
 
 
-async def test_a_run_streams_as_agui_events_the_sdk_parses(
-    server: str, new_client: Callable[..., Any]
-) -> None:
-    ada: AtollClient = await new_client()
+async def test_a_run_streams_as_agui_events_the_sdk_parses(app_client: Callable[..., Any]) -> None:
+    ada: AtollClient = await app_client()
     body = run_input("client-thread-1", ("user", "What is 17*23?"))
-    headers, events = await agui(server, str(ada.access_token), body)
+    headers, events = await agui(ada, body)
     check_order(events)
     assert events[0].thread_id == "client-thread-1" and events[0].run_id == body["runId"]
     assert events[-1].type == EventType.RUN_FINISHED and events[-1].run_id == body["runId"]
@@ -128,17 +123,17 @@ async def test_a_run_streams_as_agui_events_the_sdk_parses(
 
 
 async def test_the_clients_thread_id_keeps_one_atoll_thread_per_user(
-    server: str, new_client: Callable[..., Any]
+    app_client: Callable[..., Any],
 ) -> None:
-    ada: AtollClient = await new_client()
-    bob: AtollClient = await new_client()
+    ada: AtollClient = await app_client()
+    bob: AtollClient = await app_client()
     first = run_input("shared-name", ("user", "My name is Ada."))
-    headers, _ = await agui(server, str(ada.access_token), first)
+    headers, _ = await agui(ada, first)
     thread_id = headers["Atoll-Thread-Id"]
     second = run_input(
         "shared-name", ("user", "My name is Ada."), ("assistant", "Hi."), ("user", "Thanks")
     )
-    again, events = await agui(server, str(ada.access_token), second)
+    again, events = await agui(ada, second)
     check_order(events)
     assert again["Atoll-Thread-Id"] == thread_id  # continued, not a new thread
     page = await ada.request("GET", f"/threads/{thread_id}/messages")
@@ -147,48 +142,44 @@ async def test_the_clients_thread_id_keeps_one_atoll_thread_per_user(
         "Thanks",
     ]
     # The same client name from another user is another thread; Ada's stays hers.
-    bobs, _ = await agui(server, str(bob.access_token), run_input("shared-name", ("user", "hi")))
+    bobs, _ = await agui(bob, run_input("shared-name", ("user", "hi")))
     assert bobs["Atoll-Thread-Id"] != thread_id
     # An Atoll thread id continues that thread, and only for its owner.
-    own, _ = await agui(server, str(ada.access_token), run_input(thread_id, ("user", "more")))
+    own, _ = await agui(ada, run_input(thread_id, ("user", "more")))
     assert own["Atoll-Thread-Id"] == thread_id
-    async with httpx.AsyncClient() as http:
-        answer = await http.post(
-            f"{server}/api/v1/agui",
-            json=run_input(thread_id, ("user", "let me in")),
-            headers={"Authorization": f"Bearer {bob.access_token}"},
-        )
+    answer = await bob.http.post(
+        "/api/v1/agui",
+        json=run_input(thread_id, ("user", "let me in")),
+        headers={"Authorization": f"Bearer {bob.access_token}"},
+    )
     assert answer.status_code == 404 and answer.json()["code"] == "not_found"
 
 
 async def test_input_it_cannot_run_is_a_run_error_and_stores_nothing(
-    server: str, new_client: Callable[..., Any]
+    app_client: Callable[..., Any],
 ) -> None:
-    ada: AtollClient = await new_client()
+    ada: AtollClient = await app_client()
     body = run_input("t-empty", ("assistant", "only me"))
-    _, events = await agui(server, str(ada.access_token), body)
+    _, events = await agui(ada, body)
     assert [e.type for e in events] == [EventType.RUN_STARTED, EventType.RUN_ERROR]
     assert events[1].code == "validation_error"
-    _, overlong = await agui(server, str(ada.access_token), run_input("t" * 5000, ("user", "hi")))
+    _, overlong = await agui(ada, run_input("t" * 5000, ("user", "hi")))
     assert [e.type for e in overlong] == [EventType.RUN_STARTED, EventType.RUN_ERROR]
     assert (await ada.request("GET", "/threads"))["items"] == []
-    async with httpx.AsyncClient() as http:
-        unknown = await http.post(
-            f"{server}/api/v1/agui",
-            params={"agent": "nobody"},
-            json=run_input("t", ("user", "hi")),
-            headers={"Authorization": f"Bearer {ada.access_token}"},
-        )
-        assert unknown.status_code == 422 and unknown.json()["code"] == "unknown_agent"
-        anonymous = await http.post(f"{server}/api/v1/agui", json=run_input("t", ("user", "hi")))
-        assert anonymous.status_code == 401
-
-
-async def test_a_named_agent_runs(server: str, new_client: Callable[..., Any]) -> None:
-    ada: AtollClient = await new_client()
-    _, events = await agui(
-        server, str(ada.access_token), run_input("t2", ("user", "What is 2+2?")), agent="assistant"
+    unknown = await ada.http.post(
+        "/api/v1/agui",
+        params={"agent": "nobody"},
+        json=run_input("t", ("user", "hi")),
+        headers={"Authorization": f"Bearer {ada.access_token}"},
     )
+    assert unknown.status_code == 422 and unknown.json()["code"] == "unknown_agent"
+    anonymous = await ada.http.post("/api/v1/agui", json=run_input("t", ("user", "hi")))
+    assert anonymous.status_code == 401
+
+
+async def test_a_named_agent_runs(app_client: Callable[..., Any]) -> None:
+    ada: AtollClient = await app_client()
+    _, events = await agui(ada, run_input("t2", ("user", "What is 2+2?")), agent="assistant")
     check_order(events)
     steps = [e.step_name for e in events if e.type == EventType.STEP_STARTED]
     assert steps == ["assistant"]
@@ -200,11 +191,9 @@ async def test_a_run_that_fails_ends_with_run_error(tmp_path: Path) -> None:
     dead = {"llm_provider": "openai", "llm_base_url": f"http://127.0.0.1:{free_port()}/v1",
             "llm_api_key": "unused", "llm_model": "m"}  # fmt: skip
     settings = make_settings(tmp_path / "data", **dead)
-    async with running_server(settings) as (url, _), AtollClient(url) as ada:
+    async with running_app(settings) as app, app.client() as ada:
         await ada.register("ada@example.com", PASSWORD)
-        _, events = await agui(
-            url, str(ada.access_token), run_input("t3", ("user", "hi")), agent="assistant"
-        )
+        _, events = await agui(ada, run_input("t3", ("user", "hi")), agent="assistant")
     check_order(events)
     assert events[-1].type == EventType.RUN_ERROR
     assert events[-1].code and events[-1].message

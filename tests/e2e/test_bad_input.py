@@ -13,17 +13,19 @@ import websockets
 
 from atoll.client import AtollClient
 
+from inprocess import InProcessApp
+
 pytestmark = pytest.mark.e2e
 
 LONG = "x" * 32_001
 
 
 async def call(
-    url: str, token: str | None, method: str, path: str, **kwargs: Any
+    app: InProcessApp, token: str | None, method: str, path: str, **kwargs: Any
 ) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     headers.update(kwargs.pop("headers", {}))
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with app.http() as http:
         return await http.request(method, f"/api/v1{path}", headers=headers, **kwargs)
 
 
@@ -49,25 +51,25 @@ PUBLIC_CASES = [
 
 
 @pytest.mark.parametrize(("path", "body", "named"), PUBLIC_CASES)
-async def test_public_endpoints(server: str, path: str, body: Any, named: set[str]) -> None:
-    answer = await call(server, None, "POST", path, json=body)
+async def test_public_endpoints(app: InProcessApp, path: str, body: Any, named: set[str]) -> None:
+    answer = await call(app, None, "POST", path, json=body)
     assert answer.status_code == 422
     assert answer.json()["code"] == "validation_error"
     assert named <= fields(answer)
 
 
-async def test_non_json_and_non_object_bodies(server: str) -> None:
+async def test_non_json_and_non_object_bodies(app: InProcessApp) -> None:
     for content in (b"{not json", b"[1, 2]", b'"text"'):
         answer = await call(
-            server, None, "POST", "/auth/login", content=content,
+            app, None, "POST", "/auth/login", content=content,
             headers={"content-type": "application/json"},
         )  # fmt: skip
         assert answer.status_code == 422, content
         fields(answer)
 
 
-async def test_authenticated_endpoints(new_client: Callable[..., Any], server: str) -> None:
-    client: AtollClient = await new_client()
+async def test_authenticated_endpoints(app_client: Callable[..., Any], app: InProcessApp) -> None:
+    client: AtollClient = await app_client()
     token = client.access_token
     thread = (await client.request("POST", "/threads", json={"title": "t"}))["id"]
     cases: list[tuple[str, str, dict[str, Any], set[str], str]] = [
@@ -93,26 +95,24 @@ async def test_authenticated_endpoints(new_client: Callable[..., Any], server: s
         ("GET", "/runs/run_x/events", {"params": {"after": -1}}, {"after"}, "validation_error"),
     ]  # fmt: skip
     for method, path, kwargs, named, code in cases:
-        answer = await call(server, token, method, path, **kwargs)
+        answer = await call(app, token, method, path, **kwargs)
         assert 400 <= answer.status_code < 500, (method, path, kwargs, answer.text)
         assert answer.json()["code"] == code, (method, path, answer.text)
         assert named <= fields(answer), (method, path, answer.text)
-    unknown_agent = await call(
-        server, token, "POST", "/chat", json={"message": "hi", "agent": "nope"}
-    )
+    unknown_agent = await call(app, token, "POST", "/chat", json={"message": "hi", "agent": "nope"})
     assert unknown_agent.status_code == 422
     assert unknown_agent.json()["code"] == "unknown_agent"
     run = (await client.chat("What is 1+1?"))["run"]["id"]
     headers = {"Last-Event-ID": "abc"}
-    stream = await call(server, token, "GET", f"/runs/{run}/stream", headers=headers)
+    stream = await call(app, token, "GET", f"/runs/{run}/stream", headers=headers)
     assert stream.status_code == 422
     assert "last-event-id" in fields(stream)
-    extra = await call(server, token, "POST", "/threads", json={"title": "ok", "surprise": 1})
+    extra = await call(app, token, "POST", "/threads", json={"title": "ok", "surprise": 1})
     assert extra.status_code == 201
-    missing_auth = await call(server, None, "GET", "/threads")
+    missing_auth = await call(app, None, "GET", "/threads")
     assert missing_auth.status_code == 401
     assert missing_auth.json()["code"] == "invalid_token"
-    nowhere = await call(server, token, "GET", "/nowhere")
+    nowhere = await call(app, token, "GET", "/nowhere")
     assert nowhere.status_code == 404
     assert nowhere.json()["code"] == "not_found"
 
@@ -164,10 +164,10 @@ async def test_auth_frame_timeout_closes_4408(settings_factory: Callable[..., An
 
 
 async def test_an_identity_id_outside_the_storage_range_is_a_422_not_a_500(
-    new_client: Any,
+    app_client: Any,
 ) -> None:
     """Found by schemathesis: a 24-digit id overflowed SQLite's 64-bit INTEGER."""
-    client = await new_client()
+    client = await app_client()
     for bad in ("-198608164759584555139072", str(2**63), "0", "1.5"):
         answer = await client.http.delete(f"/api/v1/me/identities/{bad}", headers=client._headers())
         assert answer.status_code == 422, (bad, answer.text)

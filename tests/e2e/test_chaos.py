@@ -20,7 +20,7 @@ from atoll.server.serve import running_server
 from chaos_client import ChaosUser, Counters, verify
 from serving import PASSWORD, make_settings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.multi_user]
+pytestmark = [pytest.mark.e2e, pytest.mark.multi_user, pytest.mark.chaos]
 
 
 @pytest.mark.parametrize("seed", [1, 2])

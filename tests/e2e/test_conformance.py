@@ -199,7 +199,9 @@ class Socket:
 
     def _open(self) -> ClientConnection:
         url = self.url.replace("http", "ws") + "/api/v1/ws"
-        connection = self.stack.enter_context(connect(url, open_timeout=10))
+        # Unbounded receive buffer: run events pile up unread between round trips, and a
+        # full buffer stops the reader, so the close handshake would wait out its timeout.
+        connection = self.stack.enter_context(connect(url, open_timeout=10, max_queue=None))
         connection.send(json.dumps({"type": "auth", "token": self.token}))
         assert json.loads(connection.recv(timeout=10))["type"] == "connection_established"
         return connection

@@ -11,6 +11,7 @@ import pytest
 from atoll.client import AtollClient, ends_run
 from atoll.server.serve import running_server
 
+from inprocess import running_app
 from serving import PASSWORD
 from support import is_subsequence
 
@@ -92,9 +93,10 @@ async def test_resume_after_a_dropped_connection_yields_exactly_the_missed_event
     assert seen[-1]["type"] == "agent_completed"
 
 
+@pytest.mark.inprocess
 async def test_sse_follows_a_live_run(settings_factory: Callable[..., Any]) -> None:
     settings = settings_factory(offline_token_delay=0.02)
-    async with running_server(settings) as (url, _), AtollClient(url) as client:
+    async with running_app(settings) as app, app.client() as client:
         await client.register("sse@example.com", PASSWORD)
         accepted = await client.chat("hello", agent="assistant")
         events = [e async for e in client.stream(accepted["run"]["id"])]

@@ -1,5 +1,5 @@
 """The OpenAI-compatible API (issue 16), driven by the official ``openai`` client with an
-Atoll API key against a live server: every call is a real run of the key's owner."""
+Atoll API key against the app (in-process): every call is a real run of the key's owner."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from atoll.client import AtollClient
 from atoll.server.serve import running_server
-from atoll.server.services import Services
 from integration.fake_openai import API_KEY, FakeOpenAI, serve_fake_openai
 
+from inprocess import InProcessApp, running_app
 from serving import make_settings
 from support import until
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.inprocess]
 
 
 async def key_of(client: AtollClient, **fields: Any) -> str:
@@ -29,8 +28,13 @@ async def key_of(client: AtollClient, **fields: Any) -> str:
     return str(made["key"])
 
 
-def sdk(server: str, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=key, max_retries=0)
+def sdk(app: InProcessApp | str, key: str) -> openai.AsyncOpenAI:
+    """The SDK with ``key``, for the in-process app or a real server's URL."""
+    if isinstance(app, str):
+        return openai.AsyncOpenAI(base_url=f"{app}/v1", api_key=key, max_retries=0)
+    return openai.AsyncOpenAI(
+        base_url=f"{app.url}/v1", api_key=key, max_retries=0, http_client=app.http()
+    )
 
 
 async def thread_messages(client: AtollClient, thread_id: str) -> list[tuple[str, str]]:
@@ -39,10 +43,10 @@ async def thread_messages(client: AtollClient, thread_id: str) -> list[tuple[str
 
 
 async def test_models_and_a_completion_are_real_runs_of_the_keys_owner(
-    server: str, new_client: Callable[..., Any]
+    app: InProcessApp, app_client: Callable[..., Any]
 ) -> None:
-    ada = await new_client()
-    async with sdk(server, await key_of(ada)) as client:
+    ada = await app_client()
+    async with sdk(app, await key_of(ada)) as client:
         models = await client.models.list()
         assert {"assistant", "supervisor"} <= {m.id for m in models.data}
         raw = await client.chat.completions.with_raw_response.create(
@@ -73,10 +77,10 @@ async def test_models_and_a_completion_are_real_runs_of_the_keys_owner(
 
 
 async def test_a_streamed_completion_carries_text_thinking_and_tools_then_done(
-    server: str, new_client: Callable[..., Any]
+    app: InProcessApp, app_client: Callable[..., Any]
 ) -> None:
-    ada = await new_client()
-    async with sdk(server, await key_of(ada)) as client:
+    ada = await app_client()
+    async with sdk(app, await key_of(ada)) as client:
         stream = await client.chat.completions.create(
             model="supervisor",
             messages=[{"role": "user", "content": "What is 17*23?"}],
@@ -110,10 +114,10 @@ async def test_a_streamed_completion_carries_text_thinking_and_tools_then_done(
 
 
 async def test_a_conversation_starts_a_thread_and_the_header_continues_it(
-    server: str, new_client: Callable[..., Any]
+    app: InProcessApp, app_client: Callable[..., Any]
 ) -> None:
-    ada = await new_client()
-    async with sdk(server, await key_of(ada)) as client:
+    ada = await app_client()
+    async with sdk(app, await key_of(ada)) as client:
         first = await client.chat.completions.with_raw_response.create(
             model="assistant",
             messages=[
@@ -152,17 +156,17 @@ async def test_a_conversation_starts_a_thread_and_the_header_continues_it(
 
 
 async def test_keys_are_refused_when_revoked_read_only_or_another_users(
-    server: str, new_client: Callable[..., Any]
+    app: InProcessApp, app_client: Callable[..., Any]
 ) -> None:
-    ada, bob = await new_client(), await new_client()
+    ada, bob = await app_client(), await app_client()
     ada_key, bob_key = await key_of(ada), await key_of(bob)
-    async with sdk(server, ada_key) as client:
+    async with sdk(app, ada_key) as client:
         raw = await client.chat.completions.with_raw_response.create(
             model="assistant", messages=[{"role": "user", "content": "hello"}]
         )
         thread_id = raw.headers["Atoll-Thread-Id"]
     # Bob's key cannot continue (or, by the REST API, read) Ada's thread: 404, as if absent.
-    async with sdk(server, bob_key) as client:
+    async with sdk(app, bob_key) as client:
         with pytest.raises(openai.NotFoundError) as caught:
             await client.chat.completions.create(
                 model="assistant",
@@ -170,13 +174,13 @@ async def test_keys_are_refused_when_revoked_read_only_or_another_users(
                 extra_headers={"Atoll-Thread-Id": thread_id},
             )
         assert caught.value.code == "not_found"
-    async with AtollClient(server) as as_bob:
+    async with app.client() as as_bob:
         as_bob.access_token = bob_key
         page = await as_bob.request("GET", "/threads")
         assert thread_id not in [t["id"] for t in page["items"]]
     assert len(await thread_messages(ada, thread_id)) == 2  # nothing was added
     # A read-only key lists models but cannot start a run.
-    async with sdk(server, await key_of(ada, scopes=["read"])) as client:
+    async with sdk(app, await key_of(ada, scopes=["read"])) as client:
         assert (await client.models.list()).data
         with pytest.raises(openai.PermissionDeniedError) as denied:
             await client.chat.completions.create(
@@ -187,7 +191,7 @@ async def test_keys_are_refused_when_revoked_read_only_or_another_users(
     listed = await ada.request("GET", "/keys")
     for key in listed:
         await ada.request("DELETE", f"/keys/{key['id']}")
-    async with sdk(server, ada_key) as client:
+    async with sdk(app, ada_key) as client:
         with pytest.raises(openai.AuthenticationError) as revoked:
             await client.models.list()
         assert revoked.value.code in ("invalid_token", "session_revoked")
@@ -195,10 +199,10 @@ async def test_keys_are_refused_when_revoked_read_only_or_another_users(
 
 
 async def test_bad_requests_get_openai_errors_with_atolls_codes(
-    server: str, new_client: Callable[..., Any]
+    app: InProcessApp, app_client: Callable[..., Any]
 ) -> None:
-    ada = await new_client()
-    async with sdk(server, await key_of(ada)) as client:
+    ada = await app_client()
+    async with sdk(app, await key_of(ada)) as client:
         cases: list[tuple[dict[str, Any], str]] = [
             ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, "unknown_agent"),
             (
@@ -226,16 +230,17 @@ async def test_bad_requests_get_openai_errors_with_atolls_codes(
 
 
 @asynccontextmanager
-async def served_with_model(tmp_path: Path) -> AsyncIterator[tuple[str, Services, FakeOpenAI]]:
+async def served_with_model(tmp_path: Path) -> AsyncIterator[tuple[str, FakeOpenAI]]:
     async with serve_fake_openai() as fake:
         model = {"llm_provider": "openai", "llm_base_url": fake.base_url,
                  "llm_api_key": API_KEY, "llm_model": "fake-model"}  # fmt: skip
-        async with running_server(make_settings(tmp_path / "data", **model)) as (url, server):
-            yield url, server.config.app.state.services, fake
+        async with running_server(make_settings(tmp_path / "data", **model)) as (url, _):
+            yield url, fake
 
 
+@pytest.mark.slow  # a real server: the client closes its connection
 async def test_a_stream_the_client_abandons_cancels_its_run(tmp_path: Path) -> None:
-    async with served_with_model(tmp_path) as (url, _, fake), AtollClient(url) as ada:
+    async with served_with_model(tmp_path) as (url, fake), AtollClient(url) as ada:
         await ada.register("ada@example.com", "correct horse battery")
         async with sdk(url, await key_of(ada)) as client:
             stream = await client.chat.completions.create(
@@ -260,9 +265,9 @@ async def test_a_stream_the_client_abandons_cancels_its_run(tmp_path: Path) -> N
 async def test_a_run_that_fails_is_an_error_the_client_raises(tmp_path: Path) -> None:
     plans = {"free": {"monthly_tokens": 0}}
     settings = make_settings(tmp_path / "data", plans=plans)
-    async with running_server(settings) as (url, _), AtollClient(url) as ada:
+    async with running_app(settings) as app, app.client() as ada:
         await ada.register("ada@example.com", "correct horse battery")
-        async with sdk(url, await key_of(ada)) as client:
+        async with sdk(app, await key_of(ada)) as client:
             with pytest.raises(openai.RateLimitError) as caught:
                 await client.chat.completions.create(
                     model="assistant", messages=[{"role": "user", "content": "hi"}]
@@ -273,24 +278,24 @@ async def test_a_run_that_fails_is_an_error_the_client_raises(tmp_path: Path) ->
             assert body["scope"] == "user" and body["budget"] == 0
 
 
-async def test_non_openai_paths_keep_problem_json(server: str) -> None:
-    async with httpx.AsyncClient() as http:
-        answer = await http.get(f"{server}/api/v1/threads")
+async def test_non_openai_paths_keep_problem_json(app: InProcessApp) -> None:
+    async with app.http() as http:
+        answer = await http.get("/api/v1/threads")
         assert answer.headers["content-type"] == "application/problem+json"
-        answer = await http.get(f"{server}/v1/models")
+        answer = await http.get("/v1/models")
         assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_token"
 
 
 async def test_many_concurrent_streams_each_get_their_own_answer(
-    server: str, new_client: Callable[..., Any]
+    app: InProcessApp, app_client: Callable[..., Any]
 ) -> None:
     """Ten users at once, each streaming: every stream gets its own run's text, nobody
     else's (the offline model answers arithmetic from the question itself)."""
-    users = [await new_client() for _ in range(10)]
+    users = [await app_client() for _ in range(10)]
     keys = [await key_of(u) for u in users]
 
     async def ask(index: int) -> tuple[int, str]:
-        async with sdk(server, keys[index]) as client:
+        async with sdk(app, keys[index]) as client:
             stream = await client.chat.completions.create(
                 model="assistant",
                 messages=[{"role": "user", "content": f"What is {index}*1000?"}],
@@ -317,9 +322,9 @@ async def test_the_per_user_stream_limit_and_size_limits_hold_on_the_new_doors(
         settings = make_settings(
             tmp_path / "data", max_sse_streams=1, max_message_chars=1000, **model
         )
-        async with running_server(settings) as (url, _), AtollClient(url) as ada:
+        async with running_app(settings) as app, app.client() as ada:
             await ada.register("ada@example.com", "correct horse battery")
-            async with sdk(url, await key_of(ada)) as client:
+            async with sdk(app, await key_of(ada)) as client:
                 held = await client.chat.completions.create(
                     model="assistant", messages=[{"role": "user", "content": "gate"}], stream=True
                 )
@@ -331,9 +336,9 @@ async def test_the_per_user_stream_limit_and_size_limits_hold_on_the_new_doors(
                         model="assistant", messages=[{"role": "user", "content": "hi"}]
                     )
                 assert refused.value.code == "too_many_streams"
-                async with httpx.AsyncClient() as http:
+                async with app.http() as http:
                     agui = await http.post(
-                        f"{url}/api/v1/agui",
+                        "/api/v1/agui",
                         json={"threadId": "t", "runId": "r",
                               "messages": [{"id": "1", "role": "user", "content": "hi"}]},
                         headers={"Authorization": f"Bearer {ada.access_token}"},

@@ -18,10 +18,11 @@ from atoll.server.serve import running_server
 from atoll.server.services import Services
 from atoll.store.models import Identity, OrgMember, utcnow
 
+from inprocess import Target, client_of, running_app
 from ports import free_port
 from serving import PASSWORD, make_settings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.security]
+pytestmark = [pytest.mark.e2e, pytest.mark.security, pytest.mark.inprocess]
 
 
 async def join(services: Services, user_id: str, org_id: str, role: str = "member") -> None:
@@ -32,12 +33,25 @@ async def join(services: Services, user_id: str, org_id: str, role: str = "membe
 
 
 @asynccontextmanager
+async def served(
+    tmp_path: Path, *, socket: bool, **overrides: Any
+) -> AsyncIterator[tuple[Target, Services]]:
+    """The app in-process, or (``socket``) a real server."""
+    settings = make_settings(tmp_path / "data", **overrides)
+    if socket:
+        async with running_server(settings) as (url, server):
+            yield url, server.config.app.state.services
+    else:
+        async with running_app(settings) as app:
+            yield app, app.services
+
+
+@asynccontextmanager
 async def two_orgs(
-    tmp_path: Path, **settings: Any
-) -> AsyncIterator[tuple[str, Services, dict[str, Any]]]:
+    tmp_path: Path, *, socket: bool = False, **settings: Any
+) -> AsyncIterator[tuple[Target, Services, dict[str, Any]]]:
     """Acme (admin Ada, members Bob and Cy) and Globex (admin Gil), all with passwords."""
-    async with running_server(make_settings(tmp_path / "data", **settings)) as (url, server):
-        services: Services = server.config.app.state.services
+    async with served(tmp_path, socket=socket, **settings) as (target, services):
         acme = await services.org_admin.create("Acme", "pro")
         await services.orgs.add_domain(acme.id, "acme.test")
         globex = await services.org_admin.create("Globex")
@@ -49,7 +63,7 @@ async def two_orgs(
             ("cy", acme.id, "member"),
             ("gil", globex.id, "admin"),
         ):
-            client = AtollClient(url)
+            client = client_of(target)
             clients.append(client)
             domain = "acme.test" if org_id == acme.id else "globex.test"
             answer = await client.register(f"{name}@{domain}", PASSWORD)
@@ -57,7 +71,7 @@ async def two_orgs(
             people[name] = client
             people[f"{name}_id"] = answer["user"]["id"]
         try:
-            yield url, services, people
+            yield target, services, people
         finally:
             for client in clients:
                 await client.aclose()
@@ -131,10 +145,11 @@ async def test_members_see_their_org_admins_manage_it_and_others_get_404(tmp_pat
         assert next(e for e in by_bob if e.action == "org_role_changed").detail["by"] == p["bob_id"]
 
 
+@pytest.mark.slow  # the member's socket is closed
 async def test_removal_ends_sessions_and_sockets_at_once_and_keeps_the_member_out(
     tmp_path: Path,
 ) -> None:
-    async with two_orgs(tmp_path) as (url, services, p):
+    async with two_orgs(tmp_path, socket=True) as (url, services, p):
         ada, bob, acme = p["ada"], p["bob"], p["acme"]
         await bob.request("GET", "/me")  # cached for the session cache's lifetime
         async with bob.connect() as socket:
@@ -200,7 +215,7 @@ async def test_members_are_paged_by_email_without_repeats(tmp_path: Path) -> Non
 async def test_an_admin_requires_sso_only_with_an_identity_provider_linked(
     tmp_path: Path,
 ) -> None:
-    async with two_orgs(tmp_path) as (url, services, p):
+    async with two_orgs(tmp_path) as (app, services, p):
         ada, acme = p["ada"], p["acme"]
         body = {"sso_required": True}
         assert await refused(ada.request("PATCH", f"/orgs/{acme}", json=body)) == (
@@ -214,7 +229,7 @@ async def test_an_admin_requires_sso_only_with_an_identity_provider_linked(
         await services.db.write(lambda session: session.add(identity))
         org = await ada.request("PATCH", f"/orgs/{acme}", json=body)
         assert org["sso_required"] is True
-        async with AtollClient(url) as stranger:
+        async with client_of(app) as stranger:
             assert await refused(stranger.login("cy@acme.test", PASSWORD)) == (
                 403, "sso_required",
             )  # fmt: skip
@@ -237,7 +252,7 @@ async def test_requiring_sso_ends_the_password_sessions_and_their_sockets(
 ) -> None:
     """F7: passwords refused from now on, and the password sessions that exist end at once
     (refresh answers 401, sockets close with 4401); another organisation's go on."""
-    async with two_orgs(tmp_path) as (url, services, p):
+    async with two_orgs(tmp_path, socket=True) as (url, services, p):
         ada, bob, gil, acme = p["ada"], p["bob"], p["gil"], p["acme"]
         await link_identity(services, p["ada_id"], "acme", "ada")
         await bob.request("GET", "/me")  # cached for the session cache's lifetime

@@ -10,6 +10,8 @@ import httpx
 import pytest
 from vendor import LOCK, VENDOR, check
 
+from inprocess import InProcessApp
+
 pytestmark = [pytest.mark.e2e]
 
 
@@ -20,8 +22,8 @@ async def versioned_prefix(http: httpx.AsyncClient) -> str:
     return match.group(1)
 
 
-async def test_the_icon_is_served_and_linked(server: str) -> None:
-    async with httpx.AsyncClient(base_url=server) as http:
+async def test_the_icon_is_served_and_linked(app: InProcessApp) -> None:
+    async with app.http() as http:
         prefix = await versioned_prefix(http)
         page = await http.get("/")
         assert f'rel="icon" href="{prefix}favicon.svg"' in page.text
@@ -32,8 +34,8 @@ async def test_the_icon_is_served_and_linked(server: str) -> None:
             assert icon.text.startswith("<svg")
 
 
-async def test_versioned_files_are_kept_and_the_page_is_revalidated(server: str) -> None:
-    async with httpx.AsyncClient(base_url=server) as http:
+async def test_versioned_files_are_kept_and_the_page_is_revalidated(app: InProcessApp) -> None:
+    async with app.http() as http:
         prefix = await versioned_prefix(http)
         page = await http.get("/")
         assert page.headers["cache-control"] == "no-cache"
@@ -63,8 +65,8 @@ async def test_versioned_files_are_kept_and_the_page_is_revalidated(server: str)
             assert again.status_code == 304, path
 
 
-async def test_text_files_are_sent_gzipped_to_clients_that_accept_it(server: str) -> None:
-    async with httpx.AsyncClient(base_url=server) as http:
+async def test_text_files_are_sent_gzipped_to_clients_that_accept_it(app: InProcessApp) -> None:
+    async with app.http() as http:
         prefix = await versioned_prefix(http)
         raw = await http.get(
             prefix + "vendor/highlight.js", headers={"Accept-Encoding": "identity"}

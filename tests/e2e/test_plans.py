@@ -18,37 +18,43 @@ from atoll.server.services import Services
 from atoll.store.models import OrgMember, utcnow
 from integration.fake_openai import API_KEY, FakeOpenAI, serve_fake_openai
 
+from inprocess import Target, client_of, running_app
 from serving import PASSWORD, make_settings
 from support import until
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.inprocess]
 TOKENS_PER_CALL = 18  # the fake's usage chunk: 11 prompt + 7 completion
 
 
 @asynccontextmanager
 async def served(
-    tmp_path: Path, plans: dict[str, Any], **settings: Any
-) -> AsyncIterator[tuple[str, Services]]:
+    tmp_path: Path, plans: dict[str, Any], *, socket: bool = False, **settings: Any
+) -> AsyncIterator[tuple[Target, Services]]:
+    """The app with ``plans``: in-process, or (``socket``) a real server."""
     config = make_settings(tmp_path / "data", plans=plans, **settings)
-    async with running_server(config) as (url, server):
-        yield url, server.config.app.state.services
+    if socket:
+        async with running_server(config) as (url, server):
+            yield url, server.config.app.state.services
+    else:
+        async with running_app(config) as app:
+            yield app, app.services
 
 
 @asynccontextmanager
 async def served_with_model(
     tmp_path: Path, plans: dict[str, Any], **settings: Any
-) -> AsyncIterator[tuple[str, Services, FakeOpenAI]]:
+) -> AsyncIterator[tuple[Target, Services, FakeOpenAI]]:
     """``served``, its model the OpenAI-compatible fake."""
     async with serve_fake_openai() as fake:
         model = {"llm_provider": "openai", "llm_base_url": fake.base_url,
                  "llm_api_key": API_KEY, "llm_model": "fake-model"}  # fmt: skip
-        async with served(tmp_path, plans, **model, **settings) as (url, services):
-            yield url, services, fake
+        async with served(tmp_path, plans, **model, **settings) as (target, services):
+            yield target, services, fake
 
 
 @asynccontextmanager
-async def user(url: str, email: str) -> AsyncIterator[AtollClient]:
-    async with AtollClient(url) as client:
+async def user(target: Target, email: str) -> AsyncIterator[AtollClient]:
+    async with client_of(target) as client:
         await client.register(email, PASSWORD)
         yield client
 
@@ -81,7 +87,7 @@ async def test_a_plan_sets_the_agents_and_tools_its_users_have(tmp_path: Path) -
         "team": {"agents": ["supervisor"]},
         "pro": {},
     }
-    async with served(tmp_path, plans) as (url, services), user(url, "fay@example.com") as fay:
+    async with served(tmp_path, plans) as (app, services), user(app, "fay@example.com") as fay:
         assert [a["name"] for a in await fay.request("GET", "/agents")] == ["assistant"]
         assert [t["name"] for t in await fay.request("GET", "/tools")] == ["current_time"]
         forbidden = await refusal(fay.chat("What is 17*23?", agent="supervisor"))
@@ -92,7 +98,7 @@ async def test_a_plan_sets_the_agents_and_tools_its_users_have(tmp_path: Path) -
         assert events[-1]["type"] == "agent_completed"
         team = await services.org_admin.create("Team", "team")
         pro = await services.org_admin.create("Pro", "pro")
-        async with user(url, "tim@team.test") as tim, user(url, "pia@pro.test") as pia:
+        async with user(app, "tim@team.test") as tim, user(app, "pia@pro.test") as pia:
             await into_org(services, tim, team.id)
             await into_org(services, pia, pro.id)
             # Team's plan has the supervisor only: it is offered no specialists to ask.
@@ -110,9 +116,9 @@ async def test_runs_at_once_and_messages_per_minute_follow_the_plan(tmp_path: Pa
         "free": {"runs_at_once": 1, "messages_per_minute": 3},
         "pro": {"runs_at_once": 2, "messages_per_minute": 4},
     }
-    async with served_with_model(tmp_path, plans, run_overflow="reject") as (url, services, fake):
+    async with served_with_model(tmp_path, plans, run_overflow="reject") as (app, services, fake):
         pro = await services.org_admin.create("Pro", "pro")
-        async with user(url, "fay@example.com") as fay, user(url, "pia@pro.test") as pia:
+        async with user(app, "fay@example.com") as fay, user(app, "pia@pro.test") as pia:
             await into_org(services, pia, pro.id)
             for client, allowed in ((fay, 1), (pia, 2)):
                 held = [await client.chat(f"gate {i}") for i in range(allowed)]
@@ -137,11 +143,12 @@ async def test_runs_at_once_and_messages_per_minute_follow_the_plan(tmp_path: Pa
             assert (await refusal(pia.chat("hello"))).code == "rate_limited"
 
 
+@pytest.mark.slow  # the socket's refusal too
 async def test_a_spent_budget_refuses_the_next_message_with_quota_exceeded(
     tmp_path: Path,
 ) -> None:
     plans = {"free": {"monthly_tokens": 30}, "team": {"org_monthly_tokens": 40}}
-    async with served_with_model(tmp_path, plans) as (url, services, _fake):
+    async with served_with_model(tmp_path, plans, socket=True) as (url, services, _fake):
         async with user(url, "fay@example.com") as fay:
             for _ in range(2):  # 18, then 36 tokens: the budget of 30 is spent after
                 assert (await ask(fay, "hello"))[-1]["type"] == "agent_completed"
@@ -181,7 +188,7 @@ async def test_a_run_admitted_before_the_budget_was_spent_ends_quota_exceeded_at
     tmp_path: Path,
 ) -> None:
     plans = {"free": {"monthly_tokens": 10, "runs_at_once": 1}}
-    async with served_with_model(tmp_path, plans) as (url, _, fake), user(url, "fay@x.test") as fay:
+    async with served_with_model(tmp_path, plans) as (app, _, fake), user(app, "fay@x.test") as fay:
         first = await fay.chat("gate", agent="assistant")
         async for event in fay.stream(first["run"]["id"]):
             if event["type"] == "message_delta":
@@ -200,7 +207,7 @@ async def test_a_run_admitted_before_the_budget_was_spent_ends_quota_exceeded_at
 
 async def test_usage_counts_every_model_call_and_concurrent_ends_add_up(tmp_path: Path) -> None:
     plans = {"free": {}}
-    async with served_with_model(tmp_path, plans) as (url, _, _f), user(url, "fay@x.test") as fay:
+    async with served_with_model(tmp_path, plans) as (app, _, _f), user(app, "fay@x.test") as fay:
         tool_run = await ask(fay, "please calculate 17*23", agent="assistant")
         assert [e["type"] for e in tool_run].count("tool_completed") == 1  # 2 model calls
         assert tool_run[-1]["type"] == "agent_completed"

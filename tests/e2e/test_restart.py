@@ -12,7 +12,7 @@ from atoll.client import AtollClient
 
 from serving import PASSWORD, serve_process
 
-pytestmark = [pytest.mark.e2e, pytest.mark.golden_path]
+pytestmark = [pytest.mark.e2e, pytest.mark.golden_path, pytest.mark.chaos]
 
 
 async def test_threads_and_messages_survive_a_restart(tmp_path: Path) -> None:

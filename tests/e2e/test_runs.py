@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
@@ -15,6 +14,7 @@ from atoll.client import ApiError, AtollClient
 from atoll.server.serve import running_server
 from atoll.store.runs import Submission
 
+from inprocess import InProcessApp, running_app
 from serving import PASSWORD, make_settings
 from support import until
 
@@ -129,9 +129,9 @@ async def test_message_rate_limit(slow_server: str) -> None:
 
 
 async def test_lists_agents_tools_threads_and_ops(
-    new_client: Callable[..., Any], server: str
+    app_client: Callable[..., Any], app: InProcessApp
 ) -> None:
-    client: AtollClient = await new_client()
+    client: AtollClient = await app_client()
     agents = {a["name"] for a in await client.request("GET", "/agents")}
     assert {"assistant", "supervisor"} <= agents
     tools = {t["name"]: t for t in await client.request("GET", "/tools")}
@@ -148,7 +148,7 @@ async def test_lists_agents_tools_threads_and_ops(
     assert renamed["title"] == "renamed"
     me = await client.request("GET", "/me")
     assert me["plan"] == "free"
-    async with httpx.AsyncClient(base_url=server) as http:
+    async with app.http() as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = (await http.get("/readyz")).json()
         assert ready["database"] == "ok"
@@ -172,13 +172,19 @@ async def test_deleting_a_thread_cancels_its_run(slow_server: str) -> None:
     await client.aclose()
 
 
+@pytest.mark.inprocess
 async def test_a_run_over_the_limit_in_reject_mode_ends_with_run_limit(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", offline_token_delay=0.1,
                              max_concurrent_runs=1, run_overflow="reject")  # fmt: skip
-    async with running_server(settings) as (url, _):
-        client = await user(url, "reject@example.com")
+    async with running_app(settings) as app, app.client() as client:
+        await client.register("reject@example.com", PASSWORD)
         first = await client.chat("Tell me about the runtime", agent="assistant")
-        await asyncio.sleep(0.3)  # the first run holds the user's only slot
+
+        async def running() -> bool:  # then it holds the user's only slot
+            run = await client.request("GET", f"/runs/{first['run']['id']}")
+            return bool(run["state"] == "running")
+
+        await until(running, within=30, what="the first run running")
         second = await client.chat("What is 1+1?", agent="assistant")
         events = [e async for e in client.stream(second["run"]["id"])]
         assert [(e["seq"], e["type"]) for e in events] == [(1, "agent_error")]
@@ -186,7 +192,6 @@ async def test_a_run_over_the_limit_in_reject_mode_ends_with_run_limit(tmp_path:
         run = await client.request("GET", f"/runs/{second['run']['id']}")
         assert (run["state"], run["error"]["code"]) == ("failed", "run_limit")
         assert await final_state(client, first["run"]["id"]) == "agent_completed"
-        await client.aclose()
 
 
 async def test_a_cancel_right_after_the_send_always_ends_the_run(slow_server: str) -> None:

@@ -13,13 +13,12 @@ import httpx
 import orjson
 import pytest
 
-from atoll.client import AtollClient
-from atoll.server.serve import running_server
 from atoll.server.sse import accepts_event_stream
 
+from inprocess import running_app
 from serving import PASSWORD
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.inprocess]
 STREAM = {"Accept": "text/event-stream"}
 
 
@@ -57,10 +56,10 @@ async def test_one_post_streams_the_ack_and_every_event_of_the_run(
     settings_factory: Callable[..., Any],
 ) -> None:
     settings = settings_factory(offline_token_delay=0.01)
-    async with running_server(settings) as (url, _), AtollClient(url) as client:
+    async with running_app(settings) as app, app.client() as client:
         await client.register("onepost@example.com", PASSWORD)
         assert client.access_token is not None
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with app.http(timeout=30) as http:
             status, messages = await streamed_post(
                 http, "/chat", {"message": "What is 17*23?"}, client.access_token
             )
@@ -100,11 +99,11 @@ async def test_refusals_come_before_the_stream_and_store_nothing(
     settings_factory: Callable[..., Any],
 ) -> None:
     settings = settings_factory(offline_token_delay=0.05, max_sse_streams=1)
-    async with running_server(settings) as (url, _), AtollClient(url) as client:
+    async with running_app(settings) as app, app.client() as client:
         await client.register("refused@example.com", PASSWORD)
         token = client.access_token
         assert token is not None
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with app.http(timeout=30) as http:
             status, [problem] = await streamed_post(http, "/chat", {"message": ""}, token)
             assert (status, problem["code"]) == (422, "validation_error")
             status, [problem] = await streamed_post(

@@ -37,9 +37,9 @@ async def every_thread(client: AtollClient, **query: Any) -> list[dict[str, Any]
 
 
 async def test_threads_are_listed_by_last_activity_and_paged_without_repeats(
-    new_client: Any,
+    app_client: Any,
 ) -> None:
-    client = await new_client()
+    client = await app_client()
     first = await said(client, "first thread")
     second = await said(client, "second thread")
     third = await said(client, "third thread")
@@ -53,8 +53,8 @@ async def test_threads_are_listed_by_last_activity_and_paged_without_repeats(
     assert refused.value.status == 422
 
 
-async def test_search_finds_titles_and_messages_of_the_owner_only(new_client: Any) -> None:
-    ada, eve = await new_client(), await new_client()
+async def test_search_finds_titles_and_messages_of_the_owner_only(app_client: Any) -> None:
+    ada, eve = await app_client(), await app_client()
     weather = await said(ada, "What is the weather in Lisbon?")
     percent = await said(ada, "Compute 50% of 80")
     renamed = await said(ada, "hello")
@@ -76,8 +76,8 @@ async def test_search_finds_titles_and_messages_of_the_owner_only(new_client: An
         assert refused.value.status == 422
 
 
-async def test_messages_page_back_from_the_newest(new_client: Any) -> None:
-    client = await new_client()
+async def test_messages_page_back_from_the_newest(app_client: Any) -> None:
+    client = await app_client()
     thread_id = None
     for turn in range(4):
         thread_id = (await said(client, f"turn {turn}", thread_id))["thread_id"]
@@ -97,8 +97,8 @@ async def test_messages_page_back_from_the_newest(new_client: Any) -> None:
     assert len(seen) == 8 and seen[0]["role"] == "assistant" and seen[1]["content"] == "turn 3"
 
 
-async def test_a_thread_s_runs_open_in_one_request_and_only_its_own(new_client: Any) -> None:
-    ada, eve = await new_client(), await new_client()
+async def test_a_thread_s_runs_open_in_one_request_and_only_its_own(app_client: Any) -> None:
+    ada, eve = await app_client(), await app_client()
     one = await said(ada, "What is 17*23?")
     two = await said(ada, "and 2+2?", one["thread_id"])
     elsewhere = await said(ada, "other thread")
@@ -123,8 +123,8 @@ async def test_a_thread_s_runs_open_in_one_request_and_only_its_own(new_client: 
         assert refused.value.status == 422
 
 
-async def test_feedback_on_answers_is_stored_shown_and_owner_scoped(new_client: Any) -> None:
-    ada, eve = await new_client(), await new_client()
+async def test_feedback_on_answers_is_stored_shown_and_owner_scoped(app_client: Any) -> None:
+    ada, eve = await app_client(), await app_client()
     accepted = await said(ada, "What is 2+2?")
     page = await ada.request("GET", f"/threads/{accepted['thread_id']}/messages")
     question, answer = page["items"]
@@ -161,8 +161,8 @@ async def test_feedback_on_answers_is_stored_shown_and_owner_scoped(new_client: 
     assert (await ada.request("GET", "/feedback"))["items"] == []
 
 
-async def test_a_thread_exports_as_markdown_and_json(new_client: Any) -> None:
-    ada, eve = await new_client(), await new_client()
+async def test_a_thread_exports_as_markdown_and_json(app_client: Any) -> None:
+    ada, eve = await app_client(), await app_client()
     accepted = await said(ada, "What is 17*23?")
     await said(ada, "Thanks! <b>bold</b>", accepted["thread_id"])
     path = f"/api/v1/threads/{accepted['thread_id']}/export"

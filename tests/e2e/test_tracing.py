@@ -29,9 +29,9 @@ from starlette.routing import Route
 
 from atoll.client import AtollClient
 from atoll.otel import OtelTracing
-from atoll.server.serve import running_server
 from atoll.telemetry import hashed
 
+from inprocess import running_app
 from serving import PASSWORD, make_settings, serve_process
 from support import until
 
@@ -48,6 +48,7 @@ def parent_of(span: ReadableSpan, spans: Sequence[ReadableSpan]) -> ReadableSpan
     return next((s for s in spans if s.context.span_id == span.parent.span_id), None)
 
 
+@pytest.mark.inprocess
 async def test_a_run_is_a_tree_of_spans_with_genai_attributes_and_hashed_ids(
     tmp_path: Path,
 ) -> None:
@@ -56,8 +57,8 @@ async def test_a_run_is_a_tree_of_spans_with_genai_attributes_and_hashed_ids(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = make_settings(tmp_path / "data")
     async with (
-        running_server(settings, tracing=OtelTracing(provider)) as (url, _),
-        AtollClient(url) as ada,
+        running_app(settings, tracing=OtelTracing(provider)) as app,
+        app.client() as ada,
     ):
         await ada.register("ada@example.com", PASSWORD)
         me = await ada.request("GET", "/me")

@@ -20,13 +20,13 @@ def postgres() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres: str
-) -> AsyncIterator[Database]:
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated, started database; PostgreSQL (started once per module) only when the
+    test runs on it, so the SQLite tier starts no server."""
     if request.param == "sqlite":
         url = sqlite_url(tmp_path)
     else:
-        url = await asyncio.to_thread(create_database, postgres)
+        url = await asyncio.to_thread(create_database, request.getfixturevalue("postgres"))
     db = Database(url)
     await db.upgrade()
     db.start()

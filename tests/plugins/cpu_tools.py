@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from atoll import Agent, tool
@@ -23,6 +24,22 @@ def spin(seconds: float) -> dict[str, Any]:
     while time.perf_counter() < end:
         turns += 1
     return {"turns": turns, "pid": os.getpid()}
+
+
+@tool
+def hold(started: str, until: str = "", seconds: float = 3600.0) -> int:
+    """Writes its process id to the file ``started``, then keeps a core busy until the file
+    ``until`` exists (or ``seconds`` pass): a CPU-bound call whose start and end a test
+    sees and decides, whatever the machine's pace."""
+    Path(f"{started}.part").write_text(str(os.getpid()))
+    os.replace(f"{started}.part", started)
+    end = time.perf_counter() + seconds
+    turns = 0
+    while time.perf_counter() < end:
+        turns += 1
+        if until and turns % 10_000 == 0 and os.path.exists(until):
+            break
+    return os.getpid()
 
 
 @tool
@@ -64,4 +81,4 @@ class Spinner(Agent):
 
 def register(registry: AgentRegistry) -> None:
     registry.register_agent(Spinner)
-    registry.register_tools([spin, whose_process, refuse, crash, hog])
+    registry.register_tools([spin, hold, whose_process, refuse, crash, hog])

@@ -47,7 +47,12 @@ class Terminal(pexpect.spawn):  # type: ignore[misc]
 
 
 def terminal_env(**extra: str) -> dict[str, str]:
+    """The environment of ``atoll chat`` in the pseudo-terminal: its size is the terminal's
+    own, never ``COLUMNS``/``LINES`` inherited from the test's environment (a shell may
+    export them, pytest-xdist's workers set 80x24)."""
     env = {**os.environ, "TERM": "xterm", **extra}
+    for inherited in ("COLUMNS", "LINES"):
+        env.pop(inherited, None)
     if "ATOLL_PASSWORD" not in extra:
         env.pop("ATOLL_PASSWORD", None)
     return env

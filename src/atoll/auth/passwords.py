@@ -12,9 +12,11 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 class Passwords:
     """Hashes and verifies passwords with argon2id in worker threads."""
 
-    def __init__(self, *, time_cost: int = 2, memory_cost: int = 19_456) -> None:
-        # OWASP's argon2id minimum (19 MiB, t=2); raise in production as hardware allows.
-        self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost)
+    def __init__(self, *, time_cost: int, memory_kib: int) -> None:
+        """``time_cost`` passes over ``memory_kib`` KiB per hash (``ATOLL_PASSWORD_TIME_COST``,
+        ``ATOLL_PASSWORD_MEMORY_KIB``). A hash keeps its own parameters, so changing them
+        leaves stored passwords valid."""
+        self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
         self._dummy: str | None = None
 
     async def hash(self, password: str) -> str:

@@ -288,7 +288,7 @@ def build_auth(
     return AuthService(
         db,
         token_codec(settings),
-        Passwords(),
+        Passwords(time_cost=settings.password_time_cost, memory_kib=settings.password_memory_kib),
         audit,
         failures=cluster.login_failures
         if cluster is not None
