@@ -220,6 +220,7 @@ async def test_usage_counts_every_model_call_and_concurrent_ends_add_up(tmp_path
         assert me["limits"]["monthly_tokens"] is None
 
 
+@pytest.mark.slow
 async def test_an_open_socket_works_under_the_plan_rest_applies_at_that_moment(
     tmp_path: Path,
 ) -> None:
@@ -228,7 +229,11 @@ async def test_an_open_socket_works_under_the_plan_rest_applies_at_that_moment(
     session cache's lifetime, here 1 s), the socket refuses the same agent (403) and the
     spent budget (429) — it checks the session, and takes its plan, for every message."""
     plans = {"pro": {}, "free": {"agents": ["assistant"], "monthly_tokens": 10}}
-    async with served_with_model(tmp_path, plans, session_cache_seconds=1) as (url, services, _):
+    async with served_with_model(tmp_path, plans, socket=True, session_cache_seconds=1) as (
+        url,
+        services,
+        _,
+    ):
         acme = await services.org_admin.create("Acme", "pro")
         async with user(url, "ada@acme.test") as ada:
             await into_org(services, ada, acme.id)

@@ -56,7 +56,7 @@ def auth_service(
         SECRET, issuer="atoll", audience="atoll-api", access_ttl=900, refresh_ttl=86400
     )
     return AuthService(
-        db, codec, Passwords(time_cost=1, memory_cost=8192), AuditLog(db),
+        db, codec, Passwords(time_cost=1, memory_kib=64), AuditLog(db),
         failures=SlidingWindowCounter(900), limits=LoginLimits(),
         signups=LocalRateLimiter(100, 3600), refresh_reuse=REUSE, clock=clock,
         revocations=announced,

@@ -107,7 +107,8 @@ class RunService:
         a ``client_id`` returns the run it started, restarted first if nothing runs it.
         """
         plan = self._plans.get(principal.plan)
-        agent_name = submission.agent or self.default_agent_of(plan)
+        agent = submission.agent
+        agent_name = agent if agent is not None else self.default_agent_of(plan)
         self._factory.registry.agent(agent_name)  # unknown agent: 422 before anything is stored
         plan.check_agent(agent_name)
         if not self._runs.healthy:
