@@ -14,16 +14,14 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from typing import NoReturn
 
 from atoll.errors import NotFoundError, TooManyKeysError
 from atoll.runtime.ids import new_id
+from atoll.store.api_keys import ApiKeyStore
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
 from atoll.store.models import ApiKey, utcnow
-from atoll.store.writer import rows_changed
 
 KEY_PREFIX = "atk_"
 SCOPES = ("read", "chat")
@@ -58,7 +56,7 @@ class ApiKeys:
     """A user's keys: make, list, revoke (audited)."""
 
     def __init__(self, db: Database, audit: AuditLog) -> None:
-        self._db = db
+        self._keys = ApiKeyStore(db)
         self._audit = audit
 
     async def create(
@@ -73,40 +71,17 @@ class ApiKeys:
             scopes=sorted(set(scopes)), created_at=now,
             expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
         )  # fmt: skip
-
-        def add(session: Session) -> None:
-            live = select(func.count()).where(
-                ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None)
-            )
-            if session.execute(live).scalar_one() >= MAX_KEYS:
-                raise TooManyKeysError(
-                    f"you have {MAX_KEYS} keys already; revoke one first",
-                    details={"limit": MAX_KEYS},
-                )
-            session.add(row)
-
-        await self._db.write(add)
+        await self._keys.add(row, limit=MAX_KEYS, refuse=too_many)
         await self._audit.record("key_created", user_id=user_id, key_id=key_id, scopes=row.scopes)
         return NewKey(row, key)
 
     async def list(self, user_id: str) -> list[ApiKey]:
         """The user's keys that are not revoked, newest first."""
-        query = (
-            select(ApiKey)
-            .where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
-            .order_by(ApiKey.created_at.desc())
-        )
-        async with self._db.session() as session:
-            return list((await session.execute(query)).scalars().all())
+        return await self._keys.live(user_id)
 
     async def revoke(self, user_id: str, key_id: str) -> None:
         """Revoke one of the user's keys; another user's (or none) is ``NotFoundError``."""
-        statement = (
-            update(ApiKey)
-            .where(ApiKey.id == key_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
-        if not await self._db.write(lambda session: rows_changed(session, statement)):
+        if not await self._keys.revoke(user_id, key_id):
             raise NotFoundError("key not found")
         await self._audit.record("key_revoked", user_id=user_id, key_id=key_id)
 
@@ -114,3 +89,10 @@ class ApiKeys:
 def usable(row: ApiKey, now: datetime) -> bool:
     """Whether a key row may authenticate now."""
     return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
+
+
+def too_many() -> NoReturn:
+    """What a user with ``MAX_KEYS`` live keys is told when they ask for another."""
+    raise TooManyKeysError(
+        f"you have {MAX_KEYS} keys already; revoke one first", details={"limit": MAX_KEYS}
+    )

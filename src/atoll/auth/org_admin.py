@@ -13,8 +13,6 @@ sockets and streams end). The methods answer the ended session ids.
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from atoll.auth.principal import Principal
 from atoll.auth.service import REMOVED_FROM_ORG, AuthService
 from atoll.errors import (
@@ -25,7 +23,8 @@ from atoll.errors import (
 )
 from atoll.runtime.plans import PlanCatalog
 from atoll.store.audit import AuditLog
-from atoll.store.models import Identity, Org, OrgMember, User
+from atoll.store.identities import IdentityStore
+from atoll.store.models import Org, OrgMember
 from atoll.store.orgs import OrgRole, OrgStore, SignInPolicy
 
 OPERATOR = "operator"
@@ -44,6 +43,7 @@ class OrgAdmin:
         providers: frozenset[str] = frozenset(),
     ) -> None:
         self.orgs = orgs
+        self._identities = IdentityStore(orgs.db)
         self._auth = auth
         self._audit = audit
         self.plans = plans
@@ -180,12 +180,7 @@ class OrgAdmin:
     async def _keep_a_way_in(self, admin_id: str, policy: SignInPolicy) -> None:
         """``LastSignInError`` when ``policy`` would leave the acting admin no way to sign in:
         their password refused (or none) and no linked identity from an allowed provider."""
-        async with self.orgs.db.session() as session:
-            user = await session.get(User, admin_id)
-            linked = (
-                await session.execute(select(Identity.provider).where(Identity.user_id == admin_id))
-            ).scalars()
-            providers = set(linked)
+        user, providers = await self._identities.ways_in(admin_id)
         password = user is not None and not user.password_hash.startswith("!")
         if password and policy.refusal(None) is None:
             return

@@ -11,14 +11,10 @@ import dataclasses
 import hmac
 import logging
 import re
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, NoReturn
-
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from atoll.auth.devices import DeviceCookies
 from atoll.auth.keys import key_digest, key_id_of, usable
@@ -40,19 +36,12 @@ from atoll.errors import (
 )
 from atoll.ratelimit import FailureCounter, RateLimiter
 from atoll.runtime.ids import new_id
+from atoll.store.accounts import AccountStore, PrincipalRows, RefreshSeen
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
-from atoll.store.models import ApiKey, AuthSession, OrgMember, User, utcnow
-from atoll.store.orgs import (
-    SSO_REQUIRED as SSO_REFUSAL,
-)
-from atoll.store.orgs import (
-    OrgStore,
-    effective_plan,
-    refusal_in,
-    with_org,
-)
-from atoll.store.writer import rows_changed
+from atoll.store.models import ApiKey, AuthSession, User, utcnow
+from atoll.store.orgs import SSO_REQUIRED as SSO_REFUSAL
+from atoll.store.orgs import OrgStore
 
 logger = logging.getLogger(__name__)
 SSO_REQUIRED = "your organisation requires signing in with its identity provider"
@@ -61,8 +50,6 @@ REMOVED_FROM_ORG = "removed_from_org"
 """Why the sessions of a member removed from their organisation ended (``revoked_reason``)."""
 ENDED = "session_revoked"
 """What a client is told when its session (or key) ended, unless it was removed."""
-CHUNK = 500
-"""Ids per ``IN (…)`` of ``AuthService.ended`` (well under every database's parameter limit)."""
 
 _NOT_IN_ADDRESS = r"@\x00-\x20\x7f"
 EMAIL_SHAPE = rf"[^{_NOT_IN_ADDRESS}]{{1,64}}@[^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}]+"
@@ -187,31 +174,22 @@ def ended_code(reason: str | None) -> str:
     return REMOVED_FROM_ORG if reason == REMOVED_FROM_ORG else ENDED
 
 
-def chunked(ids: Sequence[str]) -> Iterator[Sequence[str]]:
-    """``ids`` in slices of at most ``CHUNK``."""
-    for start in range(0, len(ids), CHUNK):
-        yield ids[start : start + CHUNK]
-
-
 def principal_of(
-    user: User,
-    session_id: str,
-    plan: str,
-    org_id: str | None,
-    org_role: str | None,
+    found: PrincipalRows[AuthSession] | PrincipalRows[ApiKey],
     scopes: frozenset[str] | None = None,
 ) -> Principal:
     """The principal of a verified session or API key (``scopes``: the key's)."""
+    user = found.user
     return Principal(
         user_id=user.id,
-        session_id=session_id,
+        session_id=found.credential.id,
         email=user.email,
         name=user.name,
-        plan=plan,
+        plan=found.plan,
         roles=frozenset(user.roles or ()),
         created_at=user.created_at,
-        org_id=org_id,
-        org_role=org_role,
+        org_id=found.org_id,
+        org_role=found.org_role,
         scopes=scopes,
     )
 
@@ -236,7 +214,7 @@ class AuthService:
         refresh_reuse: float = DEFAULT_REFRESH_REUSE,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self._db = db
+        self._accounts = AccountStore(db)
         self.default_plan = default_plan
         """The plan new accounts get (``ATOLL_DEFAULT_PLAN``); an organisation's overrides it."""
         self._orgs = orgs if orgs is not None else OrgStore(db)
@@ -275,10 +253,8 @@ class AuthService:
             roles=sorted(roles),
             created_at=utcnow(),
         )
-        try:
-            await self._db.write(lambda session: session.add(user))
-        except IntegrityError:
-            raise EmailTakenError("an account with this email already exists") from None
+        if not await self._accounts.add_user(user):
+            raise EmailTakenError("an account with this email already exists")
         return user
 
     async def register(
@@ -333,9 +309,7 @@ class AuthService:
         email = canonical_email(email)
         keys, token = await self._reserve(email, address, device)
         try:
-            async with self._db.session() as session:
-                query = select(User).where(User.email == email)
-                user = (await session.execute(query)).scalar()
+            user = await self._accounts.user_by_email(email)
             # An account made by a sign-in has no password: the same work as an unknown one.
             usable = user.password_hash if user and not user.password_hash.startswith("!") else None
             verified = await self._passwords.verify(usable, password)
@@ -372,7 +346,10 @@ class AuthService:
         organisation no longer allows the way it signed in ends here too.
         """
         claims = self._codec.decode(refresh_token, expected="refresh")
-        rotation = await self._db.write(lambda session: self._rotate(session, claims))
+        rotation = await self._accounts.rotate_refresh(
+            claims.session_id, claims.user_id, claims.jti, clock=self._clock,
+            judge=lambda seen: self._judge(seen, claims),
+        )  # fmt: skip
         if rotation.outcome in ("reused", "refused"):
             await self._revoked(claims.session_id, ENDED)
             if rotation.outcome == "refused":
@@ -394,60 +371,34 @@ class AuthService:
             access_jti=rotation.access_jti, issued_at=rotation.issued_at,
         )  # fmt: skip
 
-    def _rotate(self, session: Session, claims: TokenClaims) -> _Rotation:
-        """The write job of ``refresh``: rotate, replay, or revoke the session."""
-        now = self._clock()
-        fresh_refresh, fresh_access = new_id("ses"), new_id("req")
-        won = rows_changed(
-            session,
-            update(AuthSession)
-            .where(
-                AuthSession.id == claims.session_id,
-                AuthSession.user_id == claims.user_id,
-                AuthSession.refresh_jti == claims.jti,
-                AuthSession.revoked_at.is_(None),
-            )
-            .values(
-                refresh_jti=fresh_refresh, previous_refresh_jti=claims.jti, rotated_at=now,
-                access_jti=fresh_access,
-            ),
-        )  # fmt: skip
-        row = session.execute(
-            select(AuthSession).where(AuthSession.id == claims.session_id)
-            .execution_options(populate_existing=True)
-        ).scalar()  # fmt: skip
+    def _judge(self, seen: RefreshSeen, claims: TokenClaims) -> tuple[str | None, _Rotation]:
+        """The rules of ``refresh``, inside its transaction: rotate, replay, or revoke the
+        session (the reason to revoke it, and what happened)."""
+        row, user, now = seen.row, seen.user, seen.at
         if row is None or row.user_id != claims.user_id:
             raise AuthenticationError("the token is invalid")
         if row.revoked_at is not None:
             raise SessionRevokedError("this session has ended; log in again")
-        user = session.get(User, row.user_id)
         assert user is not None
-        if won:
-            reason = refusal_in(session, user.id, [user.email], row.provider)
+        if seen.won:
+            reason = seen.refusal()
             if reason is not None:
-                row.revoked_at, row.revoked_reason = now, reason
-                return _Rotation("refused")
-            return _Rotation("rotated", user, fresh_refresh, fresh_access, now)
+                return reason, _Rotation("refused")
+            return None, _Rotation("rotated", user, seen.refresh_jti, seen.access_jti, now)
         if (
             row.previous_refresh_jti == claims.jti
             and row.rotated_at is not None
             and row.access_jti is not None
             and now - row.rotated_at < self.refresh_reuse
         ):
-            return _Rotation("replayed", user, row.refresh_jti, row.access_jti, row.rotated_at)
-        row.revoked_at, row.revoked_reason = now, "refresh_reuse"
-        return _Rotation("reused")
+            return None, _Rotation(
+                "replayed", user, row.refresh_jti, row.access_jti, row.rotated_at
+            )
+        return "refresh_reuse", _Rotation("reused")
 
     async def logout(self, principal: Principal) -> None:
         """End the session: its access and refresh tokens stop working at once."""
-
-        def revoke(session: Session) -> None:
-            row = session.get(AuthSession, principal.session_id)
-            if row is not None and row.revoked_at is None:
-                row.revoked_at = utcnow()
-                row.revoked_reason = "logout"
-
-        await self._db.write(revoke)
+        await self._accounts.revoke_session(principal.session_id, "logout")
         await self._revoked(principal.session_id, ENDED)
         await self._audit.record(
             "logout", user_id=principal.user_id, session_id=principal.session_id
@@ -456,20 +407,7 @@ class AuthService:
     async def revoke_all(self, user_id: str, reason: str) -> int:
         """End every session and API key of ``user_id`` (removed from their organisation,
         …), in one transaction; how many ended. A key revoked here stays revoked."""
-
-        def revoke(session: Session) -> list[str]:
-            now = utcnow()
-            live = AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
-            rows = session.execute(select(AuthSession).where(*live)).scalars().all()
-            for row in rows:
-                row.revoked_at, row.revoked_reason = now, reason
-            live_keys = ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None)
-            keys = session.execute(select(ApiKey).where(*live_keys)).scalars().all()
-            for key in keys:
-                key.revoked_at = now
-            return [row.id for row in rows] + [key.id for key in keys]
-
-        ended = await self._db.write(revoke)
+        ended = await self._accounts.revoke_all_of(user_id, reason)
         for session_id in ended:
             await self._revoked(session_id, reason)
         return len(ended)
@@ -530,41 +468,28 @@ class AuthService:
                 raise AuthenticationError("the token is invalid")
             return cached
         epoch = self.sessions.epoch  # before the read: see atoll.auth.sessions
-        query = with_org(
-            select(AuthSession, User, effective_plan(), OrgMember.org_id, OrgMember.role)
-            .join(User, User.id == AuthSession.user_id)
-            .where(AuthSession.id == credential.session_id)
-        )
-        async with self._db.session() as session:
-            found = (await session.execute(query)).first()
+        found = await self._accounts.principal_rows(credential.session_id)
         if found is None:
             raise AuthenticationError("the token is invalid")
-        row, user, plan, org_id, org_role = found
+        row = found.credential
         if row.user_id != credential.user_id:
             raise AuthenticationError("the token is invalid")
         if not session_live(row):
             raise SessionRevokedError(
                 "this session has ended; log in again", reason=row.revoked_reason
             )
-        principal = principal_of(user, row.id, plan, org_id, org_role)
+        principal = principal_of(found)
         self.sessions.put(principal, epoch=epoch)
         return principal
 
     async def _key_principal(self, key_id: str, digest: str) -> Principal:
         """An API key's principal: read on every request (revocation is at once)."""
-        query = with_org(
-            select(ApiKey, User, effective_plan(), OrgMember.org_id, OrgMember.role)
-            .join(User, User.id == ApiKey.user_id)
-            .where(ApiKey.id == key_id)
-        )
-        async with self._db.session() as session:
-            found = (await session.execute(query)).first()
-        if found is None or not hmac.compare_digest(found[0].key_hash, digest):
+        found = await self._accounts.key_principal_rows(key_id)
+        if found is None or not hmac.compare_digest(found.credential.key_hash, digest):
             raise AuthenticationError("the token is invalid")
-        row, user, plan, org_id, org_role = found
-        if not usable(row, utcnow()):
+        if not usable(found.credential, utcnow()):
             raise SessionRevokedError("this API key is revoked or expired")
-        return principal_of(user, row.id, plan, org_id, org_role, frozenset(row.scopes or ()))
+        return principal_of(found, frozenset(found.credential.scopes or ()))
 
     async def ended(self, principals: Collection[Principal]) -> dict[str, str]:
         """Which of these principals' sessions and keys no longer authenticate anyone, read
@@ -579,21 +504,15 @@ class AuthService:
         sessions = [p.session_id for p in principals if p.scopes is None]
         ended: dict[str, str] = {}
         now = utcnow()
-        async with self._db.session() as session:
-            for chunk in chunked(sessions):
-                found = select(AuthSession).where(AuthSession.id.in_(chunk))
-                rows = {row.id: row for row in (await session.execute(found)).scalars()}
-                for session_id in chunk:
-                    row = rows.get(session_id)
-                    if row is None or not session_live(row):
-                        ended[session_id] = (row.revoked_reason if row else None) or ENDED
-            for chunk in chunked(keys):
-                found_keys = select(ApiKey).where(ApiKey.id.in_(chunk))
-                keys_found = {k.id: k for k in (await session.execute(found_keys)).scalars()}
-                for key_id in chunk:
-                    key = keys_found.get(key_id)
-                    if key is None or not usable(key, now):
-                        ended[key_id] = ENDED
+        found = await self._accounts.credentials(sessions, keys)
+        for session_id in sessions:
+            row = found.sessions.get(session_id)
+            if row is None or not session_live(row):
+                ended[session_id] = (row.revoked_reason if row else None) or ENDED
+        for key_id in keys:
+            key = found.keys.get(key_id)
+            if key is None or not usable(key, now):
+                ended[key_id] = ENDED
         return ended
 
     async def session_for(self, user: User, provider: str | None) -> IssuedTokens:
@@ -616,14 +535,7 @@ class AuthService:
             created_at=now,
             expires_at=now + timedelta(seconds=self._codec.refresh_ttl),
         )
-
-        def start(session: Session) -> None:
-            reason = refusal_in(session, user.id, [user.email], provider)
-            if reason is not None:
-                refuse(reason)
-            session.add(row)
-
-        await self._db.write(start)
+        await self._accounts.start_session(row, emails=[user.email], refuse=refuse)
         issued = self._tokens(
             user, row.id, row.refresh_jti, access_jti=new_id("req"), issued_at=now
         )

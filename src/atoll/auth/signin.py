@@ -22,18 +22,14 @@ import secrets
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
-
 from atoll.auth.oidc import OIDCProvider, ProviderIdentity
 from atoll.auth.service import AuthService, IssuedTokens, refuse
 from atoll.errors import LastSignInError, NotFoundError, SignInError
 from atoll.runtime.ids import new_id
 from atoll.store.audit import AuditLog
 from atoll.store.db import Database
+from atoll.store.identities import IdentityStore, SignInRecords
 from atoll.store.models import Identity, LoginCode, OIDCLogin, OrgMember, User, utcnow
-from atoll.store.orgs import org_of_domain_in, refusal_in
-from atoll.store.writer import rows_changed
 
 LOGIN_TTL = timedelta(minutes=10)
 """How long a started sign-in may take at the provider."""
@@ -78,7 +74,7 @@ class SignInService:
         *,
         redirect_origins: list[str],
     ) -> None:
-        self._db = db
+        self._identities = IdentityStore(db)
         self._auth = auth
         self._audit = audit
         self.providers = {provider.name: provider for provider in providers}
@@ -115,13 +111,7 @@ class SignInService:
             link_user_id=link_user_id,
             created_at=utcnow(),
         )
-
-        def store(session: Session) -> None:
-            cutoff = utcnow() - LOGIN_TTL  # sign-ins nobody finished are forgotten
-            session.execute(delete(OIDCLogin).where(OIDCLogin.created_at < cutoff))
-            session.add(row)
-
-        await self._db.write(store)
+        await self._identities.begin(row, ttl=LOGIN_TTL)
         return url, browser
 
     async def callback(
@@ -162,31 +152,14 @@ class SignInService:
             code_hash=digest(one_time), user_id=user.id, provider=name,
             browser_hash=digest(browser), created_at=utcnow(),
         )  # fmt: skip
-        await self._db.write(lambda session: session.add(row))
+        await self._identities.add_code(row)
         return login.next_path, one_time
 
     async def _spend_state(self, name: str, state: str, browser: str) -> OIDCLogin:
         """The sign-in started with ``state`` by this browser, spent now (once)."""
-
-        def spend(session: Session) -> OIDCLogin | None:
-            now = utcnow()
-            spent = rows_changed(
-                session,
-                update(OIDCLogin)
-                .where(
-                    OIDCLogin.state_hash == digest(state),
-                    OIDCLogin.provider == name,
-                    OIDCLogin.browser_hash == digest(browser),
-                    OIDCLogin.used_at.is_(None),
-                    OIDCLogin.created_at > now - LOGIN_TTL,
-                )
-                .values(used_at=now),
-            )
-            if not spent:
-                return None
-            return session.get(OIDCLogin, digest(state))
-
-        login = await self._db.write(spend)
+        login = await self._identities.spend_state(
+            digest(state), name, digest(browser), ttl=LOGIN_TTL
+        )
         if login is None:
             raise SignInError("state_invalid", "this sign-in is unknown, used or expired")
         return login
@@ -197,47 +170,43 @@ class SignInService:
         """The user the identity signs in (found, linked or made), joined to its org."""
         events: list[tuple[str, dict[str, str]]] = []
 
-        def resolve(session: Session) -> User:
-            found = session.execute(
-                select(Identity).where(
-                    Identity.issuer == identity.issuer, Identity.subject == identity.subject
-                )
-            ).scalar()
+        def resolve(records: SignInRecords) -> User:
+            found = records.identity(identity.issuer, identity.subject)
             now = utcnow()
             if found is not None:
                 if link_user_id is not None and found.user_id != link_user_id:
                     raise SignInError("identity_taken", "this identity belongs to another account")
-                found.last_used_at, found.email = now, identity.email
-                user = session.get(User, found.user_id)
+                records.touch(found, email=identity.email, at=now)
+                user = records.user(found.user_id)
                 assert user is not None
             else:
-                user = self._user_for(session, provider, identity, link_user_id, events)
-                session.add(
+                user = self._user_for(records, provider, identity, link_user_id, events)
+                records.add_identity(
                     Identity(
                         user_id=user.id, provider=provider.name, issuer=identity.issuer,
                         subject=identity.subject, email=identity.email, created_at=now,
                         last_used_at=now,
                     )
                 )  # fmt: skip
-            member = session.get(OrgMember, user.id)
+            member = records.member(user.id)
             if member is not None and member.removed_at is not None:
                 raise SignInError(
                     "removed_from_org", "your organisation removed you; ask its admin"
                 )
             vouched = [identity.email] if identity.email and identity.email_verified else []
-            reason = refusal_in(session, user.id, [user.email, *vouched], provider.name)
+            reason = records.refusal(user.id, [user.email, *vouched], provider.name)
             if reason is not None:  # an organisation bound to other providers
                 refuse(reason)
             if member is None and identity.email and identity.email_verified:
-                org = org_of_domain_in(session, identity.email)
+                org = records.org_of_domain(identity.email)
                 if org is not None:
-                    session.add(
+                    records.add_member(
                         OrgMember(user_id=user.id, org_id=org.id, role="member", joined_at=now)
                     )
                     events.append(("org_joined", {"org_id": org.id}))
             return user
 
-        user = await self._db.write(resolve)
+        user = await self._identities.resolve(resolve)
         for action, detail in events:
             await self._audit.record(action, user_id=user.id, provider=provider.name, **detail)
         await self._audit.record("sign_in", user_id=user.id, provider=provider.name)
@@ -245,14 +214,14 @@ class SignInService:
 
     def _user_for(
         self,
-        session: Session,
+        records: SignInRecords,
         provider: OIDCProvider,
         identity: ProviderIdentity,
         link_user_id: str | None,
         events: list[tuple[str, dict[str, str]]],
     ) -> User:
         if link_user_id is not None:  # a signed-in user links this provider to their account
-            user = session.get(User, link_user_id)
+            user = records.user(link_user_id)
             if user is None:
                 raise SignInError("state_invalid", "the account to link is gone")
             events.append(("identity_linked", {"subject": identity.subject}))
@@ -260,7 +229,7 @@ class SignInService:
         if not identity.email or not identity.email_verified:
             raise SignInError("email_unverified", "the provider did not assert a verified email")
         email = identity.email.strip().lower()
-        existing = session.execute(select(User).where(User.email == email)).scalar()
+        existing = records.user_by_email(email)
         if existing is not None:
             if not provider.settings.allow_linking:
                 raise SignInError(
@@ -274,8 +243,7 @@ class SignInService:
             id=new_id("usr"), email=email, name=identity.name, password_hash=UNUSABLE_PASSWORD,
             plan=self._auth.default_plan, roles=[], created_at=utcnow(),
         )  # fmt: skip
-        session.add(user)
-        session.flush()
+        records.add_user(user)
         events.append(("register", {"via": provider.name}))
         return user
 
@@ -284,26 +252,7 @@ class SignInService:
         if not browser:
             raise SignInError("code_invalid", "this code is unknown, used or expired")
 
-        def spend(session: Session) -> tuple[User, str | None] | None:
-            now = utcnow()
-            spent = rows_changed(  # one conditional UPDATE: two racing exchanges, one wins
-                session,
-                update(LoginCode)
-                .where(
-                    LoginCode.code_hash == digest(code),
-                    LoginCode.browser_hash == digest(browser),
-                    LoginCode.used_at.is_(None),
-                    LoginCode.created_at > now - CODE_TTL,
-                )
-                .values(used_at=now),
-            )
-            if not spent:
-                return None
-            row = session.get(LoginCode, digest(code))
-            user = session.get(User, row.user_id) if row is not None else None
-            return (user, row.provider) if row is not None and user is not None else None
-
-        found = await self._db.write(spend)
+        found = await self._identities.spend_code(digest(code), digest(browser), ttl=CODE_TTL)
         if found is None:
             raise SignInError("code_invalid", "this code is unknown, used or expired")
         user, provider = found
@@ -311,25 +260,14 @@ class SignInService:
 
     async def identities(self, user_id: str) -> list[Identity]:
         """The provider accounts linked to ``user_id``'s, oldest first."""
-        query = select(Identity).where(Identity.user_id == user_id).order_by(Identity.pk)
-        async with self._db.session() as session:
-            return list((await session.execute(query)).scalars().all())
+        return await self._identities.of_user(user_id)
 
     async def unlink(self, user_id: str, identity_pk: int) -> None:
         """Remove one of the user's linked identities (never their last way to sign in)."""
 
-        def remove(session: Session) -> str:
-            row = session.get(Identity, identity_pk)
-            if row is None or row.user_id != user_id:
-                raise NotFoundError("identity not found")
-            user = session.get(User, user_id)
-            others = session.execute(
-                select(Identity.pk).where(Identity.user_id == user_id, Identity.pk != identity_pk)
-            ).first()
-            if user is not None and user.password_hash.startswith("!") and others is None:
+        def keep_a_way_in(user: User | None, others: bool) -> None:
+            if user is not None and user.password_hash.startswith("!") and not others:
                 raise LastSignInError("this is the only way to sign in to this account")
-            session.delete(row)
-            return row.provider
 
-        provider = await self._db.write(remove)
+        provider = await self._identities.unlink(user_id, identity_pk, check=keep_a_way_in)
         await self._audit.record("identity_unlinked", user_id=user_id, provider=provider)
