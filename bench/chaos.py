@@ -39,7 +39,7 @@ import httpx
 import orjson
 import websockets
 
-from report import RELIABILITY, write_section
+from report import ONE_ADDRESS, RELIABILITY, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -59,7 +59,7 @@ class Server:
         self.log = data / "serve.log"
         self.env = {**os.environ, "ATOLL_DATA_DIR": str(data / "data"),
                     "ATOLL_MESSAGES_PER_MINUTE": "1000000", "ATOLL_SIGNUPS_PER_HOUR": "1000000",
-                    **env}  # fmt: skip
+                    **ONE_ADDRESS, **env}  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -35,7 +35,7 @@ import websockets
 
 from atoll.client import AtollClient
 
-from report import percentile, start_profile, stop_profile
+from report import ONE_ADDRESS, percentile, start_profile, stop_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from ports import free_port
@@ -161,6 +161,7 @@ def run(users: int, messages: int, agent: str, profile: Path | None = None) -> d
             **os.environ,
             "ATOLL_MESSAGES_PER_MINUTE": "1000000",
             "ATOLL_SIGNUPS_PER_HOUR": "1000000",
+            **ONE_ADDRESS,
             "ATOLL_DATA_DIR": data,
         }
         command = [sys.executable, "-m", "atoll.cli", "serve", "--port", str(port)]

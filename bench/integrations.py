@@ -154,7 +154,12 @@ async def openai_completions(count: int, concurrent: int, users: int = 0) -> dic
 
     data = Path(tempfile.mkdtemp()) / "data"
     settings = make_settings(
-        data, messages_per_minute=100_000, max_concurrent_runs=100, signups_per_hour=100_000
+        data,
+        messages_per_minute=100_000,
+        max_concurrent_runs=100,
+        signups_per_hour=100_000,
+        max_sockets_per_address=100_000,
+        max_unauthenticated_sockets_per_address=100_000,
     )
     async with running_server(settings) as (url, _):
         async with httpx.AsyncClient() as http:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from golden_path import drive, process, register_users
-from report import write_section
+from report import ONE_ADDRESS, write_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from ports import free_port
@@ -92,6 +92,7 @@ def run(
         **os.environ,
         "ATOLL_MESSAGES_PER_MINUTE": "1000000",
         "ATOLL_SIGNUPS_PER_HOUR": "1000000",
+        **ONE_ADDRESS,
     }
     results: dict[str, Any] = {"users": users, "messages_per_user": messages, "agent": agent}
     with tempfile.TemporaryDirectory(prefix="atoll-bench-") as tmp:

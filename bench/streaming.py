@@ -48,7 +48,7 @@ import orjson
 import websockets
 
 from golden_path import process, register_users
-from report import percentile, start_profile, stop_profile
+from report import ONE_ADDRESS, percentile, start_profile, stop_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from ports import free_port
@@ -434,6 +434,7 @@ def run_atoll(
             **os.environ,
             "ATOLL_MESSAGES_PER_MINUTE": "1000000",
             "ATOLL_SIGNUPS_PER_HOUR": "1000000",
+            **ONE_ADDRESS,
             "ATOLL_OFFLINE_TOKEN_DELAY": str(delay),
             "ATOLL_MAX_SSE_STREAMS": "100",
             "ATOLL_DATA_DIR": data,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, tuple_, update
+from sqlalchemy import JSON, bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -70,6 +70,18 @@ _STARTED = (
 )
 
 
+_ENDED = (
+    update(Run)
+    .where(Run.id == bindparam("key_id"), Run.state.in_(ALIVE))
+    .values(
+        state=bindparam("new_state"),
+        error=bindparam("new_error", type_=JSON(none_as_null=True)),  # None: SQL NULL
+        finished_at=bindparam("new_at", type_=Run.__table__.c.finished_at.type),
+        answer_message_id=bindparam("new_answer"),
+    )
+)
+
+
 def record_move(session: Session, event: RunEvent, *, when: Sequence[Any] = ()) -> bool | None:
     """Inside a write: move ``event``'s run to what ``event`` says (its start, its end) if
     its state allows (and ``when``, extra conditions of the caller, holds).
@@ -87,12 +99,10 @@ def record_move(session: Session, event: RunEvent, *, when: Sequence[Any] = ()) 
         answer = None
         if event.type is EventType.AGENT_COMPLETED:
             answer = (event.data.get("message") or {}).get("id")
-        ended = (
-            update(Run)
-            .where(Run.id == event.run_id, Run.state.in_(ALIVE), *when)
-            .values(state=state, error=error, finished_at=now, answer_message_id=answer)
-        )
-        result = session.connection().execute(ended)
+        values = {"key_id": event.run_id, "new_state": state, "new_error": error,
+                  "new_at": now, "new_answer": answer}  # fmt: skip
+        ended = _ENDED.where(*when) if when else _ENDED
+        result = session.connection().execute(ended, values)
     else:
         return None
     if int(getattr(result, "rowcount", 0) or 0) == 1:
