@@ -401,6 +401,8 @@ class ToolProcessPool:
         while granted and self._waiting:
             granted = False
             for user_id in list(self._waiting):
+                if not self._idle and self._workers >= self.size:
+                    return  # no capacity left: nobody else can start (no scan of every user)
                 queue = self._waiting[user_id]
                 while queue and queue[0].done():
                     queue.popleft()
